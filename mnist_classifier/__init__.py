@@ -1,0 +1,1 @@
+"""A handwritten digit classifier built on torchexp: the project's flagship example."""

@@ -1,0 +1,87 @@
+"""The classifiers selectable with `model.name`."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CNN(nn.Module):
+    """The pytorch/examples MNIST network, with the ReLU after conv2 that Skeltorch dropped."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = self.dropout1(F.max_pool2d(x, 2))
+        x = self.dropout2(F.relu(self.fc1(torch.flatten(x, 1))))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+class SmallCNN(nn.Module):
+    """A fast CNN for the presets: 24 then 32 channels of 5x5 convolutions, 256 hidden units."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 24, 5, padding=2)
+        self.conv2 = nn.Conv2d(24, 32, 5, padding=2)
+        self.fc1 = nn.Linear(32 * 7 * 7, 256)
+        self.fc2 = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+class BatchNormCNN(nn.Module):
+    """A CNN with batch norm after every convolution and dropout before each linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            *conv_bn(1, 32), *conv_bn(32, 32), nn.MaxPool2d(2),
+            *conv_bn(32, 64), *conv_bn(64, 64), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, 256), nn.BatchNorm1d(256), nn.ReLU(),
+            nn.Dropout(0.5), nn.Linear(256, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.classifier(self.features(x)), dim=1)
+
+
+def conv_bn(channels_in: int, channels_out: int) -> list[nn.Module]:
+    """A 3x3 convolution without bias, batch norm and ReLU."""
+    return [nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False), nn.BatchNorm2d(channels_out), nn.ReLU()]
+
+
+class MLP(nn.Module):
+    """A fully connected network: 784 -> 512 -> 256 -> 10 with dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2),
+            nn.Linear(512, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.layers(x), dim=1)
+
+
+MODELS = {"cnn": CNN, "small_cnn": SmallCNN, "cnn_bn": BatchNormCNN, "mlp": MLP}
+
+
+def build_model(name: str) -> nn.Module:
+    """Return a new model by its config name (one of MODELS)."""
+    return MODELS[name]()

@@ -1,0 +1,192 @@
+"""Experiment configuration: JSON validated against a JSON schema, defaults filled in.
+
+The user's schema describes their own sections; torchexp adds the `trainer` section it
+reads itself (precision, gradient accumulation...), so those options are validated and
+documented the same way.
+"""
+
+import copy
+import json
+from typing import Any
+
+from torchexp.errors import ConfigError
+from torchexp.storage import read_json
+
+MAX_CONFIG_BYTES = 1024 * 1024  # a configuration is a few KiB; larger is a mistake
+
+TRAINER_SCHEMA: dict = {
+    "type": "object",
+    "description": "Options of torchexp's training loop.",
+    "additionalProperties": False,
+    "default": {},
+    "properties": {
+        "precision": {
+            "enum": ["fp32", "bf16", "fp16"],
+            "default": "fp32",
+            "description": "Autocast precision: fp32 (off), bf16 (CPU and CUDA), fp16 (CUDA, with a grad scaler).",
+        },
+        "channels_last": {
+            "type": "boolean",
+            "default": False,
+            "description": "Put the model and 4-D inputs in channels-last memory format.",
+        },
+        "compile": {"type": "boolean", "default": False, "description": "Wrap the model in torch.compile."},
+        "grad_accumulation": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 1,
+            "description": "Number of batches whose gradients are summed before each optimizer step.",
+        },
+        "grad_clip_norm": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "default": None,
+            "description": "Clip the gradients' global L2 norm to this value; null disables clipping.",
+        },
+        "early_stopping_patience": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "default": None,
+            "description": "Stop when the validation loss has not improved for this many epochs; null disables it.",
+        },
+    },
+}
+
+
+class Config:
+    """A validated configuration; `get` fails loudly on unknown keys."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    def get(self, *keys: str) -> Any:
+        """Return the value at a key path, e.g. `get("training", "lr")`.
+
+        Raises:
+            ConfigError: the path does not exist; the message names it.
+        """
+        node: Any = self.data
+        for depth, key in enumerate(keys):
+            if not isinstance(node, dict) or key not in node:
+                raise ConfigError(f"config has no key {'.'.join(keys[: depth + 1])}")
+            node = node[key]
+        return node
+
+
+def load_schema(path: str) -> dict:
+    """Load a JSON schema (draft 2020-12), check it, and add torchexp's `trainer` section.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, not an object or not a valid schema.
+    """
+    from jsonschema import Draft202012Validator, SchemaError
+
+    schema = read_json(path, "schema file", ConfigError, MAX_CONFIG_BYTES)
+    if not isinstance(schema, dict):
+        raise ConfigError(f"schema file {path} must hold a JSON object, not {type(schema).__name__}")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as error:
+        raise ConfigError(f"schema file {path} is not a valid JSON schema: {error.message}") from error
+    schema = copy.deepcopy(schema)
+    schema.setdefault("properties", {}).setdefault("trainer", TRAINER_SCHEMA)
+    return schema
+
+
+def load_config_file(path: str) -> dict:
+    """Load a configuration file, which must hold a JSON object.
+
+    Raises:
+        ConfigError: the file is missing, too large, not JSON or not an object.
+    """
+    conf = read_json(path, "config file", ConfigError, MAX_CONFIG_BYTES)
+    if not isinstance(conf, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object, not {type(conf).__name__}")
+    return conf
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `training.lr=0.5` into (["training", "lr"], 0.5); values are JSON, else strings.
+
+    Raises:
+        ConfigError: there is no `=` or the key is empty.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(conf: dict, schema: dict, overrides: list[str]) -> dict:
+    """Return a copy of `conf` with each `section.key=value` override set.
+
+    Raises:
+        ConfigError: an override is malformed or names a key the schema does not declare.
+    """
+    conf = copy.deepcopy(conf)
+    for text in overrides:
+        keys, value = parse_override(text)
+        check_key_declared(schema, keys)
+        node = conf
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key} is not a section")
+        node[keys[-1]] = value
+    return conf
+
+
+def check_key_declared(schema: dict, keys: list[str]) -> None:
+    """Raise ConfigError unless the schema declares the key path."""
+    node = schema
+    for depth, key in enumerate(keys):
+        properties = node.get("properties", {}) if isinstance(node, dict) else {}
+        if key not in properties:
+            raise ConfigError(f"unknown config key {'.'.join(keys[: depth + 1])}: the schema does not declare it")
+        node = properties[key]
+
+
+def fill_defaults(conf: dict, schema: dict) -> dict:
+    """Return a copy of `conf` with every missing key that has a schema default filled in.
+
+    Sections (object properties) missing from `conf` are created when their own
+    properties have defaults.
+    """
+    conf = copy.deepcopy(conf)
+    for key, subschema in schema.get("properties", {}).items():
+        if not isinstance(subschema, dict):
+            continue
+        if key not in conf and "default" in subschema:
+            conf[key] = copy.deepcopy(subschema["default"])
+        if key not in conf and "properties" in subschema:
+            conf[key] = {}
+        if isinstance(conf.get(key), dict) and "properties" in subschema:
+            conf[key] = fill_defaults(conf[key], subschema)
+    return conf
+
+
+def validate_config(conf: dict, schema: dict) -> None:
+    """Validate a configuration, listing every error with its key path, value and rule.
+
+    Raises:
+        ConfigError: one line per error, e.g. `training.lr: -1 is less than the minimum of 0`.
+    """
+    from jsonschema import Draft202012Validator
+
+    errors = sorted(Draft202012Validator(schema).iter_errors(conf), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+        raise ConfigError("config is invalid:\n  " + "\n  ".join(lines))
+
+
+def build_config(config_path: str, schema_path: str, overrides: list[str]) -> dict:
+    """Load, override, fill and validate a configuration; the result is what `init` stores."""
+    schema = load_schema(schema_path)
+    conf = apply_overrides(load_config_file(config_path), schema, overrides)
+    conf = fill_defaults(conf, schema)
+    validate_config(conf, schema)
+    return conf

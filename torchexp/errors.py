@@ -1,0 +1,59 @@
+"""Exception types of torchexp.
+
+Library code raises these; only the command line turns them into one sentence on stderr
+and the exit code each type carries.
+"""
+
+
+class TorchexpError(Exception):
+    """Base of every error caused by the user's input or environment."""
+
+    exit_code = 1
+
+
+class ConfigError(TorchexpError):
+    """A configuration or schema file is missing, malformed or invalid."""
+
+    exit_code = 2
+
+
+class ExperimentError(TorchexpError):
+    """An experiment name is invalid, already taken, or missing."""
+
+    exit_code = 3
+
+
+class CheckpointError(TorchexpError):
+    """A checkpoint is missing, corrupt or cannot be trusted."""
+
+    exit_code = 4
+
+
+class DataError(TorchexpError):
+    """A data set is missing or cannot be read."""
+
+    exit_code = 5
+
+
+class DeviceError(TorchexpError):
+    """A requested device does not exist on this machine."""
+
+    exit_code = 6
+
+
+class LockError(TorchexpError):
+    """Another process holds the experiment."""
+
+    exit_code = 7
+
+
+class StorageError(TorchexpError):
+    """A file could not be written (disk full, permissions)."""
+
+    exit_code = 8
+
+
+class TrainingInterrupted(TorchexpError):
+    """Training stopped on a signal after saving an interrupt checkpoint."""
+
+    exit_code = 130

@@ -1,0 +1,145 @@
+"""The experiment folder: its layout, creation, opening and lock.
+
+```
+<experiments>/<name>/
+  config.json     validated configuration, seed and versions
+  data.json       what Data.create() decided once
+  checkpoints/    <epoch>.checkpoint.pt (+ .json record), releases, interrupts
+  tensorboard/    event files
+  results/        test reports
+  metrics.jsonl   one line per logged epoch or test
+  verbose.log     everything the experiment logged
+```
+"""
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import shutil
+import tempfile
+from typing import Iterator
+
+from torchexp.errors import ExperimentError, LockError
+from torchexp.storage import current_umask, read_json, write_json_atomic
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME_LENGTH = 128
+
+
+def validate_name(name: str | None) -> str:
+    """Return `name` if it is a safe experiment name, else raise ExperimentError.
+
+    A safe name is a single folder name: letters, digits, `.`, `_`, `-`, starting with a
+    letter or digit, so it can never point outside the experiments folder.
+    """
+    if name is None or name == "":
+        raise ExperimentError("no experiment name given: pass --experiment-name NAME")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ExperimentError(f"experiment name is {len(name)} characters long, more than the {MAX_NAME_LENGTH} allowed")
+    if not NAME_PATTERN.fullmatch(name):
+        raise ExperimentError(
+            f"experiment name {name!r} is not allowed: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+class Experiment:
+    """Paths and files of one experiment folder.
+
+    Args:
+        experiments_path: the folder that holds all experiments.
+        name: the experiment's name, validated with `validate_name`.
+    """
+
+    def __init__(self, experiments_path: str, name: str | None):
+        self.name = validate_name(name)
+        self.experiments_path = os.path.abspath(experiments_path)
+        self.path = os.path.join(self.experiments_path, self.name)
+        self.config_path = os.path.join(self.path, "config.json")
+        self.data_state_path = os.path.join(self.path, "data.json")
+        self.checkpoints_path = os.path.join(self.path, "checkpoints")
+        self.tensorboard_path = os.path.join(self.path, "tensorboard")
+        self.results_path = os.path.join(self.path, "results")
+        self.metrics_path = os.path.join(self.path, "metrics.jsonl")
+        self.log_path = os.path.join(self.path, "verbose.log")
+        self.lock_path = os.path.join(self.path, ".lock")
+
+    def exists(self) -> bool:
+        """Whether the experiment folder has been created."""
+        return os.path.isfile(self.config_path)
+
+    def check_exists(self) -> None:
+        """Raise ExperimentError naming the experiment when it has not been created."""
+        if not self.exists():
+            raise ExperimentError(
+                f"experiment {self.name!r} does not exist in {self.experiments_path}: create it with init"
+            )
+
+    def check_free(self) -> None:
+        """Raise ExperimentError when the name is already taken."""
+        if os.path.lexists(self.path):
+            raise ExperimentError(f"experiment {self.name!r} already exists in {self.experiments_path}; choose another name")
+
+    def create(self, record: dict, data_state: dict) -> None:
+        """Create the experiment folder with its config and data state, all or nothing.
+
+        The folder is built under a temporary name and renamed into place, so a failure
+        or a kill leaves no half-made experiment behind.
+
+        Raises:
+            ExperimentError: the name is taken, or the experiments folder is not usable.
+        """
+        self.check_free()
+        if os.path.exists(self.experiments_path) and not os.path.isdir(self.experiments_path):
+            raise ExperimentError(f"experiments path {self.experiments_path} is a file, not a folder")
+        os.makedirs(self.experiments_path, exist_ok=True)
+        staging = tempfile.mkdtemp(dir=self.experiments_path, prefix=f".{self.name}.creating-")
+        try:
+            os.chmod(staging, 0o777 & ~current_umask())
+            for folder in ("checkpoints", "tensorboard", "results"):
+                os.mkdir(os.path.join(staging, folder))
+            write_json_atomic(os.path.join(staging, "data.json"), data_state)
+            write_json_atomic(os.path.join(staging, "config.json"), record)
+            os.rename(staging, self.path)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise ExperimentError(f"experiment {self.name!r} already exists in {self.experiments_path}") from error
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def read_record(self) -> dict:
+        """Return config.json: {"seed", "versions", "config"}."""
+        self.check_exists()
+        return read_json(self.config_path, f"config of experiment {self.name!r}", ExperimentError)
+
+    def read_data_state(self) -> dict:
+        """Return data.json, what Data.create() decided at init."""
+        self.check_exists()
+        return read_json(self.data_state_path, f"data state of experiment {self.name!r}", ExperimentError)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the experiment for this process, e.g. while training.
+
+        The lock is an flock on `.lock`, which the kernel releases when the holder dies,
+        so a lock left by a killed process is taken over rather than obeyed forever.
+
+        Raises:
+            LockError: another live process holds the experiment; the message names it.
+        """
+        self.check_exists()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as error:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise LockError(f"experiment {self.name!r} is in use by process {holder}; wait for it or stop it") from error
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,192 @@
+"""Batch loaders whose order is a pure function of (seed, epoch), so resume is exact.
+
+`TensorLoader` is the fast path for data sets that fit in memory: the tensors are held
+whole (on the training device once `to` is called) and batches are taken by index, with
+the per-batch `transform` (e.g. uint8 to normalized float) applied where the data lives.
+`SeededDataLoader` is a `torch.utils.data.DataLoader` with the same epoch-seeded order
+and the same interface, for data sets that need worker processes.
+
+Both implement what the training loop relies on:
+    set_epoch(epoch)    choose the order of that epoch
+    set_start(batch)    begin the next iteration at this batch (mid-epoch resume)
+    shard(rank, world)  take this rank's part of every epoch (distributed training)
+    to(device)          deliver batches on this device
+"""
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+Batch = tuple[torch.Tensor, ...]
+
+
+def make_generator(seed: int, epoch: int) -> torch.Generator:
+    """Return a CPU generator seeded from (seed, epoch) alone."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+
+
+def order_indexes(size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Return this rank's sample order for an epoch.
+
+    Every rank computes the same permutation and takes every `world`-th index from
+    `rank`, trimmed to the same length on every rank so that ranks step together.
+    """
+    order = torch.randperm(size, generator=make_generator(seed, epoch)) if shuffle else torch.arange(size)
+    per_rank = size // world if world > 1 else size
+    return order[rank::world][:per_rank]
+
+
+class TensorLoader:
+    """Batches of in-memory tensors taken by index.
+
+    Args:
+        tensors: tensors of equal length along dimension 0, e.g. (images, labels).
+        batch_size: samples per batch.
+        shuffle: draw a new order every epoch from (seed, epoch).
+        seed: the experiment's seed.
+        transform: applied to each batch tuple on the device, e.g. normalization.
+        drop_last: drop the last incomplete batch.
+    """
+
+    def __init__(
+        self,
+        tensors: Sequence[torch.Tensor],
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        transform: Callable[[Batch], Batch] | None = None,
+        drop_last: bool = False,
+    ):
+        sizes = {len(tensor) for tensor in tensors}
+        if len(sizes) != 1:
+            raise ValueError(f"tensors must have the same length, got lengths {sorted(sizes)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.tensors = tuple(tensors)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.transform = transform
+        self.drop_last = drop_last
+        self.epoch = 1
+        self.start = 0
+        self.rank, self.world = 0, 1
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch."""
+        size = len(self.tensors[0])
+        return size // self.world if self.world > 1 else size
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.start = 0
+
+    def set_start(self, batch: int) -> None:
+        self.start = batch
+
+    def shard(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def to(self, device: torch.device) -> "TensorLoader":
+        self.tensors = tuple(tensor.to(device) for tensor in self.tensors)
+        return self
+
+    def __iter__(self) -> Iterator[Batch]:
+        device = self.tensors[0].device
+        order = order_indexes(len(self.tensors[0]), self.shuffle, self.seed, self.epoch, self.rank, self.world)
+        order = order.to(device)
+        for batch in range(self.start, len(self)):
+            indexes = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            items = tuple(tensor[indexes] for tensor in self.tensors)
+            yield self.transform(items) if self.transform else items
+        self.start = 0
+
+
+class EpochSampler(Sampler[int]):
+    """Sample indexes in the order `order_indexes` gives, from a start position."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int):
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.epoch, self.start = 1, 0
+        self.rank, self.world = 0, 1
+
+    def __len__(self) -> int:
+        return (self.size // self.world if self.world > 1 else self.size) - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        order = order_indexes(self.size, self.shuffle, self.seed, self.epoch, self.rank, self.world)
+        return iter(order[self.start :].tolist())
+
+
+class SeededDataLoader(DataLoader):
+    """A DataLoader with an epoch-seeded order and the TensorLoader interface.
+
+    Worker processes are seeded from (seed, epoch) too, so random transforms in workers
+    repeat across runs.
+
+    Args:
+        dataset: a map-style data set.
+        batch_size: samples per batch.
+        shuffle: draw a new order every epoch from (seed, epoch).
+        seed: the experiment's seed.
+        transform: applied to each batch tuple on the device.
+        num_workers: worker processes; see torch.utils.data.DataLoader.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        transform: Callable[[Batch], Batch] | None = None,
+        num_workers: int = 0,
+    ):
+        self.epoch_sampler = EpochSampler(len(dataset), shuffle, seed)
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.epoch_sampler,
+            num_workers=num_workers,
+            persistent_workers=False,
+            generator=make_generator(seed, 1),
+        )
+        self.seed = seed
+        self.transform = transform
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        sampler = self.epoch_sampler
+        start = sampler.start
+        sampler.start = 0
+        total = -(-len(sampler) // self.batch_size)
+        sampler.start = start
+        return total
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch_sampler.epoch = epoch
+        self.epoch_sampler.start = 0
+        self.generator = make_generator(self.seed, epoch)
+
+    def set_start(self, batch: int) -> None:
+        self.epoch_sampler.start = batch * self.batch_size
+
+    def shard(self, rank: int, world: int) -> None:
+        self.epoch_sampler.rank, self.epoch_sampler.world = rank, world
+
+    def to(self, device: torch.device) -> "SeededDataLoader":
+        self.device = torch.device(device)
+        return self
+
+    def __iter__(self) -> Iterator[Batch]:
+        for items in super().__iter__():
+            items = tuple(item.to(self.device, non_blocking=True) for item in items)
+            yield self.transform(items) if self.transform else items
+        self.epoch_sampler.start = 0

@@ -1,0 +1,69 @@
+"""Seeding and capturing every random number generator a training run touches.
+
+States are stored as tensors and plain data so that checkpoints load with
+`weights_only=True`.
+"""
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every CUDA device included)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """Return the state of every generator as tensors and plain data."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> list[str]:
+    """Restore generators from `capture_rng_states` output.
+
+    Returns:
+        Warnings about states that could not be restored (e.g. a different GPU count).
+    """
+    random.setstate(to_tuple(states["python"]))
+    numpy_state = states["numpy"]
+    np.random.set_state(
+        (
+            numpy_state["name"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(states["torch"])
+    cuda_states = states["cuda"]
+    if not torch.cuda.is_available():
+        return ["CUDA generator states were saved but this machine has no CUDA device"] if cuda_states else []
+    if len(cuda_states) != torch.cuda.device_count():
+        return [f"{len(cuda_states)} CUDA generator states were saved for {torch.cuda.device_count()} devices; not restored"]
+    torch.cuda.set_rng_state_all(cuda_states)
+    return []
+
+
+def to_tuple(value: Any) -> Any:
+    """Turn nested lists back into the tuples `random.setstate` expects."""
+    if isinstance(value, (list, tuple)):
+        return tuple(to_tuple(item) for item in value)
+    return value

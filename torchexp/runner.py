@@ -1,0 +1,514 @@
+"""The abstract Runner: a project's model and steps, and the train and test pipelines."""
+
+import abc
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+import torch
+
+from torchexp import checkpoints
+from torchexp.config import Config
+from torchexp.data import Data
+from torchexp.errors import CheckpointError, ConfigError, TrainingInterrupted
+from torchexp.experiment import Experiment
+from torchexp.rng import capture_rng_states, restore_rng_states, seed_everything
+from torchexp.storage import remove_quietly, write_json_atomic
+from torchexp.tracking import Tracker, format_metrics, progress_bar
+
+CHECKPOINT_FORMAT = 1
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Runner(abc.ABC):
+    """A project's model, optimizer and steps; torchexp runs the loops around them.
+
+    Subclasses implement `init_model`, `init_optimizer`, `train_step` and `test`, and may
+    override any hook. Whatever `init_others` puts in `self.scheduler` is stepped (each
+    epoch, or each optimizer step when `scheduler_interval` is "iteration"), saved and
+    restored automatically; other state goes through `save_states_others` and
+    `load_states_others`.
+
+    Attributes:
+        experiment: paths of the experiment folder.
+        config: the validated configuration.
+        seed: the experiment's seed.
+        data: the project's Data, its loaders loaded.
+        logger: the experiment's logger.
+        tracker: TensorBoard and metrics.jsonl; `tracker.writer` for custom figures.
+        model, optimizer, scheduler: set by the init methods.
+        counters: "epoch" (completed), "iteration" (into the current epoch), "step" (global).
+        history: per-epoch "train" and "validation" metrics, each a list of dicts.
+    """
+
+    scheduler_interval = "epoch"
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        config: Config,
+        seed: int,
+        data: Data,
+        logger: logging.Logger,
+        tracker: Tracker,
+        quiet: bool = False,
+    ):
+        self.experiment = experiment
+        self.config = config
+        self.seed = seed
+        self.data = data
+        self.logger = logger
+        self.tracker = tracker
+        self.quiet = quiet
+        self.device = torch.device("cpu")
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.counters = {"epoch": 0, "iteration": 0, "step": 0}
+        self.history: dict[str, list[dict[str, float]]] = {"train": [], "validation": []}
+        self.partial: dict[str, Any] | None = None
+        self.stop_signal: int | None = None
+        self.saving = False
+
+    def get_conf(self, *keys: str) -> Any:
+        """Return a configuration value, e.g. `get_conf("training", "lr")`."""
+        return self.config.get(*keys)
+
+    @abc.abstractmethod
+    def init_model(self, device: torch.device) -> None:
+        """Create `self.model` on `device`."""
+
+    @abc.abstractmethod
+    def init_optimizer(self, device: torch.device) -> None:
+        """Create `self.optimizer` for `self.model`."""
+
+    def init_others(self, device: torch.device) -> None:
+        """Create anything else, e.g. `self.scheduler`; called after `init_optimizer`."""
+
+    @abc.abstractmethod
+    def train_step(self, batch: Any, device: torch.device) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Compute one batch's loss; torchexp runs backward and the optimizer.
+
+        Returns:
+            The loss, or a dict of metrics holding it under "loss". Metrics are averaged
+            over the epoch's samples.
+        """
+
+    def validation_step(self, batch: Any, device: torch.device) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Compute one validation batch's metrics; by default `train_step`'s.
+
+        Called with the model in eval mode, under `torch.no_grad()`.
+        """
+        return self.train_step(batch, device)
+
+    @abc.abstractmethod
+    def test(self, epoch: int, device: torch.device) -> dict[str, Any]:
+        """Evaluate `self.model` (weights of `epoch` loaded) on the test set.
+
+        Returns:
+            JSON data saved to results/; its numbers also go to TensorBoard and metrics.jsonl.
+        """
+
+    def train_before_epoch_tasks(self, device: torch.device) -> None:
+        """Called before each epoch's first training iteration."""
+
+    def train_after_epoch_tasks(self, device: torch.device) -> None:
+        """Called after each epoch's validation and logs, before its checkpoint."""
+
+    def train_early_stopping(self) -> bool:
+        """Return True to stop training; by default after `trainer.early_stopping_patience`
+        epochs without a lower validation loss."""
+        patience = self.get_conf("trainer", "early_stopping_patience")
+        losses = [entry["loss"] for entry in self.history["validation"] if "loss" in entry]
+        if patience is None or len(losses) <= patience:
+            return False
+        return min(losses[-patience:]) >= min(losses[:-patience])
+
+    def train_iteration_log(self, metrics: dict[str, float]) -> None:
+        """Log one iteration's metrics, every `--log-period` iterations."""
+        self.tracker.log_scalars("iteration", self.counters["step"], metrics, epoch=self.counters["epoch"] + 1)
+        self.logger.debug(f"iteration {self.counters['step']}: {format_metrics(metrics)}")
+
+    def train_epoch_log(self, epoch: int, train: dict[str, float], validation: dict[str, float], seconds: float) -> None:
+        """Log an epoch's train and validation metrics."""
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        self.tracker.log_scalars("train", epoch, {**train, "lr": learning_rate}, epoch=epoch, seconds=round(seconds, 3))
+        if validation:
+            self.tracker.log_scalars("validation", epoch, validation, epoch=epoch)
+        self.tracker.flush()
+        line = f"epoch {epoch}: train {format_metrics(train)}"
+        if validation:
+            line += f"; validation {format_metrics(validation)}"
+        self.logger.info(f"{line}; lr {learning_rate:.4g}; {seconds:.1f} s")
+
+    def save_states_others(self) -> dict[str, Any]:
+        """Return extra state (tensors and plain data) to keep in each checkpoint."""
+        return {}
+
+    def load_states_others(self, state: dict[str, Any]) -> None:
+        """Restore what `save_states_others` returned."""
+
+    def train(self, device: torch.device, max_epochs: int, log_period: int, epoch: int | None = None) -> None:
+        """Train until `max_epochs` epochs are done, resuming from a checkpoint.
+
+        Hooks, in order:
+            init_model, init_optimizer, init_others, load_states_others (on resume);
+            per epoch: train_before_epoch_tasks; per iteration: train_step,
+            train_iteration_log (every `log_period`); validation_step per validation
+            batch; train_epoch_log; train_after_epoch_tasks; scheduler step; checkpoint
+            (save_states_others); train_early_stopping.
+
+        Args:
+            device: where to train.
+            max_epochs: total epochs to reach, counting those already done.
+            log_period: iterations between iteration logs.
+            epoch: resume from this standard checkpoint instead of the furthest one.
+
+        Raises:
+            TrainingInterrupted: SIGINT or SIGTERM arrived; an interrupt checkpoint was saved.
+        """
+        self.build(device)
+        self.restore_training(epoch)
+        self.move_loaders(device)
+        if self.counters["epoch"] >= max_epochs:
+            self.logger.info(f"{self.counters['epoch']} epochs are done already; raise --max-epochs to train more")
+            return
+        with self.catch_stop_signals():
+            while self.counters["epoch"] < max_epochs:
+                epoch = self.counters["epoch"] + 1
+                started = time.perf_counter()
+                if self.counters["iteration"] == 0:
+                    self.train_before_epoch_tasks(device)
+                train_metrics = self.train_epoch(epoch, log_period)
+                validation_metrics = self.validate()
+                self.counters.update(epoch=epoch, iteration=0)
+                self.history["train"].append(train_metrics)
+                self.history["validation"].append(validation_metrics)
+                self.train_epoch_log(epoch, train_metrics, validation_metrics, time.perf_counter() - started)
+                self.train_after_epoch_tasks(device)
+                if self.scheduler is not None and self.scheduler_interval == "epoch":
+                    self.scheduler.step()
+                self.save_training_checkpoint("standard", epoch)
+                if self.stop_signal is not None:
+                    raise TrainingInterrupted(f"training stopped by {signal.Signals(self.stop_signal).name} after epoch {epoch}, which is saved")
+                if self.train_early_stopping():
+                    self.logger.info(f"early stopping after epoch {epoch}")
+                    break
+
+    def build(self, device: torch.device) -> None:
+        """Seed, then create the model, optimizer and others with the trainer options."""
+        self.device = device
+        seed_everything(self.seed)
+        precision = self.get_conf("trainer", "precision")
+        if precision == "fp16" and device.type != "cuda":
+            raise ConfigError(f"trainer.precision fp16 needs a CUDA device, not {device}: use bf16 or fp32")
+        self.init_model(device)
+        if not isinstance(self.model, torch.nn.Module):
+            raise TypeError(f"init_model must set self.model to a torch.nn.Module, not {type(self.model).__name__}")
+        if self.get_conf("trainer", "channels_last"):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.init_optimizer(device)
+        if not isinstance(self.optimizer, torch.optim.Optimizer):
+            raise TypeError(f"init_optimizer must set self.optimizer, not {type(self.optimizer).__name__}")
+        self.init_others(device)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        if self.get_conf("trainer", "compile"):
+            self.model = torch.compile(self.model)
+
+    def move_loaders(self, device: torch.device) -> None:
+        """Send loaders that support it (torchexp.loaders) to the device."""
+        for loader in self.data.loaders.values():
+            if hasattr(loader, "to"):
+                loader.to(device)
+
+    def train_epoch(self, epoch: int, log_period: int) -> dict[str, float]:
+        """Run one epoch's training iterations from `counters["iteration"]`; return its metrics."""
+        loader = self.data.loaders["train"]
+        start = self.counters["iteration"]
+        position_loader(loader, epoch, start)
+        accumulation = self.get_conf("trainer", "grad_accumulation")
+        sums, count = (self.partial["sums"], self.partial["count"]) if self.partial else ({}, 0)
+        self.partial = None
+        total = len(loader)
+        self.model.train()
+        for batch in progress_bar(loader, total - start, f"epoch {epoch}", self.quiet):
+            index = self.counters["iteration"]
+            metrics = self.run_train_step(self.prepare_batch(batch), (index + 1) % accumulation == 0 or index + 1 == total)
+            size = batch_size_of(batch)
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + value.float() * size
+            count += size
+            self.counters["iteration"] += 1
+            self.counters["step"] += 1
+            if self.counters["step"] % log_period == 0:
+                self.train_iteration_log({name: value.item() for name, value in metrics.items()})
+            if self.stop_signal is not None and (index + 1) % accumulation == 0:
+                self.partial = {"sums": sums, "count": count}
+                self.save_training_checkpoint("interrupt", epoch)
+                name = signal.Signals(self.stop_signal).name
+                raise TrainingInterrupted(
+                    f"training stopped by {name} at epoch {epoch}, iteration {index + 1}; "
+                    f"saved {checkpoints.make_filename(epoch, 'interrupt')}: run train again to resume"
+                )
+        return {name: (value / max(count, 1)).item() for name, value in sums.items()}
+
+    def run_train_step(self, batch: Any, step_optimizer: bool) -> dict[str, torch.Tensor]:
+        """Forward and backward one batch; step the optimizer when `step_optimizer`."""
+        with self.autocast():
+            metrics = as_metrics(self.train_step(batch, self.device), "train_step")
+        loss = metrics["loss"] / self.get_conf("trainer", "grad_accumulation")
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if step_optimizer:
+            self.step_optimizer()
+        return {name: value.detach() for name, value in metrics.items()}
+
+    def step_optimizer(self) -> None:
+        """Clip, step and zero the gradients; step an iteration-wise scheduler."""
+        clip_norm = self.get_conf("trainer", "grad_clip_norm")
+        if clip_norm is not None:
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None and self.scheduler_interval == "iteration":
+            self.scheduler.step()
+
+    def validate(self) -> dict[str, float]:
+        """Average `validation_step`'s metrics over the validation set's samples."""
+        loader = self.data.loaders.get("validation")
+        if loader is None or len(loader) == 0:
+            return {}
+        position_loader(loader, 1, 0)
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            for batch in progress_bar(loader, len(loader), "validation", self.quiet):
+                metrics = as_metrics(self.validation_step(self.prepare_batch(batch), self.device), "validation_step")
+                size = batch_size_of(batch)
+                for name, value in metrics.items():
+                    sums[name] = sums.get(name, 0.0) + value.float() * size
+                count += size
+        self.model.train()
+        return {name: (value / max(count, 1)).item() for name, value in sums.items()}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast in the configured precision, or nothing for fp32."""
+        precision = self.get_conf("trainer", "precision")
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[precision])
+
+    def prepare_batch(self, batch: Any) -> Any:
+        """Apply channels-last to 4-D tensors when configured."""
+        if not self.get_conf("trainer", "channels_last") or not isinstance(batch, (tuple, list)):
+            return batch
+        return type(batch)(
+            item.contiguous(memory_format=torch.channels_last) if isinstance(item, torch.Tensor) and item.dim() == 4 else item
+            for item in batch
+        )
+
+    def collect_state(self) -> dict[str, Any]:
+        """Return everything needed to resume, as tensors and plain data."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "counters": dict(self.counters),
+            "model": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": capture_rng_states(),
+            "history": self.history,
+            "partial": self.partial,
+            "others": self.save_states_others(),
+        }
+
+    def save_training_checkpoint(self, kind: str, epoch: int) -> None:
+        """Save a standard or interrupt checkpoint; a standard one retires the interrupt one."""
+        summary = {
+            "iteration": self.counters["iteration"],
+            "metrics": {"train": last_or_empty(self.history["train"]), "validation": last_or_empty(self.history["validation"])},
+        }
+        self.saving = True
+        try:
+            path = checkpoints.save_checkpoint(self.experiment.checkpoints_path, epoch, kind, self.collect_state(), summary)
+        finally:
+            self.saving = False
+        self.logger.debug(f"saved {path}")
+        if kind == "standard":
+            for info in checkpoints.list_checkpoints(self.experiment.checkpoints_path, ("interrupt",)):
+                remove_quietly(checkpoints.record_path(info.path))
+                remove_quietly(info.path)
+
+    def restore_training(self, epoch: int | None) -> None:
+        """Load the furthest checkpoint that verifies, or the standard one of `epoch`.
+
+        Raises:
+            CheckpointError: `epoch` has no standard checkpoint, or it does not load.
+        """
+        folder = self.experiment.checkpoints_path
+        if epoch is None:
+            info, skipped = checkpoints.find_resume_checkpoint(folder)
+            for bad, reason in skipped:
+                self.logger.warning(f"skipping {reason}")
+            if info is None:
+                self.logger.info("no checkpoint to resume from: training from scratch")
+                return
+        else:
+            info = find_standard_checkpoint(folder, epoch)
+        self.load_state(checkpoints.load_checkpoint(info), os.path.basename(info.path))
+        self.logger.info(f"resumed from {os.path.basename(info.path)}: {self.counters['epoch']} epochs done")
+
+    def load_state(self, state: dict[str, Any], name: str) -> None:
+        """Restore everything `collect_state` saved.
+
+        Raises:
+            CheckpointError: the checkpoint does not fit this model, optimizer or scheduler.
+        """
+        try:
+            unwrap_model(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler is not None and state["scaler"] is not None:
+                self.scaler.load_state_dict(state["scaler"])
+            warnings = restore_rng_states(state["rng"])
+            self.counters = dict(state["counters"])
+            self.history = state["history"]
+            self.partial = state["partial"]
+            self.load_states_others(state["others"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise CheckpointError(f"checkpoint {name} does not fit this runner: {error}") from error
+        for warning in warnings:
+            self.logger.warning(warning)
+
+    def run_test(self, device: torch.device, epoch: int, release: bool) -> dict[str, Any]:
+        """Load the weights of `epoch` (standard or release checkpoint), run `test`, save results.
+
+        Args:
+            device: where to evaluate.
+            epoch: the epoch whose weights to test.
+            release: use the release checkpoint even when a standard one exists.
+        """
+        kinds = ("release",) if release else ("standard", "release")
+        info = checkpoints.find_checkpoint(self.experiment.checkpoints_path, epoch, kinds)
+        self.device = device
+        seed_everything(self.seed)
+        self.init_model(device)
+        state = checkpoints.load_checkpoint(info)
+        try:
+            self.model.load_state_dict(state["model"])
+        except (KeyError, RuntimeError) as error:
+            raise CheckpointError(f"checkpoint {os.path.basename(info.path)} does not fit this model: {error}") from error
+        self.move_loaders(device)
+        self.model.eval()
+        with torch.no_grad():
+            results = self.test(epoch, device)
+        report = {"epoch": epoch, "checkpoint": os.path.basename(info.path), "results": results}
+        write_json_atomic(os.path.join(self.experiment.results_path, f"{epoch}.{info.kind}.test.json"), report)
+        scalars = {key: float(value) for key, value in results.items() if isinstance(value, (int, float))}
+        self.tracker.log_scalars("test", epoch, scalars, epoch=epoch, checkpoint=report["checkpoint"])
+        self.tracker.flush()
+        self.logger.info(f"test of {report['checkpoint']}: {format_metrics(scalars)}")
+        return results
+
+    @contextlib.contextmanager
+    def catch_stop_signals(self) -> Iterator[None]:
+        """Turn SIGINT and SIGTERM into a request to stop after the current step."""
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self.stop_signal is None:
+                self.stop_signal = signum
+                self.logger.warning(f"{signal.Signals(signum).name} received: finishing the current step, then saving")
+            else:
+                self.logger.warning("already stopping: the checkpoint is being saved, please wait")
+
+        previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def create_release(experiment: Experiment, epoch: int, record: dict) -> str:
+    """Write the release checkpoint of `epoch`: its weights and what is needed to use them.
+
+    Args:
+        experiment: the experiment.
+        epoch: a epoch with a standard checkpoint.
+        record: the experiment's config.json (configuration, seed, versions).
+
+    Returns:
+        The release checkpoint's path.
+    """
+    info = find_standard_checkpoint(experiment.checkpoints_path, epoch)
+    state = checkpoints.load_checkpoint(info)
+    metrics = (info.record or {}).get("metrics", {})
+    release = {"format": CHECKPOINT_FORMAT, "model": state["model"], "epoch": epoch, "metrics": metrics, **record}
+    return checkpoints.save_checkpoint(experiment.checkpoints_path, epoch, "release", release, {"metrics": metrics})
+
+
+def find_standard_checkpoint(folder: str, epoch: int) -> checkpoints.CheckpointInfo:
+    """Return the standard checkpoint of `epoch`, explaining when only a release exists."""
+    try:
+        return checkpoints.find_checkpoint(folder, epoch, ("standard",))
+    except CheckpointError:
+        checkpoints.find_checkpoint(folder, epoch, ("release",))
+        raise CheckpointError(
+            f"epoch {epoch} has only a release checkpoint, which holds weights but no training state"
+        ) from None
+
+
+def position_loader(loader: Any, epoch: int, start: int) -> None:
+    """Set a loader's epoch order and starting batch, when it supports them.
+
+    Raises:
+        CheckpointError: resuming mid-epoch on a loader that cannot start mid-way.
+    """
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    if start and not hasattr(loader, "set_start"):
+        raise CheckpointError("the train loader cannot resume mid-epoch: use torchexp.loaders")
+    if hasattr(loader, "set_start"):
+        loader.set_start(start)
+
+
+def as_metrics(output: Any, step: str) -> dict[str, torch.Tensor]:
+    """Turn a step's return value into a dict of tensors holding "loss"."""
+    if isinstance(output, torch.Tensor):
+        return {"loss": output}
+    if not isinstance(output, dict) or "loss" not in output:
+        raise TypeError(f"{step} must return the loss or a dict of metrics with 'loss', not {type(output).__name__}")
+    return {name: torch.as_tensor(value) for name, value in output.items()}
+
+
+def batch_size_of(batch: Any) -> int:
+    """Return the number of samples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    items = batch.values() if isinstance(batch, dict) else batch
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            return item.shape[0]
+    raise TypeError("a batch must contain at least one tensor")
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Return the module under torch.compile or DistributedDataParallel wrappers."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def last_or_empty(entries: list[dict[str, float]]) -> dict[str, float]:
+    return entries[-1] if entries else {}

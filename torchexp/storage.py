@@ -1,0 +1,113 @@
+"""Crash-safe file writes and checked JSON reads.
+
+Every file torchexp writes goes through `write_atomic`: a temporary file in the same
+folder, flushed and fsynced, renamed into place, then the folder fsynced. A kill at any
+moment leaves either the old file or the new one, never half of one.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import IO, Any, Callable
+
+from torchexp.errors import StorageError, TorchexpError
+
+MAX_JSON_BYTES = 64 * 1024 * 1024  # refuse larger JSON files rather than exhaust memory
+
+
+def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file through `write(file)` so that it appears whole or not at all.
+
+    Args:
+        path: destination path.
+        write: called with a binary file object open on the temporary file.
+
+    Raises:
+        StorageError: when the write fails (disk full, permissions); the temporary file
+            is removed and any previous file at `path` is left as it was.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        os.chmod(tmp_path, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_path, path)
+    except OSError as error:
+        remove_quietly(tmp_path)
+        raise StorageError(f"could not write {path}: {error.strerror or error}") from error
+    except BaseException:
+        remove_quietly(tmp_path)
+        raise
+    fsync_folder(folder)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write `obj` as indented JSON with `write_atomic`."""
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    write_atomic(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def read_json(
+    path: str, what: str, error: type[TorchexpError] = StorageError, max_bytes: int = MAX_JSON_BYTES
+) -> Any:
+    """Read a JSON file, naming `what` it is in every error.
+
+    Args:
+        path: the file.
+        what: how to call the file in messages, e.g. "config file".
+        error: the exception type to raise.
+        max_bytes: larger files are refused unread.
+
+    Raises:
+        error: the file is missing, too large, unreadable or not valid JSON.
+    """
+    if not os.path.isfile(path):
+        kind = "a folder, not a file" if os.path.isdir(path) else "missing"
+        raise error(f"{what} {path} is {kind}")
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise error(f"{what} {path} is {size} bytes, more than the {max_bytes} allowed")
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except (ValueError, UnicodeDecodeError) as reason:
+        raise error(f"{what} {path} is not valid JSON: {reason}") from reason
+    except OSError as reason:
+        raise error(f"{what} {path} cannot be read: {reason.strerror}") from reason
+
+
+def current_umask() -> int:
+    """Return the process umask, so that files get the permissions `open` would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def hash_file(path: str) -> str:
+    """Return the SHA-256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_folder(folder: str) -> None:
+    """Make a rename inside `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: str) -> None:
+    """Remove a file if it exists."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

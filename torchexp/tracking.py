@@ -1,0 +1,126 @@
+"""What an experiment reports: the log, TensorBoard, metrics.jsonl and progress bars.
+
+One logger per experiment writes to the console and to verbose.log. `Tracker` sends the
+same numbers to TensorBoard and to metrics.jsonl, so either can be read back.
+"""
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Iterable
+
+from tqdm import tqdm
+
+CONSOLE_FORMAT = "%(message)s"
+FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+PROGRESS_MIN_INTERVAL = 0.5  # seconds between progress bar refreshes, to keep the loop lean
+
+
+def make_logger(name: str, log_path: str | None, verbosity: str = "normal") -> logging.Logger:
+    """Return a logger that prints to stderr and appends everything to `log_path`.
+
+    Args:
+        name: the experiment name, used in the logger's name.
+        log_path: verbose.log of the experiment, or None for the console alone.
+        verbosity: "quiet" (warnings only), "normal" or "verbose" (debug) on the console.
+    """
+    logger = logging.getLogger(f"torchexp.{name}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel({"quiet": logging.WARNING, "verbose": logging.DEBUG}.get(verbosity, logging.INFO))
+    console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+    logger.addHandler(console)
+    if log_path is not None:
+        file_handler = logging.FileHandler(log_path, encoding="utf-8")
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
+        logger.addHandler(file_handler)
+    return logger
+
+
+def close_logger(logger: logging.Logger) -> None:
+    """Close and detach the logger's handlers, releasing verbose.log."""
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+
+
+def progress_bar(iterable: Iterable, total: int, description: str, quiet: bool) -> tqdm:
+    """Return a tqdm bar, silent when output is not a terminal or when quiet."""
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=description, disable=disable, mininterval=PROGRESS_MIN_INTERVAL, leave=False)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """Format metrics for a log line: `loss 0.0312, accuracy 0.9912`."""
+    return ", ".join(f"{key} {value:.4g}" for key, value in metrics.items())
+
+
+class Tracker:
+    """Writes scalars to TensorBoard and to metrics.jsonl.
+
+    The SummaryWriter is created on first use so that commands that log nothing do not
+    pay for importing TensorBoard.
+
+    Args:
+        tensorboard_path: the experiment's tensorboard folder.
+        metrics_path: the experiment's metrics.jsonl.
+        enabled: False on distributed ranks other than 0.
+    """
+
+    def __init__(self, tensorboard_path: str, metrics_path: str, enabled: bool = True):
+        self.tensorboard_path = tensorboard_path
+        self.metrics_path = metrics_path
+        self.enabled = enabled
+        self._writer = None
+
+    @property
+    def writer(self) -> Any:
+        """The TensorBoard SummaryWriter, for users' own figures and text."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(self.tensorboard_path)
+        return self._writer
+
+    def log_scalars(self, kind: str, step: int, metrics: dict[str, float], **extra: Any) -> None:
+        """Log `metrics` as `<kind>/<name>` scalars at `step`, and as one JSON line.
+
+        Args:
+            kind: e.g. "iteration", "train", "validation", "test".
+            step: the global step or epoch on TensorBoard's x axis.
+            metrics: finite numbers; others are kept in JSON as null.
+            extra: more fields for the JSON line, e.g. epoch=3.
+        """
+        if not self.enabled:
+            return
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"{kind}/{name}", value, step)
+        line = {"kind": kind, "step": step, **extra, "time": round(time.time(), 3)}
+        line["metrics"] = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+        with open(self.metrics_path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(line) + "\n")
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def tensorboard_command(logdir: str | None, logdir_spec: str | None, host: str, port: int) -> list[str]:
+    """Return the argument list that starts TensorBoard (no shell involved)."""
+    command = [sys.executable, "-m", "tensorboard.main", "--host", host, "--port", str(port)]
+    if logdir_spec is not None:
+        return command + ["--logdir_spec", logdir_spec]
+    return command + ["--logdir", os.fspath(logdir)]
