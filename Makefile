@@ -1,0 +1,36 @@
+# The README's commands. Each does its own set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/datasets
+NAME ?= mnist
+EPOCHS ?= 10
+DEVICE ?= auto
+
+.PHONY: main test venv benchmarks clean
+
+$(BIN)/activate: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/activate
+
+venv: $(BIN)/activate
+
+# init + train + test of the MNIST classifier on real MNIST.
+main: venv
+	$(BIN)/python -m mnist_classifier --experiment-name $(NAME) --data-path $(DATA) init
+	$(BIN)/python -m mnist_classifier --experiment-name $(NAME) --data-path $(DATA) train --max-epochs $(EPOCHS) --device $(DEVICE)
+	$(BIN)/python -m mnist_classifier --experiment-name $(NAME) --data-path $(DATA) test --epoch $(EPOCHS) --device $(DEVICE)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+benchmarks: venv
+	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/checkpoint.py --data-path $(DATA)
+	$(BIN)/python benchmarks/throughput.py --data-path $(DATA)
+	$(BIN)/python benchmarks/time_to_accuracy.py --data-path $(DATA)
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny MNIST IDX files and a CLI runner rooted in tmp_path."""
+
+import os
+import struct
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mnist_classifier.__main__ import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "config.default.json")
+SCHEMA = os.path.join(REPO, "config.schema.json")
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Write a uint8 array in MNIST's IDX format."""
+    with open(path, "wb") as file:
+        file.write(struct.pack(">HBB", 0, 0x08, array.ndim))
+        file.write(struct.pack(f">{array.ndim}I", *array.shape))
+        file.write(array.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: str, train_size: int = 96, test_size: int = 40, seed: int = 0) -> str:
+    """Write a tiny learnable MNIST look-alike under root/MNIST/raw; return root.
+
+    Each image of digit d is noise plus a bright bar at row 2 * d, so a model can learn it.
+    """
+    rng = np.random.default_rng(seed)
+    raw = os.path.join(root, "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    for prefix, size in (("train", train_size), ("t10k", test_size)):
+        labels = np.arange(size) % 10
+        images = rng.integers(0, 60, size=(size, 28, 28))
+        for index, label in enumerate(labels):
+            images[index, 2 * label + 4 : 2 * label + 6, 4:24] = 255
+        write_idx(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), images)
+        write_idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), labels)
+    return root
+
+
+@pytest.fixture
+def data_path(tmp_path) -> str:
+    return write_mnist(str(tmp_path / "data"))
+
+
+@pytest.fixture
+def invoke(tmp_path, data_path):
+    """Run the MNIST CLI on tmp_path's experiments and the tiny data; return the result."""
+
+    def run(*args: str, name: str = "x"):
+        base = ["--experiments-path", str(tmp_path / "experiments"), "--data-path", data_path, "--experiment-name", name]
+        return CliRunner().invoke(cli, [*base, *args], catch_exceptions=False)
+
+    return run
+
+
+def init_args(*extra: str) -> list[str]:
+    """Arguments of `init` with the repository's config and schema, small batches."""
+    return ["init", "--config-path", CONFIG, "--schema-path", SCHEMA, "--set", "data.batch_size=16", "--set", "data.test_batch_size=20", *extra]
