@@ -18,8 +18,10 @@ $(BIN)/activate: setup.py
 venv: $(BIN)/activate
 
 # init + train + test of the MNIST classifier on real MNIST.
+# A second run resumes the experiment instead of failing on init.
 main: venv
-	$(BIN)/python -m mnist_classifier --experiment-name $(NAME) --data-path $(DATA) init
+	$(BIN)/python -m mnist_classifier --experiment-name $(NAME) info > /dev/null 2>&1 || \
+	  $(BIN)/python -m mnist_classifier --experiment-name $(NAME) --data-path $(DATA) init
 	$(BIN)/python -m mnist_classifier --experiment-name $(NAME) --data-path $(DATA) train --max-epochs $(EPOCHS) --device $(DEVICE)
 	$(BIN)/python -m mnist_classifier --experiment-name $(NAME) --data-path $(DATA) test --epoch $(EPOCHS) --device $(DEVICE)
 
