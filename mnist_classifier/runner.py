@@ -42,12 +42,18 @@ class MNISTClassifierRunner(torchexp.Runner):
         return {"loss": F.nll_loss(output, labels), "accuracy": (output.argmax(1) == labels).float().mean()}
 
     def test(self, epoch: int, device: torch.device) -> dict:
+        """Loss, accuracy, per-class accuracy and confusion matrix, summed over samples."""
+        # Dropout and batch norm must be in eval mode even when test is called directly.
+        was_training = self.model.training
+        self.model.eval()
         loss_sum = torch.zeros((), device=device)
         confusion = torch.zeros(CLASSES * CLASSES, dtype=torch.long, device=device)
-        for images, labels in self.data.loaders["test"]:
-            output = self.model(images)
-            loss_sum += F.nll_loss(output.float(), labels, reduction="sum")
-            confusion += torch.bincount(labels * CLASSES + output.argmax(1), minlength=CLASSES * CLASSES)
+        with torch.no_grad():
+            for images, labels in self.data.loaders["test"]:
+                output = self.model(images)
+                loss_sum += F.nll_loss(output.float(), labels, reduction="sum")
+                confusion += torch.bincount(labels * CLASSES + output.argmax(1), minlength=CLASSES * CLASSES)
+        self.model.train(was_training)
         confusion = confusion.view(CLASSES, CLASSES).cpu()
         samples = int(confusion.sum())
         per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()

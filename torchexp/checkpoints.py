@@ -20,7 +20,11 @@ from torchexp.errors import CheckpointError, StorageError
 from torchexp.storage import hash_file, read_json, remove_quietly, write_atomic, write_json_atomic
 
 KINDS = ("standard", "release", "interrupt")
-FILENAME_PATTERN = re.compile(r"(?P<epoch>\d+)\.checkpoint(?:\.(?P<kind>release|interrupt))?\.pt")
+# No leading zeros: every name parse_filename accepts is the one make_filename writes.
+FILENAME_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.checkpoint(?:\.(?P<kind>release|interrupt))?\.pt")
+
+# What storage.write_atomic names its temporary file: .<target>.<random>.tmp
+TEMPORARY_PATTERN = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]+\.tmp")
 
 
 @dataclasses.dataclass
@@ -188,6 +192,44 @@ def find_checkpoint(folder: str, epoch: int, kinds: tuple[str, ...]) -> Checkpoi
     raise CheckpointError(
         f"epoch {epoch} has no {what} checkpoint in {folder} (available: {describe_epochs(available)})"
     )
+
+
+def find_training_checkpoint(folder: str, epoch: int) -> CheckpointInfo:
+    """Return the standard checkpoint of `epoch`, the only kind training and releases start from.
+
+    Raises:
+        CheckpointError: there is none; the message lists the epochs that have one, and
+            says so when `epoch` has only a release checkpoint.
+    """
+    try:
+        return find_checkpoint(folder, epoch, ("standard",))
+    except CheckpointError:
+        if any(info.epoch == epoch for info in list_checkpoints(folder, ("release",))):
+            raise CheckpointError(
+                f"epoch {epoch} has only a release checkpoint, which holds weights but no training state "
+                f"(standard checkpoints: {describe_epochs(list_checkpoints(folder, ('standard',)))})"
+            ) from None
+        raise
+
+
+def remove_temporaries(folder: str, kinds: tuple[str, ...] = ("standard", "interrupt")) -> list[str]:
+    """Remove the temporary files that killed saves of these kinds left in `folder`.
+
+    Only for a process that holds the experiment's lock: a save in progress has the
+    same kind of temporary file. Release checkpoints are written without the lock, so
+    theirs are left alone by default.
+
+    Returns:
+        The names removed.
+    """
+    removed = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        match = TEMPORARY_PATTERN.fullmatch(name)
+        parsed = parse_filename(match["target"].removesuffix(".json")) if match else None
+        if parsed is not None and parsed[1] in kinds:
+            remove_quietly(os.path.join(folder, name))
+            removed.append(name)
+    return sorted(removed)
 
 
 def find_resume_checkpoint(folder: str) -> tuple[CheckpointInfo | None, list[tuple[CheckpointInfo, str]]]:

@@ -19,6 +19,7 @@ from torchexp.config import Config, build_config
 from torchexp.devices import check_device_spec
 from torchexp.errors import CheckpointError, DataError, ExperimentError, TorchexpError
 from torchexp.experiment import Experiment
+from torchexp.storage import remove_quietly
 from torchexp.tracking import Tracker, close_logger, make_logger, tensorboard_command
 
 __version__ = "0.1.0"
@@ -73,11 +74,16 @@ class App:
     def make_runner(self, experiment: Experiment, record: dict, num_workers: int) -> Any:
         """Build the project's Runner with its Data, logger and tracker."""
         logger = make_logger(experiment.name, experiment.log_path, self.verbosity)
-        data = self.make_data(experiment, record, logger)
-        data.load_loaders(self.data_path, num_workers)
-        tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path)
-        runner_class = load_class(self.runner_class)
-        return runner_class(experiment, Config(record["config"]), record["seed"], data, logger, tracker, self.verbosity == "quiet")
+        try:
+            data = self.make_data(experiment, record, logger)
+            data.load_loaders(self.data_path, num_workers)
+            tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path)
+            runner_class = load_class(self.runner_class)
+            return runner_class(experiment, Config(record["config"]), record["seed"], data, logger, tracker, self.verbosity == "quiet")
+        except BaseException:
+            # The caller only closes the logger of a runner it got.
+            close_logger(logger)
+            raise
 
 
 pass_app = click.make_pass_decorator(App)
@@ -216,7 +222,7 @@ def make_cli(
     @click.option("--epoch", type=click.IntRange(min=1), help="Resume from this epoch's checkpoint.  [default: the furthest]")
     @click.option("--max-epochs", default=10, show_default=True, type=click.IntRange(min=1), help="Train until this many epochs are done.")
     @click.option("--log-period", default=100, show_default=True, type=click.IntRange(min=1), help="Iterations between iteration logs.")
-    @click.option("--overwrite", is_flag=True, help="Allow --epoch to train over later checkpoints.")
+    @click.option("--overwrite", is_flag=True, help="Allow --epoch to train over later checkpoints, deleting them (releases stay).")
     @with_device
     @with_workers
     @pass_app
@@ -225,12 +231,18 @@ def make_cli(
         from torchexp.devices import resolve_device
 
         experiment = app.open_experiment()
-        if epoch is not None and not overwrite:
-            check_no_later_checkpoints(experiment, epoch)
+        # Check what can be checked before the lock and the log, so that a mistake
+        # leaves the experiment as it was.
+        if epoch is not None:
+            checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
+            if not overwrite:
+                check_no_later_checkpoints(experiment, epoch)
+        torch_device = resolve_device(device)
         with experiment.lock():
-            torch_device = resolve_device(device)
             runner = app.make_runner(experiment, experiment.read_record(), num_workers)
             try:
+                if epoch is not None and overwrite:
+                    remove_later_checkpoints(experiment, epoch, runner.logger)
                 runner.logger.info(f"training {experiment.name!r} on {torch_device} up to epoch {max_epochs}")
                 runner.train(torch_device, max_epochs, log_period, epoch)
             finally:
@@ -248,7 +260,7 @@ def make_cli(
         from torchexp.devices import resolve_device
 
         experiment = app.open_experiment()
-        epoch = epoch or latest_epoch(experiment)
+        epoch = epoch or latest_epoch(experiment, ("release",) if release else ("standard", "release"))
         torch_device = resolve_device(device)
         runner = app.make_runner(experiment, experiment.read_record(), num_workers)
         try:
@@ -265,6 +277,7 @@ def make_cli(
         from torchexp.runner import create_release as write_release
 
         experiment = app.open_experiment()
+        checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
         path = write_release(experiment, epoch, experiment.read_record())
         logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
         logger.info(f"released epoch {epoch} as {path}")
@@ -308,11 +321,35 @@ def check_no_later_checkpoints(experiment: Experiment, epoch: int) -> None:
         )
 
 
-def latest_epoch(experiment: Experiment) -> int:
-    """Return the latest epoch with a standard or release checkpoint."""
-    found = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard", "release"))
+def remove_later_checkpoints(experiment: Experiment, epoch: int, logger: Any) -> None:
+    """Delete the standard and interrupt checkpoints after `epoch` (train --epoch --overwrite).
+
+    Left in place, the furthest of them would be what the next plain `train` resumes
+    from, mixing two histories. The checkpoint of `epoch` is verified first, so that a
+    corrupt starting point costs nothing. Release checkpoints stay: they stand alone.
+    """
+    start = checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
+    checkpoints.verify_checkpoint(start)
+    later = [
+        info
+        for info in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard", "interrupt"))
+        if info.progress > start.progress
+    ]
+    for info in later:
+        remove_quietly(checkpoints.record_path(info.path))
+        remove_quietly(info.path)
+    if later:
+        logger.warning(f"--overwrite: removed the checkpoints of epochs {checkpoints.describe_epochs(later)}")
+
+
+def latest_epoch(experiment: Experiment, kinds: tuple[str, ...]) -> int:
+    """Return the latest epoch with a checkpoint of one of `kinds`."""
+    found = checkpoints.list_checkpoints(experiment.checkpoints_path, kinds)
     if not found:
-        raise CheckpointError(f"experiment {experiment.name!r} has no checkpoint yet: train it first")
+        raise CheckpointError(
+            f"experiment {experiment.name!r} has no {' or '.join(kinds)} checkpoint yet"
+            + (": train it first" if "standard" in kinds else ": create one with create_release")
+        )
     return found[-1].epoch
 
 

@@ -7,6 +7,7 @@ documented the same way.
 
 import copy
 import json
+import math
 from typing import Any
 
 from torchexp.errors import ConfigError
@@ -178,9 +179,20 @@ def validate_config(conf: dict, schema: dict) -> None:
     from jsonschema import Draft202012Validator
 
     errors = sorted(Draft202012Validator(schema).iter_errors(conf), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+    lines = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+    # NaN and infinities pass every minimum and maximum (comparisons with NaN are false)
+    # and are not JSON, so they are refused whatever the schema says.
+    lines += [f"{path}: {value} is not a finite number" for path, value in find_non_finite(conf)]
+    if lines:
         raise ConfigError("config is invalid:\n  " + "\n  ".join(lines))
+
+
+def find_non_finite(node: Any, path: str = "") -> list[tuple[str, float]]:
+    """Return (key path, value) of every NaN or infinite number in a configuration."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [(path or "(top level)", node)]
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    return [found for key, value in items for found in find_non_finite(value, f"{path}.{key}" if path else str(key))]
 
 
 def build_config(config_path: str, schema_path: str, overrides: list[str]) -> dict:

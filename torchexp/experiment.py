@@ -90,23 +90,30 @@ class Experiment:
 
         Raises:
             ExperimentError: the name is taken, or the experiments folder is not usable.
+            StorageError: a file could not be written (disk full).
         """
         self.check_free()
         if os.path.exists(self.experiments_path) and not os.path.isdir(self.experiments_path):
             raise ExperimentError(f"experiments path {self.experiments_path} is a file, not a folder")
-        os.makedirs(self.experiments_path, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=self.experiments_path, prefix=f".{self.name}.creating-")
+        try:
+            os.makedirs(self.experiments_path, exist_ok=True)
+            staging = tempfile.mkdtemp(dir=self.experiments_path, prefix=f".{self.name}.creating-")
+        except OSError as error:
+            raise ExperimentError(f"experiments path {self.experiments_path} is not usable: {error.strerror or error}") from error
         try:
             os.chmod(staging, 0o777 & ~current_umask())
             for folder in ("checkpoints", "tensorboard", "results"):
                 os.mkdir(os.path.join(staging, folder))
             write_json_atomic(os.path.join(staging, "data.json"), data_state)
             write_json_atomic(os.path.join(staging, "config.json"), record)
+            # rename() would silently replace an empty folder created since check_free.
+            if os.path.lexists(self.path):
+                raise FileExistsError(errno.EEXIST, "exists", self.path)
             os.rename(staging, self.path)
         except OSError as error:
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 raise ExperimentError(f"experiment {self.name!r} already exists in {self.experiments_path}") from error
-            raise
+            raise ExperimentError(f"experiment {self.name!r} could not be created in {self.experiments_path}: {error.strerror or error}") from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

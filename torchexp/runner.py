@@ -356,6 +356,8 @@ class Runner(abc.ABC):
             CheckpointError: `epoch` has no standard checkpoint, or it does not load.
         """
         folder = self.experiment.checkpoints_path
+        for name in checkpoints.remove_temporaries(folder):
+            self.logger.info(f"removed {name}, left by a save that was killed")
         if epoch is None:
             info, skipped = checkpoints.find_resume_checkpoint(folder)
             for bad, reason in skipped:
@@ -425,12 +427,20 @@ class Runner(abc.ABC):
     def catch_stop_signals(self) -> Iterator[None]:
         """Turn SIGINT and SIGTERM into a request to stop after the current step."""
 
+        owner = os.getpid()
+
         def request_stop(signum: int, frame: Any) -> None:
+            # Data loader workers are forked with this handler; a terminal's Ctrl-C reaches
+            # them too. They keep serving batches until the trainer shuts them down.
+            if os.getpid() != owner:
+                return
             if self.stop_signal is None:
                 self.stop_signal = signum
                 self.logger.warning(f"{signal.Signals(signum).name} received: finishing the current step, then saving")
-            else:
+            elif self.saving:
                 self.logger.warning("already stopping: the checkpoint is being saved, please wait")
+            else:
+                self.logger.warning("already stopping: finishing the current step, then saving")
 
         previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -28,10 +28,15 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
             is removed and any previous file at `path` is left as it was.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        os.chmod(tmp_path, 0o666 & ~current_umask())
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as error:
+        raise StorageError(f"could not write {path}: {error.strerror or error}") from error
+    try:
+        # fdopen first, so that the descriptor is closed whatever fails next.
         with os.fdopen(fd, "wb") as file:
+            # mkstemp makes the file 0600; give it the permissions open() would have.
+            os.fchmod(file.fileno(), 0o666 & ~current_umask())
             write(file)
             file.flush()
             os.fsync(file.fileno())
@@ -81,7 +86,18 @@ def read_json(
 
 
 def current_umask() -> int:
-    """Return the process umask, so that files get the permissions `open` would give."""
+    """Return the process umask, so that files get the permissions `open` would give.
+
+    Linux reports it in /proc; elsewhere it is read by setting it and back, which a
+    thread creating a file at that instant could observe, hence /proc first.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

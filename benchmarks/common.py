@@ -1,0 +1,137 @@
+"""What the benchmarks share: paths, the machine's description, JSON output, and
+building experiments and runners through torchexp's own API.
+
+Experiments are created with the real `init` command (click's CliRunner) and trained with
+the real `Runner.train`, built the way `train` builds it (`App.make_runner`), so what the
+benchmarks time is the loop users run.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as `python benchmarks/x.py` from a fresh clone, installed or not
+    sys.path.insert(0, REPO)
+
+DEFAULT_DATA_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets"))
+DEFAULT_CONFIG = os.path.join(REPO, "config.default.json")
+SCHEMA = os.path.join(REPO, "config.schema.json")
+PRESETS = {
+    "default": DEFAULT_CONFIG,
+    "fast": os.path.join(REPO, "configs", "fast.json"),
+    "best": os.path.join(REPO, "configs", "best.json"),
+}
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-path", default=DEFAULT_DATA_PATH, help="folder holding MNIST/raw (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every variant (default: %(default)s, as init)")
+    return parser
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Print one JSON line and flush it, so partial results survive an interrupted run."""
+    print(json.dumps(record), flush=True)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures depend on: cores, load, thread count and versions."""
+    import torch
+
+    load = os.getloadavg()
+    return {
+        "cpus": os.cpu_count(),
+        "load_avg_1_5_15": [round(value, 2) for value in load],
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def create_experiment(experiments_path: str, name: str, data_path: str, config_path: str, seed: int, overrides: list[str] = ()) -> None:
+    """Run `init` through the command line, exactly as a user would.
+
+    Raises:
+        RuntimeError: init failed; carries its output.
+    """
+    from click.testing import CliRunner
+
+    from mnist_classifier.__main__ import cli
+
+    arguments = ["--experiments-path", experiments_path, "--data-path", data_path, "--experiment-name", name, "--quiet"]
+    arguments += ["init", "--config-path", config_path, "--schema-path", SCHEMA, "--seed", str(seed)]
+    for override in overrides:
+        arguments += ["--set", override]
+    result = CliRunner().invoke(cli, arguments)
+    if result.exit_code != 0:
+        raise RuntimeError(f"init of {name} failed ({result.exit_code}): {result.output}") from result.exception
+
+
+def make_runner(experiments_path: str, name: str, data_path: str, runner_class: type, data_class: type | None = None) -> Any:
+    """Build a runner the way `train` does (`App.make_runner`), with quiet console logs.
+
+    Args:
+        runner_class: the project's Runner or a subclass adding timing hooks.
+        data_class: the project's Data or a subclass (e.g. one that trains on a subset).
+    """
+    from torchexp import App
+
+    from mnist_classifier.data import MNISTClassifierData
+
+    app = App(data_class or MNISTClassifierData, runner_class, name, experiments_path, data_path, "quiet")
+    experiment = app.open_experiment()
+    return app.make_runner(experiment, experiment.read_record(), num_workers=0)
+
+
+def close_runner(runner: Any) -> None:
+    """Release what `make_runner` opened: TensorBoard's writer and the log file."""
+    from torchexp.tracking import close_logger
+
+    runner.tracker.close()
+    close_logger(runner.logger)
+
+
+def test_accuracy(model: Any, loader: Any) -> tuple[float, float]:
+    """Test-set (accuracy, mean loss) of `model`, computed as the `test` command does:
+    eval mode, no gradients, fp32, sums divided by the number of samples."""
+    import torch
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    correct, loss, count = 0, 0.0, 0
+    with torch.no_grad():
+        for images, labels in loader:
+            output = model(images)
+            loss += F.nll_loss(output.float(), labels, reduction="sum").item()
+            correct += (output.argmax(1) == labels).sum().item()
+            count += len(labels)
+    model.train(was_training)
+    return correct / count, loss / count
+
+
+class Stopwatch:
+    """Sums the seconds spent inside `with stopwatch:` blocks."""
+
+    def __init__(self):
+        self.total = 0.0
+
+    def __enter__(self) -> "Stopwatch":
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.total += time.perf_counter() - self.started

@@ -1,0 +1,259 @@
+"""Configuration: loading, overrides, defaults, validation and lookups."""
+
+import json
+
+import pytest
+
+from conftest import CONFIG, SCHEMA
+from torchexp.config import (
+    MAX_CONFIG_BYTES,
+    TRAINER_SCHEMA,
+    Config,
+    apply_overrides,
+    build_config,
+    fill_defaults,
+    load_config_file,
+    load_schema,
+    parse_override,
+    validate_config,
+)
+from torchexp.errors import ConfigError
+
+SMALL_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "training": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.1},
+                "epochs": {"type": "integer", "minimum": 1, "default": 3},
+                "optimizer": {"enum": ["sgd", "adam"], "default": "sgd"},
+            },
+        },
+        "model": {
+            "type": "object",
+            "properties": {"layers": {"type": "object", "properties": {"width": {"type": "integer", "default": 8}}}},
+        },
+        "name": {"type": "string", "default": "run"},
+    },
+}
+
+
+def write_json(path, obj) -> str:
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def test_validate_lists_every_error_with_key_path_value_and_rule():
+    conf = {"training": {"lr": -1, "epochs": 0, "optimizer": "rmsprop"}}
+    with pytest.raises(ConfigError) as caught:
+        validate_config(conf, SMALL_SCHEMA)
+    message = str(caught.value)
+    assert "training.lr: -1 is less than or equal to the minimum of 0" in message
+    assert "training.epochs: 0 is less than the minimum of 1" in message
+    assert "training.optimizer: 'rmsprop' is not one of ['sgd', 'adam']" in message
+    assert message.count("\n") == 3  # the heading and one line per error
+
+
+def test_validate_names_the_section_of_an_unexpected_key():
+    with pytest.raises(ConfigError, match=r"training: Additional properties are not allowed \('lrr' was unexpected\)"):
+        validate_config({"training": {"lrr": 0.1}}, SMALL_SCHEMA)
+
+
+def test_validate_reports_top_level_type_errors():
+    with pytest.raises(ConfigError, match=r"\(top level\): \[\] is not of type 'object'"):
+        validate_config([], {"type": "object"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_validate_refuses_non_finite_numbers_that_pass_every_bound(value):
+    with pytest.raises(ConfigError, match=rf"training.lr: {value} is not a finite number"):
+        validate_config({"training": {"lr": value}}, SMALL_SCHEMA)
+
+
+def test_validate_accepts_a_valid_config():
+    validate_config({"training": {"lr": 0.5, "epochs": 2}}, SMALL_SCHEMA)
+
+
+def test_fill_defaults_fills_missing_keys_and_nested_sections():
+    filled = fill_defaults({"training": {"lr": 0.5}}, SMALL_SCHEMA)
+    assert filled == {
+        "training": {"lr": 0.5, "epochs": 3, "optimizer": "sgd"},
+        "model": {"layers": {"width": 8}},
+        "name": "run",
+    }
+
+
+def test_fill_defaults_does_not_modify_its_input_or_the_schema():
+    conf = {"training": {}}
+    schema_before = json.dumps(SMALL_SCHEMA)
+    filled = fill_defaults(conf, SMALL_SCHEMA)
+    filled["training"]["lr"] = 9
+    assert conf == {"training": {}}
+    assert json.dumps(SMALL_SCHEMA) == schema_before
+
+
+@pytest.mark.parametrize(
+    "text, keys, value",
+    [
+        ("training.lr=0.5", ["training", "lr"], 0.5),
+        ("training.epochs=4", ["training", "epochs"], 4),
+        ("data.augment=true", ["data", "augment"], True),
+        ("trainer.grad_clip_norm=null", ["trainer", "grad_clip_norm"], None),
+        ("model.name=mlp", ["model", "name"], "mlp"),  # not JSON: kept as a string
+        ('model.name="7"', ["model", "name"], "7"),
+        ("model.sizes=[1, 2]", ["model", "sizes"], [1, 2]),
+        ("a.b=x=y", ["a", "b"], "x=y"),
+        ("name=", ["name"], ""),
+    ],
+)
+def test_parse_override_reads_json_values_else_strings(text, keys, value):
+    assert parse_override(text) == (keys, value)
+
+
+@pytest.mark.parametrize("text", ["training.lr", "=1", "training..lr=1", ".lr=1", "training.=1"])
+def test_parse_override_refuses_malformed_text(text):
+    with pytest.raises(ConfigError, match=rf"override '{text}' must look like section.key=value"):
+        parse_override(text)
+
+
+def test_apply_overrides_sets_values_in_a_copy():
+    conf = {"training": {"lr": 0.1}}
+    result = apply_overrides(conf, SMALL_SCHEMA, ["training.lr=0.5", "training.epochs=7", "model.layers.width=3"])
+    assert result == {"training": {"lr": 0.5, "epochs": 7}, "model": {"layers": {"width": 3}}}
+    assert conf == {"training": {"lr": 0.1}}
+
+
+@pytest.mark.parametrize(
+    "override, unknown", [("training.lrr=1", "training.lrr"), ("trainin.lr=1", "trainin"), ("training.lr.x=1", "training.lr.x")]
+)
+def test_apply_overrides_refuses_keys_the_schema_does_not_declare(override, unknown):
+    with pytest.raises(ConfigError, match=rf"unknown config key {unknown}: the schema does not declare it"):
+        apply_overrides({}, SMALL_SCHEMA, [override])
+
+
+def test_apply_overrides_refuses_a_key_under_a_value_that_is_not_a_section():
+    with pytest.raises(ConfigError, match=r"override 'model.layers.width=3': layers is not a section"):
+        apply_overrides({"model": {"layers": 5}}, SMALL_SCHEMA, ["model.layers.width=3"])
+
+
+def test_config_get_returns_nested_values_and_names_unknown_key_paths():
+    config = Config({"training": {"lr": 0.5}, "name": "run"})
+    assert config.get("training", "lr") == 0.5
+    assert config.get("training") == {"lr": 0.5}
+    with pytest.raises(ConfigError, match=r"config has no key training\.lrr$"):
+        config.get("training", "lrr")
+    with pytest.raises(ConfigError, match=r"config has no key data$"):
+        config.get("data", "batch_size")
+    with pytest.raises(ConfigError, match=r"config has no key name\.length$"):
+        config.get("name", "length")
+
+
+def test_config_get_returns_none_only_when_the_value_is_null():
+    assert Config({"trainer": {"grad_clip_norm": None}}).get("trainer", "grad_clip_norm") is None
+
+
+def test_load_schema_adds_the_trainer_section(tmp_path):
+    schema = load_schema(write_json(tmp_path / "schema.json", SMALL_SCHEMA))
+    assert schema["properties"]["trainer"] == TRAINER_SCHEMA
+    assert "trainer" not in SMALL_SCHEMA["properties"]
+    filled = fill_defaults({}, schema)
+    assert filled["trainer"] == {
+        "precision": "fp32",
+        "channels_last": False,
+        "compile": False,
+        "grad_accumulation": 1,
+        "grad_clip_norm": None,
+        "early_stopping_patience": None,
+    }
+
+
+def test_trainer_section_is_validated(tmp_path):
+    schema = load_schema(write_json(tmp_path / "schema.json", SMALL_SCHEMA))
+    conf = fill_defaults({"trainer": {"precision": "fp8", "grad_accumulation": 0}}, schema)
+    with pytest.raises(ConfigError) as caught:
+        validate_config(conf, schema)
+    assert "trainer.precision: 'fp8' is not one of ['fp32', 'bf16', 'fp16']" in str(caught.value)
+    assert "trainer.grad_accumulation: 0 is less than the minimum of 1" in str(caught.value)
+
+
+def test_load_schema_refuses_an_invalid_schema(tmp_path):
+    path = write_json(tmp_path / "schema.json", {"type": "nonsense"})
+    with pytest.raises(ConfigError, match=r"schema file .*schema.json is not a valid JSON schema: 'nonsense' is not valid"):
+        load_schema(path)
+
+
+def test_load_schema_refuses_a_schema_that_is_not_an_object(tmp_path):
+    with pytest.raises(ConfigError, match=r"schema file .*schema.json must hold a JSON object, not list"):
+        load_schema(write_json(tmp_path / "schema.json", []))
+
+
+def test_load_schema_names_a_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"schema file .*nowhere.json is missing"):
+        load_schema(str(tmp_path / "nowhere.json"))
+
+
+def test_load_config_file_refuses_text_that_is_not_json(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("{training: 1}")
+    with pytest.raises(ConfigError, match=r"config file .*config.json is not valid JSON: Expecting property name"):
+        load_config_file(str(path))
+
+
+@pytest.mark.parametrize("value, kind", [([1, 2], "list"), ("text", "str"), (3, "int"), (None, "NoneType")])
+def test_load_config_file_refuses_json_that_is_not_an_object(tmp_path, value, kind):
+    with pytest.raises(ConfigError, match=rf"config file .*config.json must hold a JSON object, not {kind}"):
+        load_config_file(write_json(tmp_path / "config.json", value))
+
+
+def test_load_config_file_refuses_a_file_too_large(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(" " * MAX_CONFIG_BYTES + "{}")
+    with pytest.raises(ConfigError, match=rf"config file .*config.json is {MAX_CONFIG_BYTES + 2} bytes, more than the {MAX_CONFIG_BYTES} allowed"):
+        load_config_file(str(path))
+
+
+def test_load_config_file_refuses_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file .* is a folder, not a file"):
+        load_config_file(str(tmp_path))
+
+
+def test_build_config_overrides_fills_and_validates_the_project_files():
+    conf = build_config(CONFIG, SCHEMA, ["training.lr=0.5", "model.name=mlp", "trainer.precision=bf16"])
+    assert conf["training"]["lr"] == 0.5
+    assert conf["model"]["name"] == "mlp"
+    assert conf["training"]["momentum"] == 0.9  # a schema default absent from config.default.json
+    assert conf["trainer"]["precision"] == "bf16"
+    assert conf["trainer"]["grad_accumulation"] == 1
+
+
+def test_build_config_reports_every_invalid_override_at_once():
+    with pytest.raises(ConfigError) as caught:
+        build_config(CONFIG, SCHEMA, ["training.lr=-1", "data.batch_size=0", "model.name=resnet"])
+    message = str(caught.value)
+    assert "training.lr: -1 is less than or equal to the minimum of 0" in message
+    assert "data.batch_size: 0 is less than the minimum of 1" in message
+    assert "model.name: 'resnet' is not one of" in message
+
+
+def test_build_config_refuses_nan_given_on_the_command_line():
+    with pytest.raises(ConfigError, match=r"training.lr: nan is not a finite number"):
+        build_config(CONFIG, SCHEMA, ["training.lr=NaN"])
+
+
+def test_project_schema_documents_every_key_with_a_default_and_description():
+    schema = load_schema(SCHEMA)
+
+    def check(node, path):
+        for key, sub in node.get("properties", {}).items():
+            assert "description" in sub, f"{path}{key} has no description"
+            if "properties" in sub:
+                check(sub, f"{path}{key}.")
+            else:
+                assert "default" in sub, f"{path}{key} has no default"
+
+    check(schema, "")
+    # The shipped default config is valid as it is.
+    validate_config(fill_defaults(load_config_file(CONFIG), schema), schema)

@@ -1,0 +1,117 @@
+"""Distributed training through torchrun: two Gloo processes on the CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from torchexp.distributed import World, any_across, map_device, read_world, sum_across
+from torchexp.errors import DeviceError
+
+PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_project.py")
+
+
+def run_project(tmp_path, *args: str, processes: int = 0, restarts: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the test project, under torchrun with `processes` workers when it is non-zero."""
+    launcher = [sys.executable]
+    if processes:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", f"--max-restarts={restarts}"]
+    command = [*launcher, PROJECT, "--experiments-path", str(tmp_path / "experiments"), "--experiment-name", "d", *args]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHEXP_TIMEOUT_S": "60", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+
+
+def init_project(tmp_path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "schema.json").write_text('{"type": "object"}')
+    result = run_project(tmp_path, "init", "--config-path", str(tmp_path / "config.json"), "--schema-path", str(tmp_path / "schema.json"))
+    assert result.returncode == 0, result.stderr
+
+
+def read_metrics(tmp_path, kind: str) -> list[dict]:
+    lines = (tmp_path / "experiments" / "d" / "metrics.jsonl").read_text().splitlines()
+    return [entry for entry in map(json.loads, lines) if entry["kind"] == kind]
+
+
+def read_seen(tmp_path, rank: int) -> dict[int, list[int]]:
+    """Return the sample indexes a rank trained on, by epoch."""
+    seen: dict[int, list[int]] = {}
+    for line in (tmp_path / "experiments" / f"seen-{rank}.txt").read_text().splitlines():
+        epoch, *indexes = map(int, line.split())
+        seen.setdefault(epoch, []).extend(indexes)
+    return seen
+
+
+def test_two_gloo_processes_shard_reduce_write_once_and_resume(tmp_path):
+    init_project(tmp_path)
+    result = run_project(tmp_path, "train", "--max-epochs", "2", "--device", "cpu", processes=2)
+    assert result.returncode == 0, result.stderr
+
+    first, second = read_seen(tmp_path, 0), read_seen(tmp_path, 1)
+    for epoch in (1, 2):
+        assert len(first[epoch]) == len(second[epoch]) == 32
+        assert sorted(first[epoch] + second[epoch]) == list(range(64))
+    assert first[1] != first[2], "each epoch draws a new order"
+
+    train_logs = read_metrics(tmp_path, "train")
+    assert [entry["epoch"] for entry in train_logs] == [1, 2], "only rank 0 logs"
+    assert all(entry["metrics"]["rank"] == 0.5 for entry in train_logs), "metrics are means over both ranks"
+    names = sorted(os.listdir(tmp_path / "experiments" / "d" / "checkpoints"))
+    assert names == ["1.checkpoint.pt", "1.checkpoint.pt.json", "2.checkpoint.pt", "2.checkpoint.pt.json"]
+    state = torch.load(tmp_path / "experiments" / "d" / "checkpoints" / "2.checkpoint.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng_by_rank"]) == 2
+
+    result = run_project(tmp_path, "train", "--max-epochs", "3", "--device", "cpu", processes=2)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from 2.checkpoint.pt" in result.stderr
+    assert [entry["epoch"] for entry in read_metrics(tmp_path, "train")] == [1, 2, 3]
+
+
+def test_a_dead_rank_is_restarted_by_torchrun_from_the_last_checkpoint(tmp_path):
+    init_project(tmp_path)
+    result = run_project(tmp_path, "train", "--max-epochs", "3", "--device", "cpu", processes=2, restarts=1, env={"TORCHEXP_TEST_DIE_AT": "2"})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "experiments" / "died").exists()
+    assert "resumed from 1.checkpoint.pt" in result.stderr
+    assert (tmp_path / "experiments" / "d" / "checkpoints" / "3.checkpoint.pt").exists()
+
+
+def test_a_dead_rank_without_restarts_ends_the_run_with_an_error(tmp_path):
+    init_project(tmp_path)
+    result = run_project(tmp_path, "train", "--max-epochs", "3", "--device", "cpu", processes=2, env={"TORCHEXP_TEST_DIE_AT": "2"})
+    assert result.returncode != 0
+    assert (tmp_path / "experiments" / "d" / "checkpoints" / "1.checkpoint.pt").exists()
+    result = run_project(tmp_path, "train", "--max-epochs", "3", "--device", "cpu", processes=2)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from 1.checkpoint.pt" in result.stderr
+
+
+def test_resuming_with_another_world_size_warns_that_the_order_changes(tmp_path):
+    init_project(tmp_path)
+    assert run_project(tmp_path, "train", "--max-epochs", "1", "--device", "cpu", processes=2).returncode == 0
+    result = run_project(tmp_path, "train", "--max-epochs", "2", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "saved by 2 processes, resumed by 1: the data order changes" in result.stderr
+    assert len(read_seen(tmp_path, 0)[2]) == 64
+
+
+def test_single_process_world_is_the_default(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    world = read_world()
+    assert world == World() and world.is_main and not world.distributed
+    value = torch.tensor(3.0)
+    assert sum_across(value) is value and any_across(True, torch.device("cpu"))
+
+
+def test_devices_map_onto_local_ranks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    world = World(rank=3, local_rank=1, size=4)
+    assert map_device("cuda", world) == "cuda:1"
+    assert map_device("auto", world) == "cuda:1"
+    assert map_device("cpu", world) == "cpu"
+    assert map_device("cuda:0", World()) == "cuda:0"
+    with pytest.raises(DeviceError, match="'cuda:0' names one GPU, but 4 processes train"):
+        map_device("cuda:0", world)

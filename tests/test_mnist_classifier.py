@@ -1,0 +1,186 @@
+"""The MNIST classifier example: models, data split, training and test metrics."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import CONFIG, SCHEMA, init_args, write_mnist
+from mnist_classifier.data import MNISTClassifierData, augment, normalize, read_mnist
+from mnist_classifier.model import MODELS, build_model
+from mnist_classifier.runner import MNISTClassifierRunner, one_cycle_factor
+from torchexp.config import Config, build_config
+from torchexp.errors import DataError
+from torchexp.experiment import Experiment
+from torchexp.tracking import Tracker, close_logger, make_logger
+
+TRAIN_SIZE, TEST_SIZE = 96, 40
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_give_log_probabilities_of_ten_classes(name):
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    output = model(torch.randn(3, 1, 28, 28))
+    assert output.shape == (3, 10)
+    assert torch.allclose(output.exp().sum(1), torch.ones(3), atol=1e-5)
+    assert (output <= 0).all()
+
+
+def test_cnn_applies_relu_after_conv2():
+    model = build_model("cnn").eval()
+    with torch.no_grad():
+        model.conv2.bias.fill_(-100.0)  # without a ReLU every value after conv2 would be negative
+    seen = {}
+    model.dropout1.register_forward_hook(lambda module, inputs, output: seen.update(pooled=inputs[0]))
+    model(torch.randn(2, 1, 28, 28))
+    assert (seen["pooled"] >= 0).all()
+
+
+def data_for(data_path, val_split: float = 0.25, seed: int = 0, **data_conf) -> MNISTClassifierData:
+    conf = {"data": {"val_split": val_split, "batch_size": 16, "test_batch_size": 30, "augment": False, **data_conf}}
+    data = MNISTClassifierData(Config(conf), seed)
+    data.state = data.create(data_path)
+    data.load_datasets(data_path)
+    data.load_loaders(data_path, 0)
+    return data
+
+
+def test_validation_split_is_drawn_from_the_seed_and_sized_by_val_split(data_path):
+    data = data_for(data_path, val_split=0.25)
+    indexes = data.state["validation_indexes"]
+    assert data.state["train_size"] == TRAIN_SIZE
+    assert len(indexes) == 24 and len(set(indexes)) == 24 and indexes == sorted(indexes)
+    assert json.loads(json.dumps(data.state)) == data.state  # plain JSON for data.json
+    assert data_for(data_path, val_split=0.25).state == data.state
+    assert data_for(data_path, val_split=0.25, seed=1).state != data.state
+    assert len(data.datasets["train"][0]) == 72 and len(data.datasets["validation"][0]) == 24
+    assert len(data.datasets["test"][0]) == TEST_SIZE
+    # The validation images are the held-out training images, and no others.
+    images, _ = read_mnist(data_path, train=True)
+    assert torch.equal(data.datasets["validation"][0], images[indexes])
+
+
+def test_val_split_zero_gives_an_empty_validation_set(data_path):
+    data = data_for(data_path, val_split=0.0)
+    assert data.state["validation_indexes"] == []
+    assert len(data.datasets["train"][0]) == TRAIN_SIZE
+    assert len(data.loaders["validation"]) == 0
+
+
+def test_loaders_normalize_and_batch(data_path):
+    data = data_for(data_path)
+    images, labels = next(iter(data.loaders["train"]))
+    assert images.shape == (16, 1, 28, 28) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert [len(batch[1]) for batch in data.loaders["test"]] == [30, 10]
+
+
+def test_augment_keeps_shapes_and_the_background_value():
+    images = torch.zeros(4, 28, 28, dtype=torch.uint8)
+    labels = torch.arange(4)
+    plain, _ = normalize((images, labels))
+    moved, moved_labels = augment((images, labels))
+    assert moved.shape == plain.shape == (4, 1, 28, 28)
+    assert torch.equal(moved_labels, labels)
+    assert torch.allclose(moved, plain, atol=1e-5)  # a blank image stays blank after any affine move
+
+
+def test_training_images_of_another_size_are_refused(data_path, tmp_path):
+    data = data_for(data_path)
+    other = write_mnist(str(tmp_path / "other"), train_size=50)
+    with pytest.raises(DataError, match=r"MNIST in .*other/MNIST/raw has 50 training images, but the experiment was created with 96"):
+        data.load_datasets(other)
+
+
+def test_truncated_mnist_files_are_a_data_error(data_path):
+    path = os.path.join(data_path, "MNIST", "raw", "t10k-images-idx3-ubyte")
+    os.truncate(path, 100)
+    with pytest.raises(DataError, match=r"MNIST files in .*MNIST/raw cannot be read"):
+        read_mnist(data_path, train=False)
+
+
+def make_runner(tmp_path, data_path, model="mlp", test_batch_size=30) -> MNISTClassifierRunner:
+    conf = build_config(CONFIG, SCHEMA, [f"model.name={model}", "data.batch_size=16", f"data.test_batch_size={test_batch_size}"])
+    experiment = Experiment(str(tmp_path / "experiments"), "m")
+    data = MNISTClassifierData(Config(conf), 0)
+    state = data.create(data_path)
+    experiment.create({"seed": 0, "versions": {}, "config": conf}, state)
+    data.state = state
+    data.load_datasets(data_path)
+    data.load_loaders(data_path, 0)
+    logger = make_logger("m", experiment.log_path, "quiet")
+    tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path)
+    return MNISTClassifierRunner(experiment, Config(conf), 0, data, logger, tracker, quiet=True)
+
+
+def test_test_metrics_are_over_samples_in_eval_mode(tmp_path, data_path):
+    runner = make_runner(tmp_path, data_path, model="cnn")  # cnn has dropout: train mode would be random
+    try:
+        runner.init_model(torch.device("cpu"))
+        runner.model.train()
+        first = runner.test(1, torch.device("cpu"))
+        second = runner.test(1, torch.device("cpu"))
+        assert runner.model.training  # test put back the mode it found
+        runner.model.eval()
+        images, labels = runner.data.datasets["test"]
+        with torch.no_grad():
+            output = runner.model(normalize((images, labels))[0])
+    finally:
+        runner.tracker.close()
+        close_logger(runner.logger)
+    assert first == second
+    # Batches of 30 and 10 samples: the mean over samples, not over the two batches.
+    assert first["samples"] == TEST_SIZE
+    assert first["accuracy"] == (output.argmax(1) == labels).sum().item() / TEST_SIZE
+    assert first["loss"] == pytest.approx(torch.nn.functional.nll_loss(output, labels).item(), rel=1e-5)
+    confusion = torch.tensor(first["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum().item() == TEST_SIZE
+    assert confusion.sum(1).tolist() == torch.bincount(labels, minlength=10).tolist()
+    per_class = (confusion.diag().float() / confusion.sum(1).float()).tolist()
+    assert first["per_class_accuracy"] == pytest.approx(per_class)
+
+
+def test_training_learns_the_tiny_data_set(tmp_path, data_path):
+    runner = make_runner(tmp_path, data_path)
+    try:
+        runner.train(torch.device("cpu"), 3, 100)
+        results = runner.run_test(torch.device("cpu"), 3, release=False)
+    finally:
+        runner.tracker.close()
+        close_logger(runner.logger)
+    assert results["accuracy"] > 0.9
+    assert runner.history["train"][-1]["loss"] < runner.history["train"][0]["loss"]
+    # The step scheduler (gamma 0.7 each epoch) is applied.
+    assert runner.optimizer.param_groups[0]["lr"] == pytest.approx(0.7**3)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_every_optimizer_and_the_onecycle_schedule_can_be_built(tmp_path, data_path, optimizer):
+    runner = make_runner(tmp_path, data_path)
+    runner.config.data["training"].update(optimizer=optimizer, scheduler="onecycle", lr=0.01)
+    runner.init_model(torch.device("cpu"))
+    runner.init_optimizer(torch.device("cpu"))
+    runner.init_others(torch.device("cpu"))
+    close_logger(runner.logger)
+    assert type(runner.optimizer).__name__.lower() == optimizer
+    assert runner.scheduler_interval == "iteration"
+    assert runner.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.04)  # warm-up starts at 4 % of lr
+
+
+def test_one_cycle_factor_warms_up_peaks_and_anneals():
+    total = 100
+    assert one_cycle_factor(0, total) == pytest.approx(0.04)
+    assert one_cycle_factor(25, total) == pytest.approx(1.0)
+    assert one_cycle_factor(100, total) == pytest.approx(1e-4)
+    assert one_cycle_factor(500, total) == pytest.approx(1e-4)  # past the schedule: stays at the floor
+    factors = [one_cycle_factor(step, total) for step in range(total)]
+    assert factors.index(max(factors)) == 25
+
+
+def test_init_on_the_tiny_data_writes_the_split_to_data_json(invoke, tmp_path):
+    result = invoke(*init_args("--set", "data.val_split=0.5"))
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "experiments" / "x" / "data.json") as file:
+        state = json.load(file)
+    assert state["train_size"] == TRAIN_SIZE and len(state["validation_indexes"]) == 48

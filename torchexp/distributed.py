@@ -1,0 +1,111 @@
+"""Distributed training on torch.distributed, launched by torchrun.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous; torchexp reads them, joins
+the process group (NCCL on GPUs, Gloo on CPUs) and otherwise stays a single process.
+Rank 0 writes every file; metrics are reduced over all ranks before anyone logs them.
+"""
+
+import dataclasses
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from torchexp.errors import DeviceError
+
+DEFAULT_TIMEOUT_S = 300  # seconds a collective waits for a dead or stuck rank; TORCHEXP_TIMEOUT_S overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes checkpoints, logs and results."""
+        return self.rank == 0
+
+
+def read_world() -> World:
+    """Return the world torchrun describes in the environment, or a single process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), size)
+
+
+def map_device(spec: str, world: World) -> str:
+    """Map `--device` onto this rank: cuda (or auto with GPUs) becomes cuda:LOCAL_RANK.
+
+    Raises:
+        DeviceError: a single GPU (cuda:N) is named while several processes train.
+    """
+    if not world.distributed:
+        return spec
+    if spec.startswith("cuda:"):
+        raise DeviceError(f"device {spec!r} names one GPU, but {world.size} processes train: use --device cuda")
+    if spec == "cuda" or (spec == "auto" and torch.cuda.is_available()):
+        return f"cuda:{world.local_rank}"
+    return spec
+
+
+def join(world: World, device: torch.device) -> None:
+    """Join the process group of `world` (no-op for a single process).
+
+    Collectives fail after TORCHEXP_TIMEOUT_S seconds (default 300) instead of waiting
+    forever for a rank that died.
+    """
+    if not world.distributed or dist.is_initialized():
+        return
+    timeout_s = float(os.environ.get("TORCHEXP_TIMEOUT_S", DEFAULT_TIMEOUT_S))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def leave() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_across(value: torch.Tensor) -> torch.Tensor:
+    """Return the sum of `value` over all ranks (itself when not distributed)."""
+    if not dist.is_initialized():
+        return value
+    total = value.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def any_across(flag: bool, device: torch.device) -> bool:
+    """Return True when `flag` is True on any rank."""
+    if not dist.is_initialized():
+        return flag
+    return bool(sum_across(torch.tensor(float(flag), device=device)).item() > 0)
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Return every rank's `value` (plain data and tensors), in rank order."""
+    if not dist.is_initialized():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def barrier() -> None:
+    """Wait for every rank."""
+    if dist.is_initialized():
+        dist.barrier()
