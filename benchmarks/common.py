@@ -104,6 +104,19 @@ def close_runner(runner: Any) -> None:
     close_logger(runner.logger)
 
 
+def subset_data_class(train_samples: int) -> type:
+    """The MNIST Data with the training set cut to its first `train_samples` images: a
+    subclass as a user would write one, so the loaders and loop stay torchexp's own."""
+    from mnist_classifier.data import MNISTClassifierData
+
+    class SubsetData(MNISTClassifierData):
+        def load_datasets(self, data_path: str) -> None:
+            super().load_datasets(data_path)
+            self.datasets["train"] = tuple(tensor[:train_samples] for tensor in self.datasets["train"])
+
+    return SubsetData
+
+
 def test_accuracy(model: Any, loader: Any) -> tuple[float, float]:
     """Test-set (accuracy, mean loss) of `model`, computed as the `test` command does:
     eval mode, no gradients, fp32, sums divided by the number of samples."""

@@ -260,6 +260,21 @@ def test_tensorboard_compare_shows_every_experiment(env, started):
     assert started[0][-2:] == ["--logdir_spec", spec]
 
 
+def test_tensorboard_failing_to_serve_is_an_error(env, monkeypatch):
+    monkeypatch.setattr(torchexp.cli.subprocess, "run", lambda command, **options: subprocess.CompletedProcess(command, 1))
+    result = run(env, "tensorboard", "--port", "6010")
+    assert result.exit_code == 1
+    assert "Error: TensorBoard stopped with exit code 1 (is port 6010 in use?)" in result.output
+
+
+def test_tensorboard_stopped_with_ctrl_c_is_a_normal_end(env, monkeypatch):
+    def interrupted(command, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torchexp.cli.subprocess, "run", interrupted)
+    assert ok(run(env, "tensorboard")).output.count("Error") == 0
+
+
 def test_tensorboard_of_a_missing_experiment_is_refused(env, started):
     result = run(env, "tensorboard", name="nope")
     assert result.exit_code == 3 and "experiment 'nope' does not exist" in result.output

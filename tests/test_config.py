@@ -257,3 +257,10 @@ def test_project_schema_documents_every_key_with_a_default_and_description():
     check(schema, "")
     # The shipped default config is valid as it is.
     validate_config(fill_defaults(load_config_file(CONFIG), schema), schema)
+
+
+def test_a_schema_declaring_the_reserved_trainer_section_is_refused(tmp_path):
+    path = tmp_path / "schema.json"
+    path.write_text('{"type": "object", "properties": {"trainer": {"type": "object"}}}')
+    with pytest.raises(ConfigError, match="declares 'trainer', a section torchexp reserves"):
+        load_schema(str(path))

@@ -222,8 +222,7 @@ def test_lock_of_a_missing_experiment_is_refused_and_creates_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_holder_start_is_quick(tmp_path):
-    """The lock must not wait: a refused second holder fails at once."""
+def test_a_refused_lock_fails_at_once_instead_of_waiting(tmp_path):
     experiment = created(tmp_path)
     with experiment.lock():
         started = time.perf_counter()

@@ -184,3 +184,12 @@ def test_init_on_the_tiny_data_writes_the_split_to_data_json(invoke, tmp_path):
     with open(tmp_path / "experiments" / "x" / "data.json") as file:
         state = json.load(file)
     assert state["train_size"] == TRAIN_SIZE and len(state["validation_indexes"]) == 48
+
+
+def test_training_without_a_validation_split_works(invoke, tmp_path):
+    assert invoke(*init_args("--set", "data.val_split=0", "--set", "model.name=mlp")).exit_code == 0
+    result = invoke("train", "--max-epochs", "1", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "epoch 1: train loss" in result.output and "validation" not in result.output
+    with open(tmp_path / "experiments" / "x" / "checkpoints" / "1.checkpoint.pt.json") as file:
+        assert json.load(file)["metrics"]["validation"] == {}

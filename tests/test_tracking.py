@@ -73,6 +73,8 @@ def test_tracker_writes_metrics_jsonl_and_tensorboard_scalars(tmp_path):
 def test_disabled_tracker_writes_nothing(tmp_path):
     tracker = Tracker(str(tmp_path / "tensorboard"), str(tmp_path / "metrics.jsonl"), enabled=False)
     tracker.log_scalars("train", 1, {"loss": 0.5})
+    tracker.writer.add_scalar("custom/value", 1.0, 1)  # project code need not check the rank
+    tracker.writer.add_text("custom/text", "hello", 1)
     tracker.flush()
     tracker.close()
     assert os.listdir(tmp_path) == []

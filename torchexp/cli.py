@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import signal
 import subprocess
 from typing import Any, Callable
 
@@ -296,9 +297,14 @@ def make_cli(
             command = tensorboard_command(app.open_experiment().tensorboard_path, None, host, port)
         click.echo(f"TensorBoard at http://{host}:{port}/ (Ctrl-C to stop)")
         try:
-            subprocess.run(command, check=False)
+            done = subprocess.run(command, check=False)
         except KeyboardInterrupt:
-            pass
+            return
+        except OSError as error:
+            raise TorchexpError(f"TensorBoard could not be started: {error.strerror or error}") from error
+        # Ctrl-C stops TensorBoard too, which is how it is meant to end.
+        if done.returncode not in (0, -signal.SIGINT, 128 + signal.SIGINT):
+            raise TorchexpError(f"TensorBoard stopped with exit code {done.returncode} (is port {port} in use?)")
 
     return cli
 

@@ -89,8 +89,10 @@ def load_schema(path: str) -> dict:
         Draft202012Validator.check_schema(schema)
     except SchemaError as error:
         raise ConfigError(f"schema file {path} is not a valid JSON schema: {error.message}") from error
+    if "trainer" in schema.get("properties", {}):
+        raise ConfigError(f"schema file {path} declares 'trainer', a section torchexp reserves for its own options")
     schema = copy.deepcopy(schema)
-    schema.setdefault("properties", {}).setdefault("trainer", TRAINER_SCHEMA)
+    schema.setdefault("properties", {})["trainer"] = TRAINER_SCHEMA
     return schema
 
 

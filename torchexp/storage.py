@@ -5,6 +5,7 @@ folder, flushed and fsynced, renamed into place, then the folder fsynced. A kill
 moment leaves either the old file or the new one, never half of one.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -37,7 +38,15 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
         with os.fdopen(fd, "wb") as file:
             # mkstemp makes the file 0600; give it the permissions open() would have.
             os.fchmod(file.fileno(), 0o666 & ~current_umask())
-            write(file)
+            guarded = WriteGuard(file)
+            try:
+                write(guarded)
+            except Exception:
+                # torch.save's C++ writer turns a failed write (disk full) into an
+                # unrelated RuntimeError; report the write's own error instead.
+                if guarded.error is not None:
+                    raise guarded.error from None
+                raise
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_path, path)
@@ -47,7 +56,28 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         remove_quietly(tmp_path)
         raise
-    fsync_folder(folder)
+    try:
+        fsync_folder(folder)
+    except OSError as error:
+        raise StorageError(f"could not write {path}: {error.strerror or error} (while syncing its folder)") from error
+
+
+class WriteGuard:
+    """A binary file that remembers the OSError its `write` raised, passing all else through."""
+
+    def __init__(self, file: IO[bytes]):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -81,6 +111,8 @@ def read_json(
             return json.load(file)
     except (ValueError, UnicodeDecodeError) as reason:
         raise error(f"{what} {path} is not valid JSON: {reason}") from reason
+    except RecursionError as reason:
+        raise error(f"{what} {path} is nested too deeply to read") from reason
     except OSError as reason:
         raise error(f"{what} {path} cannot be read: {reason.strerror}") from reason
 
@@ -117,6 +149,10 @@ def fsync_folder(folder: str) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as error:
+        # Some network and FUSE file systems cannot sync a folder; the rename stands.
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)
 

@@ -63,6 +63,13 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{key} {value:.4g}" for key, value in metrics.items())
 
 
+class NullWriter:
+    """Stands in for a SummaryWriter that must not write: every method does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 class Tracker:
     """Writes scalars to TensorBoard and to metrics.jsonl.
 
@@ -83,7 +90,13 @@ class Tracker:
 
     @property
     def writer(self) -> Any:
-        """The TensorBoard SummaryWriter, for users' own figures and text."""
+        """The TensorBoard SummaryWriter, for users' own figures and text.
+
+        A disabled tracker gives a writer that ignores every call, so that project code
+        can log without asking which distributed rank it runs on.
+        """
+        if not self.enabled:
+            return NullWriter()
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 

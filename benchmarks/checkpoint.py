@@ -1,0 +1,120 @@
+"""Seconds to save and to load a training checkpoint, against the time of an epoch.
+
+For each configuration (the default: pytorch/examples' CNN with Adadelta), a runner trains
+a short epoch through `Runner.train`, so its state holds everything a real checkpoint
+holds (model, optimizer state, scheduler, RNG states, history). Then, `--repeats` times,
+interleaved:
+
+    torchexp_save   torchexp.checkpoints.save_checkpoint: torch.save to a temporary file,
+                    fsync, rename, SHA-256 and its JSON record
+    torchexp_load   torchexp.checkpoints.load_checkpoint: SHA-256 check, then
+                    torch.load(weights_only=True)
+    torch_save      plain torch.save(state, path)
+    torch_load      plain torch.load(path, weights_only=True)
+
+The epoch time it is compared with is extrapolated from the short epoch's iterations to a
+full epoch of the configuration's training split.
+
+    .venv/bin/python benchmarks/checkpoint.py
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402  (after the path set-up above)
+
+from mnist_classifier.runner import MNISTClassifierRunner  # noqa: E402
+
+MNIST_TRAIN_SIZE = 60_000
+
+
+class TimedRunner(MNISTClassifierRunner):
+    """The MNIST runner, timing its training iterations."""
+
+    def train_epoch(self, epoch, log_period):
+        started = time.perf_counter()
+        metrics = super().train_epoch(epoch, log_period)
+        self.iterations_seconds = time.perf_counter() - started
+        return metrics
+
+
+def timed(function, *arguments) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = function(*arguments)
+    return time.perf_counter() - started, result
+
+
+def run_config(name: str, config_path: str, args, experiments_path: str) -> None:
+    import torch
+
+    from torchexp import checkpoints
+
+    common.create_experiment(experiments_path, name, args.data_path, config_path, args.seed)
+    runner = common.make_runner(experiments_path, name, args.data_path, TimedRunner, common.subset_data_class(args.samples))
+    try:
+        runner.train(torch.device("cpu"), max_epochs=1, log_period=100)
+    finally:
+        common.close_runner(runner)
+    samples_per_s = args.samples / runner.iterations_seconds
+    train_size = round(MNIST_TRAIN_SIZE * (1 - runner.get_conf("data", "val_split")))
+    epoch_seconds = train_size / samples_per_s
+
+    folder = os.path.join(experiments_path, name, "bench")
+    os.makedirs(folder)
+    plain_path = os.path.join(folder, "plain.pt")
+    times: dict[str, list[float]] = {"collect_state": [], "torchexp_save": [], "torchexp_load": [], "torch_save": [], "torch_load": []}
+    for _ in range(args.repeats):
+        seconds, state = timed(runner.collect_state)
+        times["collect_state"].append(seconds)
+        seconds, path = timed(checkpoints.save_checkpoint, folder, 1, "standard", state, {"iteration": 0, "metrics": {}})
+        times["torchexp_save"].append(seconds)
+        info = checkpoints.find_checkpoint(folder, 1, ("standard",))
+        times["torchexp_load"].append(timed(checkpoints.load_checkpoint, info)[0])
+        times["torch_save"].append(timed(torch.save, state, plain_path)[0])
+        times["torch_load"].append(timed(lambda: torch.load(plain_path, map_location="cpu", weights_only=True))[0])
+    medians = {key: round(common.median(values), 4) for key, values in times.items()}
+    model_bytes = sum(tensor.numel() * tensor.element_size() for tensor in runner.model.state_dict().values())
+    common.emit(
+        {
+            "benchmark": "checkpoint",
+            "config": name,
+            "model": runner.get_conf("model", "name"),
+            "optimizer": runner.get_conf("training", "optimizer"),
+            "checkpoint_bytes": os.path.getsize(path),
+            "model_weights_bytes": model_bytes,
+            "median_s": medians,
+            "runs_s": {key: [round(value, 4) for value in values] for key, values in times.items()},
+            "epoch_seconds_estimate": round(epoch_seconds, 2),
+            "epoch_train_samples": train_size,
+            "train_samples_per_s": round(samples_per_s, 1),
+            "save_fraction_of_epoch": round((medians["collect_state"] + medians["torchexp_save"]) / epoch_seconds, 5),
+            "load_fraction_of_epoch": round(medians["torchexp_load"] / epoch_seconds, 5),
+            "torchexp_vs_torch": {
+                "save": round(medians["torchexp_save"] / medians["torch_save"], 2),
+                "load": round(medians["torchexp_load"] / medians["torch_load"], 2),
+            },
+            "load_avg_1": round(os.getloadavg()[0], 2),
+        }
+    )
+
+
+def main() -> None:
+    parser = common.make_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="default,fast", help="comma-separated names (%s) or JSON config paths (default: %%(default)s)" % ", ".join(common.PRESETS))
+    parser.add_argument("--repeats", type=int, default=7, help="saves and loads of each kind (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=3_200, help="training images of the short epoch that sets the state and the rate (default: %(default)s)")
+    args = parser.parse_args()
+    common.emit({"benchmark": "checkpoint", "machine": common.machine(), "repeats": args.repeats})
+    with tempfile.TemporaryDirectory(prefix="torchexp-checkpoint-") as experiments_path:
+        for name in args.configs.split(","):
+            path = common.PRESETS.get(name, name)
+            label = name if name in common.PRESETS else os.path.splitext(os.path.basename(name))[0]
+            run_config(label, os.path.abspath(path), args, experiments_path)
+
+
+if __name__ == "__main__":
+    main()
