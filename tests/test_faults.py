@@ -146,7 +146,7 @@ def test_every_file_the_framework_writes_is_fsynced_then_renamed_into_place(tmp_
         assert result.exit_code == 0, result.output
 
     # init builds the experiment in a staging folder, renamed into place whole.
-    staged = {source: target for kind, source, target, *_ in [e for e in events if e[0] == "rename"]}
+    staged = {event[1]: event[2] for event in events if event[0] == "rename"}
     written = {}
     for index, event in enumerate(events):
         if event[0] != "replace":

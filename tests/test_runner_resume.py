@@ -174,13 +174,36 @@ def test_train_2_then_resume_to_4_in_new_processes_is_bit_identical(world):
     assert_same_as_reference(world, "resumed")
 
 
+def record_batches_step(seen: list):
+    """A train_step that records (epoch, iteration, fingerprint) of each training batch."""
+    original = MNISTClassifierRunner.train_step
+
+    def train_step(self, batch, device):
+        if self.model.training:
+            seen.append((self.counters["epoch"] + 1, self.counters["iteration"] + 1, fingerprint(batch)))
+        return original(self, batch, device)
+
+    return train_step
+
+
+def deliver(signum: int) -> None:
+    """Send this process a signal and let its Python handler run before returning.
+
+    Handlers run between bytecodes; the loop's backward jumps are such points, and two
+    signals sent back to back could otherwise be merged into one.
+    """
+    os.kill(os.getpid(), signum)
+    for _ in range(50):
+        time.sleep(0.001)
+
+
 def send_at(signum: int, epoch: int, iteration: int, monkeypatch) -> None:
     """Make this process receive `signum` while training step (epoch, iteration) runs."""
     original = MNISTClassifierRunner.train_step
 
     def train_step(self, batch, device):
         if (self.counters["epoch"] + 1, self.counters["iteration"] + 1) == (epoch, iteration):
-            os.kill(os.getpid(), signum)
+            deliver(signum)
         return original(self, batch, device)
 
     monkeypatch.setattr(MNISTClassifierRunner, "train_step", train_step)
@@ -222,17 +245,6 @@ def test_signal_mid_epoch_saves_the_position_and_resume_is_bit_identical(world, 
     assert_same_as_reference(world, name)
 
 
-def record_batches_step(seen: list):
-    original = MNISTClassifierRunner.train_step
-
-    def train_step(self, batch, device):
-        if self.model.training:
-            seen.append((self.counters["epoch"] + 1, self.counters["iteration"] + 1, fingerprint(batch)))
-        return original(self, batch, device)
-
-    return train_step
-
-
 @pytest.mark.parametrize("kind", ["interrupt", "standard"])
 def test_second_ctrl_c_during_the_save_corrupts_nothing(world, monkeypatch, kind):
     """A Ctrl-C while a checkpoint is being written is acknowledged, not obeyed."""
@@ -241,16 +253,13 @@ def test_second_ctrl_c_during_the_save_corrupts_nothing(world, monkeypatch, kind
     if kind == "interrupt":
         send_at(signal.SIGINT, 2, 10, monkeypatch)
     real_save = torch.save
-    saves = []
 
     def save(obj, file, *args, **kwargs):
-        # The first Ctrl-C during an interrupt save, or both of them during the save of
-        # epoch 2's standard checkpoint.
-        saving = "interrupt" if obj["partial"] is not None else obj["counters"]["epoch"]
-        saves.append(saving)
-        if saving == "interrupt" or (kind == "standard" and saving == 2):
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
+        # Two more Ctrl-C while the interrupt checkpoint is written; or, while epoch 2's
+        # checkpoint is written, the first Ctrl-C and then a second one.
+        if obj["partial"] is not None or (kind == "standard" and obj["counters"]["epoch"] == 2):
+            deliver(signal.SIGINT)
+            deliver(signal.SIGINT)
         return real_save(obj, file, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save)
@@ -366,13 +375,14 @@ def mtime(folder: str, name: str) -> int | None:
         return None
 
 
-def wait_and_kill(process: subprocess.Popen, strategy: str, target: int, delay: float, folder: str, launch: dict, metrics: str) -> bool:
+def wait_and_kill(process: subprocess.Popen, strategy: str, target: int, moment: tuple[int, float], folder: str, launch: dict, metrics: str) -> bool:
     """SIGKILL the trainer as `strategy` says; return False when it ended first.
 
     Strategies:
         write: as soon as the temporary file of epoch `target`'s checkpoint exists.
         record: as soon as epoch `target`'s checkpoint exists without its record.
-        random: `delay` seconds after this run's first training step.
+        random: at `moment` = (steps, seconds): that many seconds after the run's
+            that-many-th training step, wherever it then is (a step, validation, a save).
     """
     started = len(read_steps(metrics))
     checkpoint = checkpoints.make_filename(target, "standard")
@@ -386,8 +396,8 @@ def wait_and_kill(process: subprocess.Popen, strategy: str, target: int, delay: 
         elif strategy == "record":
             due = checkpoint in names and checkpoint + ".json" not in names and mtime(folder, checkpoint) != launch.get(checkpoint)
         else:
-            if kill_at is None and len(read_steps(metrics)) > started:
-                kill_at = time.monotonic() + delay
+            if kill_at is None and len(read_steps(metrics)) >= started + moment[0]:
+                kill_at = time.monotonic() + moment[1]
             due = kill_at is not None and time.monotonic() >= kill_at
         if due:
             process.kill()
@@ -414,9 +424,10 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(world,
         strategy = ["write", "record", "random"][attempt] if attempt < 3 else rng.choice(["write", "record", "random"])
         resume, _ = checkpoints.find_resume_checkpoint(folder)
         done = resume.epoch if resume is not None else 0
-        # The default run lets each process save one checkpoint before it is killed.
-        target = min(done + (2 if kills <= 3 else 1), EPOCHS)
-        delay = rng.uniform(0, 0.8 if kills <= 3 else 0.3)
+        # The default run lets each process save one checkpoint before it is killed; the
+        # long one kills half of them at their first save, so that they progress slowly.
+        target = min(done + (2 if kills <= 3 else rng.choice([1, 2])), EPOCHS)
+        moment = (rng.randint(1, PER_EPOCH * 3 // 2), rng.uniform(0, 0.03))
         launch = {file: mtime(folder, file) for file in os.listdir(folder)}
         stderr_path = tmp_path / f"stderr-{attempt}"
         with open(stderr_path, "w") as stderr:
@@ -427,7 +438,7 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(world,
                 time.sleep(0.01)
             second = invoke(world, name, *args)
             assert second.exit_code == 7 and f"in use by process {process.pid}" in second.output, second.output
-        killed = wait_and_kill(process, strategy, target, delay, folder, launch, metrics)
+        killed = wait_and_kill(process, strategy, target, moment, folder, launch, metrics)
         output = stderr_path.read_text()
         assert "Traceback" not in output, output
         if skipped_expected:
