@@ -21,6 +21,7 @@ and `train_call` the whole Runner.train call (model build and checkpoint include
     .venv/bin/python benchmarks/throughput.py
 """
 
+import itertools
 import os
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from mnist_classifier.runner import MNISTClassifierRunner  # noqa: E402
 BATCH_SIZE = 64  # pytorch/examples' default
 LOG_INTERVAL = 10  # pytorch/examples' default: loss.item() every 10 batches
 MEAN, STD = 0.1307, 0.3081
+EXPERIMENT_NUMBERS = itertools.count(1)
 GOALS = {"torchexp_vs_pytorch_examples": 1.4, "torchexp_vs_plain_in_memory": 0.97}
 
 
@@ -131,8 +133,7 @@ def make_torchexp(overrides: list[str]):
     def run_torchexp(args, samples: int) -> dict:
         import torch
 
-        run_torchexp.count = getattr(run_torchexp, "count", 0) + 1
-        name = f"throughput-{run_torchexp.count}"
+        name = f"throughput-{next(EXPERIMENT_NUMBERS)}"
         settings = ["data.val_split=0", f"data.batch_size={BATCH_SIZE}", *overrides]
         common.create_experiment(args.experiments_path, name, args.data_path, common.DEFAULT_CONFIG, args.seed, settings)
         runner = common.make_runner(args.experiments_path, name, args.data_path, TimedRunner, common.subset_data_class(samples))

@@ -233,8 +233,9 @@ def test_hooks_are_called_in_the_documented_order(tmp_path):
 
     HookRunner.calls = []
     train(tmp_path, HookRunner, max_epochs=3, log_period=100)
-    assert HookRunner.calls[:5] == [
-        "init_model", "init_optimizer", "init_others", ("load_states_others", {"saved_at_epoch": 2}), "train_before_epoch_tasks"
+    assert HookRunner.calls[:6] == [
+        "init_model", "init_optimizer", "init_others", ("load_states_others", {"saved_at_epoch": 2}),
+        "train_early_stopping", "train_before_epoch_tasks",
     ]  # fmt: skip
 
 
@@ -277,12 +278,6 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path
         assert "early stopping after epoch 4" in file.read()
 
 
-@pytest.mark.xfail(
-    reason="Runner.train does not check train_early_stopping after restoring a checkpoint, so running train "
-    "again after an early stop trains one more epoch each time; fix: after restore_training, return when "
-    "self.history['validation'] and self.train_early_stopping()",
-    strict=True,
-)
 def test_training_again_after_an_early_stop_trains_no_further(tmp_path):
     train(tmp_path, PlateauRunner, max_epochs=6, early_stopping_patience=2)
     assert train(tmp_path, PlateauRunner, max_epochs=6, early_stopping_patience=2).counters["epoch"] == 4
@@ -397,11 +392,6 @@ def test_run_test_loads_the_epoch_evaluates_in_eval_mode_and_saves_results(tmp_p
     assert lines[-1]["kind"] == "test" and lines[-1]["metrics"]["mse"] == pytest.approx(results["mse"])
 
 
-@pytest.mark.xfail(
-    reason="runner.find_standard_checkpoint re-raises find_checkpoint(..., ('release',))'s error, which says "
-    "'no release checkpoint' and lists release epochs; fix: use checkpoints.find_training_checkpoint",
-    strict=True,
-)
 def test_train_from_an_epoch_without_checkpoint_lists_the_standard_epochs(tmp_path):
     runner = train(tmp_path, max_epochs=2)
     with pytest.raises(CheckpointError, match=r"epoch 7 has no standard checkpoint in .* \(available: 1-2\)"):

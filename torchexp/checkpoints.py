@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any
 
-from torchexp.errors import CheckpointError, StorageError
+from torchexp.errors import CheckpointError, StorageError, first_line
 from torchexp.storage import hash_file, read_json, remove_quietly, write_atomic, write_json_atomic
 
 KINDS = ("standard", "release", "interrupt")
@@ -168,8 +168,7 @@ def load_checkpoint(info: CheckpointInfo) -> dict[str, Any]:
     try:
         state = torch.load(info.path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {os.path.basename(info.path)} cannot be loaded safely: {first_line}") from error
+        raise CheckpointError(f"checkpoint {os.path.basename(info.path)} cannot be loaded safely: {first_line(error)}") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {os.path.basename(info.path)} does not hold a state dictionary")
     return state

@@ -4,6 +4,7 @@ torch is imported only by the commands that compute (init, train, test, create_r
 so `--help`, `info` and `tensorboard` answer at once.
 """
 
+import contextlib
 import importlib
 import importlib.metadata
 import json
@@ -11,14 +12,14 @@ import os
 import platform
 import signal
 import subprocess
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
 from torchexp import checkpoints
 from torchexp.config import Config, build_config
 from torchexp.devices import check_device_spec
-from torchexp.errors import CheckpointError, DataError, ExperimentError, TorchexpError
+from torchexp.errors import CheckpointError, DataError, ExperimentError, LockError, TorchexpError
 from torchexp.experiment import Experiment
 from torchexp.storage import remove_quietly
 from torchexp.tracking import Tracker, close_logger, make_logger, tensorboard_command
@@ -72,15 +73,28 @@ class App:
         data.load_datasets(self.data_path)
         return data
 
-    def make_runner(self, experiment: Experiment, record: dict, num_workers: int) -> Any:
-        """Build the project's Runner with its Data, logger and tracker."""
-        logger = make_logger(experiment.name, experiment.log_path, self.verbosity)
+    def make_runner(self, experiment: Experiment, record: dict, num_workers: int, world: Any = None) -> Any:
+        """Build the project's Runner with its Data, logger and tracker.
+
+        Args:
+            experiment: the experiment, which must exist.
+            record: its config.json.
+            num_workers: data loader worker processes.
+            world: a torchexp.distributed.World; ranks other than 0 log only warnings
+                to the console and write no file.
+        """
+        from torchexp.distributed import World
+
+        world = world or World()
+        log_path, verbosity = (experiment.log_path, self.verbosity) if world.is_main else (None, "quiet")
+        logger = make_logger(experiment.name, log_path, verbosity)
         try:
             data = self.make_data(experiment, record, logger)
             data.load_loaders(self.data_path, num_workers)
-            tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path)
+            tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path, enabled=world.is_main)
             runner_class = load_class(self.runner_class)
-            return runner_class(experiment, Config(record["config"]), record["seed"], data, logger, tracker, self.verbosity == "quiet")
+            config = Config(record["config"])
+            return runner_class(experiment, config, record["seed"], data, logger, tracker, verbosity == "quiet", world=world)
         except BaseException:
             # The caller only closes the logger of a runner it got.
             close_logger(logger)
@@ -228,27 +242,37 @@ def make_cli(
     @with_workers
     @pass_app
     def train(app: App, epoch: int | None, max_epochs: int, log_period: int, overwrite: bool, device: str, num_workers: int) -> None:
-        """Train, resuming from the furthest checkpoint (or --epoch)."""
+        """Train, resuming from the furthest checkpoint (or --epoch).
+
+        Under torchrun, each process trains one shard with DistributedDataParallel.
+        """
         from torchexp.devices import resolve_device
+        from torchexp.distributed import join, leave, map_device, read_world
 
         experiment = app.open_experiment()
+        world = read_world()
         # Check what can be checked before the lock and the log, so that a mistake
         # leaves the experiment as it was.
         if epoch is not None:
             checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
             if not overwrite:
                 check_no_later_checkpoints(experiment, epoch)
-        torch_device = resolve_device(device)
-        with experiment.lock():
-            runner = app.make_runner(experiment, experiment.read_record(), num_workers)
-            try:
-                if epoch is not None and overwrite:
-                    remove_later_checkpoints(experiment, epoch, runner.logger)
-                runner.logger.info(f"training {experiment.name!r} on {torch_device} up to epoch {max_epochs}")
-                runner.train(torch_device, max_epochs, log_period, epoch)
-            finally:
-                runner.tracker.close()
-                close_logger(runner.logger)
+        torch_device = resolve_device(map_device(device, world))
+        join(world, torch_device)
+        try:
+            with hold_experiment(experiment, world, torch_device):
+                runner = app.make_runner(experiment, experiment.read_record(), num_workers, world)
+                try:
+                    if epoch is not None and overwrite and world.is_main:
+                        remove_later_checkpoints(experiment, epoch, runner.logger)
+                    processes = f" in {world.size} processes" if world.distributed else ""
+                    runner.logger.info(f"training {experiment.name!r} on {torch_device}{processes} up to epoch {max_epochs}")
+                    runner.train(torch_device, max_epochs, log_period, epoch)
+                finally:
+                    runner.tracker.close()
+                    close_logger(runner.logger)
+        finally:
+            leave()
 
     @cli.command()
     @click.option("--epoch", type=click.IntRange(min=1), help="Epoch whose weights to test.  [default: the latest]")
@@ -307,6 +331,23 @@ def make_cli(
             raise TorchexpError(f"TensorBoard stopped with exit code {done.returncode} (is port {port} in use?)")
 
     return cli
+
+
+@contextlib.contextmanager
+def hold_experiment(experiment: Experiment, world: Any, device: Any) -> Iterator[None]:
+    """Take the experiment's lock in rank 0 (the only writer); every rank fails if it cannot."""
+    from torchexp.distributed import any_across
+
+    with contextlib.ExitStack() as stack:
+        failure = None
+        if world.is_main:
+            try:
+                stack.enter_context(experiment.lock())
+            except LockError as error:
+                failure = error
+        if any_across(failure is not None, device):
+            raise failure or LockError(f"experiment {experiment.name!r} is in use: rank 0 could not take its lock")
+        yield
 
 
 def check_json_data(value: Any, source: str) -> None:

@@ -179,8 +179,12 @@ def validate_config(conf: dict, schema: dict) -> None:
         ConfigError: one line per error, e.g. `training.lr: -1 is less than the minimum of 0`.
     """
     from jsonschema import Draft202012Validator
+    from referencing.exceptions import Unresolvable
 
-    errors = sorted(Draft202012Validator(schema).iter_errors(conf), key=lambda e: list(map(str, e.absolute_path)))
+    try:
+        errors = sorted(Draft202012Validator(schema).iter_errors(conf), key=lambda e: list(map(str, e.absolute_path)))
+    except Unresolvable as error:
+        raise ConfigError(f"the config schema has a reference that cannot be resolved: {error}") from error
     lines = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
     # NaN and infinities pass every minimum and maximum (comparisons with NaN are false)
     # and are not JSON, so they are refused whatever the schema says.
@@ -203,4 +207,21 @@ def build_config(config_path: str, schema_path: str, overrides: list[str]) -> di
     conf = apply_overrides(load_config_file(config_path), schema, overrides)
     conf = fill_defaults(conf, schema)
     validate_config(conf, schema)
+    return convert_integral_floats(conf, schema)
+
+
+def convert_integral_floats(conf: dict, schema: dict) -> dict:
+    """Return `conf` with floats such as 16.0 turned into ints where the schema asks for an
+    integer: JSON Schema accepts them as integers, but Python code would not."""
+    conf = dict(conf)
+    for key, subschema in schema.get("properties", {}).items():
+        value = conf.get(key)
+        if not isinstance(subschema, dict):
+            continue
+        types = subschema.get("type")
+        types = [types] if isinstance(types, str) else types or []
+        if isinstance(value, float) and value.is_integer() and "integer" in types and "number" not in types:
+            conf[key] = int(value)
+        elif isinstance(value, dict):
+            conf[key] = convert_integral_floats(value, subschema)
     return conf

@@ -53,7 +53,20 @@ class StorageError(TorchexpError):
     exit_code = 8
 
 
+class DistributedError(TorchexpError):
+    """Training processes lost contact with each other, or one of them failed."""
+
+    exit_code = 9
+
+
 class TrainingInterrupted(TorchexpError):
     """Training stopped on a signal after saving an interrupt checkpoint."""
 
     exit_code = 130
+
+
+def first_line(error: BaseException) -> str:
+    """Return the first line of an exception's message, or its type's name: enough for
+    one sentence naming the cause."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

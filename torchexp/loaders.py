@@ -9,7 +9,7 @@ and the same interface, for data sets that need worker processes.
 Both implement what the training loop relies on:
     set_epoch(epoch)    choose the order of that epoch
     set_start(batch)    begin the next iteration at this batch (mid-epoch resume)
-    shard(rank, world)  take this rank's part of every epoch (distributed training)
+    shard(rank, world, even)  take this rank's part of every epoch (distributed training)
     to(device)          deliver batches on this device
 """
 
@@ -26,15 +26,22 @@ def make_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
 
 
-def order_indexes(size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+def order_indexes(
+    size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world: int = 1, even: bool = True
+) -> torch.Tensor:
     """Return this rank's sample order for an epoch.
 
     Every rank computes the same permutation and takes every `world`-th index from
-    `rank`, trimmed to the same length on every rank so that ranks step together.
+    `rank`. With `even`, shards are trimmed to the same length so that ranks step
+    together (training); without, every sample belongs to exactly one shard (evaluation).
     """
     order = torch.randperm(size, generator=make_generator(seed, epoch)) if shuffle else torch.arange(size)
-    per_rank = size // world if world > 1 else size
-    return order[rank::world][:per_rank]
+    return order[rank::world][: shard_length(size, rank, world, even)]
+
+
+def shard_length(size: int, rank: int, world: int, even: bool) -> int:
+    """Return how many of `size` samples rank `rank` of `world` takes."""
+    return size // world if even else (size - rank + world - 1) // world
 
 
 class TensorLoader:
@@ -71,13 +78,12 @@ class TensorLoader:
         self.drop_last = drop_last
         self.epoch = 1
         self.start = 0
-        self.rank, self.world = 0, 1
+        self.rank, self.world, self.even = 0, 1, True
 
     @property
     def num_samples(self) -> int:
         """Samples this rank sees per epoch."""
-        size = len(self.tensors[0])
-        return size // self.world if self.world > 1 else size
+        return shard_length(len(self.tensors[0]), self.rank, self.world, self.even)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -91,8 +97,8 @@ class TensorLoader:
     def set_start(self, batch: int) -> None:
         self.start = batch
 
-    def shard(self, rank: int, world: int) -> None:
-        self.rank, self.world = rank, world
+    def shard(self, rank: int, world: int, even: bool = True) -> None:
+        self.rank, self.world, self.even = rank, world, even
 
     def to(self, device: torch.device) -> "TensorLoader":
         self.tensors = tuple(tensor.to(device) for tensor in self.tensors)
@@ -100,7 +106,7 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         device = self.tensors[0].device
-        order = order_indexes(len(self.tensors[0]), self.shuffle, self.seed, self.epoch, self.rank, self.world)
+        order = order_indexes(len(self.tensors[0]), self.shuffle, self.seed, self.epoch, self.rank, self.world, self.even)
         order = order.to(device)
         for batch in range(self.start, len(self)):
             indexes = order[batch * self.batch_size : (batch + 1) * self.batch_size]
@@ -115,13 +121,13 @@ class EpochSampler(Sampler[int]):
     def __init__(self, size: int, shuffle: bool, seed: int):
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.epoch, self.start = 1, 0
-        self.rank, self.world = 0, 1
+        self.rank, self.world, self.even = 0, 1, True
 
     def __len__(self) -> int:
-        return (self.size // self.world if self.world > 1 else self.size) - self.start
+        return shard_length(self.size, self.rank, self.world, self.even) - self.start
 
     def __iter__(self) -> Iterator[int]:
-        order = order_indexes(self.size, self.shuffle, self.seed, self.epoch, self.rank, self.world)
+        order = order_indexes(self.size, self.shuffle, self.seed, self.epoch, self.rank, self.world, self.even)
         return iter(order[self.start :].tolist())
 
 
@@ -178,8 +184,9 @@ class SeededDataLoader(DataLoader):
     def set_start(self, batch: int) -> None:
         self.epoch_sampler.start = batch * self.batch_size
 
-    def shard(self, rank: int, world: int) -> None:
-        self.epoch_sampler.rank, self.epoch_sampler.world = rank, world
+    def shard(self, rank: int, world: int, even: bool = True) -> None:
+        sampler = self.epoch_sampler
+        sampler.rank, sampler.world, sampler.even = rank, world, even
 
     def to(self, device: torch.device) -> "SeededDataLoader":
         self.device = torch.device(device)

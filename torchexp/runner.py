@@ -13,7 +13,8 @@ import torch
 from torchexp import checkpoints
 from torchexp.config import Config
 from torchexp.data import Data
-from torchexp.errors import CheckpointError, ConfigError, TrainingInterrupted
+from torchexp.distributed import World, any_across, gather_objects, sum_across
+from torchexp.errors import CheckpointError, ConfigError, DistributedError, StorageError, TrainingInterrupted, first_line
 from torchexp.experiment import Experiment
 from torchexp.rng import capture_rng_states, restore_rng_states, seed_everything
 from torchexp.storage import remove_quietly, write_json_atomic
@@ -39,6 +40,7 @@ class Runner(abc.ABC):
         data: the project's Data, its loaders loaded.
         logger: the experiment's logger.
         tracker: TensorBoard and metrics.jsonl; `tracker.writer` for custom figures.
+        world: this process's rank among torchrun's processes (a single one by default).
         model, optimizer, scheduler: set by the init methods.
         counters: "epoch" (completed), "iteration" (into the current epoch), "step" (global).
         history: per-epoch "train" and "validation" metrics, each a list of dicts.
@@ -55,6 +57,7 @@ class Runner(abc.ABC):
         logger: logging.Logger,
         tracker: Tracker,
         quiet: bool = False,
+        world: World = World(),
     ):
         self.experiment = experiment
         self.config = config
@@ -63,6 +66,7 @@ class Runner(abc.ABC):
         self.logger = logger
         self.tracker = tracker
         self.quiet = quiet
+        self.world = world
         self.device = torch.device("cpu")
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -173,10 +177,25 @@ class Runner(abc.ABC):
         """
         self.build(device)
         self.restore_training(epoch)
-        self.move_loaders(device)
+        self.prepare_loaders(device)
         if self.counters["epoch"] >= max_epochs:
             self.logger.info(f"{self.counters['epoch']} epochs are done already; raise --max-epochs to train more")
             return
+        if self.counters["iteration"] == 0 and self.history["validation"] and self.train_early_stopping():
+            self.logger.info(f"training stopped early after epoch {self.counters['epoch']} already")
+            return
+        try:
+            self.run_epochs(device, max_epochs, log_period)
+        except RuntimeError as error:
+            if not self.world.distributed or not is_lost_contact(error):
+                raise
+            raise DistributedError(
+                f"rank {self.world.rank} lost contact with the other training processes "
+                f"(one died or hung for over the timeout): {first_line(error)}"
+            ) from error
+
+    def run_epochs(self, device: torch.device, max_epochs: int, log_period: int) -> None:
+        """The epoch loop of `train`, from the restored counters to `max_epochs`."""
         with self.catch_stop_signals():
             while self.counters["epoch"] < max_epochs:
                 epoch = self.counters["epoch"] + 1
@@ -193,7 +212,7 @@ class Runner(abc.ABC):
                 if self.scheduler is not None and self.scheduler_interval == "epoch":
                     self.scheduler.step()
                 self.save_training_checkpoint("standard", epoch)
-                if self.stop_signal is not None:
+                if self.stop_requested():
                     raise TrainingInterrupted(f"training stopped by {signal.Signals(self.stop_signal).name} after epoch {epoch}, which is saved")
                 if self.train_early_stopping():
                     self.logger.info(f"early stopping after epoch {epoch}")
@@ -211,6 +230,9 @@ class Runner(abc.ABC):
             raise TypeError(f"init_model must set self.model to a torch.nn.Module, not {type(self.model).__name__}")
         if self.get_conf("trainer", "channels_last"):
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.world.distributed:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.init_optimizer(device)
         if not isinstance(self.optimizer, torch.optim.Optimizer):
             raise TypeError(f"init_optimizer must set self.optimizer, not {type(self.optimizer).__name__}")
@@ -219,11 +241,17 @@ class Runner(abc.ABC):
         if self.get_conf("trainer", "compile"):
             self.model = torch.compile(self.model)
 
-    def move_loaders(self, device: torch.device) -> None:
-        """Send loaders that support it (torchexp.loaders) to the device."""
-        for loader in self.data.loaders.values():
+    def prepare_loaders(self, device: torch.device) -> None:
+        """Send loaders that support it (torchexp.loaders) to the device; shard them by rank.
+
+        Training shards are of equal length so that ranks step together; validation
+        shards cover every sample once.
+        """
+        for split, loader in self.data.loaders.items():
             if hasattr(loader, "to"):
                 loader.to(device)
+            if self.world.distributed and split in ("train", "validation") and hasattr(loader, "shard"):
+                loader.shard(self.world.rank, self.world.size, even=split == "train")
 
     def train_epoch(self, epoch: int, log_period: int) -> dict[str, float]:
         """Run one epoch's training iterations from `counters["iteration"]`; return its metrics."""
@@ -237,30 +265,28 @@ class Runner(abc.ABC):
         self.model.train()
         for batch in progress_bar(loader, total - start, f"epoch {epoch}", self.quiet):
             index = self.counters["iteration"]
-            metrics = self.run_train_step(self.prepare_batch(batch), (index + 1) % accumulation == 0 or index + 1 == total)
-            size = batch_size_of(batch)
-            for name, value in metrics.items():
-                sums[name] = sums.get(name, 0.0) + value.float() * size
-            count += size
+            group_end = min(index - index % accumulation + accumulation, total)
+            metrics = self.run_train_step(self.prepare_batch(batch), group_end - (index - index % accumulation), index + 1 == group_end)
+            count += accumulate(sums, metrics, batch_size_of(batch))
             self.counters["iteration"] += 1
             self.counters["step"] += 1
             if self.counters["step"] % log_period == 0:
-                self.train_iteration_log({name: value.item() for name, value in metrics.items()})
-            if self.stop_signal is not None and (index + 1) % accumulation == 0:
+                self.train_iteration_log({name: value.item() for name, value in self.mean_across(metrics).items()})
+            if index + 1 == group_end and self.stop_requested():
                 self.partial = {"sums": sums, "count": count}
                 self.save_training_checkpoint("interrupt", epoch)
-                name = signal.Signals(self.stop_signal).name
                 raise TrainingInterrupted(
-                    f"training stopped by {name} at epoch {epoch}, iteration {index + 1}; "
-                    f"saved {checkpoints.make_filename(epoch, 'interrupt')}: run train again to resume"
+                    f"training stopped by {signal.Signals(self.stop_signal or signal.SIGTERM).name} at epoch {epoch}, "
+                    f"iteration {index + 1}; saved {checkpoints.make_filename(epoch, 'interrupt')}: run train again to resume"
                 )
-        return {name: (value / max(count, 1)).item() for name, value in sums.items()}
+        return self.average(sums, count)
 
-    def run_train_step(self, batch: Any, step_optimizer: bool) -> dict[str, torch.Tensor]:
-        """Forward and backward one batch; step the optimizer when `step_optimizer`."""
+    def run_train_step(self, batch: Any, group_size: int, step_optimizer: bool) -> dict[str, torch.Tensor]:
+        """Forward and backward one batch of a `group_size`-batch accumulation group;
+        step the optimizer when `step_optimizer` (the group's last batch)."""
         with self.autocast():
             metrics = as_metrics(self.train_step(batch, self.device), "train_step")
-        loss = metrics["loss"] / self.get_conf("trainer", "grad_accumulation")
+        loss = metrics["loss"] / group_size if group_size > 1 else metrics["loss"]
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         if step_optimizer:
             self.step_optimizer()
@@ -294,12 +320,28 @@ class Runner(abc.ABC):
         with torch.no_grad(), self.autocast():
             for batch in progress_bar(loader, len(loader), "validation", self.quiet):
                 metrics = as_metrics(self.validation_step(self.prepare_batch(batch), self.device), "validation_step")
-                size = batch_size_of(batch)
-                for name, value in metrics.items():
-                    sums[name] = sums.get(name, 0.0) + value.float() * size
-                count += size
+                count += accumulate(sums, metrics, batch_size_of(batch))
         self.model.train()
+        return self.average(sums, count)
+
+    def average(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+        """Return per-sample means of summed metrics, over every rank's samples."""
+        if self.world.distributed:
+            count = int(sum_across(torch.tensor(float(count), device=self.device)).item())
+            sums = {name: sum_across(torch.as_tensor(value, device=self.device)) for name, value in sums.items()}
         return {name: (value / max(count, 1)).item() for name, value in sums.items()}
+
+    def mean_across(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Return the mean of each metric over the ranks (the ranks' batches are of equal size)."""
+        if not self.world.distributed:
+            return metrics
+        return {name: sum_across(value.float()) / self.world.size for name, value in metrics.items()}
+
+    def stop_requested(self) -> bool:
+        """Whether SIGINT or SIGTERM reached this process, or any rank when distributed."""
+        if not self.world.distributed:
+            return self.stop_signal is not None
+        return any_across(self.stop_signal is not None, self.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast in the configured precision, or nothing for fp32."""
@@ -326,25 +368,45 @@ class Runner(abc.ABC):
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": capture_rng_states(),
+            "world_size": self.world.size,
+            "rng_by_rank": gather_objects(capture_rng_states()),
             "history": self.history,
-            "partial": self.partial,
+            "partial": self.reduce_partial(),
             "others": self.save_states_others(),
         }
 
+    def reduce_partial(self) -> dict[str, Any] | None:
+        """Return the interrupted epoch's metric sums; when distributed, rank 0 keeps every
+        rank's total and the others start again from zero, so the epoch's sum comes out whole."""
+        if self.partial is None or not self.world.distributed:
+            return self.partial
+        sums = {name: sum_across(torch.as_tensor(value, device=self.device)) for name, value in self.partial["sums"].items()}
+        count = int(sum_across(torch.tensor(float(self.partial["count"]), device=self.device)).item())
+        if self.world.is_main:
+            return {"sums": sums, "count": count}
+        return {"sums": {name: torch.zeros_like(value) for name, value in sums.items()}, "count": 0}
+
     def save_training_checkpoint(self, kind: str, epoch: int) -> None:
-        """Save a standard or interrupt checkpoint; a standard one retires the interrupt one."""
+        """Save a standard or interrupt checkpoint (rank 0 only); a standard one retires
+        the interrupt one. Every rank takes part, and every rank fails if the save does."""
         summary = {
             "iteration": self.counters["iteration"],
             "metrics": {"train": last_or_empty(self.history["train"]), "validation": last_or_empty(self.history["validation"])},
         }
-        self.saving = True
-        try:
-            path = checkpoints.save_checkpoint(self.experiment.checkpoints_path, epoch, kind, self.collect_state(), summary)
-        finally:
-            self.saving = False
-        self.logger.debug(f"saved {path}")
-        if kind == "standard":
+        state = self.collect_state()
+        failure: StorageError | None = None
+        if self.world.is_main:
+            self.saving = True
+            try:
+                path = checkpoints.save_checkpoint(self.experiment.checkpoints_path, epoch, kind, state, summary)
+                self.logger.debug(f"saved {path}")
+            except StorageError as error:
+                failure = error
+            finally:
+                self.saving = False
+        if any_across(failure is not None, self.device):
+            raise failure or DistributedError(f"rank 0 could not save {checkpoints.make_filename(epoch, kind)}")
+        if kind == "standard" and self.world.is_main:
             for info in checkpoints.list_checkpoints(self.experiment.checkpoints_path, ("interrupt",)):
                 remove_quietly(checkpoints.record_path(info.path))
                 remove_quietly(info.path)
@@ -356,8 +418,9 @@ class Runner(abc.ABC):
             CheckpointError: `epoch` has no standard checkpoint, or it does not load.
         """
         folder = self.experiment.checkpoints_path
-        for name in checkpoints.remove_temporaries(folder):
-            self.logger.info(f"removed {name}, left by a save that was killed")
+        if self.world.is_main:
+            for name in checkpoints.remove_temporaries(folder):
+                self.logger.info(f"removed {name}, left by a save that was killed")
         if epoch is None:
             info, skipped = checkpoints.find_resume_checkpoint(folder)
             for bad, reason in skipped:
@@ -366,7 +429,7 @@ class Runner(abc.ABC):
                 self.logger.info("no checkpoint to resume from: training from scratch")
                 return
         else:
-            info = find_standard_checkpoint(folder, epoch)
+            info = checkpoints.find_training_checkpoint(folder, epoch)
         self.load_state(checkpoints.load_checkpoint(info), os.path.basename(info.path))
         self.logger.info(f"resumed from {os.path.basename(info.path)}: {self.counters['epoch']} epochs done")
 
@@ -383,7 +446,7 @@ class Runner(abc.ABC):
                 self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state["scaler"] is not None:
                 self.scaler.load_state_dict(state["scaler"])
-            warnings = restore_rng_states(state["rng"])
+            warnings = self.restore_rng_by_rank(state["rng_by_rank"])
             self.counters = dict(state["counters"])
             self.history = state["history"]
             self.partial = state["partial"]
@@ -392,6 +455,13 @@ class Runner(abc.ABC):
             raise CheckpointError(f"checkpoint {name} does not fit this runner: {error}") from error
         for warning in warnings:
             self.logger.warning(warning)
+
+    def restore_rng_by_rank(self, states: list[dict[str, Any]]) -> list[str]:
+        """Restore this rank's generators; return warnings (e.g. a changed world size)."""
+        if len(states) == self.world.size:
+            return restore_rng_states(states[self.world.rank])
+        warning = f"checkpoint saved by {len(states)} processes, resumed by {self.world.size}: the data order changes"
+        return [warning, *restore_rng_states(states[self.world.rank % len(states)])]
 
     def run_test(self, device: torch.device, epoch: int, release: bool) -> dict[str, Any]:
         """Load the weights of `epoch` (standard or release checkpoint), run `test`, save results.
@@ -411,7 +481,7 @@ class Runner(abc.ABC):
             self.model.load_state_dict(state["model"])
         except (KeyError, RuntimeError) as error:
             raise CheckpointError(f"checkpoint {os.path.basename(info.path)} does not fit this model: {error}") from error
-        self.move_loaders(device)
+        self.prepare_loaders(device)
         self.model.eval()
         with torch.no_grad():
             results = self.test(epoch, device)
@@ -461,22 +531,11 @@ def create_release(experiment: Experiment, epoch: int, record: dict) -> str:
     Returns:
         The release checkpoint's path.
     """
-    info = find_standard_checkpoint(experiment.checkpoints_path, epoch)
+    info = checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
     state = checkpoints.load_checkpoint(info)
     metrics = (info.record or {}).get("metrics", {})
     release = {"format": CHECKPOINT_FORMAT, "model": state["model"], "epoch": epoch, "metrics": metrics, **record}
     return checkpoints.save_checkpoint(experiment.checkpoints_path, epoch, "release", release, {"metrics": metrics})
-
-
-def find_standard_checkpoint(folder: str, epoch: int) -> checkpoints.CheckpointInfo:
-    """Return the standard checkpoint of `epoch`, explaining when only a release exists."""
-    try:
-        return checkpoints.find_checkpoint(folder, epoch, ("standard",))
-    except CheckpointError:
-        checkpoints.find_checkpoint(folder, epoch, ("release",))
-        raise CheckpointError(
-            f"epoch {epoch} has only a release checkpoint, which holds weights but no training state"
-        ) from None
 
 
 def position_loader(loader: Any, epoch: int, start: int) -> None:
@@ -518,6 +577,22 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
     return getattr(model, "_orig_mod", model)
+
+
+def accumulate(sums: dict[str, Any], metrics: dict[str, torch.Tensor], size: int) -> int:
+    """Add a batch's metrics, weighted by its `size` samples, to `sums`; return `size`."""
+    for name, value in metrics.items():
+        sums[name] = sums.get(name, 0.0) + value.float() * size
+    return size
+
+
+def is_lost_contact(error: RuntimeError) -> bool:
+    """Whether a collective failed because another rank died or hung.
+
+    Gloo reports a dead peer as a plain RuntimeError, so its message is all there is.
+    """
+    markers = ("Connection closed by peer", "Connection reset by peer", "timed out", "Timed out", "NCCL")
+    return isinstance(error, torch.distributed.DistError) or any(marker in str(error) for marker in markers)
 
 
 def last_or_empty(entries: list[dict[str, float]]) -> dict[str, float]:
