@@ -1,6 +1,7 @@
 """Crash-safe writes and checked JSON reads."""
 
 import errno
+import json
 import hashlib
 import os
 import stat
@@ -115,3 +116,9 @@ def test_hash_file_is_the_sha256_of_the_bytes(tmp_path):
     data = os.urandom(3 << 20)  # several read blocks
     path.write_bytes(data)
     assert hash_file(str(path)) == hashlib.sha256(data).hexdigest()
+
+
+def test_json_files_hold_null_for_nan_and_infinity(tmp_path):
+    path = tmp_path / "record.json"
+    write_json_atomic(str(path), {"loss": float("nan"), "history": [1.0, float("inf")], "ok": 2})
+    assert json.loads(path.read_text()) == {"loss": None, "history": [1.0, None], "ok": 2}

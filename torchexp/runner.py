@@ -423,7 +423,7 @@ class Runner(abc.ABC):
                 self.logger.info(f"removed {name}, left by a save that was killed")
         if epoch is None:
             info, skipped = checkpoints.find_resume_checkpoint(folder)
-            for bad, reason in skipped:
+            for _, reason in skipped:
                 self.logger.warning(f"skipping {reason}")
             if info is None:
                 self.logger.info("no checkpoint to resume from: training from scratch")

@@ -8,6 +8,7 @@ moment leaves either the old file or the new one, never half of one.
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from typing import IO, Any, Callable
@@ -81,9 +82,21 @@ class WriteGuard:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write `obj` as indented JSON with `write_atomic`."""
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    """Write `obj` as indented JSON with `write_atomic`; NaN and infinities become null."""
+    text = json.dumps(replace_non_finite(obj), indent=2, allow_nan=False) + "\n"
     write_atomic(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def replace_non_finite(obj: Any) -> Any:
+    """Return `obj` with NaN and infinite floats replaced by None, which JSON can hold
+    (a diverged loss must not make a record or a result unreadable)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: replace_non_finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [replace_non_finite(value) for value in obj]
+    return obj
 
 
 def read_json(

@@ -6,13 +6,14 @@ same numbers to TensorBoard and to metrics.jsonl, so either can be read back.
 
 import json
 import logging
-import math
 import os
 import sys
 import time
 from typing import Any, Iterable
 
 from tqdm import tqdm
+
+from torchexp.storage import replace_non_finite
 
 CONSOLE_FORMAT = "%(message)s"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -116,10 +117,9 @@ class Tracker:
             return
         for name, value in metrics.items():
             self.writer.add_scalar(f"{kind}/{name}", value, step)
-        line = {"kind": kind, "step": step, **extra, "time": round(time.time(), 3)}
-        line["metrics"] = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+        line = {"kind": kind, "step": step, **extra, "time": round(time.time(), 3), "metrics": metrics}
         with open(self.metrics_path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(line) + "\n")
+            file.write(json.dumps(replace_non_finite(line), allow_nan=False) + "\n")
 
     def flush(self) -> None:
         if self._writer is not None:
