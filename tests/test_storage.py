@@ -122,3 +122,19 @@ def test_json_files_hold_null_for_nan_and_infinity(tmp_path):
     path = tmp_path / "record.json"
     write_json_atomic(str(path), {"loss": float("nan"), "history": [1.0, float("inf")], "ok": 2})
     assert json.loads(path.read_text()) == {"loss": None, "history": [1.0, None], "ok": 2}
+
+
+def test_write_atomic_returns_the_sha256_of_what_it_wrote(tmp_path):
+    path = tmp_path / "file.bin"
+    assert write_atomic(str(path), lambda file: file.write(b"abc")) == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_write_atomic_hashes_the_file_when_the_writer_seeks(tmp_path):
+    def write_then_patch(file):
+        file.write(b"xbc")
+        file.seek(0)
+        file.write(b"a")
+
+    path = tmp_path / "file.bin"
+    assert write_atomic(str(path), write_then_patch) == hashlib.sha256(b"abc").hexdigest()
+    assert path.read_bytes() == b"abc"

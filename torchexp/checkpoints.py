@@ -122,11 +122,11 @@ def save_checkpoint(folder: str, epoch: int, kind: str, state: dict, summary: di
 
     path = os.path.join(folder, make_filename(epoch, kind))
     remove_quietly(record_path(path))
-    write_atomic(path, lambda file: torch.save(state, file))
+    digest = write_atomic(path, lambda file: torch.save(state, file))
     record = {
         "epoch": epoch,
         "kind": kind,
-        "sha256": hash_file(path),
+        "sha256": digest,
         "bytes": os.path.getsize(path),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **summary,

@@ -18,12 +18,15 @@ from torchexp.errors import StorageError, TorchexpError
 MAX_JSON_BYTES = 64 * 1024 * 1024  # refuse larger JSON files rather than exhaust memory
 
 
-def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
+def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> str:
     """Write a file through `write(file)` so that it appears whole or not at all.
 
     Args:
         path: destination path.
         write: called with a binary file object open on the temporary file.
+
+    Returns:
+        The SHA-256 hex digest of the file's bytes, hashed as they were written.
 
     Raises:
         StorageError: when the write fails (disk full, permissions); the temporary file
@@ -50,6 +53,7 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
                 raise
             file.flush()
             os.fsync(file.fileno())
+        digest = guarded.hexdigest() or hash_file(tmp_path)
         os.replace(tmp_path, path)
     except OSError as error:
         remove_quietly(tmp_path)
@@ -61,21 +65,35 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
         fsync_folder(folder)
     except OSError as error:
         raise StorageError(f"could not write {path}: {error.strerror or error} (while syncing its folder)") from error
+    return digest
 
 
 class WriteGuard:
-    """A binary file that remembers the OSError its `write` raised, passing all else through."""
+    """A binary file that remembers the OSError its `write` raised and hashes what is
+    written, passing all else through. A seek makes the running hash unusable."""
 
     def __init__(self, file: IO[bytes]):
         self.file = file
         self.error: OSError | None = None
+        self.digest: Any = hashlib.sha256()
 
     def write(self, data: Any) -> int:
         try:
-            return self.file.write(data)
+            written = self.file.write(data)
         except OSError as error:
             self.error = error
             raise
+        if self.digest is not None:
+            self.digest.update(memoryview(data)[:written])
+        return written
+
+    def seek(self, *args: Any) -> int:
+        self.digest = None
+        return self.file.seek(*args)
+
+    def hexdigest(self) -> str | None:
+        """The SHA-256 of the bytes written, or None after a seek."""
+        return self.digest.hexdigest() if self.digest is not None else None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.file, name)
