@@ -5,6 +5,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from mnist_classifier.__main__ import cli
@@ -38,6 +39,16 @@ def write_mnist(root: str, train_size: int = 96, test_size: int = 40, seed: int 
         write_idx(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), images)
         write_idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), labels)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op thread: the tests' models are tiny, and on a busy two-core machine
+    OpenMP threads waiting for each other slow training tenfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

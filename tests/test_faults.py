@@ -68,15 +68,6 @@ def temporaries(folder: str) -> list[str]:
     return [name for name in os.listdir(folder) if name.endswith(".tmp")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy two-core machine, waiting OpenMP threads slow training tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Lab:
     root = tmp_path_factory.mktemp("faults")

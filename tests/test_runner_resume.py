@@ -128,14 +128,6 @@ def fingerprint(batch) -> str:
     return hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()[:16]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
     """Tiny data, and the reference experiment `straight` trained 4 epochs without a stop."""

@@ -451,8 +451,10 @@ class Runner(abc.ABC):
             self.history = state["history"]
             self.partial = state["partial"]
             self.load_states_others(state["others"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as error:
-            raise CheckpointError(f"checkpoint {name} does not fit this runner: {error}") from error
+        except KeyError as error:
+            raise CheckpointError(f"checkpoint {name} does not fit this runner: it has no {error}") from error
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise CheckpointError(f"checkpoint {name} does not fit this runner: {first_line(error)}") from error
         for warning in warnings:
             self.logger.warning(warning)
 
