@@ -9,7 +9,9 @@ checkpoint: iterations, validation (when the config has a validation split), epo
 scheduler and checkpoint. Start-up (reading MNIST, building the model) and the test
 evaluations are not counted.
 
-Prints one JSON line per epoch and one summary line per configuration:
+Prints one JSON line per epoch and one summary line per configuration. Each epoch line also
+gives the process's CPU seconds and the 1-minute load average, to tell a slow epoch from a
+busy machine.
 
     .venv/bin/python benchmarks/time_to_accuracy.py --configs fast,best
 """
@@ -71,6 +73,12 @@ class TimedRunner(MNISTClassifierRunner):
         return super().train_early_stopping()
 
 
+def display_path(path: str) -> str:
+    """The path relative to the repository when it lies inside it."""
+    relative = os.path.relpath(path, common.REPO)
+    return path if relative.startswith("..") else relative
+
+
 def planned_epochs(config: dict) -> int:
     """Epochs a configuration is meant to run: its one-cycle span, else DEFAULT_EPOCHS."""
     training = config["training"]
@@ -111,7 +119,7 @@ def run_config(name: str, config_path: str, args, experiments_path: str) -> None
             "benchmark": "time_to_accuracy",
             "config": name,
             "summary": True,
-            "config_path": os.path.relpath(config_path, common.REPO),
+            "config_path": display_path(config_path),
             "epochs_run": len(history),
             "planned_epochs": epochs,
             "seconds_to": reached_seconds,
