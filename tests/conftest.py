@@ -41,6 +41,20 @@ def write_mnist(root: str, train_size: int = 96, test_size: int = 40, seed: int 
     return root
 
 
+def snapshot(root: str) -> dict[str, bytes]:
+    """Every folder and file under `root`, hidden ones included, with the files' bytes:
+    comparing two snapshots shows whether anything on disk changed."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            found[os.path.relpath(os.path.join(folder, name), root) + "/"] = b""
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as file:
+                found[os.path.relpath(path, root)] = file.read()
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """One intra-op thread: the tests' models are tiny, and on a busy two-core machine

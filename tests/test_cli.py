@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import torchexp
 import torchexp.cli
-from conftest import REPO, init_args, write_mnist
+from conftest import REPO, init_args, snapshot, write_mnist
 from mnist_classifier.__main__ import cli
 
 README = os.path.join(REPO, "README.md")
@@ -40,19 +40,6 @@ def run(root, *args: str, name: str | None = "x", data=None, experiments=None, g
 def ok(result):
     assert result.exit_code == 0, result.output
     return result
-
-
-def snapshot(root) -> dict[str, bytes]:
-    """Every folder and file under `root`, hidden ones included, with the files' bytes."""
-    found = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            found[os.path.relpath(os.path.join(folder, name), root) + "/"] = b""
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as file:
-                found[os.path.relpath(path, root)] = file.read()
-    return found
 
 
 def read_lines(path) -> list[dict]:

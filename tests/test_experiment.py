@@ -11,25 +11,13 @@ import time
 
 import pytest
 
+from conftest import snapshot
 from torchexp.errors import ExperimentError, LockError
 from torchexp.experiment import MAX_NAME_LENGTH, Experiment, validate_name
 
 RECORD = {"seed": 3, "versions": {"torchexp": "0"}, "config": {"a": 1}}
 DATA_STATE = {"validation_indexes": [1, 2]}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tree(folder) -> dict[str, bytes]:
-    """Every file under `folder` with its bytes, hidden ones included."""
-    found = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs:
-            found[os.path.relpath(os.path.join(root, name), folder) + "/"] = b""
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as file:
-                found[os.path.relpath(path, folder)] = file.read()
-    return found
 
 
 def created(tmp_path, name: str = "x") -> Experiment:
@@ -83,10 +71,10 @@ def test_create_writes_the_layout_and_the_json_files(tmp_path):
 def test_create_refuses_an_existing_experiment_and_leaves_it_untouched(tmp_path):
     experiment = created(tmp_path)
     (tmp_path / "experiments" / "x" / "verbose.log").write_text("history\n")
-    before = tree(tmp_path)
+    before = snapshot(tmp_path)
     with pytest.raises(ExperimentError, match=r"experiment 'x' already exists in .*experiments; choose another name"):
         Experiment(str(tmp_path / "experiments"), "x").create({"seed": 9}, {})
-    assert tree(tmp_path) == before
+    assert snapshot(tmp_path) == before
     assert experiment.read_record() == RECORD
 
 

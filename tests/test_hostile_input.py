@@ -15,21 +15,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import CONFIG, SCHEMA, write_mnist
+from conftest import CONFIG, SCHEMA, snapshot, write_mnist
 from mnist_classifier.__main__ import cli
 from torchexp.config import TRAINER_SCHEMA
-
-
-def snapshot(root: str) -> dict[str, bytes]:
-    """Every folder and file under `root`, hidden ones included, with the files' bytes."""
-    found = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            found[os.path.relpath(os.path.join(folder, name), root) + "/"] = b""
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as file:
-                found[os.path.relpath(os.path.join(folder, name), root)] = file.read()
-    return found
 
 
 def invoke(root: str, *args: str, name: str | None = "x", data: str | None = None):
