@@ -25,9 +25,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402  (after the path set-up above)
+import common  # after the path set-up above
 
-from mnist_classifier.runner import MNISTClassifierRunner  # noqa: E402
+from mnist_classifier.runner import MNISTClassifierRunner
 
 MNIST_TRAIN_SIZE = 60_000
 
@@ -104,9 +104,12 @@ def run_config(name: str, config_path: str, args, experiments_path: str) -> None
 
 def main() -> None:
     parser = common.make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default="default,fast", help="comma-separated names (%s) or JSON config paths (default: %%(default)s)" % ", ".join(common.PRESETS))
+    names = ", ".join(common.PRESETS)
+    parser.add_argument("--configs", default="default,fast", help=f"comma-separated: {names}, or config paths (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=7, help="saves and loads of each kind (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=3_200, help="training images of the short epoch that sets the state and the rate (default: %(default)s)")
+    parser.add_argument(
+        "--samples", type=int, default=3_200, help="images of the short epoch that sets the state and the rate (default: %(default)s)"
+    )
     args = parser.parse_args()
     common.emit({"benchmark": "checkpoint", "machine": common.machine(), "repeats": args.repeats})
     with tempfile.TemporaryDirectory(prefix="torchexp-checkpoint-") as experiments_path:

@@ -12,7 +12,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,9 +86,8 @@ def make_runner(experiments_path: str, name: str, data_path: str, runner_class: 
         runner_class: the project's Runner or a subclass adding timing hooks.
         data_class: the project's Data or a subclass (e.g. one that trains on a subset).
     """
-    from torchexp import App
-
     from mnist_classifier.data import MNISTClassifierData
+    from torchexp import App
 
     app = App(data_class or MNISTClassifierData, runner_class, name, experiments_path, data_path, "quiet")
     experiment = app.open_experiment()
@@ -134,17 +132,3 @@ def test_accuracy(model: Any, loader: Any) -> tuple[float, float]:
             count += len(labels)
     model.train(was_training)
     return correct / count, loss / count
-
-
-class Stopwatch:
-    """Sums the seconds spent inside `with stopwatch:` blocks."""
-
-    def __init__(self):
-        self.total = 0.0
-
-    def __enter__(self) -> "Stopwatch":
-        self.started = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.total += time.perf_counter() - self.started

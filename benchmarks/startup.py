@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402  (after the path set-up above)
+import common  # after the path set-up above
 
 
 def make_experiment(experiments_path: str, data_path: str, seed: int) -> str:

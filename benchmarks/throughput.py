@@ -36,9 +36,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402  (after the path set-up above)
+import common  # after the path set-up above
 
-from mnist_classifier.runner import MNISTClassifierRunner  # noqa: E402
+from mnist_classifier.runner import MNISTClassifierRunner
 
 BATCH_SIZE = 64  # pytorch/examples' default
 LOG_INTERVAL = 10  # pytorch/examples' default: loss.item() every 10 batches
@@ -178,7 +178,7 @@ def run_child(name: str, args) -> dict:
     """Run one variant in a fresh interpreter; return its figures."""
     command = [sys.executable, os.path.abspath(__file__), "--child", name, "--samples", str(args.samples)]
     command += ["--data-path", args.data_path, "--seed", str(args.seed), "--experiments-path", args.experiments_path]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"variant {name} failed ({result.returncode}):\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -205,8 +205,11 @@ def summarize(results: dict[str, list[dict]], args) -> dict:
         return common.median([figures[key] for figures in results[name]])
 
     seconds = {name: median_of(name, "seconds") for name in results}
-    iterations = {name: median_of(name, "iterations_seconds") if "iterations_seconds" in results[name][0] else seconds[name] for name in results}
-    fixed = {name: median_of(name, "epoch_end_seconds") + median_of(name, "checkpoint_seconds") if name in TORCHEXP_VARIANTS else 0.0 for name in results}
+    iterations, fixed = dict(seconds), dict.fromkeys(results, 0.0)  # the plain loops have no parts
+    for name in TORCHEXP_VARIANTS:
+        if name in results:
+            iterations[name] = median_of(name, "iterations_seconds")
+            fixed[name] = median_of(name, "epoch_end_seconds") + median_of(name, "checkpoint_seconds")
     full = {name: iterations[name] * FULL_EPOCH / args.samples + fixed[name] for name in results}
     summary["samples_per_s"] = {name: rate(args.samples, value) for name, value in seconds.items()}
     summary["iterations_samples_per_s"] = {name: rate(args.samples, value) for name, value in iterations.items()}
@@ -252,7 +255,8 @@ def main() -> None:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}: choose among {list(VARIANTS)}")
-    common.emit({"benchmark": "throughput", "machine": common.machine(), "samples": args.samples, "batch_size": BATCH_SIZE, "rounds": args.rounds})
+    header = {"benchmark": "throughput", "machine": common.machine(), "samples": args.samples, "batch_size": BATCH_SIZE}
+    common.emit({**header, "rounds": args.rounds})
     results: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="torchexp-throughput-") as args.experiments_path:
         for round_index in range(args.rounds):
@@ -260,7 +264,8 @@ def main() -> None:
             for name in names[shift:] + names[:shift]:
                 figures = run_child(name, args)
                 results[name].append(figures)
-                record = {"benchmark": "throughput", "round": round_index + 1, "variant": name, "samples_per_s": rate(args.samples, figures["seconds"])}
+                record = {"benchmark": "throughput", "round": round_index + 1, "variant": name}
+                record["samples_per_s"] = rate(args.samples, figures["seconds"])
                 record.update({key: round(value, 3) for key, value in figures.items()})
                 record["load_avg_1"] = round(os.getloadavg()[0], 2)
                 LOADS.append(record["load_avg_1"])

@@ -20,12 +20,13 @@ import os
 import sys
 import tempfile
 import time
+from typing import ClassVar
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402  (after the path set-up above)
+import common  # after the path set-up above
 
-from mnist_classifier.runner import MNISTClassifierRunner  # noqa: E402
+from mnist_classifier.runner import MNISTClassifierRunner
 
 DEFAULT_EPOCHS = 14  # epochs of configs without a one-cycle schedule: pytorch/examples' default
 
@@ -37,7 +38,7 @@ class TimedRunner(MNISTClassifierRunner):
     (stop once every target is reached) and `report` (called with each epoch's figures).
     """
 
-    targets: list[float] = []
+    targets: ClassVar[list[float]] = []
     stop_at_targets = True
     report = staticmethod(lambda record: None)
 
@@ -135,9 +136,10 @@ def run_config(name: str, config_path: str, args, experiments_path: str) -> None
 
 def main() -> None:
     parser = common.make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", default="fast,best,default", help="comma-separated names (%s) or JSON config paths (default: %%(default)s)" % ", ".join(common.PRESETS))
+    names = ", ".join(common.PRESETS)
+    parser.add_argument("--configs", default="fast,best,default", help=f"comma-separated: {names}, or config paths (default: %(default)s)")
     parser.add_argument("--targets", default="0.99,0.992,0.995", help="test accuracies to time (default: %(default)s)")
-    parser.add_argument("--max-epochs", type=int, help="cap on epochs per config (default: its one-cycle span, else %d)" % DEFAULT_EPOCHS)
+    parser.add_argument("--max-epochs", type=int, help=f"cap on epochs per config (default: its one-cycle span, else {DEFAULT_EPOCHS})")
     parser.add_argument("--full", action="store_true", help="train every planned epoch even after all targets are reached")
     args = parser.parse_args()
     args.targets = sorted(float(value) for value in args.targets.split(","))
