@@ -113,10 +113,8 @@ def main() -> None:
     args = parser.parse_args()
     common.emit({"benchmark": "checkpoint", "machine": common.machine(), "repeats": args.repeats})
     with tempfile.TemporaryDirectory(prefix="torchexp-checkpoint-") as experiments_path:
-        for name in args.configs.split(","):
-            path = common.PRESETS.get(name, name)
-            label = name if name in common.PRESETS else os.path.splitext(os.path.basename(name))[0]
-            run_config(label, os.path.abspath(path), args, experiments_path)
+        for label, path in common.resolve_configs(args.configs):
+            run_config(label, path, args, experiments_path)
 
 
 if __name__ == "__main__":

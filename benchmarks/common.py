@@ -132,3 +132,12 @@ def test_accuracy(model: Any, loader: Any) -> tuple[float, float]:
             count += len(labels)
     model.train(was_training)
     return correct / count, loss / count
+
+
+def resolve_configs(names: str) -> list[tuple[str, str]]:
+    """Return (label, absolute path) for each comma-separated preset name or config path."""
+    resolved = []
+    for name in names.split(","):
+        label = name if name in PRESETS else os.path.splitext(os.path.basename(name))[0]
+        resolved.append((label, os.path.abspath(PRESETS.get(name, name))))
+    return resolved

@@ -145,10 +145,8 @@ def main() -> None:
     args.targets = sorted(float(value) for value in args.targets.split(","))
     common.emit({"benchmark": "time_to_accuracy", "machine": common.machine(), "targets": args.targets})
     with tempfile.TemporaryDirectory(prefix="torchexp-tta-") as experiments_path:
-        for name in args.configs.split(","):
-            path = common.PRESETS.get(name, name)
-            label = name if name in common.PRESETS else os.path.splitext(os.path.basename(name))[0]
-            run_config(label, os.path.abspath(path), args, experiments_path)
+        for label, path in common.resolve_configs(args.configs):
+            run_config(label, path, args, experiments_path)
 
 
 if __name__ == "__main__":
