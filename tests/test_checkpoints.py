@@ -258,3 +258,15 @@ def test_load_reports_a_file_that_verifies_but_is_not_a_torch_file(tmp_path):
     (info,) = list_checkpoints(str(tmp_path))
     with pytest.raises(CheckpointError, match=r"checkpoint 1.checkpoint.pt cannot be loaded safely"):
         load_checkpoint(info)
+
+
+def test_resuming_hashes_the_chosen_checkpoint_once(tmp_path, monkeypatch):
+    import torchexp.checkpoints as module
+
+    save(tmp_path, 1)
+    hashed = []
+    real_hash = module.hash_file
+    monkeypatch.setattr(module, "hash_file", lambda path: hashed.append(path) or real_hash(path))
+    info, skipped = find_resume_checkpoint(str(tmp_path))
+    assert skipped == [] and load_checkpoint(info)["epoch"] == 1
+    assert hashed == [info.path]

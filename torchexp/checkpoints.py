@@ -35,6 +35,7 @@ class CheckpointInfo:
     kind: str
     path: str
     record: dict | None
+    verified: bool = False  # set by verify_checkpoint, so a load does not hash the file twice
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -152,10 +153,11 @@ def verify_checkpoint(info: CheckpointInfo) -> None:
         raise CheckpointError(f"checkpoint {name} is {size} bytes, but {info.record.get('bytes')} were written (truncated or replaced)")
     if hash_file(info.path) != info.record["sha256"]:
         raise CheckpointError(f"checkpoint {name} does not match its SHA-256 (corrupted)")
+    info.verified = True
 
 
 def load_checkpoint(info: CheckpointInfo) -> dict[str, Any]:
-    """Verify a checkpoint, then load it with `weights_only=True` onto the CPU.
+    """Verify a checkpoint (unless already verified), then load it with `weights_only=True` onto the CPU.
 
     Raises:
         CheckpointError: it fails verification or holds anything but tensors and plain data.
@@ -164,7 +166,8 @@ def load_checkpoint(info: CheckpointInfo) -> dict[str, Any]:
 
     import torch
 
-    verify_checkpoint(info)
+    if not info.verified:
+        verify_checkpoint(info)
     try:
         state = torch.load(info.path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:

@@ -302,7 +302,6 @@ def make_cli(
         from torchexp.runner import create_release as write_release
 
         experiment = app.open_experiment()
-        checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
         path = write_release(experiment, epoch, experiment.read_record())
         logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
         logger.info(f"released epoch {epoch} as {path}")

@@ -327,9 +327,13 @@ class Runner(abc.ABC):
     def average(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
         """Return per-sample means of summed metrics, over every rank's samples."""
         if self.world.distributed:
-            count = int(sum_across(torch.tensor(float(count), device=self.device)).item())
-            sums = {name: sum_across(torch.as_tensor(value, device=self.device)) for name, value in sums.items()}
+            sums, count = self.sum_metrics_across(sums, count)
         return {name: (value / max(count, 1)).item() for name, value in sums.items()}
+
+    def sum_metrics_across(self, sums: dict[str, Any], count: int) -> tuple[dict[str, torch.Tensor], int]:
+        """Return metric sums and the sample count totalled over every rank."""
+        total = int(sum_across(torch.tensor(float(count), device=self.device)).item())
+        return {name: sum_across(torch.as_tensor(value, device=self.device)) for name, value in sums.items()}, total
 
     def mean_across(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Return the mean of each metric over the ranks (the ranks' batches are of equal size)."""
@@ -380,8 +384,7 @@ class Runner(abc.ABC):
         rank's total and the others start again from zero, so the epoch's sum comes out whole."""
         if self.partial is None or not self.world.distributed:
             return self.partial
-        sums = {name: sum_across(torch.as_tensor(value, device=self.device)) for name, value in self.partial["sums"].items()}
-        count = int(sum_across(torch.tensor(float(self.partial["count"]), device=self.device)).item())
+        sums, count = self.sum_metrics_across(self.partial["sums"], self.partial["count"])
         if self.world.is_main:
             return {"sums": sums, "count": count}
         return {"sums": {name: torch.zeros_like(value) for name, value in sums.items()}, "count": 0}
