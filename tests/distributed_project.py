@@ -7,6 +7,7 @@ Each rank also appends the samples it saw to `seen-<rank>.txt` beside the experi
 
 import os
 import signal
+import time
 
 import torch
 import torch.nn.functional as F
@@ -54,11 +55,18 @@ class ProjectRunner(torchexp.Runner):
 
     def train_before_epoch_tasks(self, device: torch.device) -> None:
         # TORCHEXP_TEST_DIE_AT=E: rank 1 kills itself at the start of epoch E, once.
-        die_at = int(os.environ.get("TORCHEXP_TEST_DIE_AT", "0"))
+        # TORCHEXP_TEST_HANG_AT=E: rank 1 stops taking part at the start of epoch E.
+        epoch = self.counters["epoch"] + 1
+        if os.environ.get("RANK") != "1":
+            return
         marker = os.path.join(self.experiment.experiments_path, "died")
-        if os.environ.get("RANK") == "1" and self.counters["epoch"] + 1 == die_at and not os.path.exists(marker):
+        if epoch == int(os.environ.get("TORCHEXP_TEST_DIE_AT", "0")) and not os.path.exists(marker):
             open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
+        if epoch == int(os.environ.get("TORCHEXP_TEST_HANG_AT", "0")):
+            while self.stop_signal is None:  # until torchrun stops the run
+                time.sleep(0.05)
+            os._exit(1)
 
     def record_seen(self, indexes: torch.Tensor) -> None:
         path = os.path.join(self.experiment.experiments_path, f"seen-{os.environ.get('RANK', '0')}.txt")

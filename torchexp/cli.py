@@ -260,19 +260,11 @@ def make_cli(
         torch_device = resolve_device(map_device(device, world))
         join(world, torch_device)
         try:
-            with hold_experiment(experiment, world, torch_device):
-                runner = app.make_runner(experiment, experiment.read_record(), num_workers, world)
-                try:
-                    if epoch is not None and overwrite and world.is_main:
-                        remove_later_checkpoints(experiment, epoch, runner.logger)
-                    processes = f" in {world.size} processes" if world.distributed else ""
-                    runner.logger.info(f"training {experiment.name!r} on {torch_device}{processes} up to epoch {max_epochs}")
-                    runner.train(torch_device, max_epochs, log_period, epoch)
-                finally:
-                    runner.tracker.close()
-                    close_logger(runner.logger)
-        finally:
-            leave()
+            train_held(app, experiment, world, torch_device, num_workers, max_epochs, log_period, epoch, overwrite)
+        except BaseException:
+            leave(free_objects=False)
+            raise
+        leave()
 
     @cli.command()
     @click.option("--epoch", type=click.IntRange(min=1), help="Epoch whose weights to test.  [default: the latest]")
@@ -330,6 +322,27 @@ def make_cli(
             raise TorchexpError(f"TensorBoard stopped with exit code {done.returncode} (is port {port} in use?)")
 
     return cli
+
+
+def train_held(
+    app: App, experiment: Experiment, world: Any, device: Any, num_workers: int, max_epochs: int, log_period: int, epoch: int | None, overwrite: bool
+) -> None:
+    """The body of `train` between joining and leaving the process group.
+
+    A function of its own so that the runner, and the DistributedDataParallel module it
+    holds, are gone when it returns: `leave` must not find them alive.
+    """
+    with hold_experiment(experiment, world, device):
+        runner = app.make_runner(experiment, experiment.read_record(), num_workers, world)
+        try:
+            if epoch is not None and overwrite and world.is_main:
+                remove_later_checkpoints(experiment, epoch, runner.logger)
+            processes = f" in {world.size} processes" if world.distributed else ""
+            runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to epoch {max_epochs}")
+            runner.train(device, max_epochs, log_period, epoch)
+        finally:
+            runner.tracker.close()
+            close_logger(runner.logger)
 
 
 @contextlib.contextmanager
