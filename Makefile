@@ -33,6 +33,8 @@ benchmarks: venv
 	$(BIN)/python benchmarks/checkpoint.py --data-path $(DATA)
 	$(BIN)/python benchmarks/throughput.py --data-path $(DATA)
 	$(BIN)/python benchmarks/time_to_accuracy.py --data-path $(DATA)
+	$(BIN)/python benchmarks/checkpoint_safety.py --data-path $(DATA)
+	$(BIN)/python benchmarks/distributed.py --data-path $(DATA)
 
 clean:
 	rm -rf $(VENV) *.egg-info

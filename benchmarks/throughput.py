@@ -10,6 +10,9 @@ batch 64, fp32, the same seed and the same first `--samples` training images:
     torchexp          `init` (config.default.json, data.val_split=0) then Runner.train for one
                       epoch, as `train` runs it: uint8 tensors normalized per batch, metrics,
                       logs, the epoch's checkpoint
+    torchexp_returning_memory
+                      torchexp with trainer.keep_freed_memory=false: glibc returns freed
+                      activations to the kernel and faults them back in every step
     torchexp_bf16     torchexp with trainer.precision=bf16 and trainer.channels_last=true
                       (not the same arithmetic, so outside the ratios' goals)
 
@@ -45,7 +48,7 @@ LOG_INTERVAL = 10  # pytorch/examples' default: loss.item() every 10 batches
 MEAN, STD = 0.1307, 0.3081
 LOADS: list[float] = []  # 1-minute load average after each timed run
 FULL_EPOCH = 60_000  # MNIST's training images
-TORCHEXP_VARIANTS = ("torchexp", "torchexp_bf16")
+TORCHEXP_VARIANTS = ("torchexp", "torchexp_returning_memory", "torchexp_bf16")
 GOALS = {"torchexp_vs_pytorch_examples": 1.4, "torchexp_vs_plain_in_memory": 0.97}
 
 
@@ -166,6 +169,7 @@ VARIANTS = {
     "pytorch_examples": run_pytorch_examples,
     "plain_in_memory": run_plain_in_memory,
     "torchexp": make_torchexp([]),
+    "torchexp_returning_memory": make_torchexp(["trainer.keep_freed_memory=false"]),
     "torchexp_bf16": make_torchexp(["trainer.precision=bf16", "trainer.channels_last=true"]),
 }
 

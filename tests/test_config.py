@@ -166,6 +166,7 @@ def test_load_schema_adds_the_trainer_section(tmp_path):
         "compile": False,
         "grad_accumulation": 1,
         "grad_clip_norm": None,
+        "keep_freed_memory": True,
         "early_stopping_patience": None,
     }
 

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 import torchexp
+import torchexp.cli
+import torchexp.runner
 from torchexp.config import TRAINER_SCHEMA, Config, fill_defaults, validate_config
 from torchexp.errors import CheckpointError, ConfigError
 from torchexp.experiment import Experiment
@@ -324,6 +326,27 @@ class SteepRunner(SlopeRunner):
 def test_grad_clip_norm_bounds_each_update(tmp_path):
     runner = train(tmp_path, SteepRunner, grad_clip_norm=0.1)
     assert runner.weights == pytest.approx([-0.1, -0.2, -0.3])
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_freed_memory_is_applied_before_training_when_configured(tmp_path, monkeypatch, keep):
+    calls = []
+    monkeypatch.setattr(torchexp.runner, "keep_freed_memory", lambda: calls.append("kept") or True)
+    train(tmp_path, keep_freed_memory=keep)
+    assert calls == (["kept"] if keep else [])
+
+
+def test_an_experiment_without_newer_trainer_options_trains_with_their_defaults(tmp_path):
+    make_runner(tmp_path)
+    record_path = tmp_path / "experiments" / "r" / "config.json"
+    record = json.loads(record_path.read_text())
+    del record["config"]["trainer"]["keep_freed_memory"]
+    record_path.write_text(json.dumps(record))
+    app = torchexp.cli.App(TinyData, TinyRunner, "r", str(tmp_path / "experiments"), str(tmp_path), "quiet")
+    experiment = app.open_experiment()
+    runner = app.make_runner(experiment, experiment.read_record(), 0)
+    finish(runner)
+    assert runner.get_conf("trainer", "keep_freed_memory") is True
 
 
 class ConvData(TinyData):

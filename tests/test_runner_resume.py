@@ -460,3 +460,9 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(world,
         checkpoints.load_checkpoint(info)
     assert not [file for file in os.listdir(folder) if file.endswith(".tmp")], "temporary files were left behind"
     assert_same_as_reference(world, name)
+    # What the killed runs logged after their last checkpoint was dropped when the next
+    # one resumed: metrics.jsonl holds every step and every epoch once.
+    assert read_steps(metrics) == list(range(1, EPOCHS * PER_EPOCH + 1))
+    with open(metrics, encoding="utf-8") as file:
+        epochs = [entry["epoch"] for entry in map(json.loads, file) if entry["kind"] == "train"]
+    assert epochs == list(range(1, EPOCHS + 1))

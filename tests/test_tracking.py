@@ -87,6 +87,31 @@ def test_tracker_creates_no_event_file_until_used(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_discard_after_drops_what_a_resumed_run_logs_again(tmp_path):
+    tracker = Tracker(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl"))
+    for step in (100, 200, 300):
+        tracker.log_scalars("iteration", step, {"loss": 1.0}, epoch=1 + step // 250)
+    tracker.log_scalars("train", 1, {"loss": 1.0}, epoch=1)
+    tracker.log_scalars("test", 1, {"accuracy": 0.5}, epoch=1)
+    tracker.log_scalars("train", 2, {"loss": 1.0}, epoch=2)
+    tracker.log_scalars("gradients", 999, {"norm": 3.0})
+    with open(tmp_path / "metrics.jsonl", "a") as file:
+        file.write('{"kind": "iteration", "st')  # cut short by a kill
+    tracker.close()
+
+    assert tracker.discard_after(step=200, epoch=1) == 3
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["kind"], line["step"]) for line in lines] == [("iteration", 100), ("iteration", 200), ("train", 1), ("test", 1), ("gradients", 999)]
+    assert tracker.discard_after(step=200, epoch=1) == 0
+
+
+def test_discard_after_without_metrics_or_when_disabled_does_nothing(tmp_path):
+    assert Tracker(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl")).discard_after(0, 0) == 0
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "epoch": 1}\n')
+    assert Tracker(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl"), enabled=False).discard_after(0, 0) == 0
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+
+
 def test_format_metrics_is_short():
     assert format_metrics({"loss": 0.031234, "accuracy": 0.99125}) == "loss 0.03123, accuracy 0.9912"
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from torchexp import checkpoints
-from torchexp.config import Config, build_config
+from torchexp.config import Config, build_config, fill_trainer_defaults
 from torchexp.devices import check_device_spec
 from torchexp.errors import CheckpointError, DataError, ExperimentError, LockError, TorchexpError
 from torchexp.experiment import Experiment
@@ -93,7 +93,7 @@ class App:
             data.load_loaders(self.data_path, num_workers)
             tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path, enabled=world.is_main)
             runner_class = load_class(self.runner_class)
-            config = Config(record["config"])
+            config = Config(fill_trainer_defaults(record["config"]))
             return runner_class(experiment, config, record["seed"], data, logger, tracker, verbosity == "quiet", world=world)
         except BaseException:
             # The caller only closes the logger of a runner it got.

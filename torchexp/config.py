@@ -44,6 +44,12 @@ TRAINER_SCHEMA: dict = {
             "default": None,
             "description": "Clip the gradients' global L2 norm to this value; null disables clipping.",
         },
+        "keep_freed_memory": {
+            "type": "boolean",
+            "default": True,
+            "description": "Keep memory freed between steps instead of returning it to the OS (glibc only): "
+            "fewer page faults, faster CPU epochs, tens of MB more resident memory.",
+        },
         "early_stopping_patience": {
             "type": ["integer", "null"],
             "minimum": 1,
@@ -170,6 +176,14 @@ def fill_defaults(conf: dict, schema: dict) -> dict:
         if isinstance(conf.get(key), dict) and "properties" in subschema:
             conf[key] = fill_defaults(conf[key], subschema)
     return conf
+
+
+def fill_trainer_defaults(conf: dict) -> dict:
+    """Return a copy of `conf` with the trainer options it lacks set to their defaults.
+
+    An experiment created by an older torchexp lacks the options added since.
+    """
+    return fill_defaults(conf, {"properties": {"trainer": TRAINER_SCHEMA}})
 
 
 def validate_config(conf: dict, schema: dict) -> None:

@@ -16,6 +16,7 @@ from torchexp.data import Data
 from torchexp.distributed import World, any_across, gather_objects, sum_across
 from torchexp.errors import CheckpointError, ConfigError, DistributedError, StorageError, TrainingInterrupted, first_line
 from torchexp.experiment import Experiment
+from torchexp.memory import keep_freed_memory
 from torchexp.rng import capture_rng_states, restore_rng_states, seed_everything
 from torchexp.storage import remove_quietly, write_json_atomic
 from torchexp.tracking import Tracker, format_metrics, progress_bar
@@ -184,6 +185,8 @@ class Runner(abc.ABC):
         if self.counters["iteration"] == 0 and self.history["validation"] and self.train_early_stopping():
             self.logger.info(f"training stopped early after epoch {self.counters['epoch']} already")
             return
+        if self.get_conf("trainer", "keep_freed_memory") and keep_freed_memory():
+            self.logger.debug("glibc keeps freed memory for the next steps (trainer.keep_freed_memory)")
         try:
             self.run_epochs(device, max_epochs, log_period)
         except RuntimeError as error:
@@ -428,13 +431,16 @@ class Runner(abc.ABC):
             info, skipped = checkpoints.find_resume_checkpoint(folder)
             for _, reason in skipped:
                 self.logger.warning(f"skipping {reason}")
-            if info is None:
-                self.logger.info("no checkpoint to resume from: training from scratch")
-                return
         else:
             info = checkpoints.find_training_checkpoint(folder, epoch)
-        self.load_state(checkpoints.load_checkpoint(info), os.path.basename(info.path))
-        self.logger.info(f"resumed from {os.path.basename(info.path)}: {self.counters['epoch']} epochs done")
+        if info is None:
+            self.logger.info("no checkpoint to resume from: training from scratch")
+        else:
+            self.load_state(checkpoints.load_checkpoint(info), os.path.basename(info.path))
+            self.logger.info(f"resumed from {os.path.basename(info.path)}: {self.counters['epoch']} epochs done")
+        dropped = self.tracker.discard_after(self.counters["step"], self.counters["epoch"])
+        if dropped:
+            self.logger.info(f"removed {dropped} lines from metrics.jsonl, logged after this point by a run that did not finish")
 
     def load_state(self, state: dict[str, Any], name: str) -> None:
         """Restore everything `collect_state` saved.

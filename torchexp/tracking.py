@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from torchexp.storage import replace_non_finite
+from torchexp.storage import replace_non_finite, write_atomic
 
 CONSOLE_FORMAT = "%(message)s"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -121,6 +121,24 @@ class Tracker:
         with open(self.metrics_path, "a", encoding="utf-8") as file:
             file.write(json.dumps(replace_non_finite(line), allow_nan=False) + "\n")
 
+    def discard_after(self, step: int, epoch: int) -> int:
+        """Drop the metrics.jsonl lines that a resumed run logs again; return how many.
+
+        A run stopped after its last checkpoint has logged iterations, perhaps an epoch,
+        that the run resuming from that checkpoint repeats: iteration lines after `step`
+        and train or validation lines after `epoch` go, with a line cut short by a kill.
+        Test lines and a project's own kinds stay. TensorBoard needs no such care: it
+        drops the events after a restarted step by itself.
+        """
+        if not self.enabled or not os.path.exists(self.metrics_path):
+            return 0
+        with open(self.metrics_path, encoding="utf-8") as file:
+            lines = file.readlines()
+        kept = [line for line in lines if not is_logged_after(line, step, epoch)]
+        if len(kept) < len(lines):
+            write_atomic(self.metrics_path, lambda file: file.write("".join(kept).encode()))
+        return len(lines) - len(kept)
+
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
@@ -129,6 +147,20 @@ class Tracker:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def is_logged_after(line: str, step: int, epoch: int) -> bool:
+    """Whether a metrics.jsonl line comes after iteration `step` and epoch `epoch`, or is torn."""
+    try:
+        entry = json.loads(line)
+        kind = entry["kind"]
+        if kind == "iteration":
+            return entry["step"] > step
+        if kind in ("train", "validation"):
+            return entry["epoch"] > epoch
+        return False
+    except (ValueError, KeyError, TypeError):
+        return True
 
 
 def tensorboard_command(logdir: str | None, logdir_spec: str | None, host: str, port: int) -> list[str]:

@@ -1,0 +1,77 @@
+"""keep_freed_memory: glibc's thresholds raised, so that freed blocks are not faulted back in."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from torchexp import memory
+
+# Runs 20 training steps of the MNIST example's CNN on the CPU, then prints the minor page
+# faults they took: the activations a step frees are what the next step allocates again.
+FAULT_COUNTER = """
+import resource, sys, torch
+from mnist_classifier.model import CNN
+from torchexp.memory import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+torch.manual_seed(0)
+model = CNN()
+optimizer = torch.optim.Adadelta(model.parameters())
+inputs, targets = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+def step():
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.nll_loss(model(inputs), targets).backward()
+    optimizer.step()
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+glibc_only = pytest.mark.skipif(memory.find_mallopt() is None, reason="the C library is not glibc")
+
+
+def count_faults(mode: str) -> tuple[str, int]:
+    env = {key: value for key, value in os.environ.items() if key not in memory.USER_SETTINGS}
+    result = subprocess.run([sys.executable, "-c", FAULT_COUNTER, mode], capture_output=True, text=True, env=env, check=True)
+    applied, faults = result.stdout.split()
+    return applied, int(faults)
+
+
+@glibc_only
+def test_training_steps_reuse_freed_memory_without_faulting_it_back_in():
+    applied, kept = count_faults("keep")
+    _, returned = count_faults("default")
+    assert applied == "True"
+    # Measured here: 130,000 to 220,000 faults by default, 2,000 to 7,000 kept.
+    assert returned > 50_000
+    assert kept < returned / 10
+
+
+def test_malloc_settings_of_the_user_win(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    monkeypatch.setattr(memory, "find_mallopt", lambda: pytest.fail("mallopt must not be looked up"))
+    assert memory.keep_freed_memory() is False
+
+
+def test_another_c_library_is_left_alone(monkeypatch):
+    class Musl:
+        mallopt = staticmethod(lambda parameter, value: 0)
+
+    for name in memory.USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: Musl())
+    assert memory.find_mallopt() is None
+    assert memory.keep_freed_memory() is False
+
+
+@glibc_only
+def test_mallopt_is_called_with_both_thresholds(monkeypatch):
+    calls = []
+    for name in memory.USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(memory, "find_mallopt", lambda: lambda parameter, value: calls.append((parameter, value)) or 1)
+    assert memory.keep_freed_memory() is True
+    assert calls == [(memory.M_MMAP_THRESHOLD, 32 * 2**20), (memory.M_TRIM_THRESHOLD, 2**30)]
