@@ -105,6 +105,23 @@ def test_discard_after_drops_what_a_resumed_run_logs_again(tmp_path):
     assert tracker.discard_after(step=200, epoch=1) == 0
 
 
+def test_tensorboard_hides_the_iterations_logged_after_the_resume_point(tmp_path):
+    tracker = Tracker(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl"))
+    for step in range(1, 11):
+        tracker.log_scalars("iteration", step, {"loss": float(step)})
+    tracker.log_scalars("train", 1, {"loss": 1.0}, epoch=1)
+    tracker.discard_after(step=5, epoch=1)  # closes the writer; the next one purges
+    for step in range(6, 9):
+        tracker.log_scalars("iteration", step, {"loss": 100.0 + step})
+    tracker.close()
+
+    accumulator = EventAccumulator(str(tmp_path / "tb"))
+    accumulator.Reload()
+    iterations = [(event.step, event.value) for event in accumulator.Scalars("iteration/loss")]
+    assert iterations == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0), (6, 106.0), (7, 107.0), (8, 108.0)]
+    assert [(event.step, event.value) for event in accumulator.Scalars("train/loss")] == [(1, 1.0)]
+
+
 def test_discard_after_without_metrics_or_when_disabled_does_nothing(tmp_path):
     assert Tracker(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl")).discard_after(0, 0) == 0
     (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "epoch": 1}\n')

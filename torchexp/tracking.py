@@ -87,6 +87,7 @@ class Tracker:
         self.tensorboard_path = tensorboard_path
         self.metrics_path = metrics_path
         self.enabled = enabled
+        self.purge_step: int | None = None  # TensorBoard hides earlier runs' events from this step on
         self._writer = None
 
     @property
@@ -101,7 +102,7 @@ class Tracker:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(self.tensorboard_path)
+            self._writer = SummaryWriter(self.tensorboard_path, purge_step=self.purge_step)
         return self._writer
 
     def log_scalars(self, kind: str, step: int, metrics: dict[str, float], **extra: Any) -> None:
@@ -122,14 +123,18 @@ class Tracker:
             file.write(json.dumps(replace_non_finite(line), allow_nan=False) + "\n")
 
     def discard_after(self, step: int, epoch: int) -> int:
-        """Drop the metrics.jsonl lines that a resumed run logs again; return how many.
+        """Drop what a resumed run logs again; return the number of metrics.jsonl lines dropped.
 
         A run stopped after its last checkpoint has logged iterations, perhaps an epoch,
-        that the run resuming from that checkpoint repeats: iteration lines after `step`
-        and train or validation lines after `epoch` go, with a line cut short by a kill.
-        Test lines and a project's own kinds stay. TensorBoard needs no such care: it
-        drops the events after a restarted step by itself.
+        that the run resuming from that checkpoint repeats. From metrics.jsonl go the
+        iteration lines after `step`, the train or validation lines after `epoch`, and a
+        line cut short by a kill; test lines and a project's own kinds stay. The writer
+        reopens with a purge step, so that TensorBoard hides the events logged after
+        `step`. Epoch-level events have their epoch as step, below it: an epoch logged by
+        a run killed between that log and its checkpoint stays in TensorBoard.
         """
+        self.close()
+        self.purge_step = step + 1
         if not self.enabled or not os.path.exists(self.metrics_path):
             return 0
         with open(self.metrics_path, encoding="utf-8") as file:
