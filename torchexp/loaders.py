@@ -135,7 +135,10 @@ class SeededDataLoader(DataLoader):
     """A DataLoader with an epoch-seeded order and the TensorLoader interface.
 
     Worker processes are seeded from (seed, epoch) too, so random transforms in workers
-    repeat across runs.
+    repeat across runs and across resumes at epoch boundaries; after a resume in the
+    middle of an epoch the workers start afresh, and their draws for the rest of that
+    epoch differ from an uninterrupted run's. `transform` runs in this process and stays
+    exact.
 
     Args:
         dataset: a map-style data set.
