@@ -14,8 +14,8 @@ import torch.distributed as dist
 from click.testing import CliRunner
 
 import torchexp.distributed
-from torchexp.distributed import World, any_across, leave, map_device, read_world, sum_across
-from torchexp.errors import DeviceError
+from torchexp.distributed import World, any_across, join, leave, map_device, read_world, sum_across
+from torchexp.errors import DeviceError, DistributedError
 
 PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_project.py")
 
@@ -100,7 +100,8 @@ def test_a_dead_rank_without_restarts_ends_the_run_and_the_next_resumes(tmp_path
 
 def test_a_hung_rank_makes_the_others_fail_after_the_timeout_with_a_clear_error(tmp_path):
     init_project(tmp_path)
-    env = {"TORCHEXP_TEST_HANG_AT": "2", "TORCHEXP_TIMEOUT_S": "3"}
+    # The timeout also bounds joining the group, so it leaves room for a slow start.
+    env = {"TORCHEXP_TEST_HANG_AT": "2", "TORCHEXP_TIMEOUT_S": "10"}
     result = run_project(tmp_path, "train", "--max-epochs", "3", "--device", "cpu", processes=2, env=env)
     assert result.returncode != 0
     assert "Error: rank 0 lost contact with the other training processes (one died or hung for over the timeout)" in result.stderr
@@ -169,3 +170,13 @@ def test_train_drops_its_runner_before_leaving_the_process_group(tmp_path, monke
     result = CliRunner().invoke(project.cli, arguments)
     assert result.exit_code == 0, result.output
     assert alive_at_leave == [0]
+
+
+def test_failing_to_join_the_group_is_a_distributed_error(monkeypatch):
+    def time_out(*args, **kwargs):
+        raise dist.DistStoreError("wait timeout after 10000ms, keys: /default_pg/0//cpu//0")
+
+    monkeypatch.setattr(dist, "init_process_group", time_out)
+    monkeypatch.setenv("TORCHEXP_TIMEOUT_S", "10")
+    with pytest.raises(DistributedError, match=r"^rank 1 could not join the other 3 training processes within 10 s: wait timeout"):
+        join(World(rank=1, local_rank=1, size=4), torch.device("cpu"))

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from torchexp.errors import DeviceError
+from torchexp.errors import DeviceError, DistributedError, first_line
 
 DEFAULT_TIMEOUT_S = 300  # seconds a collective waits for a dead or stuck rank; TORCHEXP_TIMEOUT_S overrides
 
@@ -72,7 +72,12 @@ def join(world: World, device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    except RuntimeError as error:  # DistStoreError and Gloo's connection errors among them
+        raise DistributedError(
+            f"rank {world.rank} could not join the other {world.size - 1} training processes within {timeout_s:g} s: {first_line(error)}"
+        ) from error
 
 
 def leave(free_objects: bool = True) -> None:
