@@ -131,6 +131,7 @@ def test_discard_after_without_metrics_or_when_disabled_does_nothing(tmp_path):
 
 def test_format_metrics_is_short():
     assert format_metrics({"loss": 0.031234, "accuracy": 0.99125}) == "loss 0.03123, accuracy 0.9912"
+    assert format_metrics({"samples": 10000, "lr": 1e-06}) == "samples 10000, lr 1e-06"
 
 
 def test_tensorboard_command_is_an_argument_list_for_one_logdir(tmp_path):

@@ -22,7 +22,7 @@ from torchexp.devices import check_device_spec
 from torchexp.errors import CheckpointError, DataError, ExperimentError, LockError, TorchexpError
 from torchexp.experiment import Experiment
 from torchexp.storage import remove_quietly
-from torchexp.tracking import Tracker, close_logger, make_logger, tensorboard_command
+from torchexp.tracking import Tracker, close_logger, format_metrics, make_logger, tensorboard_command
 
 __version__ = "0.1.0"
 
@@ -433,5 +433,5 @@ def describe_checkpoint(info: checkpoints.CheckpointInfo) -> str:
     for split in ("train", "validation"):
         values = metrics.get(split) or {}
         if values:
-            parts.append(split + " " + ", ".join(f"{k} {v:.4g}" for k, v in values.items() if isinstance(v, (int, float))))
+            parts.append(split + " " + format_metrics({k: v for k, v in values.items() if isinstance(v, (int, float))}))
     return "; ".join(parts)

@@ -498,10 +498,11 @@ class Runner(abc.ABC):
             results = self.test(epoch, device)
         report = {"epoch": epoch, "checkpoint": os.path.basename(info.path), "results": results}
         write_json_atomic(os.path.join(self.experiment.results_path, f"{epoch}.{info.kind}.test.json"), report)
-        scalars = {key: float(value) for key, value in results.items() if isinstance(value, (int, float))}
+        numbers = {key: value for key, value in results.items() if isinstance(value, (int, float))}
+        scalars = {key: float(value) for key, value in numbers.items()}
         self.tracker.log_scalars("test", epoch, scalars, epoch=epoch, checkpoint=report["checkpoint"])
         self.tracker.flush()
-        self.logger.info(f"test of {report['checkpoint']}: {format_metrics(scalars)}")
+        self.logger.info(f"test of {report['checkpoint']}: {format_metrics(numbers)}")
         return results
 
     @contextlib.contextmanager

@@ -60,8 +60,11 @@ def progress_bar(iterable: Iterable, total: int, description: str, quiet: bool) 
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """Format metrics for a log line: `loss 0.0312, accuracy 0.9912`."""
-    return ", ".join(f"{key} {value:.4g}" for key, value in metrics.items())
+    """Format metrics for a log line: `loss 0.0312, accuracy 0.9912, samples 10000`.
+
+    Counts (ints) are shown whole; `.4g` would write 10000 as 1e+04.
+    """
+    return ", ".join(f"{key} {value}" if isinstance(value, int) else f"{key} {value:.4g}" for key, value in metrics.items())
 
 
 class NullWriter:
