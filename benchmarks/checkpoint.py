@@ -20,7 +20,6 @@ full epoch of the configuration's training split.
 
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -104,17 +103,14 @@ def run_config(name: str, config_path: str, args, experiments_path: str) -> None
 
 def main() -> None:
     parser = common.make_parser(__doc__.split("\n\n")[0])
-    names = ", ".join(common.PRESETS)
-    parser.add_argument("--configs", default="default,fast", help=f"comma-separated: {names}, or config paths (default: %(default)s)")
+    common.add_configs_option(parser, default="default,fast")
     parser.add_argument("--repeats", type=int, default=7, help="saves and loads of each kind (default: %(default)s)")
     parser.add_argument(
         "--samples", type=int, default=3_200, help="images of the short epoch that sets the state and the rate (default: %(default)s)"
     )
     args = parser.parse_args()
     common.emit({"benchmark": "checkpoint", "machine": common.machine(), "repeats": args.repeats})
-    with tempfile.TemporaryDirectory(prefix="torchexp-checkpoint-") as experiments_path:
-        for label, path in common.resolve_configs(args.configs):
-            run_config(label, path, args, experiments_path)
+    common.run_each_config(run_config, args, prefix="torchexp-checkpoint-")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,6 +134,20 @@ def test_accuracy(model: Any, loader: Any) -> tuple[float, float]:
             count += len(labels)
     model.train(was_training)
     return correct / count, loss / count
+
+
+def add_configs_option(parser: argparse.ArgumentParser, default: str) -> None:
+    """Add `--configs`: preset names or config paths, comma-separated."""
+    names = ", ".join(PRESETS)
+    parser.add_argument("--configs", default=default, help=f"comma-separated: {names}, or config paths (default: %(default)s)")
+
+
+def run_each_config(run_config: Callable[[str, str, argparse.Namespace, str], None], args: argparse.Namespace, prefix: str) -> None:
+    """Call `run_config(label, path, args, experiments_path)` for each of `--configs`, with
+    the experiments in a temporary folder removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as experiments_path:
+        for label, path in resolve_configs(args.configs):
+            run_config(label, path, args, experiments_path)
 
 
 def resolve_configs(names: str) -> list[tuple[str, str]]:

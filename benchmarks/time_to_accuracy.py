@@ -18,7 +18,6 @@ busy machine.
 
 import os
 import sys
-import tempfile
 import time
 from typing import ClassVar
 
@@ -136,17 +135,14 @@ def run_config(name: str, config_path: str, args, experiments_path: str) -> None
 
 def main() -> None:
     parser = common.make_parser(__doc__.split("\n\n")[0])
-    names = ", ".join(common.PRESETS)
-    parser.add_argument("--configs", default="fast,best,default", help=f"comma-separated: {names}, or config paths (default: %(default)s)")
+    common.add_configs_option(parser, default="fast,best,default")
     parser.add_argument("--targets", default="0.99,0.992,0.995", help="test accuracies to time (default: %(default)s)")
     parser.add_argument("--max-epochs", type=int, help=f"cap on epochs per config (default: its one-cycle span, else {DEFAULT_EPOCHS})")
     parser.add_argument("--full", action="store_true", help="train every planned epoch even after all targets are reached")
     args = parser.parse_args()
     args.targets = sorted(float(value) for value in args.targets.split(","))
     common.emit({"benchmark": "time_to_accuracy", "machine": common.machine(), "targets": args.targets})
-    with tempfile.TemporaryDirectory(prefix="torchexp-tta-") as experiments_path:
-        for label, path in common.resolve_configs(args.configs):
-            run_config(label, path, args, experiments_path)
+    common.run_each_config(run_config, args, prefix="torchexp-tta-")
 
 
 if __name__ == "__main__":
