@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import torchexp
-import torchexp.cli
+import torchexp.commands.tensorboard
 from conftest import REPO, init_args, snapshot, write_mnist
 from mnist_classifier.__main__ import cli
 
@@ -226,7 +226,7 @@ def started(monkeypatch) -> list:
         commands.append(command)
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(torchexp.cli.subprocess, "run", fake_run)
+    monkeypatch.setattr(torchexp.commands.tensorboard.subprocess, "run", fake_run)
     return commands
 
 
@@ -251,7 +251,7 @@ def test_tensorboard_compare_shows_every_experiment(env, started):
 
 
 def test_tensorboard_failing_to_serve_is_an_error(env, monkeypatch):
-    monkeypatch.setattr(torchexp.cli.subprocess, "run", lambda command, **options: subprocess.CompletedProcess(command, 1))
+    monkeypatch.setattr(torchexp.commands.tensorboard.subprocess, "run", lambda command, **options: subprocess.CompletedProcess(command, 1))
     result = run(env, "tensorboard", "--port", "6010")
     assert result.exit_code == 1
     assert "Error: TensorBoard stopped with exit code 1 (is port 6010 in use?)" in result.output
@@ -261,7 +261,7 @@ def test_tensorboard_stopped_with_ctrl_c_is_a_normal_end(env, monkeypatch):
     def interrupted(command, **options):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torchexp.cli.subprocess, "run", interrupted)
+    monkeypatch.setattr(torchexp.commands.tensorboard.subprocess, "run", interrupted)
     assert ok(run(env, "tensorboard")).output.count("Error") == 0
 
 

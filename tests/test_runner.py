@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 import torchexp
-import torchexp.cli
 import torchexp.runner
 from torchexp.config import TRAINER_SCHEMA, Config, fill_defaults, validate_config
 from torchexp.errors import CheckpointError, ConfigError
@@ -342,7 +341,7 @@ def test_an_experiment_without_newer_trainer_options_trains_with_their_defaults(
     record = json.loads(record_path.read_text())
     del record["config"]["trainer"]["keep_freed_memory"]
     record_path.write_text(json.dumps(record))
-    app = torchexp.cli.App(TinyData, TinyRunner, "r", str(tmp_path / "experiments"), str(tmp_path), "quiet")
+    app = torchexp.App(TinyData, TinyRunner, "r", str(tmp_path / "experiments"), str(tmp_path), "quiet")
     experiment = app.open_experiment()
     runner = app.make_runner(experiment, experiment.read_record(), 0)
     finish(runner)

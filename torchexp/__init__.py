@@ -6,7 +6,8 @@ command line's --help, info and tensorboard) does not import torch.
 
 from typing import Any
 
-from torchexp.cli import App, __version__, make_cli, pass_app
+from torchexp.app import App, __version__, pass_app
+from torchexp.cli import make_cli
 from torchexp.config import Config
 from torchexp.errors import (
     CheckpointError,

@@ -1,0 +1,1 @@
+"""The click commands, in modules by concept; `torchexp.cli` assembles them into groups."""

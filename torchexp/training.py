@@ -1,0 +1,149 @@
+"""Training, testing and releasing an experiment: what the commands of the same names do.
+
+These functions are the library behind `train`, `test` and `create_release`, so that other
+commands (a hyperparameter search, say) run an experiment exactly as `train` does.
+torch is imported inside them, not at module level.
+"""
+
+import contextlib
+from typing import Any, Iterator
+
+from torchexp import checkpoints
+from torchexp.app import App
+from torchexp.errors import CheckpointError, LockError
+from torchexp.experiment import Experiment
+from torchexp.storage import remove_quietly
+from torchexp.tracking import close_logger
+
+
+def train_experiment(
+    app: App,
+    experiment: Experiment,
+    device: str,
+    num_workers: int,
+    max_epochs: int,
+    log_period: int,
+    epoch: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Train `experiment` until `max_epochs` epochs are done, resuming from its furthest
+    checkpoint (or `epoch`). Under torchrun, each process trains one shard with DDP.
+
+    Raises:
+        CheckpointError: `epoch` has no checkpoint, or later ones exist without `overwrite`.
+        TrainingInterrupted: a stop signal arrived; an interrupt checkpoint was saved.
+    """
+    from torchexp.devices import resolve_device
+    from torchexp.distributed import join, leave, map_device, read_world
+
+    experiment.check_exists()
+    world = read_world()
+    # Check what can be checked before the lock and the log, so that a mistake
+    # leaves the experiment as it was.
+    if epoch is not None:
+        checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
+        if not overwrite:
+            check_no_later_checkpoints(experiment, epoch)
+    torch_device = resolve_device(map_device(device, world))
+    join(world, torch_device)
+    try:
+        train_held(app, experiment, world, torch_device, num_workers, max_epochs, log_period, epoch, overwrite)
+    except BaseException:
+        leave(free_objects=False)
+        raise
+    leave()
+
+
+def train_held(
+    app: App, experiment: Experiment, world: Any, device: Any, num_workers: int, max_epochs: int, log_period: int, epoch: int | None, overwrite: bool
+) -> None:
+    """The body of `train_experiment` between joining and leaving the process group.
+
+    A function of its own so that the runner, and the DistributedDataParallel module it
+    holds, are gone when it returns: `leave` must not find them alive.
+    """
+    with hold_experiment(experiment, world, device):
+        runner = app.make_runner(experiment, experiment.read_record(), num_workers, world)
+        try:
+            if epoch is not None and overwrite and world.is_main:
+                remove_later_checkpoints(experiment, epoch, runner.logger)
+            processes = f" in {world.size} processes" if world.distributed else ""
+            runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to epoch {max_epochs}")
+            runner.train(device, max_epochs, log_period, epoch)
+        finally:
+            runner.tracker.close()
+            close_logger(runner.logger)
+
+
+@contextlib.contextmanager
+def hold_experiment(experiment: Experiment, world: Any, device: Any) -> Iterator[None]:
+    """Take the experiment's lock in rank 0 (the only writer); every rank fails if it cannot."""
+    from torchexp.distributed import any_across
+
+    with contextlib.ExitStack() as stack:
+        failure = None
+        if world.is_main:
+            try:
+                stack.enter_context(experiment.lock())
+            except LockError as error:
+                failure = error
+        if any_across(failure is not None, device):
+            raise failure or LockError(f"experiment {experiment.name!r} is in use: rank 0 could not take its lock")
+        yield
+
+
+def evaluate_experiment(app: App, experiment: Experiment, epoch: int | None, release: bool, device: str, num_workers: int) -> dict:
+    """Test the weights of `epoch` (default: the latest) on the test set; return the results."""
+    from torchexp.devices import resolve_device
+
+    experiment.check_exists()
+    epoch = epoch or latest_epoch(experiment, ("release",) if release else ("standard", "release"))
+    torch_device = resolve_device(device)
+    runner = app.make_runner(experiment, experiment.read_record(), num_workers)
+    try:
+        return runner.run_test(torch_device, epoch, release)
+    finally:
+        runner.tracker.close()
+        close_logger(runner.logger)
+
+
+def check_no_later_checkpoints(experiment: Experiment, epoch: int) -> None:
+    """Refuse to train from `epoch` over later standard checkpoints."""
+    later = [info for info in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",)) if info.epoch > epoch]
+    if later:
+        raise CheckpointError(
+            f"epochs {checkpoints.describe_epochs(later)} have checkpoints that training from epoch {epoch} "
+            "would overwrite: pass --overwrite to allow it"
+        )
+
+
+def remove_later_checkpoints(experiment: Experiment, epoch: int, logger: Any) -> None:
+    """Delete the standard and interrupt checkpoints after `epoch` (train --epoch --overwrite).
+
+    Left in place, the furthest of them would be what the next plain `train` resumes
+    from, mixing two histories. The checkpoint of `epoch` is verified first, so that a
+    corrupt starting point costs nothing. Release checkpoints stay: they stand alone.
+    """
+    start = checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
+    checkpoints.verify_checkpoint(start)
+    later = [
+        info
+        for info in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard", "interrupt"))
+        if info.progress > start.progress
+    ]
+    for info in later:
+        remove_quietly(checkpoints.record_path(info.path))
+        remove_quietly(info.path)
+    if later:
+        logger.warning(f"--overwrite: removed the checkpoints of epochs {checkpoints.describe_epochs(later)}")
+
+
+def latest_epoch(experiment: Experiment, kinds: tuple[str, ...]) -> int:
+    """Return the latest epoch with a checkpoint of one of `kinds`."""
+    found = checkpoints.list_checkpoints(experiment.checkpoints_path, kinds)
+    if not found:
+        raise CheckpointError(
+            f"experiment {experiment.name!r} has no {' or '.join(kinds)} checkpoint yet"
+            + (": train it first" if "standard" in kinds else ": create one with create_release")
+        )
+    return found[-1].epoch
