@@ -394,7 +394,7 @@ def test_fp32_precision_uses_no_autocast(tmp_path):
 
 
 def test_fp16_precision_on_the_cpu_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"trainer.precision fp16 needs a CUDA device, not cpu: use bf16 or fp32"):
+    with pytest.raises(ConfigError, match=r"trainer.precision fp16 needs a CUDA device, not cpu: use auto, bf16 or fp32"):
         train(tmp_path, precision="fp16")
     assert os.listdir(os.path.join(tmp_path, "experiments", "r", "checkpoints")) == []
 

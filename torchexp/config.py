@@ -21,10 +21,18 @@ TRAINER_SCHEMA: dict = {
     "additionalProperties": False,
     "default": {},
     "properties": {
+        "max_epochs": {
+            "type": "integer",
+            "minimum": 1,
+            "default": 10,
+            "description": "Epochs `train` trains to, counting those already done; `train --max-epochs` overrides it.",
+        },
         "precision": {
-            "enum": ["fp32", "bf16", "fp16"],
+            "enum": ["fp32", "auto", "bf16", "fp16"],
             "default": "fp32",
-            "description": "Autocast precision: fp32 (off), bf16 (CPU and CUDA), fp16 (CUDA, with a grad scaler).",
+            "description": "Autocast precision: fp32 (off); auto (bf16 where the device computes it natively: "
+            "CUDA with compute capability 8.0+, CPUs with AVX512-BF16, AMX or Arm BF16; fp32 elsewhere); "
+            "bf16 (CPU and CUDA; emulated, and much slower than fp32, on other CPUs); fp16 (CUDA, with a grad scaler).",
         },
         "channels_last": {
             "type": "boolean",

@@ -6,7 +6,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -17,6 +17,7 @@ from torchexp.distributed import World, any_across, gather_objects, sum_across
 from torchexp.errors import CheckpointError, ConfigError, DistributedError, StorageError, TrainingInterrupted, first_line
 from torchexp.experiment import Experiment
 from torchexp.memory import keep_freed_memory
+from torchexp.precision import PrecisionChoice, choose_precision
 from torchexp.rng import capture_rng_states, restore_rng_states, seed_everything
 from torchexp.storage import remove_quietly, write_json_atomic
 from torchexp.tracking import Tracker, format_metrics, progress_bar
@@ -73,11 +74,15 @@ class Runner(abc.ABC):
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.scaler: torch.amp.GradScaler | None = None
+        self.precision = PrecisionChoice("fp32", "fp32", "trainer.precision fp32")
         self.counters = {"epoch": 0, "iteration": 0, "step": 0}
         self.history: dict[str, list[dict[str, float]]] = {"train": [], "validation": []}
         self.partial: dict[str, Any] | None = None
         self.stop_signal: int | None = None
         self.saving = False
+        # Called after each epoch's checkpoint with (epoch, {"train": ..., "validation": ...});
+        # one that returns a reason stops training there (a search's pruner, say).
+        self.epoch_observers: list[Callable[[int, dict[str, dict[str, float]]], str | None]] = []
 
     def get_conf(self, *keys: str) -> Any:
         """Return a configuration value, e.g. `get_conf("training", "lr")`."""
@@ -180,7 +185,7 @@ class Runner(abc.ABC):
         self.restore_training(epoch)
         self.prepare_loaders(device)
         if self.counters["epoch"] >= max_epochs:
-            self.logger.info(f"{self.counters['epoch']} epochs are done already; raise --max-epochs to train more")
+            self.logger.info(f"{self.counters['epoch']} epochs are done already; raise --max-epochs (or trainer.max_epochs) to train more")
             return
         if self.counters["iteration"] == 0 and self.history["validation"] and self.train_early_stopping():
             self.logger.info(f"training stopped early after epoch {self.counters['epoch']} already")
@@ -217,17 +222,24 @@ class Runner(abc.ABC):
                 self.save_training_checkpoint("standard", epoch)
                 if self.stop_requested():
                     raise TrainingInterrupted(f"training stopped by {signal.Signals(self.stop_signal).name} after epoch {epoch}, which is saved")
+                reason = self.notify_epoch_observers(epoch, train_metrics, validation_metrics)
+                if reason is not None:
+                    self.logger.info(f"training stopped after epoch {epoch}: {reason}")
+                    break
                 if self.train_early_stopping():
                     self.logger.info(f"early stopping after epoch {epoch}")
                     break
+
+    def notify_epoch_observers(self, epoch: int, train: dict[str, float], validation: dict[str, float]) -> str | None:
+        """Tell every epoch observer an epoch is saved; return the first reason to stop, if any."""
+        reasons = [observer(epoch, {"train": train, "validation": validation}) for observer in self.epoch_observers]
+        return next((reason for reason in reasons if reason is not None), None)
 
     def build(self, device: torch.device) -> None:
         """Seed, then create the model, optimizer and others with the trainer options."""
         self.device = device
         seed_everything(self.seed)
-        precision = self.get_conf("trainer", "precision")
-        if precision == "fp16" and device.type != "cuda":
-            raise ConfigError(f"trainer.precision fp16 needs a CUDA device, not {device}: use bf16 or fp32")
+        self.precision = self.choose_precision(device)
         self.init_model(device)
         if not isinstance(self.model, torch.nn.Module):
             raise TypeError(f"init_model must set self.model to a torch.nn.Module, not {type(self.model).__name__}")
@@ -240,9 +252,25 @@ class Runner(abc.ABC):
         if not isinstance(self.optimizer, torch.optim.Optimizer):
             raise TypeError(f"init_optimizer must set self.optimizer, not {type(self.optimizer).__name__}")
         self.init_others(device)
-        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.used == "fp16" else None
         if self.get_conf("trainer", "compile"):
             self.model = torch.compile(self.model)
+
+    def choose_precision(self, device: torch.device) -> PrecisionChoice:
+        """Resolve trainer.precision on `device` and say once what was chosen and why.
+
+        Raises:
+            ConfigError: fp16 on a device other than CUDA.
+        """
+        configured = self.get_conf("trainer", "precision")
+        if configured == "fp16" and device.type != "cuda":
+            raise ConfigError(f"trainer.precision fp16 needs a CUDA device, not {device}: use auto, bf16 or fp32")
+        choice = choose_precision(configured, device)
+        if choice.slow:
+            self.logger.warning(choice.reason)
+        elif configured == "auto":
+            self.logger.info(choice.reason)
+        return choice
 
     def prepare_loaders(self, device: torch.device) -> None:
         """Send loaders that support it (torchexp.loaders) to the device; shard them by rank.
@@ -352,10 +380,9 @@ class Runner(abc.ABC):
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast in the configured precision, or nothing for fp32."""
-        precision = self.get_conf("trainer", "precision")
-        if precision == "fp32":
+        if self.precision.used == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[precision])
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision.used])
 
     def prepare_batch(self, batch: Any) -> Any:
         """Apply channels-last to 4-D tensors when configured."""
@@ -376,6 +403,7 @@ class Runner(abc.ABC):
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "world_size": self.world.size,
+            "precision": self.precision.as_record(),
             "rng_by_rank": gather_objects(capture_rng_states()),
             "history": self.history,
             "partial": self.reduce_partial(),
@@ -397,6 +425,7 @@ class Runner(abc.ABC):
         the interrupt one. Every rank takes part, and every rank fails if the save does."""
         summary = {
             "iteration": self.counters["iteration"],
+            "precision": self.precision.used,
             "metrics": {"train": last_or_empty(self.history["train"]), "validation": last_or_empty(self.history["validation"])},
         }
         state = self.collect_state()
@@ -456,6 +485,7 @@ class Runner(abc.ABC):
             if self.scaler is not None and state["scaler"] is not None:
                 self.scaler.load_state_dict(state["scaler"])
             warnings = self.restore_rng_by_rank(state["rng_by_rank"])
+            warnings += self.compare_precision(state.get("precision"))
             self.counters = dict(state["counters"])
             self.history = state["history"]
             self.partial = state["partial"]
@@ -467,12 +497,35 @@ class Runner(abc.ABC):
         for warning in warnings:
             self.logger.warning(warning)
 
+    def compare_precision(self, saved: dict[str, str] | None) -> list[str]:
+        """Return a warning when the checkpoint was trained in another precision than this run's."""
+        if saved is None or saved["used"] == self.precision.used:
+            return []
+        return [f"checkpoint trained in {saved['used']} ({saved['reason']}); this run continues in {self.precision.used}"]
+
     def restore_rng_by_rank(self, states: list[dict[str, Any]]) -> list[str]:
         """Restore this rank's generators; return warnings (e.g. a changed world size)."""
         if len(states) == self.world.size:
             return restore_rng_states(states[self.world.rank])
         warning = f"checkpoint saved by {len(states)} processes, resumed by {self.world.size}: the data order changes"
         return [warning, *restore_rng_states(states[self.world.rank % len(states)])]
+
+    def load_weights(self, device: torch.device, state: dict[str, Any], name: str) -> None:
+        """Build the model with `init_model` on `device` and load the weights of a checkpoint's
+        `state` (from `checkpoints.load_checkpoint`) into it; the model is left in eval mode.
+
+        Raises:
+            CheckpointError: the checkpoint `name` does not fit the model.
+        """
+        self.device = device
+        self.init_model(device)
+        if not isinstance(self.model, torch.nn.Module):
+            raise TypeError(f"init_model must set self.model to a torch.nn.Module, not {type(self.model).__name__}")
+        try:
+            self.model.load_state_dict(state["model"])
+        except (KeyError, RuntimeError) as error:
+            raise CheckpointError(f"checkpoint {name} does not fit this model: {first_line(error)}") from error
+        self.model.eval()
 
     def run_test(self, device: torch.device, epoch: int, release: bool) -> dict[str, Any]:
         """Load the weights of `epoch` (standard or release checkpoint), run `test`, save results.
@@ -484,14 +537,8 @@ class Runner(abc.ABC):
         """
         kinds = ("release",) if release else ("standard", "release")
         info = checkpoints.find_checkpoint(self.experiment.checkpoints_path, epoch, kinds)
-        self.device = device
         seed_everything(self.seed)
-        self.init_model(device)
-        state = checkpoints.load_checkpoint(info)
-        try:
-            self.model.load_state_dict(state["model"])
-        except (KeyError, RuntimeError) as error:
-            raise CheckpointError(f"checkpoint {os.path.basename(info.path)} does not fit this model: {error}") from error
+        self.load_weights(device, checkpoints.load_checkpoint(info), os.path.basename(info.path))
         self.prepare_loaders(device)
         self.model.eval()
         with torch.no_grad():

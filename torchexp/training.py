@@ -6,7 +6,7 @@ torch is imported inside them, not at module level.
 """
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from torchexp import checkpoints
 from torchexp.app import App
@@ -21,13 +21,26 @@ def train_experiment(
     experiment: Experiment,
     device: str,
     num_workers: int,
-    max_epochs: int,
+    max_epochs: int | None,
     log_period: int,
     epoch: int | None = None,
     overwrite: bool = False,
+    epoch_observers: tuple[Callable, ...] = (),
 ) -> None:
-    """Train `experiment` until `max_epochs` epochs are done, resuming from its furthest
-    checkpoint (or `epoch`). Under torchrun, each process trains one shard with DDP.
+    """Train `experiment` until `max_epochs` epochs are done (None: its trainer.max_epochs),
+    resuming from its furthest checkpoint (or `epoch`). Under torchrun, each process trains
+    one shard with DDP.
+
+    Args:
+        app: the command line's shared object (project classes, paths, verbosity).
+        experiment: the experiment, which must exist.
+        device: a --device value.
+        num_workers: data loader worker processes.
+        max_epochs: epochs to reach; None for the config's trainer.max_epochs.
+        log_period: iterations between iteration logs.
+        epoch: resume from this standard checkpoint instead of the furthest one.
+        overwrite: allow `epoch` to train over later checkpoints, deleting them.
+        epoch_observers: added to the runner's `epoch_observers`.
 
     Raises:
         CheckpointError: `epoch` has no checkpoint, or later ones exist without `overwrite`.
@@ -47,7 +60,7 @@ def train_experiment(
     torch_device = resolve_device(map_device(device, world))
     join(world, torch_device)
     try:
-        train_held(app, experiment, world, torch_device, num_workers, max_epochs, log_period, epoch, overwrite)
+        train_held(app, experiment, world, torch_device, num_workers, max_epochs, log_period, epoch, overwrite, epoch_observers)
     except BaseException:
         leave(free_objects=False)
         raise
@@ -55,7 +68,8 @@ def train_experiment(
 
 
 def train_held(
-    app: App, experiment: Experiment, world: Any, device: Any, num_workers: int, max_epochs: int, log_period: int, epoch: int | None, overwrite: bool
+    app: App, experiment: Experiment, world: Any, device: Any, num_workers: int, max_epochs: int | None, log_period: int, epoch: int | None, overwrite: bool,
+    epoch_observers: tuple[Callable, ...] = (),
 ) -> None:
     """The body of `train_experiment` between joining and leaving the process group.
 
@@ -68,7 +82,11 @@ def train_held(
             if epoch is not None and overwrite and world.is_main:
                 remove_later_checkpoints(experiment, epoch, runner.logger)
             processes = f" in {world.size} processes" if world.distributed else ""
-            runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to epoch {max_epochs}")
+            source = "--max-epochs"
+            if max_epochs is None:
+                max_epochs, source = runner.get_conf("trainer", "max_epochs"), "trainer.max_epochs"
+            runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to epoch {max_epochs} ({source})")
+            runner.epoch_observers.extend(epoch_observers)
             runner.train(device, max_epochs, log_period, epoch)
         finally:
             runner.tracker.close()
@@ -136,6 +154,30 @@ def remove_later_checkpoints(experiment: Experiment, epoch: int, logger: Any) ->
         remove_quietly(info.path)
     if later:
         logger.warning(f"--overwrite: removed the checkpoints of epochs {checkpoints.describe_epochs(later)}")
+
+
+def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:
+    """Return the epoch `create_release` releases by default, and why: the standard checkpoint
+    with the lowest validation loss, or the latest one when none was validated.
+
+    Only the checkpoints' JSON records are read, not the checkpoints.
+
+    Raises:
+        CheckpointError: the experiment has no standard checkpoint.
+    """
+    found = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",))
+    if not found:
+        raise CheckpointError(f"experiment {experiment.name!r} has no standard checkpoint yet: train it first")
+    validated = [(loss, info.epoch) for info in found if isinstance(loss := validation_loss(info), (int, float))]
+    if not validated:
+        return found[-1].epoch, "the latest: no epoch was validated"
+    loss, epoch = min(validated)
+    return epoch, f"the lowest validation loss, {loss:.4g}, of epochs {checkpoints.describe_epochs(found)}"
+
+
+def validation_loss(info: checkpoints.CheckpointInfo) -> Any:
+    """The validation loss a checkpoint's record holds, or None."""
+    return (((info.record or {}).get("metrics") or {}).get("validation") or {}).get("loss")
 
 
 def latest_epoch(experiment: Experiment, kinds: tuple[str, ...]) -> int:

@@ -5,7 +5,7 @@ import json
 import click
 
 from torchexp import checkpoints
-from torchexp.app import App, check_data_path, check_json_data, load_class, pass_app, record_versions
+from torchexp.app import App, check_data_path, check_json_data, class_spec, load_class, pass_app, record_versions
 from torchexp.config import Config, build_config
 from torchexp.tracking import close_logger, format_metrics, make_logger
 
@@ -21,7 +21,8 @@ def init(app: App, config_path: str, schema_path: str, seed: int, overrides: tup
     experiment = app.experiment()
     experiment.check_free()
     conf = build_config(config_path, schema_path, list(overrides))
-    record = {"seed": seed, "versions": record_versions(), "config": conf}
+    classes = {"data": class_spec(app.data_class), "runner": class_spec(app.runner_class)}
+    record = {"seed": seed, "versions": record_versions(), "classes": classes, "config": conf}
     logger = make_logger(experiment.name, None, app.verbosity)
     check_data_path(app.data_path)
     data = load_class(app.data_class)(Config(conf), seed, logger)

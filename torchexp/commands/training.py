@@ -5,18 +5,22 @@ import click
 from torchexp.app import App, pass_app
 from torchexp.commands.options import with_device, with_workers
 from torchexp.tracking import close_logger, make_logger
-from torchexp.training import evaluate_experiment, train_experiment
+from torchexp.training import choose_release_epoch, evaluate_experiment, train_experiment
 
 
 @click.command()
 @click.option("--epoch", type=click.IntRange(min=1), help="Resume from this epoch's checkpoint.  [default: the furthest]")
-@click.option("--max-epochs", default=10, show_default=True, type=click.IntRange(min=1), help="Train until this many epochs are done.")
+@click.option(
+    "--max-epochs",
+    type=click.IntRange(min=1),
+    help="Train until this many epochs are done.  [default: the config's trainer.max_epochs, 10 unless set]",
+)
 @click.option("--log-period", default=100, show_default=True, type=click.IntRange(min=1), help="Iterations between iteration logs.")
 @click.option("--overwrite", is_flag=True, help="Allow --epoch to train over later checkpoints, deleting them (releases stay).")
 @with_device
 @with_workers
 @pass_app
-def train(app: App, epoch: int | None, max_epochs: int, log_period: int, overwrite: bool, device: str, num_workers: int) -> None:
+def train(app: App, epoch: int | None, max_epochs: int | None, log_period: int, overwrite: bool, device: str, num_workers: int) -> None:
     """Train, resuming from the furthest checkpoint (or --epoch).
 
     Under torchrun, each process trains one shard with DistributedDataParallel.
@@ -36,14 +40,21 @@ def test(app: App, epoch: int | None, release: bool, device: str, num_workers: i
 
 
 @click.command("create_release")
-@click.option("--epoch", required=True, type=click.IntRange(min=1), help="Epoch to release.")
+@click.option(
+    "--epoch",
+    type=click.IntRange(min=1),
+    help="Epoch to release.  [default: the lowest validation loss, or the latest without validation]",
+)
 @pass_app
-def create_release(app: App, epoch: int) -> None:
+def create_release(app: App, epoch: int | None) -> None:
     """Write a release checkpoint: an epoch's weights and the metadata to use them."""
     from torchexp.runner import create_release as write_release
 
     experiment = app.open_experiment()
+    reason = "asked for"
+    if epoch is None:
+        epoch, reason = choose_release_epoch(experiment)
     path = write_release(experiment, epoch, experiment.read_record())
     logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
-    logger.info(f"released epoch {epoch} as {path}")
+    logger.info(f"released epoch {epoch} ({reason}) as {path}")
     close_logger(logger)
