@@ -14,7 +14,23 @@ setup(
         "click>=8.1",
         "tqdm",
         "numpy",
+        "matplotlib",  # compare --plot, the confusion matrix image
+        "optuna",  # search
+        "optuna-dashboard",  # search --dashboard
+        "psycopg2-binary",  # search --storage postgresql://...
+        "fastapi",  # serve
+        "uvicorn",  # serve
+        "prometheus-client",  # serve's /metrics
+        "pillow",  # serve's PNG instances
+        "onnx",  # export --format onnx
+        "onnxruntime",  # export's check, serve --runtime onnx
+        "safetensors",  # export --format safetensors
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
-    entry_points={"console_scripts": ["mnist-classifier=mnist_classifier.__main__:main"]},
+    extras_require={"test": ["pytest", "hypothesis", "httpx", "selenium", "schemathesis"]},
+    entry_points={
+        "console_scripts": [
+            "torchexp=torchexp.cli:main",
+            "mnist-classifier=mnist_classifier.__main__:main",
+        ]
+    },
 )

@@ -74,3 +74,9 @@ def make_cli(
     for command in PROJECT_COMMANDS:
         cli.add_command(command)
     return cli
+
+
+@click.group(cls=TorchexpGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="torchexp")
+def main() -> None:
+    """torchexp's own commands, for what needs no project."""
