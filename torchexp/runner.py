@@ -123,6 +123,30 @@ class Runner(abc.ABC):
             JSON data saved to results/; its numbers also go to TensorBoard and metrics.jsonl.
         """
 
+    def serve_example(self) -> Any:
+        """Return one example request instance (JSON data), as a client would send it.
+
+        `serve` warms the model up with it, `export` traces the model with it, and the
+        server's OpenAPI page shows it. None (the default) means the project has none.
+        """
+        return None
+
+    def serve_preprocess(self, instance: Any) -> torch.Tensor:
+        """Turn one request instance (JSON data) into the model's input for it, without
+        the batch dimension; by default a float32 tensor of the nested lists.
+
+        Raises:
+            ValueError: the instance is malformed; the message is one sentence for the client.
+        """
+        try:
+            return torch.as_tensor(instance, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"an instance must be an array of numbers: {first_line(error)}") from error
+
+    def serve_postprocess(self, output: torch.Tensor) -> Any:
+        """Turn the model's output for one instance into the JSON prediction; by default its values."""
+        return output.tolist()
+
     def train_before_epoch_tasks(self, device: torch.device) -> None:
         """Called before each epoch's first training iteration."""
 
