@@ -1,7 +1,8 @@
-"""Training, testing and releasing an experiment: what the commands of the same names do.
+"""Creating, training, testing and releasing an experiment: what `init`, `train`, `test` and
+`create_release` do.
 
-These functions are the library behind `train`, `test` and `create_release`, so that other
-commands (a hyperparameter search, say) run an experiment exactly as `train` does.
+These functions are the library behind those commands, so that other commands (a
+hyperparameter search, say) create and run an experiment exactly as the commands do.
 torch is imported inside them, not at module level.
 """
 
@@ -9,11 +10,41 @@ import contextlib
 from typing import Any, Callable, Iterator
 
 from torchexp import checkpoints
-from torchexp.app import App
+from torchexp.app import App, check_data_path, check_json_data, class_spec, load_class, record_versions
+from torchexp.config import Config
 from torchexp.errors import CheckpointError, LockError
 from torchexp.experiment import Experiment
 from torchexp.storage import remove_quietly
-from torchexp.tracking import close_logger
+from torchexp.tracking import close_logger, make_logger
+
+
+def init_experiment(app: App, experiment: Experiment, conf: dict, seed: int, extra: dict | None = None) -> None:
+    """Create `experiment` from a validated configuration: run the project's `Data.create`
+    and write the folder, all or nothing.
+
+    Args:
+        app: the command line's shared object (project classes, data path, verbosity).
+        experiment: the experiment to create; its name must be free.
+        conf: a configuration from `torchexp.config.build_config`.
+        seed: the seed of every random generator.
+        extra: more JSON data for config.json beside "seed", "versions", "classes" and
+            "config" (a search records its trial there).
+    """
+    classes = {"data": class_spec(app.data_class), "runner": class_spec(app.runner_class)}
+    record = {"seed": seed, "versions": record_versions(), "classes": classes, "config": conf, **(extra or {})}
+    check_json_data(record, "the experiment record")
+    logger = make_logger(experiment.name, None, app.verbosity)
+    try:
+        check_data_path(app.data_path)
+        data = load_class(app.data_class)(Config(conf), seed, logger)
+        state = data.create(app.data_path)
+        check_json_data(state, "Data.create")
+        experiment.create(record, state)
+    finally:
+        close_logger(logger)
+    logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
+    logger.info(f"created experiment {experiment.name!r} in {experiment.path} (seed {seed})")
+    close_logger(logger)
 
 
 def train_experiment(

@@ -5,9 +5,10 @@ import json
 import click
 
 from torchexp import checkpoints
-from torchexp.app import App, check_data_path, check_json_data, class_spec, load_class, pass_app, record_versions
-from torchexp.config import Config, build_config
-from torchexp.tracking import close_logger, format_metrics, make_logger
+from torchexp.app import App, pass_app
+from torchexp.config import build_config
+from torchexp.tracking import format_metrics
+from torchexp.training import init_experiment
 
 
 @click.command()
@@ -20,19 +21,7 @@ def init(app: App, config_path: str, schema_path: str, seed: int, overrides: tup
     """Create an experiment from a validated configuration."""
     experiment = app.experiment()
     experiment.check_free()
-    conf = build_config(config_path, schema_path, list(overrides))
-    classes = {"data": class_spec(app.data_class), "runner": class_spec(app.runner_class)}
-    record = {"seed": seed, "versions": record_versions(), "classes": classes, "config": conf}
-    logger = make_logger(experiment.name, None, app.verbosity)
-    check_data_path(app.data_path)
-    data = load_class(app.data_class)(Config(conf), seed, logger)
-    state = data.create(app.data_path)
-    check_json_data(state, "Data.create")
-    experiment.create(record, state)
-    close_logger(logger)
-    logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
-    logger.info(f"created experiment {experiment.name!r} in {experiment.path} (seed {seed})")
-    close_logger(logger)
+    init_experiment(app, experiment, build_config(config_path, schema_path, list(overrides)), seed)
 
 
 @click.command()
