@@ -205,7 +205,6 @@ def test_an_integral_float_for_an_integer_trains_or_is_refused_at_init(tmp_path)
         (("train", "--num-workers", "-1"), "Invalid value for '--num-workers'"),
         (("test", "--epoch", "-3"), "Invalid value for '--epoch'"),
         (("test", "--epoch", "9"), "epoch 9 has no standard or release checkpoint"),
-        (("create_release",), "Missing option '--epoch'"),
         (("create_release", "--epoch", "-1"), "Invalid value for '--epoch'"),
         (("create_release", "--epoch", "9"), "epoch 9 has no standard checkpoint"),
         (("init", "--seed", "-1"), "Invalid value for '--seed'"),

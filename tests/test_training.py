@@ -60,7 +60,7 @@ def test_create_release_without_epoch_releases_the_lowest_validation_loss(invoke
     set_validation_loss(tmp_path, 2, 0.0001)
     result = invoke("create_release")
     assert result.exit_code == 0, result.output
-    assert "released epoch 2 (the lowest validation loss, 0.0001, of epochs 1-3)" in result.output
+    assert "released epoch 2 (the lowest validation loss, 0.0001, among epochs 1-3)" in result.output
     assert checkpoint_epochs(tmp_path, kind=".release") == [2]
 
 

@@ -203,7 +203,8 @@ def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:
     if not validated:
         return found[-1].epoch, "the latest: no epoch was validated"
     loss, epoch = min(validated)
-    return epoch, f"the lowest validation loss, {loss:.4g}, of epochs {checkpoints.describe_epochs(found)}"
+    among = f"epoch{'s' if len(found) > 1 else ''} {checkpoints.describe_epochs(found)}"
+    return epoch, f"the lowest validation loss, {loss:.4g}, among {among}"
 
 
 def validation_loss(info: checkpoints.CheckpointInfo) -> Any:
