@@ -7,12 +7,16 @@ benchmarks time is the loop users run.
 """
 
 import argparse
+import glob
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,11 +48,15 @@ def emit(record: dict[str, Any]) -> None:
 
 
 def machine() -> dict[str, Any]:
-    """What the figures depend on: cores, load, thread count and versions."""
+    """What the figures depend on: the CPU and its vector extensions, load, threads, versions."""
     import torch
+
+    from torchexp.precision import describe_cpu
 
     load = os.getloadavg()
     return {
+        "cpu": cpu_model(),
+        "cpu_flags": describe_cpu(),
         "cpus": os.cpu_count(),
         "load_avg_1_5_15": [round(value, 2) for value in load],
         "torch_threads": torch.get_num_threads(),
@@ -56,6 +64,18 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "cuda": torch.cuda.is_available(),
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def median(values: list[float]) -> float:
@@ -136,10 +156,11 @@ def test_accuracy(model: Any, loader: Any) -> tuple[float, float]:
     return correct / count, loss / count
 
 
-def add_configs_option(parser: argparse.ArgumentParser, default: str) -> None:
-    """Add `--configs`: preset names or config paths, comma-separated."""
+def add_configs_option(parser: argparse.ArgumentParser, default: str | None, shown: str = "%(default)s") -> None:
+    """Add `--configs`: preset names or config paths, comma-separated; `shown` describes a
+    default that depends on other options."""
     names = ", ".join(PRESETS)
-    parser.add_argument("--configs", default=default, help=f"comma-separated: {names}, or config paths (default: %(default)s)")
+    parser.add_argument("--configs", default=default, help=f"comma-separated: {names}, or config paths (default: {shown})")
 
 
 def run_each_config(run_config: Callable[[str, str, argparse.Namespace, str], None], args: argparse.Namespace, prefix: str) -> None:
@@ -157,3 +178,40 @@ def resolve_configs(names: str) -> list[tuple[str, str]]:
         label = name if name in PRESETS else os.path.splitext(os.path.basename(name))[0]
         resolved.append((label, os.path.abspath(PRESETS.get(name, name))))
     return resolved
+
+
+def time_process(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run a command to its end; return its wall seconds, from start to exit, and its output.
+
+    Raises:
+        RuntimeError: it failed; carries its output.
+    """
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return seconds, done.stdout + done.stderr
+
+
+def run_reference(data_path: str, train_samples: int = 48_000, epochs: int = 1) -> dict[str, float]:
+    """Time a whole process of pytorch/examples' mnist/main.py (reference_mnist.py);
+    return its wall seconds and test accuracy."""
+    script = os.path.join(REPO, "benchmarks", "reference_mnist.py")
+    command = [sys.executable, script, "--data-path", data_path, "--train-samples", str(train_samples), "--epochs", str(epochs)]
+    seconds, output = time_process(command)
+    correct, total = map(int, re.findall(r"Accuracy: (\d+)/(\d+)", output)[-1])
+    return {"seconds": round(seconds, 3), "test_accuracy": correct / total}
+
+
+def cli_command(experiments_path: str, name: str, data_path: str, *arguments: str) -> list[str]:
+    """The MNIST classifier's command line, as a user types it, for one experiment."""
+    base = [sys.executable, "-m", "mnist_classifier", "--experiments-path", experiments_path, "--data-path", data_path]
+    return [*base, "--experiment-name", name, "--quiet", *arguments]
+
+
+def read_test_accuracy(experiments_path: str, name: str) -> float:
+    """The accuracy of the experiment's most recent test report."""
+    reports = glob.glob(os.path.join(experiments_path, name, "results", "*.test.json"))
+    with open(max(reports, key=os.path.getmtime), encoding="utf-8") as file:
+        return json.load(file)["results"]["accuracy"]

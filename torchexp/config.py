@@ -40,6 +40,13 @@ TRAINER_SCHEMA: dict = {
             "description": "Put the model and 4-D inputs in channels-last memory format.",
         },
         "compile": {"type": "boolean", "default": False, "description": "Wrap the model in torch.compile."},
+        "deterministic": {
+            "type": "boolean",
+            "default": False,
+            "description": "Make CUDA training bit-reproducible, resumes included: deterministic algorithms only, "
+            "cuDNN's benchmark off, cuBLAS's fixed workspace (CUBLAS_WORKSPACE_CONFIG=:4096:8); slower on GPUs. "
+            "CPU training is reproducible without it.",
+        },
         "grad_accumulation": {
             "type": "integer",
             "minimum": 1,

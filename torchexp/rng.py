@@ -4,8 +4,10 @@ States are stored as tensors and plain data so that checkpoints load with
 `weights_only=True`.
 """
 
+import contextlib
+import os
 import random
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -16,6 +18,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """Within the block, use only deterministic algorithms when `enabled` (trainer.deterministic).
+
+    cuBLAS needs CUBLAS_WORKSPACE_CONFIG before its first call to be deterministic, so it is
+    set here, before the model is built, unless the user set it. The process-wide settings
+    are restored afterwards, so that a caller training in-process gets its own back.
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
 
 
 def capture_rng_states() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from torchexp.errors import CheckpointError, ConfigError, DistributedError, Stor
 from torchexp.experiment import Experiment
 from torchexp.memory import keep_freed_memory
 from torchexp.precision import PrecisionChoice, choose_precision
-from torchexp.rng import capture_rng_states, restore_rng_states, seed_everything
+from torchexp.rng import capture_rng_states, deterministic_algorithms, restore_rng_states, seed_everything
 from torchexp.storage import remove_quietly, write_json_atomic
 from torchexp.tracking import Tracker, format_metrics, progress_bar
 
@@ -194,7 +194,8 @@ class Runner(abc.ABC):
             per epoch: train_before_epoch_tasks; per iteration: train_step,
             train_iteration_log (every `log_period`); validation_step per validation
             batch; train_epoch_log; train_after_epoch_tasks; scheduler step; checkpoint
-            (save_states_others); train_early_stopping.
+            (save_states_others); epoch_observers; train_early_stopping. With
+            trainer.deterministic, all of it runs with deterministic algorithms only.
 
         Args:
             device: where to train.
@@ -205,17 +206,23 @@ class Runner(abc.ABC):
         Raises:
             TrainingInterrupted: SIGINT or SIGTERM arrived; an interrupt checkpoint was saved.
         """
-        self.build(device)
-        self.restore_training(epoch)
-        self.prepare_loaders(device)
-        if self.counters["epoch"] >= max_epochs:
-            self.logger.info(f"{self.counters['epoch']} epochs are done already; raise --max-epochs (or trainer.max_epochs) to train more")
-            return
-        if self.counters["iteration"] == 0 and self.history["validation"] and self.train_early_stopping():
-            self.logger.info(f"training stopped early after epoch {self.counters['epoch']} already")
-            return
-        if self.get_conf("trainer", "keep_freed_memory") and keep_freed_memory():
-            self.logger.debug("glibc keeps freed memory for the next steps (trainer.keep_freed_memory)")
+        with deterministic_algorithms(self.get_conf("trainer", "deterministic")):
+            self.build(device)
+            self.restore_training(epoch)
+            self.prepare_loaders(device)
+            if self.counters["epoch"] >= max_epochs:
+                self.logger.info(f"{self.counters['epoch']} epochs are done already; raise --max-epochs (or trainer.max_epochs) to train more")
+                return
+            if self.counters["iteration"] == 0 and self.history["validation"] and self.train_early_stopping():
+                self.logger.info(f"training stopped early after epoch {self.counters['epoch']} already")
+                return
+            if self.get_conf("trainer", "keep_freed_memory") and keep_freed_memory():
+                self.logger.debug("glibc keeps freed memory for the next steps (trainer.keep_freed_memory)")
+            self.run_epochs_reporting_lost_ranks(device, max_epochs, log_period)
+
+    def run_epochs_reporting_lost_ranks(self, device: torch.device, max_epochs: int, log_period: int) -> None:
+        """Run the epochs; a collective failing because another rank died or hung becomes a
+        DistributedError that says so."""
         try:
             self.run_epochs(device, max_epochs, log_period)
         except RuntimeError as error:
