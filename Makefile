@@ -7,7 +7,7 @@ NAME ?= mnist
 EPOCHS ?= 10
 DEVICE ?= auto
 
-.PHONY: main test venv benchmarks clean
+.PHONY: main test venv benchmarks gpu-check clean
 
 $(BIN)/activate: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ benchmarks: venv
 	$(BIN)/python benchmarks/time_to_accuracy.py --data-path $(DATA)
 	$(BIN)/python benchmarks/checkpoint_safety.py --data-path $(DATA)
 	$(BIN)/python benchmarks/distributed.py --data-path $(DATA)
+
+# Every CUDA path end to end on real MNIST, in one table; says so and exits 0 without CUDA.
+gpu-check: venv
+	$(BIN)/python benchmarks/gpu_check.py --data-path $(DATA)
 
 clean:
 	rm -rf $(VENV) *.egg-info
