@@ -2,11 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import CONFIG, SCHEMA, init_args, write_mnist
+from conftest import CONFIG, REPO, SCHEMA, init_args, write_mnist
 from mnist_classifier.data import MNISTClassifierData, augment, normalize, read_mnist
 from mnist_classifier.model import MODELS, build_model
 from mnist_classifier.runner import MNISTClassifierRunner, one_cycle_factor
@@ -193,3 +195,25 @@ def test_training_without_a_validation_split_works(invoke, tmp_path):
     assert "epoch 1: train loss" in result.output and "validation" not in result.output
     with open(tmp_path / "experiments" / "x" / "checkpoints" / "1.checkpoint.pt.json") as file:
         assert json.load(file)["metrics"]["validation"] == {}
+
+
+def test_mnist_is_read_as_torchvision_reads_it_without_importing_it(data_path):
+    script = (
+        "import sys, torch\n"
+        "from mnist_classifier.data import read_mnist\n"
+        f"images, labels = read_mnist({data_path!r}, train=True)\n"
+        "print('torchvision' in sys.modules)\n"
+        "from torchvision.datasets import MNIST\n"
+        f"dataset = MNIST({data_path!r}, train=True)\n"
+        "print(torch.equal(images, dataset.data), torch.equal(labels, dataset.targets), labels.dtype)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.split() == ["False", "True", "True", "torch.int64"]
+
+
+def test_a_file_that_is_not_idx_is_a_data_error(data_path):
+    path = os.path.join(data_path, "MNIST", "raw", "t10k-labels-idx1-ubyte")
+    with open(path, "wb") as file:
+        file.write(b"<html>not found</html>")
+    with pytest.raises(DataError, match=r"cannot be read: t10k-labels-idx1-ubyte is not an IDX file of unsigned bytes"):
+        read_mnist(data_path, train=False)
