@@ -1,14 +1,20 @@
-"""Training and testing the MNIST classifier."""
+"""Training and testing the MNIST classifier, and serving it."""
 
+import base64
+import binascii
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import torchexp
+from mnist_classifier.data import MEAN, STD, normalize
 from mnist_classifier.model import build_model
 
 CLASSES = 10
+SIDE = 28  # MNIST images are 28 x 28 pixels, 0 (black) to 255 (white)
 
 
 class MNISTClassifierRunner(torchexp.Runner):
@@ -67,6 +73,34 @@ class MNISTClassifierRunner(torchexp.Runner):
         self.report_test(epoch, results)
         return results
 
+    def serve_example(self) -> list[list[int]]:
+        """A 28 x 28 "1": a vertical stroke, centred and white on black like MNIST's digits."""
+        image = np.zeros((SIDE, SIDE), dtype=np.uint8)
+        image[5:23, 13:16] = 255
+        return image.tolist()
+
+    def serve_preprocess(self, instance: Any) -> torch.Tensor:
+        """An instance is 28 x 28 pixel values 0-255 (MNIST's own convention: centred, white
+        on black), or {"b64": "<base64 PNG>"} of any size, prepared as MNIST's digits were
+        (mnist_classifier.preprocess, the path the drawing page takes too).
+
+        Returns:
+            The normalized 1 x 28 x 28 image.
+        """
+        pixels = read_png_instance(instance) if isinstance(instance, dict) else read_pixel_instance(instance)
+        images, _ = normalize((torch.from_numpy(pixels).unsqueeze(0), None))
+        return images[0]
+
+    def serve_postprocess(self, output: torch.Tensor, model_input: torch.Tensor, instance: Any) -> dict:
+        """{"label", "probabilities"}; for a PNG also "input", the 28 x 28 image the model
+        received (0-255), which the drawing page shows."""
+        probabilities = torch.softmax(output.float(), dim=0)
+        prediction = {"label": int(probabilities.argmax()), "probabilities": probabilities.tolist()}
+        if isinstance(instance, dict):
+            pixels = (model_input[0] * STD + MEAN) * 255
+            prediction["input"] = pixels.round().clamp(0, 255).to(torch.uint8).tolist()
+        return prediction
+
     def report_test(self, epoch: int, results: dict) -> None:
         """Send per-class accuracy and the confusion matrix to TensorBoard and the console."""
         for digit, accuracy in enumerate(results["per_class_accuracy"]):
@@ -79,6 +113,45 @@ class MNISTClassifierRunner(torchexp.Runner):
         self.logger.info("confusion matrix (rows: true digit, columns: predicted):")
         for digit, row in enumerate(results["confusion_matrix"]):
             self.logger.info(f"  {digit}: " + " ".join(f"{count:5d}" for count in row))
+
+
+def read_pixel_instance(instance: Any) -> np.ndarray:
+    """Return a 28 x 28 float32 array of pixel values from nested lists of numbers 0-255.
+
+    Raises:
+        ValueError: not numbers, another shape, NaN or infinity, or values outside 0-255.
+    """
+    try:
+        pixels = np.asarray(instance)
+    except ValueError:  # numpy refuses nested lists of unequal lengths, or nested too deeply
+        raise ValueError(f"an instance must be {SIDE} x {SIDE} pixel values, in rows of equal length") from None
+    if pixels.dtype.kind not in "iuf":  # strings, null, booleans, objects
+        raise ValueError(f'an instance must be {SIDE} x {SIDE} numbers from 0 to 255, or {{"b64": "<base64 PNG>"}}')
+    if pixels.shape != (SIDE, SIDE):
+        raise ValueError(f"an instance must be {SIDE} x {SIDE} pixel values, not an array of shape {list(pixels.shape)}")
+    if not np.isfinite(pixels).all():
+        raise ValueError("an instance holds NaN or infinite values; pixel values go from 0 to 255")
+    low, high = pixels.min(), pixels.max()
+    if low < 0 or high > 255:
+        raise ValueError(f"pixel values must be from 0 to 255, found {low if low < 0 else high:g}")
+    return pixels.astype(np.float32)
+
+
+def read_png_instance(instance: dict) -> np.ndarray:
+    """Return the 28 x 28 uint8 MNIST-style image of a {"b64": "<base64 PNG>"} instance.
+
+    Raises:
+        ValueError: other keys, text that is not base64, or an image that is not a valid PNG.
+    """
+    from mnist_classifier.preprocess import decode_png, to_mnist
+
+    if set(instance) != {"b64"} or not isinstance(instance["b64"], str):
+        raise ValueError(f'an image instance must be {{"b64": "<base64 PNG>"}}, not an object with keys {sorted(map(str, instance))}')
+    try:
+        data = base64.b64decode(instance["b64"], validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ValueError(f'"b64" is not valid base64: {error}') from None
+    return to_mnist(decode_png(data))
 
 
 def one_cycle_factor(step: int, total: int, warmup: float = 0.25, start: float = 0.04, end: float = 1e-4) -> float:

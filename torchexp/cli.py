@@ -11,11 +11,12 @@ import click
 
 from torchexp.app import App, __version__
 from torchexp.commands.experiment import info, init
+from torchexp.commands.serve import serve
 from torchexp.commands.tensorboard import tensorboard
 from torchexp.commands.training import create_release, test, train
 from torchexp.errors import TorchexpError
 
-PROJECT_COMMANDS = (init, info, train, test, create_release, tensorboard)
+PROJECT_COMMANDS = (init, info, train, test, create_release, tensorboard, serve)
 
 
 class TorchexpGroup(click.Group):

@@ -143,8 +143,14 @@ class Runner(abc.ABC):
         except (TypeError, ValueError, RuntimeError) as error:
             raise ValueError(f"an instance must be an array of numbers: {first_line(error)}") from error
 
-    def serve_postprocess(self, output: torch.Tensor) -> Any:
-        """Turn the model's output for one instance into the JSON prediction; by default its values."""
+    def serve_postprocess(self, output: torch.Tensor, model_input: torch.Tensor, instance: Any) -> Any:
+        """Turn the model's output for one instance into the JSON prediction; by default its values.
+
+        Args:
+            output: the model's output row for the instance.
+            model_input: what `serve_preprocess` made of it, e.g. to show what the model saw.
+            instance: the instance as the client sent it.
+        """
         return output.tolist()
 
     def train_before_epoch_tasks(self, device: torch.device) -> None:

@@ -1,0 +1,76 @@
+"""The `serve` command: a release over HTTP, with dynamic batching and a page to draw on."""
+
+import click
+
+from torchexp.app import App, pass_app
+from torchexp.commands.options import with_device
+from torchexp.serving.options import DEFAULTS, ServeOptions
+
+MAX_BODY_HELP = (
+    "Largest request body in bytes; larger ones get 413 before being read. 16 MiB holds about "
+    "5,000 28x28 instances as JSON, and bounds the memory one request can take: between "
+    "TorchServe's 6.5 MB and Triton's 64 MiB."
+)
+
+
+@click.command()
+@click.option("--epoch", type=click.IntRange(min=1), help="Serve the release of this epoch.  [default: the latest release]")
+@click.option("--host", default=DEFAULTS.host, show_default=True, help="Address to listen on; 0.0.0.0 opens the server to the network.")
+@click.option("--port", default=DEFAULTS.port, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on; 0 picks a free one.")
+@click.option(
+    "--runtime",
+    type=click.Choice(["torch", "onnx"]),
+    default=DEFAULTS.runtime,
+    show_default=True,
+    help="torch runs the release's model; onnx runs its ONNX export (write it with `export --format onnx`) in onnxruntime, on the CPU.",
+)
+@with_device
+@click.option(
+    "--max-batch-size", default=DEFAULTS.max_batch_size, show_default=True, type=click.IntRange(min=1), help="Most instances run through the model at once."
+)
+@click.option(
+    "--max-delay-ms",
+    default=DEFAULTS.max_delay_ms,
+    show_default=True,
+    type=click.FloatRange(min=0, max=1000),
+    help="Longest wait, after a request arrives, for others to batch with it.",
+)
+@click.option(
+    "--max-queue",
+    default=DEFAULTS.max_queue,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most requests waiting for the model; more get 503 at once instead of a growing delay.",
+)
+@click.option("--max-body-bytes", default=DEFAULTS.max_body_bytes, show_default=True, type=click.IntRange(min=1), help=MAX_BODY_HELP)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Threads for inference.  [default: the cores this process may use: its CPU affinity, capped by a container's CPU quota]",
+)
+@pass_app
+def serve(
+    app: App,
+    epoch: int | None,
+    host: str,
+    port: int,
+    runtime: str,
+    device: str,
+    max_batch_size: int,
+    max_delay_ms: float,
+    max_queue: int,
+    max_body_bytes: int,
+    threads: int | None,
+) -> None:
+    """Serve a release over HTTP until Ctrl-C or SIGTERM.
+
+    The KServe V1 / TF Serving REST protocol (POST /v1/models/NAME:predict with
+    {"instances": [...]}), /livez, /readyz, /metrics (Prometheus), /docs, and a page to
+    draw a digit on at /. Requests that arrive together run as one batch on one worker
+    thread. This is one process; to scale out, run more of them (on more machines, each
+    with its own --threads) behind a load balancer or KServe.
+    """
+    from torchexp.serving.server import serve_release
+
+    options = ServeOptions(epoch, host, port, runtime, device, max_batch_size, max_delay_ms, max_queue, max_body_bytes, threads)
+    serve_release(app.open_experiment(), options, app.verbosity)

@@ -1,0 +1,11 @@
+"""Serving a release over HTTP: the `serve` command's library.
+
+Modules, from the request inward:
+    server      binds the port, loads the release, runs uvicorn, stops gracefully
+    protocol    the FastAPI app: KServe V1 routes, health, metrics, the drawing page
+    batcher     dynamic batching on one worker thread, off the event loop
+    pipeline    one request's instances through the project's hooks and a predictor
+    predictors  what runs a batch: the release's torch model, or its ONNX export
+    metrics     Prometheus metrics on the server's own registry
+    threads     how many threads inference may use
+"""

@@ -1,0 +1,218 @@
+"""Dynamic batching: requests that arrive together run through the model as one batch.
+
+The event loop only enqueues a request and awaits its future. One worker thread takes the
+first waiting request, then more until the batch holds `max_batch_size` instances or
+`max_delay_s` has passed since that first request arrived; it preprocesses, predicts and
+postprocesses them, and resolves each request's future on its event loop. One worker is
+enough: the model uses every thread it is given, so two batches at once would only
+compete for the same cores. The queue is bounded: a full queue refuses at once (503)
+rather than letting latency grow without limit.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from torchexp.errors import first_line
+from torchexp.serving.metrics import ServerMetrics
+from torchexp.serving.pipeline import Pipeline, RequestError
+
+STOP = object()  # put in the queue to make the worker finish what is queued, then exit
+
+
+@dataclasses.dataclass
+class Job:
+    """One HTTP request's instances, waiting for their predictions."""
+
+    instances: list[Any]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    arrived: float  # time.perf_counter() when enqueued
+
+
+class Batcher:
+    """A bounded queue of requests and the one thread that runs them in batches.
+
+    Args:
+        pipeline: the project's hooks around the predictor.
+        metrics: where queue waits, batch sizes and inference times go.
+        max_batch_size: most instances run through the model at once.
+        max_delay_s: longest wait, after a request arrives, for others to batch with it.
+        max_queue: most requests waiting; more are refused with 503.
+        logger: where failures of the model or the hooks are logged.
+        on_failure: called with one sentence, from the worker thread, when warm-up fails.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        metrics: ServerMetrics,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        logger: logging.Logger,
+        on_failure: Callable[[str], None] | None = None,
+    ):
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self.logger = logger
+        self.on_failure = on_failure
+        self.queue: queue.Queue = queue.Queue(max_queue)
+        self.ready = threading.Event()
+        self.failure: str | None = None
+        self.held: Job | None = None  # taken from the queue but too big for the batch being built
+        self.thread = threading.Thread(target=self.work, name="torchexp-batcher", daemon=True)
+
+    def start(self) -> None:
+        """Start the worker: it warms the model up, then takes requests."""
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Finish every queued request, then stop the worker."""
+        if self.thread.is_alive():
+            self.queue.put(STOP)
+            self.thread.join()
+
+    async def submit(self, instances: list[Any]) -> bytes:
+        """Queue one request's instances and return its JSON answer once they have run.
+
+        Raises:
+            RequestError: 503 when the queue is full or the model failed to warm up; 400
+                for a bad instance; 500 when the model or a hook failed.
+        """
+        if self.failure is not None:
+            raise RequestError(503, f"the model is not available: {self.failure}")
+        loop = asyncio.get_running_loop()
+        job = Job(instances, loop.create_future(), loop, time.perf_counter())
+        self.metrics.queue_depth.inc()
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            self.metrics.queue_depth.dec()
+            raise RequestError(503, f"the server is busy: {self.max_queue} requests are already waiting (--max-queue); retry later") from None
+        return await job.future
+
+    def work(self) -> None:
+        """The worker thread: warm-up, then batches until STOP, then what is left."""
+        try:
+            self.pipeline.warm_up(tuple(sorted({1, self.max_batch_size})))
+        except Exception as error:  # the project's example or model is broken: refuse, but stay alive
+            self.refuse_all(error)
+            return
+        self.ready.set()
+        stopping = False
+        while not (stopping and self.held is None and self.queue.empty()):
+            first = self.held or self.queue.get()
+            self.held = None
+            if first is STOP:
+                stopping = True
+                continue
+            jobs, stopping = self.gather(first, stopping)
+            self.run(jobs)
+
+    def gather(self, first: Job, stopping: bool) -> tuple[list[Job], bool]:
+        """Return `first` and the jobs that join its batch, and whether STOP was seen."""
+        jobs, size = [first], len(first.instances)
+        deadline = first.arrived + self.max_delay_s
+        while size < self.max_batch_size:
+            try:
+                # Once stopping, nothing more will arrive: take what is queued, without waiting.
+                wait = 0 if stopping else deadline - time.perf_counter()
+                job = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is STOP:
+                stopping = True
+                continue
+            if size + len(job.instances) > self.max_batch_size:
+                self.held = job
+                break
+            jobs.append(job)
+            size += len(job.instances)
+        return jobs, stopping
+
+    def run(self, jobs: list[Job]) -> None:
+        """Preprocess, predict and answer a batch of jobs; a bad job fails alone."""
+        started = time.perf_counter()
+        prepared = []
+        for job in jobs:
+            self.metrics.queue_depth.dec()
+            self.metrics.queue_seconds.observe(started - job.arrived)
+            try:
+                prepared.append((job, self.pipeline.prepare(job.instances)))
+            except Exception as error:
+                self.resolve(job, error=self.as_request_error(error, "preprocessing failed"))
+        if not prepared:
+            return
+        tensors = [tensor for _, job_tensors in prepared for tensor in job_tensors]
+        try:
+            outputs = self.predict(tensors)
+        except Exception as error:
+            failure = self.as_request_error(error, "the model failed on this batch")
+            for job, _ in prepared:
+                self.resolve(job, error=failure)
+            return
+        offset = 0
+        for job, job_tensors in prepared:
+            count = len(job_tensors)
+            try:
+                body = self.pipeline.answer(outputs[offset : offset + count], job_tensors, job.instances)
+            except Exception as error:
+                self.resolve(job, error=self.as_request_error(error, "postprocessing failed"))
+            else:
+                self.resolve(job, result=body)
+            offset += count
+
+    def predict(self, tensors: list[Any]) -> Any:
+        """Run the model on `tensors` in chunks of at most `max_batch_size` (a request may
+        hold more instances than that), recording batch sizes and times."""
+        import torch
+
+        outputs = []
+        for start in range(0, len(tensors), self.max_batch_size):
+            chunk = tensors[start : start + self.max_batch_size]
+            began = time.perf_counter()
+            outputs.append(self.pipeline.predict(chunk))
+            self.metrics.inference_seconds.observe(time.perf_counter() - began)
+            self.metrics.batch_size.observe(len(chunk))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def as_request_error(self, error: Exception, what: str) -> RequestError:
+        """Return a RequestError for `error`; anything else than one is a server fault, logged."""
+        if isinstance(error, RequestError):
+            return error
+        self.logger.error(f"{what}: {type(error).__name__}: {first_line(error)}", exc_info=error)
+        return RequestError(500, f"{what}: {first_line(error)}")
+
+    def resolve(self, job: Job, result: bytes | None = None, error: RequestError | None = None) -> None:
+        """Hand a job's answer to its event loop; a client that went away is skipped."""
+
+        def settle() -> None:
+            if job.future.done():
+                return
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(error)
+
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody waits for this answer any more
+            pass
+
+    def refuse_all(self, error: Exception) -> None:
+        """After a failed warm-up: report it, then answer every request with 503 until STOP."""
+        self.failure = f"warm-up with the project's serve_example failed: {first_line(error)}"
+        self.logger.error(self.failure, exc_info=error)
+        if self.on_failure is not None:
+            self.on_failure(self.failure)
+        while (job := self.queue.get()) is not STOP:
+            self.metrics.queue_depth.dec()
+            self.resolve(job, error=RequestError(503, f"the model is not available: {self.failure}"))

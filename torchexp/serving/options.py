@@ -1,0 +1,23 @@
+"""The options of `serve` and their defaults, in a module light enough for `--help`."""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+    """How to serve a release; `serve --help` explains each option."""
+
+    epoch: int | None = None  # None: the latest release
+    host: str = "127.0.0.1"  # loopback: only this machine can connect unless asked otherwise
+    port: int = 8000  # 0: a free port
+    runtime: str = "torch"  # or "onnx"
+    device: str = "auto"
+    max_batch_size: int = 32  # instances per batch
+    max_delay_ms: float = 5.0  # wait after a request's arrival for others to batch with it
+    max_queue: int = 256  # requests waiting; more get 503
+    # 16 MiB: about 5,000 28x28 instances as JSON, between TorchServe's 6.5 MB and Triton's 64 MiB.
+    max_body_bytes: int = 16 * 1024 * 1024
+    threads: int | None = None  # None: the cores this process may use
+
+
+DEFAULTS = ServeOptions()

@@ -1,0 +1,102 @@
+"""One request's instances through the project's serving hooks and a predictor.
+
+The project's Runner turns each instance into a tensor (`serve_preprocess`) and each output
+row into a JSON prediction (`serve_postprocess`); a predictor runs the stacked batch. The
+batch worker thread calls all of it, never the event loop.
+"""
+
+import json
+from typing import Any, Protocol
+
+import torch
+
+from torchexp.errors import first_line
+
+
+class RequestError(Exception):
+    """A request the server answers with an HTTP error status and one sentence.
+
+    Attributes:
+        status: the HTTP status code.
+    """
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Predictor(Protocol):
+    """Runs the model on a stacked batch; `runtime` names it ("torch", "onnx")."""
+
+    runtime: str
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        """Return the model's output for `batch` (first dimension: the instances)."""
+
+
+class Pipeline:
+    """The project's hooks around a predictor.
+
+    Args:
+        runner: the project's Runner (its serve_* hooks; its model is not used here).
+        predictor: what runs a batch.
+    """
+
+    def __init__(self, runner: Any, predictor: Predictor):
+        self.runner = runner
+        self.predictor = predictor
+        # The shape of one preprocessed instance, learnt from the project's example at
+        # warm-up: instances of another shape are refused before they reach the model.
+        self.input_shape: tuple[int, ...] | None = None
+
+    def prepare(self, instances: list[Any]) -> list[torch.Tensor]:
+        """Preprocess each instance with `serve_preprocess`.
+
+        Raises:
+            RequestError: 400 naming the first bad instance, e.g. "instances[3]: ...".
+        """
+        tensors = []
+        for index, instance in enumerate(instances):
+            try:
+                tensor = self.runner.serve_preprocess(instance)
+            except ValueError as error:
+                raise RequestError(400, f"instances[{index}]: {first_line(error)}") from error
+            if self.input_shape is not None and tuple(tensor.shape) != self.input_shape:
+                raise RequestError(
+                    400, f"instances[{index}]: its shape {list(tensor.shape)} is not the model's input shape {list(self.input_shape)}"
+                )
+            tensors.append(tensor)
+        return tensors
+
+    def predict(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Run the predictor on the instances' tensors stacked into one batch."""
+        return self.predictor.predict(torch.stack(tensors))
+
+    def answer(self, outputs: torch.Tensor, tensors: list[torch.Tensor], instances: list[Any]) -> bytes:
+        """Return the JSON body `{"predictions": [...]}` of one request.
+
+        Raises:
+            RequestError: 500 when a prediction is not JSON data (NaN, infinity, a tensor).
+        """
+        predictions = [self.runner.serve_postprocess(*row) for row in zip(outputs, tensors, instances)]
+        try:
+            return json.dumps({"predictions": predictions}, allow_nan=False, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as error:
+            raise RequestError(500, f"the prediction cannot be sent as JSON: {first_line(error)}") from error
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
+        """Run the project's `serve_example` through every step at each batch size, so
+        that the first requests do not pay for allocations and kernel choices; a project
+        without an example is not warmed up.
+
+        Raises:
+            RequestError: the example itself fails, a bug of the project's hooks.
+        """
+        example = self.runner.serve_example()
+        if example is None:
+            return
+        tensor = self.prepare([example])[0]
+        self.input_shape = tuple(tensor.shape)
+        for size in batch_sizes:
+            outputs = self.predict([tensor] * size)
+            self.answer(outputs[:1], [tensor], [example])

@@ -1,0 +1,95 @@
+"""What runs a batch: a release's model in torch, or its ONNX export in onnxruntime.
+
+Both are built from a release checkpoint through the same verified, `weights_only=True`
+path as `test`, and the project's Runner (built without data sets, writing nothing)
+supplies the serving hooks around them.
+"""
+
+import os
+from typing import Any
+
+import torch
+
+from torchexp import checkpoints
+from torchexp.devices import resolve_device
+from torchexp.errors import CheckpointError, DeviceError
+from torchexp.experiment import Experiment
+from torchexp.inference import make_inference_runner
+
+RUNTIMES = ("torch", "onnx")
+
+
+class TorchPredictor:
+    """The release's model in eval mode, run under `torch.inference_mode()`."""
+
+    runtime = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.model = model
+        self.device = device
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch.to(self.device)).float().cpu()
+
+
+class OnnxPredictor:
+    """The release's ONNX export in an onnxruntime session (input "input", output "output")."""
+
+    runtime = "onnx"
+
+    def __init__(self, session: Any):
+        self.session = session
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        (output,) = self.session.run(["output"], {"input": batch.numpy()})
+        return torch.from_numpy(output)
+
+
+def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.CheckpointInfo:
+    """Return the release checkpoint of `epoch`, or the latest release when it is None.
+
+    Raises:
+        CheckpointError: there is no such release; the message says how to make one.
+    """
+    experiment.check_exists()
+    folder = experiment.checkpoints_path
+    if epoch is not None:
+        return checkpoints.find_checkpoint(folder, epoch, ("release",))
+    releases = checkpoints.list_checkpoints(folder, ("release",))
+    if not releases:
+        raise CheckpointError(f"experiment {experiment.name!r} has no release checkpoint yet: create one with create_release")
+    return releases[-1]
+
+
+def load_predictor(experiment: Experiment, release: checkpoints.CheckpointInfo, runtime: str, device: str, threads: int) -> tuple[Any, Any]:
+    """Build the project's Runner from a release and the predictor that runs its model.
+
+    Args:
+        experiment: the experiment.
+        release: its release checkpoint (from `find_release`), verified or not.
+        runtime: "torch", or "onnx" for the release's ONNX export (written by `export`).
+        device: --device; the ONNX runtime runs on the CPU only.
+        threads: intra-op threads of the ONNX session (torch's are set process-wide).
+
+    Returns:
+        (runner, predictor).
+
+    Raises:
+        CheckpointError: the release or its export is missing, corrupt or does not fit.
+        DeviceError: `device` does not exist here, or is not a CPU for the ONNX runtime.
+    """
+    torch_device = resolve_device("cpu" if runtime == "onnx" and device == "auto" else device)
+    if runtime == "onnx" and torch_device.type != "cpu":
+        raise DeviceError(f"serve --runtime onnx runs on the CPU, not on {device}: drop --device or use --runtime torch")
+    state = checkpoints.load_checkpoint(release)
+    # A release carries the configuration, seed and classes it was trained with.
+    runner = make_inference_runner(experiment, state)
+    if runtime == "onnx":
+        from torchexp.export import export_path, open_onnx_session
+
+        return runner, OnnxPredictor(open_onnx_session(export_path(experiment, release.epoch, "onnx"), threads))
+    # Building the model draws random initial weights: leave the process's generators as they were.
+    with torch.random.fork_rng(devices=[]):
+        runner.load_weights(torch_device, state, os.path.basename(release.path))
+    return runner, TorchPredictor(runner.model, torch_device)

@@ -1,0 +1,283 @@
+"""The HTTP API: KServe V1 / TF Serving's REST protocol, health, metrics and the drawing page.
+
+    GET  /v1/models/<name>          {"name", "ready", ...}: the model's metadata and readiness
+    POST /v1/models/<name>:predict  {"instances": [...]} -> {"predictions": [...]}
+    GET  /livez, /readyz            liveness (the process answers) apart from readiness
+                                    (warmed up and not stopping), for probes and load balancers
+    GET  /metrics                   Prometheus text format
+    GET  /                          a page to draw a digit on; its files under /static
+    GET  /docs, /openapi.json       FastAPI's OpenAPI page and schema
+
+Every error is answered as `{"error": "<one sentence>"}` with a 4xx or 5xx status.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import html
+import json
+import os
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from torchexp.app import __version__
+from torchexp.errors import first_line
+from torchexp.serving.batcher import Batcher
+from torchexp.serving.metrics import ServerMetrics
+from torchexp.serving.pipeline import RequestError
+
+STATIC_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+# Bodies above this size are parsed on a worker thread, so that one large request does not
+# hold up every other request on the event loop.
+PARSE_ON_LOOP_BYTES = 256 * 1024
+# The page loads nothing from another site: scripts, styles and connections stay on this server.
+PAGE_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """What the server says about the model it serves."""
+
+    name: str  # the experiment's name: the <name> in /v1/models/<name>
+    epoch: int  # the release's epoch
+    runtime: str  # "torch" or "onnx"
+    device: str
+    threads: int
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class PredictBody(BaseModel):
+    predictions: list[Any]
+
+
+class ModelBody(BaseModel):
+    name: str
+    ready: bool
+    epoch: int
+    runtime: str
+    device: str
+    threads: int
+    max_batch_size: int
+
+
+ERRORS = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "Not JSON, no `instances` list, or a bad instance (the sentence names it)"),
+        (404, "No model of that name on this server"),
+        (413, "The body is over the server's --max-body-bytes"),
+        (500, "The model or the project's hooks failed"),
+        (503, "The queue is full, or the model is not available"),
+    )
+}
+
+
+def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_body_bytes: int) -> FastAPI:
+    """Build the server's FastAPI app around a batcher.
+
+    The batcher's worker starts with the app (lifespan startup) and, at shutdown, finishes
+    what is queued before the app stops.
+
+    Args:
+        card: the model's name, epoch, runtime, device and threads.
+        batcher: runs the predictions.
+        metrics: the server's metrics, which the app records and serves.
+        max_body_bytes: larger request bodies are refused with 413 before being read whole.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        app.state.stopping = True
+        await asyncio.to_thread(batcher.stop)
+
+    app = FastAPI(
+        title=f"torchexp: {card.name}",
+        version=__version__,
+        description="A torchexp release served with the KServe V1 / TF Serving REST protocol.",
+        lifespan=lifespan,
+    )
+    app.state.stopping = False
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    add_error_handlers(app)
+    add_model_routes(app, card, batcher, max_body_bytes)
+    add_health_routes(app, batcher, metrics)
+    add_page(app, card)
+    return app
+
+
+def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher, max_body_bytes: int) -> None:
+    """The KServe V1 routes: metadata/readiness and predict."""
+    example = batcher.pipeline.runner.serve_example()
+    instances_schema = {
+        "type": "array",
+        "minItems": 1,
+        "items": {},
+        "description": "Instances as the project's serve_preprocess hook reads them.",
+    }
+    request_body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "required": ["instances"], "properties": {"instances": instances_schema}},
+                **({"example": {"instances": [example]}} if example is not None else {}),
+            }
+        },
+    }
+
+    @app.get("/v1/models/{name}", response_model=ModelBody, responses={404: ERRORS[404]})
+    async def model_metadata(name: str) -> dict[str, Any]:
+        """The model's name, readiness, release epoch and runtime."""
+        check_name(name, card)
+        ready = is_ready(app, batcher)
+        return {**dataclasses.asdict(card), "ready": ready, "max_batch_size": batcher.max_batch_size}
+
+    @app.post(
+        "/v1/models/{name}:predict",
+        response_model=PredictBody,
+        responses=ERRORS,
+        openapi_extra={"requestBody": request_body},
+    )
+    async def predict(name: str, request: Request) -> Response:
+        """Predict: `{"instances": [...]}` in, `{"predictions": [...]}` out, one per instance, in order."""
+        check_name(name, card)
+        body = await read_body(request, max_body_bytes)
+        instances = await asyncio.to_thread(parse_instances, body) if len(body) > PARSE_ON_LOOP_BYTES else parse_instances(body)
+        return Response(await batcher.submit(instances), media_type="application/json")
+
+
+def add_health_routes(app: FastAPI, batcher: Batcher, metrics: ServerMetrics) -> None:
+    """Liveness, readiness and Prometheus metrics."""
+
+    @app.get("/livez")
+    async def livez() -> dict[str, bool]:
+        """200 while the process answers."""
+        return {"live": True}
+
+    @app.get("/readyz", responses={503: {"model": ErrorBody, "description": "Warming up, stopping, or failed to warm up"}})
+    async def readyz() -> Any:
+        """200 once the model is warmed up, 503 before that and while stopping."""
+        if is_ready(app, batcher):
+            return {"ready": True}
+        reason = batcher.failure or ("stopping" if app.state.stopping else "warming up the model")
+        return JSONResponse({"error": f"not ready: {reason}"}, status_code=503)
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus_metrics() -> Response:
+        """Requests, latency, queue wait, batch sizes and errors, in Prometheus' text format."""
+        content, content_type = metrics.render()
+        return Response(content, media_type=content_type)
+
+
+def add_page(app: FastAPI, card: ModelCard) -> None:
+    """The drawing page at / and its script and style under /static."""
+    with open(os.path.join(STATIC_FOLDER, "index.html"), encoding="utf-8") as file:
+        page = file.read().replace("{{MODEL_NAME}}", html.escape(card.name))
+    headers = {"Content-Security-Policy": PAGE_POLICY}
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=headers)
+
+    app.mount("/static", StaticFiles(directory=STATIC_FOLDER), name="static")
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Answer every error as {"error": "<one sentence>"}."""
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        messages = {
+            404: f"{request.url.path} is not a path of this server: see /docs",
+            405: f"{request.method} is not allowed on {request.url.path}: see /docs",
+        }
+        message = messages.get(error.status_code, str(error.detail))
+        return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
+
+
+def check_name(name: str, card: ModelCard) -> None:
+    """Raise a 404 RequestError unless `name` is the served model's."""
+    if name != card.name:
+        raise RequestError(404, f"model {name!r} is not served here: this server serves {card.name!r}")
+
+
+def is_ready(app: FastAPI, batcher: Batcher) -> bool:
+    return batcher.ready.is_set() and batcher.failure is None and not app.state.stopping
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Return the request's body, refusing (413) one over `limit` bytes before reading it whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the request body is {int(declared)} bytes, over this server's limit of {limit} (--max-body-bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"the request body is over this server's limit of {limit} bytes (--max-body-bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_instances(body: bytes) -> list[Any]:
+    """Return the `instances` list of a predict request's body.
+
+    Raises:
+        RequestError: 400 when the body is not JSON or has no non-empty `instances` list.
+    """
+    try:
+        document = json.loads(body)
+    except RecursionError:
+        raise RequestError(400, "the request body is JSON nested too deeply to read") from None
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise RequestError(400, f"the request body is not JSON: {first_line(error)}") from None
+    if not isinstance(document, dict) or "instances" not in document:
+        raise RequestError(400, 'the request body must be a JSON object with "instances": a list of instances')
+    instances = document["instances"]
+    if not isinstance(instances, list):
+        raise RequestError(400, f'"instances" must be a list, not {type(instances).__name__}')
+    if not instances:
+        raise RequestError(400, '"instances" is empty: send at least one instance')
+    return instances
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route template and status code, and times it."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets when the app fails before answering
+
+        async def send_recording_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording_status)
+        finally:
+            # The router puts the matched route in the scope; unmatched paths share one label.
+            endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.record_request(endpoint, status, time.perf_counter() - started)

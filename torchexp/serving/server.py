@@ -1,0 +1,170 @@
+"""Starting and stopping the server: checks first, then the port, the model, and uvicorn.
+
+The order makes each failure one sentence at start: a missing or corrupt release is found
+before the port is taken, a port in use before anything is loaded. Ctrl-C or SIGTERM then
+stops gracefully: /readyz answers 503 at once, the listening socket closes, requests in
+flight and in the queue finish, and the process exits with 0.
+"""
+
+import errno
+import logging
+import signal
+import socket
+from typing import Any
+
+import click
+import uvicorn
+
+from torchexp import checkpoints
+from torchexp.errors import TorchexpError
+from torchexp.experiment import Experiment
+from torchexp.serving.options import ServeOptions
+from torchexp.serving.threads import apply_threads, choose_threads
+from torchexp.tracking import close_logger, make_logger
+
+GRACEFUL_TIMEOUT_S = 30  # longest wait for requests in flight after a stop is asked for
+BACKLOG = 2048  # connections the kernel holds before the server accepts them (uvicorn's default)
+
+
+def serve_release(experiment: Experiment, options: ServeOptions, verbosity: str = "normal") -> None:
+    """Serve the experiment's release until Ctrl-C or SIGTERM.
+
+    Raises:
+        CheckpointError: the release (or its ONNX export) is missing or corrupt.
+        TorchexpError: the address cannot be listened on, or the model failed to warm up.
+    """
+    from torchexp.serving.predictors import find_release
+
+    release = find_release(experiment, options.epoch)
+    checkpoints.verify_checkpoint(release)
+    sock = bind_socket(options.host, options.port)
+    logger = make_logger(f"{experiment.name}.serve", None, verbosity)
+    try:
+        threads = choose_threads(options.threads)
+        apply_threads(threads)
+        app = load_app(experiment, release, options, threads, logger)
+        server = GracefulServer(make_uvicorn_config(app, verbosity), app)
+        app.state.batcher.on_failure = server.stop_for
+        host, port = sock.getsockname()[:2]
+        card = app.state.card
+        click.echo(
+            f"serving {card.name} (release of epoch {card.epoch}, {card.runtime} on {card.device}, {threads} threads) "
+            f"at http://{format_host(host)}:{port}/ (Ctrl-C to stop)"
+        )
+        run_until_stopped(server, sock)
+    finally:
+        sock.close()
+        close_logger(logger)
+    if server.failure is not None:
+        raise TorchexpError(f"serve stopped: {server.failure}")
+
+
+def load_app(experiment: Experiment, release: checkpoints.CheckpointInfo, options: ServeOptions, threads: int, logger: logging.Logger) -> Any:
+    """Load the release and return the FastAPI app serving it; its batcher is `app.state.batcher`.
+
+    Raises:
+        CheckpointError, DeviceError: from loading the release.
+    """
+    from torchexp.serving.batcher import Batcher
+    from torchexp.serving.metrics import ServerMetrics
+    from torchexp.serving.pipeline import Pipeline
+    from torchexp.serving.predictors import load_predictor
+    from torchexp.serving.protocol import ModelCard, create_app
+
+    runner, predictor = load_predictor(experiment, release, options.runtime, options.device, threads)
+    metrics = ServerMetrics()
+    batcher = Batcher(
+        Pipeline(runner, predictor), metrics, options.max_batch_size, options.max_delay_ms / 1000, options.max_queue, logger
+    )
+    device = str(getattr(predictor, "device", "cpu"))
+    card = ModelCard(experiment.name, release.epoch, predictor.runtime, device, threads)
+    app = create_app(card, batcher, metrics, options.max_body_bytes)
+    app.state.batcher = batcher
+    app.state.card = card
+    return app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Return a socket listening on host:port (port 0: a free one).
+
+    Raises:
+        TorchexpError: the host is unknown or the port is in use or not allowed.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as error:
+        raise TorchexpError(f"host {host!r} cannot be listened on: {error.strerror}") from error
+    sock = socket.socket(family, kind, proto)
+    # Like uvicorn: a restarted server may take the port while old connections linger in
+    # TIME_WAIT; a port another server listens on is still refused.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise TorchexpError(f"port {port} on {host} is in use: stop what listens there or pass another --port") from error
+        raise TorchexpError(f"cannot listen on {host} port {port}: {error.strerror}") from error
+    return sock
+
+
+def format_host(host: str) -> str:
+    """An address as it goes in a URL (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def make_uvicorn_config(app: Any, verbosity: str) -> uvicorn.Config:
+    """uvicorn's configuration: one process, its logs as quiet as torchexp's, no access log
+    unless verbose (a line per request costs throughput)."""
+    return uvicorn.Config(
+        app,
+        log_level={"quiet": "error", "verbose": "info"}.get(verbosity, "warning"),
+        access_log=verbosity == "verbose",
+        timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S,
+        server_header=False,
+    )
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, marking the app not ready the moment a stop is asked for.
+
+    Args:
+        config: uvicorn's configuration.
+        app: the FastAPI app of `load_app`.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Any):
+        super().__init__(config)
+        self.app = app
+        self.failure: str | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.app.state.stopping = True
+        super().handle_exit(sig, frame)
+
+    def stop_for(self, reason: str) -> None:
+        """Stop because the model cannot serve; callable from any thread."""
+        self.failure = reason
+        self.app.state.stopping = True
+        self.should_exit = True
+
+
+def run_until_stopped(server: Any, sock: socket.socket) -> None:
+    """Run uvicorn on `sock` until a signal or a failure stops it.
+
+    uvicorn catches SIGINT and SIGTERM, stops gracefully, then raises the signal again for
+    the handlers that were there before it; the ones set here let that end the process
+    with 0, the way a requested stop should, and ask for a stop if a signal arrives before
+    uvicorn has set its own.
+    """
+
+    def request_stop(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
