@@ -68,15 +68,19 @@ class Batcher:
         self.ready = threading.Event()
         self.failure: str | None = None
         self.held: Job | None = None  # taken from the queue but too big for the batch being built
-        self.thread = threading.Thread(target=self.work, name="torchexp-batcher", daemon=True)
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the worker: it warms the model up, then takes requests."""
+        """Start the worker: it warms the model up, then takes requests. An app stopped
+        and started again (as test clients do) gets a new worker."""
+        self.ready.clear()
+        self.failure = None
+        self.thread = threading.Thread(target=self.work, name="torchexp-batcher", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
         """Finish every queued request, then stop the worker."""
-        if self.thread.is_alive():
+        if self.thread is not None and self.thread.is_alive():
             self.queue.put(STOP)
             self.thread.join()
 

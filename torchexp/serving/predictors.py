@@ -12,7 +12,7 @@ import torch
 
 from torchexp import checkpoints
 from torchexp.devices import resolve_device
-from torchexp.errors import CheckpointError, DeviceError
+from torchexp.errors import DeviceError
 from torchexp.experiment import Experiment
 from torchexp.inference import make_inference_runner
 
@@ -46,28 +46,12 @@ class OnnxPredictor:
         return torch.from_numpy(output)
 
 
-def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.CheckpointInfo:
-    """Return the release checkpoint of `epoch`, or the latest release when it is None.
-
-    Raises:
-        CheckpointError: there is no such release; the message says how to make one.
-    """
-    experiment.check_exists()
-    folder = experiment.checkpoints_path
-    if epoch is not None:
-        return checkpoints.find_checkpoint(folder, epoch, ("release",))
-    releases = checkpoints.list_checkpoints(folder, ("release",))
-    if not releases:
-        raise CheckpointError(f"experiment {experiment.name!r} has no release checkpoint yet: create one with create_release")
-    return releases[-1]
-
-
 def load_predictor(experiment: Experiment, release: checkpoints.CheckpointInfo, runtime: str, device: str, threads: int) -> tuple[Any, Any]:
     """Build the project's Runner from a release and the predictor that runs its model.
 
     Args:
         experiment: the experiment.
-        release: its release checkpoint (from `find_release`), verified or not.
+        release: its release checkpoint (from `server.find_release`), verified or not.
         runtime: "torch", or "onnx" for the release's ONNX export (written by `export`).
         device: --device; the ONNX runtime runs on the CPU only.
         threads: intra-op threads of the ONNX session (torch's are set process-wide).

@@ -96,6 +96,7 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.stopping = False
         batcher.start()
         yield
         app.state.stopping = True
@@ -107,7 +108,7 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
         description="A torchexp release served with the KServe V1 / TF Serving REST protocol.",
         lifespan=lifespan,
     )
-    app.state.stopping = False
+    app.state.stopping = False  # set at shutdown, and by the server when a stop is asked for
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     add_error_handlers(app)
     add_model_routes(app, card, batcher, max_body_bytes)
@@ -125,6 +126,10 @@ def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher, max_body_b
         "items": {},
         "description": "Instances as the project's serve_preprocess hook reads them.",
     }
+    # Documented as the one name served (FastAPI does not check it: check_name answers 404).
+    name_parameter = [
+        {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": [card.name]}, "description": "The model's name."}
+    ]
     request_body = {
         "required": True,
         "content": {
@@ -135,7 +140,7 @@ def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher, max_body_b
         },
     }
 
-    @app.get("/v1/models/{name}", response_model=ModelBody, responses={404: ERRORS[404]})
+    @app.get("/v1/models/{name}", response_model=ModelBody, responses={404: ERRORS[404]}, openapi_extra={"parameters": name_parameter})
     async def model_metadata(name: str) -> dict[str, Any]:
         """The model's name, readiness, release epoch and runtime."""
         check_name(name, card)
@@ -146,7 +151,7 @@ def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher, max_body_b
         "/v1/models/{name}:predict",
         response_model=PredictBody,
         responses=ERRORS,
-        openapi_extra={"requestBody": request_body},
+        openapi_extra={"parameters": name_parameter, "requestBody": request_body},
     )
     async def predict(name: str, request: Request) -> Response:
         """Predict: `{"instances": [...]}` in, `{"predictions": [...]}` out, one per instance, in order."""

@@ -16,7 +16,7 @@ import click
 import uvicorn
 
 from torchexp import checkpoints
-from torchexp.errors import TorchexpError
+from torchexp.errors import CheckpointError, TorchexpError
 from torchexp.experiment import Experiment
 from torchexp.serving.options import ServeOptions
 from torchexp.serving.threads import apply_threads, choose_threads
@@ -33,8 +33,6 @@ def serve_release(experiment: Experiment, options: ServeOptions, verbosity: str 
         CheckpointError: the release (or its ONNX export) is missing or corrupt.
         TorchexpError: the address cannot be listened on, or the model failed to warm up.
     """
-    from torchexp.serving.predictors import find_release
-
     release = find_release(experiment, options.epoch)
     checkpoints.verify_checkpoint(release)
     sock = bind_socket(options.host, options.port)
@@ -57,6 +55,22 @@ def serve_release(experiment: Experiment, options: ServeOptions, verbosity: str 
         close_logger(logger)
     if server.failure is not None:
         raise TorchexpError(f"serve stopped: {server.failure}")
+
+
+def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.CheckpointInfo:
+    """Return the release checkpoint of `epoch`, or the latest release when it is None.
+
+    Raises:
+        CheckpointError: there is no such release; the message says how to make one.
+    """
+    experiment.check_exists()
+    folder = experiment.checkpoints_path
+    if epoch is not None:
+        return checkpoints.find_checkpoint(folder, epoch, ("release",))
+    releases = checkpoints.list_checkpoints(folder, ("release",))
+    if not releases:
+        raise CheckpointError(f"experiment {experiment.name!r} has no release checkpoint yet: create one with create_release")
+    return releases[-1]
 
 
 def load_app(experiment: Experiment, release: checkpoints.CheckpointInfo, options: ServeOptions, threads: int, logger: logging.Logger) -> Any:

@@ -1,0 +1,88 @@
+"""What the serve tests share: a small released MNIST experiment, the app serving it, and
+predictors that record or hold the batches they are given."""
+
+import os
+import threading
+from typing import Any
+
+from click.testing import CliRunner
+
+from mnist_classifier.__main__ import cli
+from conftest import CONFIG, SCHEMA, write_mnist
+from torchexp.experiment import Experiment
+from torchexp.serving.options import ServeOptions
+from torchexp.serving.server import find_release, load_app
+from torchexp.tracking import make_logger
+
+NAME = "served"
+
+
+def make_release(root: str, model: str = "mlp", data_path: str | None = None, train_size: int = 96) -> str:
+    """Create, train one epoch and release an MNIST experiment under `root`; return its
+    experiments folder. The data is tiny look-alike MNIST unless `data_path` is given."""
+    data_path = data_path or write_mnist(os.path.join(root, "data"), train_size=train_size)
+    experiments = os.path.join(root, "experiments")
+    base = ["--experiments-path", experiments, "--data-path", data_path, "--experiment-name", NAME, "--quiet"]
+    steps = (
+        ["init", "--config-path", CONFIG, "--schema-path", SCHEMA, "--set", f"model.name={model}", "--set", "data.batch_size=32"],
+        ["train", "--max-epochs", "1", "--device", "cpu"],
+        ["create_release", "--epoch", "1"],
+    )
+    for step in steps:
+        result = CliRunner().invoke(cli, [*base, *step], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    return experiments
+
+
+def build_app(experiments: str, **options: Any) -> Any:
+    """The FastAPI app `serve` would run on the release, one thread, not started."""
+    experiment = Experiment(experiments, NAME)
+    settings = ServeOptions(**{"device": "cpu", "threads": 1, **options})
+    return load_app(experiment, find_release(experiment, None), settings, 1, make_logger("serve-tests", None, "quiet"))
+
+
+def pixels_body(*images: list) -> dict:
+    return {"instances": list(images)}
+
+
+class RecordingPredictor:
+    """Wraps a predictor: records each batch's size and thread, and can hold batches until
+    `release()` (after `hold()`), to line requests up behind a busy model."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.runtime = inner.runtime
+        self.sizes: list[int] = []
+        self.threads: list[threading.Thread] = []
+        self.loop_running: list[bool] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def hold(self) -> None:
+        self.gate.clear()
+        self.entered.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def predict(self, batch: Any) -> Any:
+        import asyncio
+
+        self.sizes.append(len(batch))
+        self.threads.append(threading.current_thread())
+        try:
+            asyncio.get_running_loop()
+            self.loop_running.append(True)
+        except RuntimeError:
+            self.loop_running.append(False)
+        self.entered.set()
+        self.gate.wait(30)
+        return self.inner.predict(batch)
+
+
+def record_predictions(app: Any) -> RecordingPredictor:
+    """Put a RecordingPredictor around the app's predictor (before the app starts)."""
+    pipeline = app.state.batcher.pipeline
+    pipeline.predictor = RecordingPredictor(pipeline.predictor)
+    return pipeline.predictor

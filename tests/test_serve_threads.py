@@ -1,0 +1,59 @@
+"""Inference threads come from the cores the process is given: affinity, then a cgroup quota."""
+
+import os
+
+import pytest
+import torch
+
+from torchexp.serving import threads
+
+
+@pytest.fixture
+def cgroup_files(tmp_path, monkeypatch):
+    """Point the cgroup paths at files of the test's own; return a function writing them."""
+    paths = {"v2": tmp_path / "cpu.max", "quota": tmp_path / "cpu.cfs_quota_us", "period": tmp_path / "cpu.cfs_period_us"}
+    monkeypatch.setattr(threads, "CGROUP_V2_CPU_MAX", str(paths["v2"]))
+    monkeypatch.setattr(threads, "CGROUP_V1_QUOTA", str(paths["quota"]))
+    monkeypatch.setattr(threads, "CGROUP_V1_PERIOD", str(paths["period"]))
+
+    def write(**contents: str) -> None:
+        for key, text in contents.items():
+            paths[key].write_text(text)
+
+    return write
+
+
+def test_usable_cores_are_the_affinity_without_a_quota(cgroup_files, monkeypatch):
+    assert threads.read_cpu_quota() is None
+    assert threads.count_usable_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5, 7})
+    assert threads.count_usable_cores() == 3
+    assert threads.choose_threads(None) == 3
+    assert threads.choose_threads(5) == 5
+
+
+@pytest.mark.parametrize(
+    "files, quota",
+    [
+        ({"v2": "150000 100000\n"}, 2),  # 1.5 cores: two threads, as the quota allows bursts over both
+        ({"v2": "max 100000\n"}, None),
+        ({"v2": "100000 100000\n"}, 1),
+        ({"quota": "50000\n", "period": "100000\n"}, 1),
+        ({"quota": "-1\n", "period": "100000\n"}, None),
+        ({"v2": "garbage"}, None),
+    ],
+)
+def test_a_cgroup_quota_caps_the_cores(cgroup_files, monkeypatch, files, quota):
+    cgroup_files(**files)
+    assert threads.read_cpu_quota() == quota
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert threads.count_usable_cores() == (quota or 8)
+
+
+def test_apply_threads_sets_torch_intra_op_threads():
+    before = torch.get_num_threads()
+    try:
+        threads.apply_threads(2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
