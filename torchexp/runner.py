@@ -16,6 +16,7 @@ from torchexp.data import Data
 from torchexp.distributed import World, any_across, gather_objects, sum_across
 from torchexp.errors import CheckpointError, ConfigError, DistributedError, StorageError, TrainingInterrupted, first_line
 from torchexp.experiment import Experiment
+from torchexp.hparams import recording_hparams, write_hparams
 from torchexp.memory import keep_freed_memory
 from torchexp.precision import PrecisionChoice, choose_precision
 from torchexp.rng import capture_rng_states, deterministic_algorithms, restore_rng_states, seed_everything
@@ -212,7 +213,7 @@ class Runner(abc.ABC):
         Raises:
             TrainingInterrupted: SIGINT or SIGTERM arrived; an interrupt checkpoint was saved.
         """
-        with deterministic_algorithms(self.get_conf("trainer", "deterministic")):
+        with deterministic_algorithms(self.get_conf("trainer", "deterministic")), recording_hparams(self):
             self.build(device)
             self.restore_training(epoch)
             self.prepare_loaders(device)
@@ -587,6 +588,7 @@ class Runner(abc.ABC):
         self.tracker.log_scalars("test", epoch, scalars, epoch=epoch, checkpoint=report["checkpoint"])
         self.tracker.flush()
         self.logger.info(f"test of {report['checkpoint']}: {format_metrics(numbers)}")
+        write_hparams(self, test_metrics=tuple(numbers))
         return results
 
     @contextlib.contextmanager
