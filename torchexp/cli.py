@@ -11,12 +11,13 @@ import click
 
 from torchexp.app import App, __version__
 from torchexp.commands.experiment import info, init
+from torchexp.commands.search import search
 from torchexp.commands.serve import serve
 from torchexp.commands.tensorboard import tensorboard
 from torchexp.commands.training import create_release, test, train
 from torchexp.errors import TorchexpError
 
-PROJECT_COMMANDS = (init, info, train, test, create_release, tensorboard, serve)
+PROJECT_COMMANDS = (init, info, train, test, create_release, tensorboard, serve, search)
 
 
 class TorchexpGroup(click.Group):
@@ -57,7 +58,7 @@ def make_cli(
     """
     settings = {
         "help_option_names": ["-h", "--help"],
-        "default_map": {"init": {"config_path": config_path, "schema_path": schema_path}},
+        "default_map": {name: {"config_path": config_path, "schema_path": schema_path} for name in ("init", "search")},
     }
 
     @click.group(cls=TorchexpGroup, context_settings=settings)

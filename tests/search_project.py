@@ -1,0 +1,78 @@
+"""A project for the search tests: the MNIST classifier whose validation loss a parameter sets.
+
+The validation loss of epoch e is `training.momentum + 1 / e` (Adam ignores momentum), so a
+test knows how trials rank at every rung. Momentum FAIL_NAN makes the loss NaN, and
+FAIL_RAISE makes training raise. SEARCH_TEST_EPOCH_SECONDS in the environment makes every
+epoch after the first start that much later, so that a test can signal a trial mid-way.
+
+Run as a script, it is the project's command line: `python tests/search_project.py ...`.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import torch
+
+from mnist_classifier.runner import MNISTClassifierRunner
+from torchexp import make_cli
+
+FAIL_NAN = 0.99
+FAIL_RAISE = 0.98
+
+
+class SearchTestRunner(MNISTClassifierRunner):
+    """MNIST training, with a validation loss that ranks trials by training.momentum."""
+
+    def train_before_epoch_tasks(self, device: torch.device) -> None:
+        seconds = float(os.environ.get("SEARCH_TEST_EPOCH_SECONDS", "0"))
+        if seconds and self.counters["epoch"] >= 1:
+            time.sleep(seconds)
+
+    def train_step(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        if self.get_conf("training", "momentum") == FAIL_RAISE:
+            raise RuntimeError("the model blew up")
+        return super().train_step(batch, device)
+
+    def validation_step(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        metrics = super().validation_step(batch, device)
+        momentum = self.get_conf("training", "momentum")
+        loss = math.nan if momentum == FAIL_NAN else momentum + 1 / (self.counters["epoch"] + 1)
+        return {**metrics, "loss": torch.tensor(loss)}
+
+
+cli = make_cli("mnist_classifier.data:MNISTClassifierData", "search_project:SearchTestRunner")
+
+if __name__ == "__main__":
+    cli(prog_name="search_project")
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMA = os.path.join(REPO, "config.schema.json")
+# Every trial: a tiny MLP trained with Adam on tiny batches, fast on one thread.
+FIXED = {
+    "model.name": "mlp",
+    "data.batch_size": 16,
+    "data.test_batch_size": 20,
+    "training.optimizer": "adam",
+    "training.lr": 0.001,
+    "training.scheduler": "none",
+}
+
+
+def write_space(folder: str, parameters: dict, fixed: dict | None = None, name: str = "space.json") -> str:
+    """Write a search space over the repository's config.default.json, with FIXED values for
+    the keys it does not search; return its path."""
+    path = os.path.join(folder, name)
+    fixed = {key: value for key, value in {**FIXED, **(fixed or {})}.items() if key not in parameters}
+    space = {"config": os.path.join(REPO, "config.default.json"), "fixed": fixed, "parameters": parameters}
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(space, file)
+    return path
+
+
+def search_args(space: str, *extra: str) -> list[str]:
+    """`search` with the repository's schema, on the CPU."""
+    return ["search", "--space", space, "--schema-path", SCHEMA, "--device", "cpu", *extra]

@@ -1,0 +1,90 @@
+"""The table of a study's trials and its best trial, as `search` and `search --status` print it."""
+
+import json
+from typing import Any
+
+from torchexp.search.scheduler import is_claimed
+from torchexp.search.study import SearchSettings, StudyFolder
+from torchexp.search.trial import best_epoch, trained_epochs
+
+HEADER = ("trial", "parameters", "value", "state", "epochs")
+
+
+def describe_state(trial: Any, folder: StudyFolder) -> str:
+    """A trial's state in words: complete, pruned, failed with its error, paused at rung k,
+    running (a process holds it) or waiting (to be resumed by the next search process)."""
+    from optuna.trial import TrialState
+
+    attrs = trial.user_attrs
+    if trial.state == TrialState.COMPLETE:
+        return "complete"
+    if trial.state == TrialState.PRUNED:
+        return f"pruned: {attrs['stopped']}" if "stopped" in attrs else "pruned"
+    if trial.state == TrialState.FAIL:
+        return f"failed: {attrs['error']}" if "error" in attrs else "failed"
+    if attrs.get("status") == "paused":
+        return f"paused at rung {attrs.get('rung')}"
+    return "running" if is_claimed(folder, trial.number) else "waiting"
+
+
+def format_parameters(params: dict[str, Any]) -> str:
+    """`training.lr=0.003162, model.name="cnn"`: floats to 4 significant digits, the rest as JSON."""
+    return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={json.dumps(value)}" for key, value in params.items())
+
+
+def format_value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def make_rows(trials: list[Any], folder: StudyFolder) -> list[tuple[str, ...]]:
+    """One row per trial: number, parameters, value, state, epochs trained (from its checkpoints)."""
+    return [
+        (
+            str(trial.number),
+            format_parameters(trial.params),
+            format_value(trial.value),
+            describe_state(trial, folder),
+            str(trained_epochs(folder.trial_experiment(trial.number))),
+        )
+        for trial in trials
+    ]
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows under HEADER, in columns padded to their widest cell."""
+    lines = [HEADER, *rows]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(HEADER))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def describe_best(study: Any, folder: StudyFolder, settings: SearchSettings, program: str) -> str:
+    """The best complete trial, its value and epoch, and the command lines that test and release it."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return "best: none yet (no trial is complete)"
+    best = study.best_trial
+    epoch = best_epoch(best.intermediate_values, settings.direction)
+    address = f"{program} {folder.trial_address(best.number)}"
+    return "\n".join(
+        [
+            f"best: trial {best.number}, {settings.metric} {best.value:.4g} at epoch {epoch} ({format_parameters(best.params)})",
+            f"  {address} info",
+            f"  {address} test --epoch {epoch}",
+            f"  {address} create_release --epoch {epoch}",
+        ]
+    )
+
+
+def summarize(study: Any, folder: StudyFolder, settings: SearchSettings, program: str) -> str:
+    """The trials' table, the counts by state and the best trial."""
+    trials = study.get_trials(deepcopy=False)
+    rows = make_rows(trials, folder)
+    counts: dict[str, int] = {}
+    for row in rows:
+        word = row[3].split(":")[0].split(" at ")[0]
+        counts[word] = counts.get(word, 0) + 1
+    epochs = sum(int(row[4]) for row in rows)
+    title = f"study {settings.name}: {len(trials)} trials ({', '.join(f'{n} {word}' for word, n in counts.items()) or 'none'}), {epochs} epochs trained; {settings.direction} {settings.metric}"
+    return "\n".join([title, format_table(rows), describe_best(study, folder, settings, program)])

@@ -1,0 +1,191 @@
+"""Which process trains which trial: claims, the scheduler lock and the rules that pick work.
+
+A trial is being worked on exactly when some process holds its claim, an flock on
+`.claims/trial-NNNN.lock`; the kernel releases it when that process dies, so a killed
+worker's trial is free again at once, without Optuna's heartbeats. Decisions are made
+under the study-wide `.scheduler.lock`: pick work, take its claim, record its status,
+release the lock, then train holding the claim. Under the lock a process picks, in order:
+
+1. a trial that was being trained but whose claim is free (its worker died or was
+   stopped): it resumes from its last checkpoint;
+2. (asha) a paused trial that ASHA promotes;
+3. a new trial, while the study has fewer trials than asked for, in any state;
+4. otherwise it waits while other processes hold claims (their results may promote a
+   paused trial), or the search is done.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+from typing import Any, Iterator
+
+from torchexp.search.asha import find_promotions, is_paused
+from torchexp.search.study import SearchSettings, StudyFolder, make_sampler
+
+RUNNING_STATUS = "running"
+PAUSED_STATUS = "paused"
+
+
+@contextlib.contextmanager
+def hold_scheduler_lock(folder: StudyFolder) -> Iterator[None]:
+    """Hold the study's scheduler lock, waiting for it."""
+    fd = os.open(folder.scheduler_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Claim:
+    """This process's claim on a trial: an flock held until `release` or the process's end.
+
+    Args:
+        fd: the open, locked claim file.
+        number: the trial's number.
+    """
+
+    def __init__(self, fd: int, number: int):
+        self.fd: int | None = fd
+        self.number = number
+
+    def release(self) -> None:
+        """Give the trial up; releasing twice does nothing."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def claim_path(folder: StudyFolder, number: int) -> str:
+    return os.path.join(folder.claims_path, f"{folder.trial_name(number)}.lock")
+
+
+def try_claim(folder: StudyFolder, number: int) -> Claim | None:
+    """Claim trial `number`, or return None when a process (this one included) holds it."""
+    os.makedirs(folder.claims_path, exist_ok=True)
+    fd = os.open(claim_path(folder, number), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return Claim(fd, number)
+
+
+def is_claimed(folder: StudyFolder, number: int) -> bool:
+    """Whether a process holds trial `number`'s claim."""
+    claim = try_claim(folder, number)
+    if claim is None:
+        return True
+    claim.release()
+    return False
+
+
+@dataclasses.dataclass
+class Work:
+    """A trial this process is to train, claimed.
+
+    Attributes:
+        number: the trial's number.
+        trial_id: its Optuna id, for `optuna.trial.Trial(study, trial_id)`.
+        kind: "resume", "promote" or "new".
+        target_epochs: epochs to train it to.
+        claim: the claim, to release when done.
+    """
+
+    number: int
+    trial_id: int
+    kind: str
+    target_epochs: int
+    claim: Claim
+
+
+def pick_work(study: Any, folder: StudyFolder, settings: SearchSettings, space: Any, total_trials: int) -> Work | str:
+    """Apply the scheduling rules once; call it holding the scheduler lock.
+
+    Args:
+        study: the Optuna study.
+        folder: its folder.
+        settings: its settings.
+        space: the SearchSpace new trials are drawn from.
+        total_trials: trials the study is to have in all.
+
+    Returns:
+        The claimed Work, "wait" while others train, or "done" (then paused trials,
+        which nothing can promote any more, have been pruned).
+    """
+    trials = study.get_trials(deepcopy=False)
+    fail_unfinished_creations(study, trials)
+    for trial in trials:
+        if is_resumable(trial):
+            claim = try_claim(folder, trial.number)
+            if claim is not None:
+                return Work(trial.number, trial._trial_id, "resume", trial.user_attrs["target_epochs"], claim)
+    if settings.pruner == "asha":
+        for trial, epochs in find_promotions(trials, settings.rungs, settings.reduction_factor, settings.direction):
+            claim = try_claim(folder, trial.number)
+            if claim is not None:
+                mark_running(study, trial._trial_id, epochs)
+                return Work(trial.number, trial._trial_id, "promote", epochs, claim)
+    if len(trials) < total_trials:
+        return start_trial(study, folder, settings, space, len(trials))
+    if any(is_resumable(trial) and is_claimed(folder, trial.number) for trial in trials):
+        return "wait"
+    for trial in trials:
+        if is_paused(trial):
+            prune_paused(study, trial)
+    return "done"
+
+
+def is_resumable(trial: Any) -> bool:
+    """Whether a trial is unfinished and not paused: someone trains it, or should."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.RUNNING and trial.user_attrs.get("status") == RUNNING_STATUS
+
+
+def start_trial(study: Any, folder: StudyFolder, settings: SearchSettings, space: Any, count: int) -> Work:
+    """Ask Optuna for trial number `count`, claim it, draw its parameters and record it."""
+    study.sampler = make_sampler(settings, space, count)
+    trial = study.ask()
+    # Nobody else can hold the claim of a trial created under the scheduler lock.
+    claim = try_claim(folder, trial.number)
+    space.sample(trial)
+    target = settings.rungs[0] if settings.pruner == "asha" else settings.max_epochs
+    trial.set_user_attr("experiment", folder.trial_name(trial.number))
+    mark_running(study, trial._trial_id, target)
+    return Work(trial.number, trial._trial_id, "new", target, claim)
+
+
+def mark_running(study: Any, trial_id: int, target_epochs: int) -> None:
+    """Record that a trial is being trained to `target_epochs`; the status comes last, so a
+    trial with a status is completely recorded."""
+    import optuna
+
+    trial = optuna.trial.Trial(study, trial_id)
+    trial.set_user_attr("target_epochs", target_epochs)
+    trial.set_user_attr("status", RUNNING_STATUS)
+
+
+def fail_unfinished_creations(study: Any, trials: list[Any]) -> None:
+    """Fail RUNNING trials without a status: their process died while creating them, under
+    the scheduler lock this process now holds, so their parameters may be incomplete."""
+    import optuna
+
+    for trial in trials:
+        if trial.state == optuna.trial.TrialState.RUNNING and "status" not in trial.user_attrs:
+            optuna.trial.Trial(study, trial._trial_id).set_user_attr("error", "its search process stopped while creating it")
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def prune_paused(study: Any, trial: Any) -> None:
+    """Tell Optuna a paused trial is PRUNED: nothing can promote it any more. Its value is its
+    last reported metric (Optuna's rule for pruned trials)."""
+    import optuna
+
+    rung = trial.user_attrs.get("rung")
+    optuna.trial.Trial(study, trial._trial_id).set_user_attr("stopped", f"not promoted from rung {rung}")
+    study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)

@@ -1,0 +1,141 @@
+"""Where a study's trials are recorded: Optuna's journal file in the study folder, or a
+database that several machines share.
+
+The journal is the default. It is made for several processes on one machine: every
+change is one JSON line appended under a lock, so a reader never needs the writer, and a
+process killed mid-write leaves a log that still reads. SQLite's own FAQ warns against
+many concurrent writers, and a killed SQLite writer can leave its lock behind on network
+file systems. Two things are changed from Optuna's `JournalFileBackend`: the lock is an
+`flock`, which the kernel releases when its holder dies (Optuna's lock files outlive a
+killed process, and the others wait 30 s before breaking them), and a line left half
+written by a killed process is cut before the next append, so it cannot glue itself to
+the next record and make the log unreadable.
+"""
+
+import fcntl
+import json
+import os
+import re
+import threading
+from typing import Any
+
+from optuna.storages import RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from torchexp.errors import StorageError, first_line
+
+JOURNAL_FILE = "journal.log"
+CONNECT_TIMEOUT_S = 10  # a database that does not answer in this long is reported unreachable
+TAIL_BLOCK = 64 * 1024
+
+
+class FlockJournalBackend(JournalFileBackend):
+    """Optuna's journal file, appended under an flock, with a torn last line cut first.
+
+    Args:
+        path: the journal file; `<path>.lock` is the lock file.
+    """
+
+    def __init__(self, path: str):
+        self.flock = FlockLock(path + ".lock")
+        super().__init__(path, lock_obj=self.flock)
+        self.path = path
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
+        with self.flock:
+            with open(self.path, "r+b") as file:
+                cut_torn_line(file)
+                file.seek(0, os.SEEK_END)
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+
+
+class FlockLock:
+    """An exclusive flock on a file, shared by the threads of one process.
+
+    Args:
+        path: the lock file, created when missing.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.thread_lock = threading.Lock()
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.thread_lock.acquire()
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.thread_lock.release()
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+        self.thread_lock.release()
+
+    def __enter__(self) -> "FlockLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def cut_torn_line(file: Any) -> None:
+    """Truncate a file after its last newline: a line without one was cut short by a kill."""
+    size = os.fstat(file.fileno()).st_size
+    end = size
+    while end > 0:
+        start = max(0, end - TAIL_BLOCK)
+        file.seek(start)
+        block = file.read(end - start)
+        if end == size and block.endswith(b"\n"):
+            return
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            file.truncate(start + newline + 1)
+            return
+        end = start
+    file.truncate(0)
+
+
+def open_journal(folder: str) -> Any:
+    """Return the Optuna storage of the journal file in a study folder (created when missing)."""
+    return JournalStorage(FlockJournalBackend(os.path.join(folder, JOURNAL_FILE)))
+
+
+def connect_database(url: str) -> Any:
+    """Connect to an Optuna RDB storage (postgresql://, mysql://, sqlite:///), creating
+    Optuna's tables in it when missing.
+
+    Raises:
+        StorageError: the URL is malformed, its driver is missing, or the database does not
+            answer; the message shows the URL without its password.
+    """
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "mysql")):
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    try:
+        return RDBStorage(url, engine_kwargs=options)
+    except Exception as error:  # SQLAlchemy and the drivers raise many unrelated types
+        raise StorageError(f"storage {hide_password(url)} cannot be used: {first_line(error)}") from error
+
+
+def hide_password(url: str) -> str:
+    """The URL with its password, if any, replaced by ***."""
+    return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def describe_storage(url: str | None) -> dict[str, str]:
+    """What study.json records of the storage: the journal's file, or the URL without password."""
+    if url is None:
+        return {"kind": "journal", "file": JOURNAL_FILE}
+    return {"kind": "database", "url": hide_password(url)}

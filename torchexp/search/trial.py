@@ -1,0 +1,204 @@
+"""One trial: create its experiment, train it with an observer that reports each epoch to
+the study, and record how it ended.
+
+A trial is created as `init` creates an experiment (`init_experiment`) and trained as
+`train` trains one (`train_experiment`), so resume, locks, checkpoints and Ctrl-C behave
+exactly as they do there.
+"""
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+from torchexp import checkpoints
+from torchexp.app import App
+from torchexp.errors import ConfigError, TorchexpError, first_line
+from torchexp.experiment import Experiment
+from torchexp.search.scheduler import PAUSED_STATUS, Work
+from torchexp.search.study import SearchSettings, StudyFolder, parse_metric
+from torchexp.training import init_experiment, train_experiment
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How a trial's training ended: "trained" (to its target, or stopped early by the
+    config's early stopping), "pruned" or "failed", with the reason."""
+
+    kind: str
+    reason: str = ""
+
+
+class EpochReporter:
+    """The epoch observer of a trial: reports each epoch's metric to Optuna, and stops the
+    trial when the metric is not finite or the median pruner says so.
+
+    Args:
+        trial: the `optuna.trial.Trial`.
+        settings: the study's settings.
+        reported: the epochs the study already holds a value of.
+    """
+
+    def __init__(self, trial: Any, settings: SearchSettings, reported: set[int]):
+        self.trial = trial
+        self.settings = settings
+        self.reported = set(reported)
+        self.outcome: Outcome | None = None
+
+    def __call__(self, epoch: int, metrics: dict[str, dict[str, float]]) -> str | None:
+        self.outcome = self.report(epoch, read_metric(metrics, self.settings.metric, epoch))
+        return self.outcome.reason if self.outcome else None
+
+    def report(self, epoch: int, value: float | None) -> Outcome | None:
+        """Report epoch `epoch`'s metric (None: not a number); return a reason to stop, if any."""
+        if value is None or not math.isfinite(value):
+            return Outcome("failed", f"{self.settings.metric} is {'nan' if value is None else value} at epoch {epoch}")
+        # An epoch reported before a kill is not reported again (Optuna would ignore it, warning).
+        if epoch not in self.reported:
+            self.trial.report(value, epoch)
+            self.reported.add(epoch)
+        if self.settings.pruner == "median" and self.trial.should_prune():
+            return Outcome("pruned", f"{self.settings.metric} {value:.4g} at epoch {epoch} is worse than the median of earlier trials")
+        return None
+
+    def catch_up(self, experiment: Experiment) -> Outcome | None:
+        """Report the epochs whose checkpoints exist but whose reports were lost with a killed
+        process, from the checkpoints' records; return a reason to stop, if any."""
+        for info in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",)):
+            metrics = (info.record or {}).get("metrics") or {}
+            outcome = self.report(info.epoch, read_metric(metrics, self.settings.metric, info.epoch))
+            if outcome is not None:
+                return outcome
+        return None
+
+
+def read_metric(metrics: dict[str, dict[str, Any]], metric: str, epoch: int) -> float | None:
+    """The metric's value in an epoch's metrics; None when it is not a number (a diverged
+    loss is saved as null).
+
+    Raises:
+        ConfigError: the epoch has no such metric; the message lists those it has.
+    """
+    split, name = parse_metric(metric)
+    values = metrics.get(split) or {}
+    if name not in values:
+        found = sorted(f"{split_name}.{key}" for split_name, split_values in metrics.items() for key in (split_values or {}))
+        raise ConfigError(
+            f"metric {metric} is not among the metrics of epoch {epoch} ({', '.join(found) or 'none'}): choose one of them "
+            "with --metric and another --experiment-name (a study's metric cannot change)"
+        )
+    value = values[name]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def trial_app(app: App, folder: StudyFolder, number: int) -> App:
+    """The command line's App, addressing trial `number` as its experiment."""
+    return App(app.data_class, app.runner_class, folder.trial_name(number), folder.path, app.data_path, app.verbosity)
+
+
+def create_trial_experiment(app: App, folder: StudyFolder, settings: SearchSettings, space: Any, schema: dict, frozen: Any) -> Experiment:
+    """Create a trial's experiment unless it exists: the space's configuration with the
+    trial's parameters, trained to the study's max epochs, seeded with the study's seed (so
+    every trial shares one validation split)."""
+    experiment = folder.trial_experiment(frozen.number)
+    if not experiment.exists():
+        conf = space.build_config(schema, {**frozen.params, "trainer.max_epochs": settings.max_epochs})
+        extra = {"search": {"study": settings.name, "trial": frozen.number, "parameters": frozen.params}}
+        init_experiment(trial_app(app, folder, frozen.number), experiment, conf, settings.seed, extra)
+    return experiment
+
+
+def train_trial(
+    app: App, folder: StudyFolder, study: Any, settings: SearchSettings, space: Any, schema: dict, work: Work, training: dict, logger: logging.Logger
+) -> Outcome:
+    """Create (when new) and train the claimed trial of `work` to its target epochs.
+
+    Args:
+        app: the command line's App.
+        folder: the study's folder.
+        study: the Optuna study.
+        settings: the study's settings.
+        space: the SearchSpace.
+        schema: the project's schema.
+        work: the claimed trial and its target.
+        training: device, num_workers and log_period, as `train_experiment` takes them.
+        logger: the search's logger.
+
+    Raises:
+        TorchexpError: a mistake every trial would make (missing data, a bad device) or a
+            stop signal; the trial stays as it is, to be resumed.
+    """
+    import optuna
+
+    frozen = get_trial(study, work.number)
+    experiment = create_trial_experiment(app, folder, settings, space, schema, frozen)
+    reporter = EpochReporter(optuna.trial.Trial(study, work.trial_id), settings, set(frozen.intermediate_values))
+    outcome = reporter.catch_up(experiment)
+    if outcome is not None:
+        return outcome
+    try:
+        train_experiment(
+            trial_app(app, folder, work.number), experiment, training["device"], training["num_workers"], work.target_epochs,
+            training["log_period"], epoch_observers=(reporter,),
+        )
+    except TorchexpError:
+        raise
+    except Exception as error:  # the trial's own failure (a bug, a numerical error): the study goes on
+        logger.debug(f"trial {work.number} failed", exc_info=True)
+        return Outcome("failed", f"{type(error).__name__}: {first_line(error)}")
+    return reporter.outcome or Outcome("trained")
+
+
+def record_outcome(study: Any, folder: StudyFolder, settings: SearchSettings, work: Work, outcome: Outcome) -> str:
+    """Tell Optuna how the trial ended, or pause it at its rung; call it holding the
+    scheduler lock. Returns what happened, for the log."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    trial = optuna.trial.Trial(study, work.trial_id)
+    if outcome.kind == "failed":
+        trial.set_user_attr("error", outcome.reason)
+        study.tell(work.number, state=state.FAIL)
+        return f"failed: {outcome.reason}"
+    if outcome.kind == "pruned":
+        trial.set_user_attr("stopped", outcome.reason)
+        study.tell(work.number, state=state.PRUNED)
+        return f"pruned: {outcome.reason}"
+    epochs = trained_epochs(folder.trial_experiment(work.number))
+    if settings.pruner == "asha" and epochs >= work.target_epochs and work.target_epochs < settings.max_epochs:
+        rung = settings.rungs.index(work.target_epochs)
+        trial.set_user_attr("rung", rung)
+        trial.set_user_attr("status", PAUSED_STATUS)
+        return f"paused at rung {rung}, after epoch {epochs}"
+    values = get_trial(study, work.number).intermediate_values
+    if not values:
+        trial.set_user_attr("error", f"no epoch reported {settings.metric}")
+        study.tell(work.number, state=state.FAIL)
+        return f"failed: no epoch reported {settings.metric}"
+    value = best_value(values, settings.direction)
+    study.tell(work.number, value, state=state.COMPLETE)
+    return f"complete after {epochs} epochs: {settings.metric} {value:.4g}"
+
+
+def get_trial(study: Any, number: int) -> Any:
+    """The study's frozen trial `number` as the storage holds it now (numbers count from 0)."""
+    return study.get_trials(deepcopy=False)[number]
+
+
+def best_value(values: dict[int, float], direction: str) -> float:
+    """The best of a trial's per-epoch values: a trial's value is its best epoch's metric."""
+    return min(values.values()) if direction == "minimize" else max(values.values())
+
+
+def best_epoch(values: dict[int, float], direction: str) -> int:
+    """The epoch of the best value (the earliest, on a tie)."""
+    sign = 1 if direction == "minimize" else -1
+    return min(values, key=lambda epoch: (sign * values[epoch], epoch))
+
+
+def trained_epochs(experiment: Experiment) -> int:
+    """Epochs an experiment has trained: its latest standard checkpoint's epoch, or 0."""
+    if not experiment.exists():
+        return 0
+    found = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",))
+    return found[-1].epoch if found else 0
