@@ -8,29 +8,42 @@ from typing import Any
 from click.testing import CliRunner
 
 from mnist_classifier.__main__ import cli
+from mnist_classifier.data import MNISTClassifierData
+from mnist_classifier.runner import MNISTClassifierRunner
+from torchexp.app import App
 from conftest import CONFIG, SCHEMA, write_mnist
 from torchexp.experiment import Experiment
 from torchexp.serving.options import ServeOptions
 from torchexp.serving.server import find_release, load_app
 from torchexp.tracking import make_logger
+from torchexp.training import train_experiment
 
 NAME = "served"
 
 
-def make_release(root: str, model: str = "mlp", data_path: str | None = None, train_size: int = 96) -> str:
+def make_release(root: str, model: str = "mlp", data_path: str | None = None, data_class: Any = None) -> str:
     """Create, train one epoch and release an MNIST experiment under `root`; return its
-    experiments folder. The data is tiny look-alike MNIST unless `data_path` is given."""
-    data_path = data_path or write_mnist(os.path.join(root, "data"), train_size=train_size)
+    experiments folder.
+
+    Args:
+        root: a temporary folder.
+        model: model.name.
+        data_path: a folder with MNIST/raw; default tiny look-alike MNIST written under root.
+        data_class: the Data class to train with (e.g. one keeping part of the data); the
+            experiment still records MNIST's own.
+    """
+    data_path = data_path or write_mnist(os.path.join(root, "data"))
     experiments = os.path.join(root, "experiments")
     base = ["--experiments-path", experiments, "--data-path", data_path, "--experiment-name", NAME, "--quiet"]
-    steps = (
-        ["init", "--config-path", CONFIG, "--schema-path", SCHEMA, "--set", f"model.name={model}", "--set", "data.batch_size=32"],
-        ["train", "--max-epochs", "1", "--device", "cpu"],
-        ["create_release", "--epoch", "1"],
-    )
-    for step in steps:
-        result = CliRunner().invoke(cli, [*base, *step], catch_exceptions=False)
+
+    def invoke(*arguments: str) -> None:
+        result = CliRunner().invoke(cli, [*base, *arguments], catch_exceptions=False)
         assert result.exit_code == 0, result.output
+
+    invoke("init", "--config-path", CONFIG, "--schema-path", SCHEMA, "--set", f"model.name={model}", "--set", "data.batch_size=32")
+    app = App(data_class or MNISTClassifierData, MNISTClassifierRunner, NAME, experiments, data_path, "quiet")
+    train_experiment(app, app.open_experiment(), "cpu", 0, 1, 100)
+    invoke("create_release", "--epoch", "1")
     return experiments
 
 

@@ -1,6 +1,8 @@
 """The server's HTTP API on a real MNIST release, through FastAPI's TestClient (no socket):
 KServe V1 routes, health, metrics, bad input, limits, and the page."""
 
+import base64
+import io
 import json
 import re
 
@@ -8,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+from mnist_classifier.preprocess import decode_png, to_mnist
 
 from serve_fixtures import NAME, build_app, make_release, pixels_body, record_predictions
 from torchexp.serving.protocol import PAGE_POLICY
@@ -30,6 +35,20 @@ def client(experiments):
 def digit_image(seed: int) -> list:
     """A 28 x 28 image of integers 0-255."""
     return np.random.default_rng(seed).integers(0, 256, size=(28, 28)).tolist()
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def drawn_digit() -> np.ndarray:
+    """A 200 x 160 drawing, dark strokes on white and off-centre, as a page or a photo gives."""
+    canvas = np.full((200, 160), 255, dtype=np.uint8)
+    canvas[30:150, 100:112] = 0  # a "1" with a flag
+    canvas[30:42, 80:112] = 0
+    return canvas
 
 
 def expected_probabilities(app, image: list) -> torch.Tensor:
@@ -64,6 +83,21 @@ def test_predict_answers_label_and_probabilities_of_the_release(client):
         assert prediction["probabilities"] == pytest.approx(expected.tolist(), abs=1e-5)
         assert sum(prediction["probabilities"]) == pytest.approx(1, abs=1e-5)
         assert "input" not in prediction
+
+
+def test_a_png_is_prepared_as_mnist_and_the_input_is_returned(client):
+    drawing = drawn_digit()
+    encoded = png_base64(drawing)
+    response = client.post(PREDICT, json={"instances": [{"b64": encoded}, digit_image(3)]})
+    assert response.status_code == 200
+    png_prediction, pixel_prediction = response.json()["predictions"]
+    prepared = to_mnist(decode_png(base64.b64decode(encoded)))
+    assert png_prediction["input"] == prepared.tolist()  # the one preprocessing path, white on black
+    assert prepared[0, 0] == 0 and prepared.max() == 255
+    expected = expected_probabilities(client.app, prepared.tolist())
+    assert png_prediction["label"] == int(expected.argmax())
+    assert png_prediction["probabilities"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert "input" not in pixel_prediction
 
 
 def test_requests_larger_than_a_batch_keep_their_order(experiments):
@@ -113,6 +147,9 @@ BAD_BODIES = [
     ("strings", json.dumps(pixels_body([["1"] * 28] * 28)).encode(), 400, "instances[0]: an instance must be 28 x 28 numbers from 0 to 255"),
     ("second instance bad", json.dumps(pixels_body([[0] * 28] * 28, [[0] * 28])).encode(), 400, "instances[1]: an instance must be 28 x 28 pixel values"),
     ("bad base64", b'{"instances": [{"b64": "not base64!"}]}', 400, 'instances[0]: "b64" is not valid base64'),
+    ("not a PNG", b'{"instances": [{"b64": "' + base64.b64encode(b"GIF89a....").decode().encode() + b'"}]}', 400, "instances[0]: the image is not a PNG"),
+    ("truncated PNG", b'{"instances": [{"b64": "' + png_base64(drawn_digit())[:200].encode() + b'"}]}', 400, "instances[0]: the PNG image is corrupt or truncated"),
+    ("b64 not text", b'{"instances": [{"b64": 5}]}', 400, 'instances[0]: an image instance must be {"b64": "<base64 PNG>"}'),
     ("other keys", b'{"instances": [{"png": "AAAA"}]}', 400, """instances[0]: an image instance must be {"b64": "<base64 PNG>"}, not an object with keys ['png']"""),
 ]
 

@@ -27,8 +27,11 @@ function clearPad() {
 }
 
 function padPoint(event) {
+  // The drawing area starts inside the border and may be shown scaled.
   const box = pad.getBoundingClientRect();
-  return [(event.clientX - box.left) * (pad.width / box.width), (event.clientY - box.top) * (pad.height / box.height)];
+  const x = event.clientX - box.left - pad.clientLeft;
+  const y = event.clientY - box.top - pad.clientTop;
+  return [x * (pad.width / pad.clientWidth), y * (pad.height / pad.clientHeight)];
 }
 
 function startStroke(event) {
