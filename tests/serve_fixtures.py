@@ -47,6 +47,15 @@ def make_release(root: str, model: str = "mlp", data_path: str | None = None, da
     return experiments
 
 
+def shared_release(tmp_path_factory) -> str:
+    """The experiments folder of one tiny release, made once per session for the tests
+    that only read it (those that change it copy it first)."""
+    root = tmp_path_factory.getbasetemp() / "serve-shared-release"
+    if not root.exists():
+        make_release(str(root))
+    return str(root / "experiments")
+
+
 def build_app(experiments: str, **options: Any) -> Any:
     """The FastAPI app `serve` would run on the release, one thread, not started."""
     experiment = Experiment(experiments, NAME)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_fixtures import NAME, build_app, make_release, pixels_body, record_predictions
+from serve_fixtures import NAME, build_app, pixels_body, record_predictions, shared_release
 from torchexp.serving.server import GracefulServer, make_uvicorn_config
 
 PREDICT = f"/v1/models/{NAME}:predict"
@@ -19,7 +19,7 @@ IMAGE = np.full((28, 28), 30).tolist()
 
 @pytest.fixture(scope="module")
 def experiments(tmp_path_factory) -> str:
-    return make_release(str(tmp_path_factory.mktemp("serve")))
+    return shared_release(tmp_path_factory)
 
 
 def wait_until(condition, timeout: float = 10) -> None:

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from serve_fixtures import NAME, make_release, pixels_body
+from serve_fixtures import NAME, pixels_body, shared_release
 
 IMAGE = np.full((28, 28), 30).tolist()
 
 
 @pytest.fixture(scope="module")
 def experiments(tmp_path_factory) -> str:
-    return make_release(str(tmp_path_factory.mktemp("serve")))
+    return shared_release(tmp_path_factory)
 
 
 def serve_command(experiments: str, *arguments: str, name: str = NAME) -> list[str]:

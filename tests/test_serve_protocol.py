@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mnist_classifier.preprocess import decode_png, to_mnist
 
-from serve_fixtures import NAME, build_app, make_release, pixels_body, record_predictions
+from serve_fixtures import NAME, build_app, pixels_body, record_predictions, shared_release
 from torchexp.serving.protocol import PAGE_POLICY
 
 PREDICT = f"/v1/models/{NAME}:predict"
@@ -23,7 +23,7 @@ PREDICT = f"/v1/models/{NAME}:predict"
 
 @pytest.fixture(scope="module")
 def experiments(tmp_path_factory) -> str:
-    return make_release(str(tmp_path_factory.mktemp("serve")))
+    return shared_release(tmp_path_factory)
 
 
 @pytest.fixture

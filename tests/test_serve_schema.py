@@ -7,12 +7,12 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from serve_fixtures import NAME, build_app, make_release
+from serve_fixtures import NAME, build_app, shared_release
 
 
 @pytest.fixture(scope="module")
 def schema(tmp_path_factory):
-    app = build_app(make_release(str(tmp_path_factory.mktemp("serve"))))
+    app = build_app(shared_release(tmp_path_factory))
     # Schemathesis starts the app's lifespan (its batch worker) itself, for its own client.
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
