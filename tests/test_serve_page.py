@@ -25,8 +25,8 @@ from serve_fixtures import NAME, build_app, make_release
 from torchexp.serving.protocol import STATIC_FOLDER
 from torchexp.serving.server import GracefulServer, bind_socket, make_uvicorn_config
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 MNIST_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets"))
 SCALE = 10  # the page's canvas is 280 x 280: ten canvas pixels per MNIST pixel
 INK = 128  # MNIST pixels at least this bright become strokes
