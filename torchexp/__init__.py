@@ -21,6 +21,7 @@ from torchexp.errors import (
     TrainingInterrupted,
 )
 from torchexp.experiment import Experiment
+from torchexp.experiments import Experiments, ExperimentView
 
 LAZY = {
     "Data": "torchexp.data",
@@ -38,6 +39,8 @@ __all__ = [
     "DeviceError",
     "Experiment",
     "ExperimentError",
+    "ExperimentView",
+    "Experiments",
     "LockError",
     "StorageError",
     "TorchexpError",

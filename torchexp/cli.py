@@ -10,14 +10,17 @@ from typing import Any
 import click
 
 from torchexp.app import App, __version__
+from torchexp.commands.compare import compare
 from torchexp.commands.experiment import info, init
+from torchexp.commands.export import export
 from torchexp.commands.search import search
+from torchexp.commands.project import create
 from torchexp.commands.serve import serve
 from torchexp.commands.tensorboard import tensorboard
 from torchexp.commands.training import create_release, test, train
 from torchexp.errors import TorchexpError
 
-PROJECT_COMMANDS = (init, info, train, test, create_release, tensorboard, serve, search)
+PROJECT_COMMANDS = (init, info, train, test, create_release, tensorboard, serve, compare, export, search)
 
 
 class TorchexpGroup(click.Group):
@@ -82,3 +85,7 @@ def make_cli(
 @click.version_option(__version__, prog_name="torchexp")
 def main() -> None:
     """torchexp's own commands, for what needs no project."""
+
+
+main.add_command(compare)
+main.add_command(create)

@@ -1,0 +1,376 @@
+"""The comparison of experiments: one summary per experiment, the columns worth showing,
+and the table as text, JSON, CSV or Markdown (and a plot, through `torchexp.plots`).
+
+Only JSON files are read: no torch import, and matplotlib only for a plot.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import re
+from typing import Any, Callable
+
+from torchexp.config import fill_trainer_defaults
+from torchexp.errors import ConfigError, ExperimentError
+from torchexp.experiments import NOT_AN_EXPERIMENT, CORRUPT, Experiments, find_best, is_number, metric_mode
+from torchexp.storage import replace_non_finite
+
+MISSING = "-"  # a cell without a value, in text and Markdown
+MIN_TEXT_WIDTH = 8  # text columns are cut to no less than this to fit the terminal
+COLUMN_GAP = "  "
+SHORT_HEADER = 12  # headers up to this long stay on one line
+HIDDEN_TRAIN_METRICS = ("lr",)  # logged beside train metrics by torchexp; a setting, not a result
+
+
+@dataclasses.dataclass
+class Summary:
+    """What `compare` shows of one experiment (or of a folder that is not one)."""
+
+    name: str
+    state: str
+    problem: str | None = None  # why it is corrupt or not an experiment
+    epochs: int | None = None
+    max_epochs: int | None = None
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # every key, dotted
+    best: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # split -> metric -> {"value", "epoch"}
+    train: dict[str, float] = dataclasses.field(default_factory=dict)  # the last epoch's
+    test: dict | None = None  # {"epoch", "kind", "results"} of the latest test
+    history: list[dict] = dataclasses.field(default_factory=list)  # for plots; not in the JSON
+
+    def to_json(self, keys: list[str]) -> dict:
+        """The row of `compare --json`, with the config keys compared."""
+        return replace_non_finite(
+            {
+                "name": self.name,
+                "state": self.state,
+                "epochs": self.epochs,
+                "max_epochs": self.max_epochs,
+                "config": {key: self.config.get(key) for key in keys},
+                "best": self.best,
+                "train": self.train,
+                "test": self.test,
+                "problem": self.problem,
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A column of the table: its name as printed, its value and, for metrics, the epoch
+    the value comes from (shown as `0.0312 @9`, a column of its own in CSV)."""
+
+    name: str
+    value: Callable[[Summary], Any]
+    epoch: Callable[[Summary], Any] | None = None
+    numeric: bool = True
+    cuttable: bool = False  # may be cut with "…" to fit a terminal (names and config values)
+
+
+@dataclasses.dataclass
+class Table:
+    """Summaries in display order, the columns to show, and the config keys compared."""
+
+    summaries: list[Summary]
+    columns: list[Column]
+    keys: list[str]
+
+
+def summarize(experiments: Experiments, name: str) -> Summary:
+    """Read what `compare` shows of the experiment (or folder) `name`; never raises for a
+    broken experiment, which becomes a summary that says what is wrong."""
+    if name not in experiments:
+        return Summary(name, NOT_AN_EXPERIMENT, problem="the folder has no config.json")
+    view = experiments[name]
+    try:
+        config = view.config
+        max_epochs = view.max_epochs
+    except ExperimentError as error:
+        return Summary(name, CORRUPT, problem=str(error))
+    history = view.history
+    validation_names = list(dict.fromkeys(metric for entry in history for metric in entry["validation"]))
+    best = {}
+    for metric in validation_names:
+        series = [(entry["epoch"], entry["validation"][metric]) for entry in history if is_number(entry["validation"].get(metric))]
+        found = find_best(series, metric_mode(metric))
+        if found is not None:
+            best[metric] = {"value": found[1], "epoch": found[0]}
+    test = view.latest_test
+    if test is not None:
+        test["results"] = {key: value for key, value in test["results"].items() if is_number(value)}
+    return Summary(
+        name,
+        view.state,
+        epochs=view.epochs,
+        max_epochs=max_epochs,
+        config=flatten_config(fill_trainer_defaults(config)),
+        best={"validation": best} if best else {},
+        train=history[-1]["train"] if history else {},
+        test=test,
+        history=history,
+    )
+
+
+def build_table(experiments: Experiments, patterns: tuple[str, ...] = (), all_keys: bool = False) -> Table:
+    """Summarize the experiments that `patterns` select (all by default), and choose the
+    columns: the config keys that differ (all with `all_keys`), epochs, best validation
+    metrics, the last epoch's train metrics, the latest test metrics, and the state.
+
+    Raises:
+        ExperimentError: a pattern matches nothing, or there is nothing to compare.
+    """
+    names = experiments.select(patterns)
+    if not names:
+        raise ExperimentError(f"no experiments to compare in {experiments.path}")
+    summaries = [summarize(experiments, name) for name in names]
+    keys = list_config_keys(summaries, all_keys)
+    return Table(summaries, make_columns(summaries, keys), keys)
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"training": {"lr": 1.0}} -> {"training.lr": 1.0}; lists are values."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def list_config_keys(summaries: list[Summary], all_keys: bool) -> list[str]:
+    """The config keys to show, in config order: those whose values differ between the
+    experiments (a key some lack differs), or every key."""
+    configs = [summary.config for summary in summaries if summary.state not in (CORRUPT, NOT_AN_EXPERIMENT)]
+    keys = list(dict.fromkeys(key for config in configs for key in config))
+    if all_keys:
+        return keys
+    # JSON text compares 1 and 1.0 as different, as a config file would show them.
+    return [key for key in keys if len({json.dumps(config.get(key, MISSING), sort_keys=True) for config in configs}) > 1]
+
+
+def make_columns(summaries: list[Summary], keys: list[str]) -> list[Column]:
+    """Every column of the table, in order."""
+    columns = [Column("name", lambda s: s.name, numeric=False, cuttable=True)]
+    for key in keys:
+        numeric = all(is_number(s.config[key]) for s in summaries if s.config.get(key) is not None)
+        columns.append(Column(key, lambda s, key=key: s.config.get(key), numeric=numeric, cuttable=not numeric))
+    columns.append(Column("epochs", lambda s: s.epochs))
+    for metric in collect_names(s.best.get("validation", {}) for s in summaries):
+        columns.append(
+            Column(
+                f"best validation {metric}",
+                lambda s, m=metric: s.best.get("validation", {}).get(m, {}).get("value"),
+                lambda s, m=metric: s.best.get("validation", {}).get(m, {}).get("epoch"),
+            )
+        )
+    for metric in collect_names(s.train for s in summaries):
+        if metric not in HIDDEN_TRAIN_METRICS:
+            columns.append(Column(f"train {metric}", lambda s, m=metric: s.train.get(m)))
+    # Counts (ints, like the number of test samples) are not results worth a column.
+    test_metrics = collect_names({k: v for k, v in s.test["results"].items() if isinstance(v, float)} for s in summaries if s.test)
+    for metric in test_metrics:
+        columns.append(
+            Column(
+                f"test {metric}",
+                lambda s, m=metric: s.test["results"].get(m) if s.test else None,
+                lambda s, m=metric: s.test["epoch"] if s.test and m in s.test["results"] else None,
+            )
+        )
+    columns.append(Column("state", lambda s: s.state, numeric=False))
+    return columns
+
+
+def collect_names(dicts: Any) -> list[str]:
+    """The keys of several dicts, in order of first appearance."""
+    return list(dict.fromkeys(key for values in dicts for key in values))
+
+
+def sort_table(table: Table, column: str, descending: bool = False) -> None:
+    """Sort the table's rows by a column as printed (or any config key); rows without a
+    value come last either way.
+
+    Raises:
+        ConfigError: no such column; the message lists the columns.
+    """
+    by_name = {c.name: c.value for c in table.columns}
+    by_name.update({key: (lambda s, key=key: s.config.get(key)) for s in table.summaries for key in s.config if key not in by_name})
+    if column not in by_name:
+        listed = ", ".join(repr(c.name) for c in table.columns)
+        raise ConfigError(f"--sort-by {column!r} is not a column; the columns are {listed}")
+    value = by_name[column]
+    present = [s for s in table.summaries if value(s) is not None]
+    absent = [s for s in table.summaries if value(s) is None]
+    # Numbers before text, so that mixed columns still sort.
+    present.sort(key=lambda s: (0, value(s), "") if is_number(value(s)) else (1, 0, format_value(value(s))), reverse=descending)
+    table.summaries = present + absent
+
+
+def format_value(value: Any) -> str:
+    """A value as a cell shows it: numbers to 4 significant digits, text as it is, other
+    JSON values as JSON."""
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def format_cell(column: Column, summary: Summary) -> str:
+    """The text of one cell: the value, then `@epoch` for metrics that have one."""
+    text = format_value(column.value(summary))
+    epoch = column.epoch(summary) if column.epoch else None
+    return f"{text} @{epoch}" if epoch is not None and text != MISSING else text
+
+
+def format_json(table: Table) -> str:
+    """`compare --json`: an array of rows (the schema is in the README)."""
+    return json.dumps([summary.to_json(table.keys) for summary in table.summaries], indent=2, allow_nan=False)
+
+
+def format_csv(table: Table) -> str:
+    """`compare --csv`: one row per experiment, full-precision numbers, and a column
+    `<metric> epoch` after each metric that comes from an epoch."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = []
+    for column in table.columns:
+        header += [column.name, f"{column.name} epoch"] if column.epoch else [column.name]
+    writer.writerow(header)
+    for summary in table.summaries:
+        cells = []
+        for column in table.columns:
+            cells.append(csv_value(column.value(summary)))
+            if column.epoch:
+                cells.append(csv_value(column.epoch(summary)))
+        writer.writerow(cells)
+    return out.getvalue()
+
+
+def csv_value(value: Any) -> str:
+    """A CSV cell: empty for a missing value, repr for numbers, JSON for lists and booleans."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if is_number(value):
+        return repr(value)
+    return json.dumps(value)
+
+
+def format_markdown(table: Table) -> str:
+    """`compare --md`: a GitHub table, numbers aligned right."""
+    lines = [
+        "| " + " | ".join(escape_markdown(c.name) for c in table.columns) + " |",
+        "|" + "|".join("---:" if c.numeric else "---" for c in table.columns) + "|",
+    ]
+    for summary in table.summaries:
+        lines.append("| " + " | ".join(escape_markdown(format_cell(c, summary)) for c in table.columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def escape_markdown(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def format_text(table: Table, width: int | None = None) -> str:
+    """The aligned table for a terminal, `dvc exp show` style: headers wrapped over a few
+    lines at spaces and dots, names and text config values cut with "…" until the table
+    fits `width` (None: no limit), and a note under it for each folder that is broken.
+    """
+    cells = [[format_cell(c, s) for s in table.summaries] for c in table.columns]
+    widths = [max(map(len, column_cells), default=0) for column_cells in cells]
+    widths = [max(w, header_width(c.name)) for c, w in zip(table.columns, widths)]
+    if width is not None:
+        fit_widths(widths, [c.cuttable for c in table.columns], width)
+    headers = [wrap_header(c.name, w) for c, w in zip(table.columns, widths)]
+    height = max(map(len, headers))
+    lines = []
+    for line in range(height):
+        # Headers sit on the bottom lines, next to the rule.
+        parts = [(h[line - height + len(h)] if line >= height - len(h) else "") for h in headers]
+        lines.append(join_cells(parts, widths, table.columns))
+    lines.append(COLUMN_GAP.join("─" * w for w in widths))
+    for row in range(len(table.summaries)):
+        lines.append(join_cells([cut(column_cells[row], w) for column_cells, w in zip(cells, widths)], widths, table.columns))
+    notes = [f"{s.name}: {s.problem}" for s in table.summaries if s.problem]
+    return "\n".join([line.rstrip() for line in lines] + notes) + "\n"
+
+
+def join_cells(parts: list[str], widths: list[int], columns: list[Column]) -> str:
+    return COLUMN_GAP.join(part.rjust(w) if c.numeric else part.ljust(w) for part, w, c in zip(parts, widths, columns))
+
+
+def header_width(name: str) -> int:
+    """The least width of a header's column: the header itself when short, else its
+    longest piece, so that long headers wrap rather than widen their column."""
+    if len(name) <= SHORT_HEADER:
+        return len(name)
+    return max(len(piece.rstrip()) for piece in split_header(name))
+
+
+def split_header(name: str) -> list[str]:
+    """A header's pieces, each ending at a space or after a dot: where it may wrap."""
+    return re.findall(r"[^ .]*(?:\.| |$)", name)[:-1] or [name]
+
+
+def wrap_header(name: str, width: int) -> list[str]:
+    """A header over as few lines as fit `width`, broken only at spaces and after dots."""
+    lines = [""]
+    for piece in split_header(name):
+        if lines[-1] and len((lines[-1] + piece).rstrip()) > width:
+            lines.append("")
+        lines[-1] += piece
+    return [cut(line.rstrip(), width) for line in lines]
+
+
+def fit_widths(widths: list[int], cuttable: list[bool], limit: int) -> None:
+    """Narrow the widest cuttable columns, one character at a time, until the table fits
+    `limit` or each is down to MIN_TEXT_WIDTH."""
+    while sum(widths) + len(COLUMN_GAP) * (len(widths) - 1) > limit:
+        candidates = [i for i, w in enumerate(widths) if cuttable[i] and w > MIN_TEXT_WIDTH]
+        if not candidates:
+            return
+        widest = max(candidates, key=lambda i: widths[i])
+        widths[widest] -= 1
+
+
+def cut(text: str, width: int) -> str:
+    """`text`, cut to `width` characters with "…" when longer."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def plot_table(table: Table, split: str, path: str) -> None:
+    """Write the compared experiments' `split` metrics per epoch to `path` (PNG or SVG),
+    each line labelled by its experiment's name and the config keys that differ.
+
+    Raises:
+        ConfigError: `path` is not .png or .svg.
+        ExperimentError: no compared experiment has `split` metrics yet.
+        StorageError: the file cannot be written.
+    """
+    from torchexp import plots
+
+    plots.check_plot_path(path)
+    differing = list_config_keys(table.summaries, all_keys=False)
+    curves = []
+    for summary in table.summaries:
+        series: dict[str, list[tuple[int, float]]] = {}
+        for entry in summary.history:
+            for metric, value in entry[split].items():
+                if is_number(value):
+                    series.setdefault(metric, []).append((entry["epoch"], value))
+        if series:
+            curves.append((label_summary(summary, differing), series))
+    metrics = [metric for metric in collect_names(series for _, series in curves) if metric not in HIDDEN_TRAIN_METRICS]
+    if not metrics:
+        raise ExperimentError(f"nothing to plot: none of the compared experiments has {split} metrics yet")
+    plots.save_figure(plots.comparison_figure(curves, metrics, split), path)
+
+
+def label_summary(summary: Summary, keys: list[str]) -> str:
+    """`name (training.lr=0.01, model.name=cnn)`: the experiment and what sets it apart."""
+    settings = ", ".join(f"{key}={format_value(summary.config.get(key))}" for key in keys)
+    return f"{summary.name} ({settings})" if settings else summary.name

@@ -1,0 +1,509 @@
+"""Experiments as data: a read-only view of an experiments folder, from Python.
+
+```python
+import torchexp
+
+experiments = torchexp.Experiments("experiments")
+e = experiments["mnist"]                  # an ExperimentView
+e.config, e.seed, e.versions              # config.json
+e.history                                 # per-epoch train and validation metrics
+e.results                                 # test results by (epoch, kind)
+e.checkpoints                             # checkpoints with their records
+e.best("validation", "loss")              # (epoch, value)
+model = e.load_model()                    # the project's torch.nn.Module, in eval mode
+```
+
+Everything but `load_model` reads JSON alone: no torch import, and nothing is ever written
+into an experiment, not even its `.lock`. Each attribute reads the files afresh, so a view
+of an experiment that is training shows its latest epochs.
+
+A search study is a folder holding `study.json` and one experiment per trial; its trials
+are named `STUDY/trial-0003`.
+"""
+
+import dataclasses
+import difflib
+import fcntl
+import fnmatch
+import json
+import os
+import re
+from typing import Any, Iterator
+
+from torchexp import checkpoints
+from torchexp.config import fill_trainer_defaults
+from torchexp.errors import CheckpointError, ExperimentError, TorchexpError
+from torchexp.experiment import NAME_PATTERN, Experiment
+from torchexp.storage import read_json
+
+STUDY_FILE = "study.json"
+RESULTS_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.(?P<kind>standard|release)\.test\.json")
+
+# States of an experiment, as `ExperimentView.state` and `compare` show them.
+FINISHED = "finished"  # the planned trainer.max_epochs are done
+STOPPED_EARLY = "stopped early"  # early stopping, or an epoch observer (a search's pruner) ended it
+INTERRUPTED = "interrupted"  # an interrupt checkpoint, or fewer epochs than planned and nobody training
+RUNNING = "running"  # a process holds the experiment's lock now
+NOT_STARTED = "not started"  # no checkpoint yet
+CORRUPT = "corrupt"  # config.json cannot be read
+NOT_AN_EXPERIMENT = "not an experiment"  # a folder without config.json
+
+# The runner writes why training ended only in verbose.log, in these words (Runner.train
+# and Runner.run_epochs); a stop by signal reads "training stopped by SIGINT" and is no match.
+STOP_PATTERN = re.compile(r"(?:early stopping|training stopped(?: early)?) after epoch (\d+)")
+LOG_TAIL_BYTES = 64 * 1024  # the end of verbose.log holds the last run's closing lines
+
+# Metrics named like these are better when higher; every other one when lower.
+HIGHER_IS_BETTER = ("acc", "f1", "precision", "recall", "auc", "score", "iou", "dice")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint file of an experiment and its JSON record (None when it has none).
+
+    `verified` hashes the file against its record, so it is computed only when asked.
+    """
+
+    epoch: int
+    kind: str
+    path: str
+    record: dict | None
+
+    @property
+    def metrics(self) -> dict:
+        """{"train": {...}, "validation": {...}} of the epoch, as the record holds them."""
+        return (self.record or {}).get("metrics") or {}
+
+    def check(self) -> str | None:
+        """Return why the checkpoint does not verify, or None when it does."""
+        try:
+            checkpoints.verify_checkpoint(checkpoints.CheckpointInfo(self.epoch, self.kind, self.path, self.record))
+        except CheckpointError as error:
+            return str(error)
+        return None
+
+    @property
+    def verified(self) -> bool:
+        """Whether the file matches its record's size and SHA-256."""
+        return self.check() is None
+
+
+class ExperimentView:
+    """One experiment, read-only: what `Experiments[name]` returns.
+
+    Args:
+        experiment: the experiment's folder.
+        name: how the experiments folder names it (`STUDY/trial-0003` for a trial);
+            default: the folder's name.
+    """
+
+    def __init__(self, experiment: Experiment, name: str | None = None):
+        self.experiment = experiment
+        self.name = name or experiment.name
+        self.path = experiment.path
+
+    def __repr__(self) -> str:
+        return f"ExperimentView({self.name!r})"
+
+    @property
+    def record(self) -> dict:
+        """config.json: {"seed", "versions", "classes", "config"}.
+
+        Raises:
+            ExperimentError: config.json is missing, unreadable or not an experiment's record.
+        """
+        record = self.experiment.read_record()
+        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+            raise ExperimentError(f"config of experiment {self.name!r} ({self.experiment.config_path}) has no \"config\" object")
+        return record
+
+    @property
+    def config(self) -> dict:
+        """The validated configuration the experiment was created with."""
+        return self.record["config"]
+
+    @property
+    def seed(self) -> int | None:
+        return self.record.get("seed")
+
+    @property
+    def versions(self) -> dict:
+        """Versions of torchexp, Python, torch... recorded at init."""
+        return self.record.get("versions") or {}
+
+    @property
+    def classes(self) -> dict:
+        """The project's {"data": "module:Class", "runner": "module:Class"}; empty for an
+        experiment created before torchexp recorded them."""
+        return self.record.get("classes") or {}
+
+    @property
+    def max_epochs(self) -> int:
+        """The epochs `train` trains to: the config's trainer.max_epochs.
+
+        Raises:
+            ExperimentError: config.json is unreadable, or its trainer section is not valid.
+        """
+        trainer = fill_trainer_defaults(self.config).get("trainer")
+        value = trainer.get("max_epochs") if isinstance(trainer, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ExperimentError(f"config of experiment {self.name!r} has no valid trainer.max_epochs: {value!r}")
+        return value
+
+    @property
+    def history(self) -> list[dict]:
+        """Per-epoch metrics, oldest first: `{"epoch", "train", "validation", "seconds"}`.
+
+        Read from metrics.jsonl rather than the checkpoint records: it holds every epoch in
+        one file, with the learning rate and duration, and stays whole when old checkpoints
+        are deleted to save space. A resumed run has already removed the lines a killed
+        run logged again; should an epoch appear twice all the same, its last line wins.
+        """
+        epochs: dict[int, dict] = {}
+        for entry in read_metric_lines(self.experiment.metrics_path):
+            if entry.get("kind") not in ("train", "validation") or not isinstance(entry.get("epoch"), int):
+                continue
+            epoch = epochs.setdefault(entry["epoch"], {"epoch": entry["epoch"], "train": {}, "validation": {}, "seconds": None})
+            epoch[entry["kind"]] = entry.get("metrics") or {}
+            if entry["kind"] == "train":
+                epoch["seconds"] = entry.get("seconds")
+        return [epochs[epoch] for epoch in sorted(epochs)]
+
+    @property
+    def results(self) -> dict[tuple[int, str], dict]:
+        """Test results by (epoch, kind), kind "standard" or "release", oldest first: what
+        `test` returned (accuracy, loss...). Unreadable result files are left out."""
+        return {key: report["results"] for key, report in self.read_reports()}
+
+    @property
+    def latest_test(self) -> dict | None:
+        """The latest test report, `{"epoch", "kind", "results"}`: highest epoch, then most
+        recently written; None when the experiment was never tested."""
+        reports = [(key, os.path.getmtime(path), report) for key, report, path in self.read_reports(with_paths=True)]
+        if not reports:
+            return None
+        (epoch, kind), _, report = max(reports, key=lambda found: (found[0][0], found[1]))
+        return {"epoch": epoch, "kind": kind, "results": report["results"]}
+
+    def read_reports(self, with_paths: bool = False) -> list[tuple]:
+        """Return ((epoch, kind), report[, path]) of every readable results file, oldest first."""
+        folder = self.experiment.results_path
+        found = []
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            match = RESULTS_PATTERN.fullmatch(name)
+            if match is None:
+                continue
+            path = os.path.join(folder, name)
+            try:
+                report = read_json(path, "test results")
+            except TorchexpError:
+                continue
+            if isinstance(report, dict) and isinstance(report.get("results"), dict):
+                key = (int(match["epoch"]), match["kind"])
+                found.append((key, report, path) if with_paths else (key, report))
+        return sorted(found, key=lambda item: (item[0][0], checkpoints.KINDS.index(item[0][1])))
+
+    @property
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every checkpoint (standard, release, interrupt) with its record, oldest first."""
+        return [
+            StoredCheckpoint(info.epoch, info.kind, info.path, info.record)
+            for info in checkpoints.list_checkpoints(self.experiment.checkpoints_path)
+        ]
+
+    @property
+    def epochs(self) -> int:
+        """Epochs done: the furthest standard checkpoint, where `train` would resume.
+
+        Only file names are read, so this stays cheap over many experiments.
+        """
+        return max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0]))
+
+    @property
+    def running(self) -> bool:
+        """Whether a process holds the experiment's lock now (it is training)."""
+        return is_locked(self.experiment.lock_path)
+
+    @property
+    def state(self) -> str:
+        """One of finished, stopped early, interrupted, running, not started, corrupt."""
+        try:
+            max_epochs = self.max_epochs
+        except ExperimentError:
+            return CORRUPT
+        if self.running:
+            return RUNNING
+        found = scan_checkpoint_names(self.experiment.checkpoints_path)
+        if found.get("interrupt"):
+            return INTERRUPTED
+        done = max(found.get("standard", [0]))
+        if done == 0:
+            return NOT_STARTED
+        if done >= max_epochs:
+            return FINISHED
+        if read_stop_epoch(self.experiment.log_path) == done:
+            return STOPPED_EARLY
+        return INTERRUPTED
+
+    def series(self, split: str, metric: str) -> list[tuple[int, float]]:
+        """(epoch, value) of one metric over the epochs, e.g. `series("validation", "loss")`;
+        epochs where it is missing or was not finite are left out."""
+        check_split(split)
+        return [
+            (entry["epoch"], entry[split][metric])
+            for entry in self.history
+            if is_number(entry[split].get(metric))
+        ]
+
+    def best(self, split: str = "validation", metric: str = "loss", mode: str | None = None) -> tuple[int, float]:
+        """Return (epoch, value) of the best epoch by one metric.
+
+        Args:
+            split: "validation" or "train".
+            metric: a metric the project logs, e.g. "loss" or "accuracy".
+            mode: "min" or "max"; default: "max" for accuracy-like names (accuracy, f1,
+                precision, recall, auc, score...), "min" for the rest.
+
+        Raises:
+            ExperimentError: the experiment has no such metric; the message lists those it has.
+        """
+        found = find_best(self.series(split, metric), mode or metric_mode(metric))
+        if found is None:
+            names = sorted({name for entry in self.history for name in entry[split]})
+            if not names:
+                raise ExperimentError(f"experiment {self.name!r} has no {split} metrics yet: train it first")
+            raise ExperimentError(f"experiment {self.name!r} has no {split} metric {metric!r} (its {split} metrics: {', '.join(names)})")
+        return found
+
+    def load_model(self, epoch: int | str | None = None, device: str = "cpu", runner_class: Any = None, data_class: Any = None) -> Any:
+        """Return the project's model with the weights of a checkpoint, in eval mode.
+
+        The model is built by the project's own `Runner.init_model`, from the classes
+        `init` recorded, and filled through the verified `weights_only=True` load that
+        `test` uses. The caller's random generators are left as they were.
+
+        Args:
+            epoch: N for epoch N, "release" for the latest release, None for the latest.
+            device: "cpu", "cuda", "cuda:N" or "auto".
+            runner_class: the project's Runner class (or "module:Class"), needed only by
+                experiments created before torchexp recorded it.
+            data_class: likewise for Data, for runners whose init_model reads it.
+
+        Raises:
+            CheckpointError: no such checkpoint, or it is corrupt or does not fit.
+            ExperimentError: the project's classes are unknown or cannot be imported.
+        """
+        from torchexp.inference import load_inference_runner
+
+        return load_inference_runner(self.experiment, epoch, device, runner_class, data_class).model
+
+
+class Experiments:
+    """The experiments of a folder, read-only: iterable, `len()`, `in`, and `[name]`.
+
+    Only folders holding config.json are experiments; a folder holding study.json is a
+    search study, whose trials are experiments named `STUDY/trial-0003`. Hidden folders
+    and names `init` cannot create (spaces, a leading `_`) are not listed.
+
+    Args:
+        path: the experiments folder.
+
+    Raises:
+        ExperimentError: `path` is not a folder.
+    """
+
+    def __init__(self, path: str = "experiments"):
+        if not os.path.isdir(path):
+            what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
+            raise ExperimentError(f"experiments folder {path} {what}")
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Experiments({self.path!r})"
+
+    def names(self) -> list[str]:
+        """Names of the experiments, sorted; a study's trials as `STUDY/trial-0003`."""
+        return [name for name, is_experiment in scan_folders(self.path) if is_experiment]
+
+    def other_folders(self) -> list[str]:
+        """Names of the folders that are neither experiments nor studies."""
+        return [name for name, is_experiment in scan_folders(self.path) if not is_experiment]
+
+    def __iter__(self) -> Iterator[ExperimentView]:
+        return (self.view(name) for name in self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.locate(name)
+        except ExperimentError:
+            return False
+        return True
+
+    def __getitem__(self, name: str) -> ExperimentView:
+        """Return the experiment `name`.
+
+        Raises:
+            ExperimentError: there is no such experiment; the message names it.
+        """
+        return self.view(name)
+
+    def view(self, name: str) -> ExperimentView:
+        """Return the experiment `name` (`STUDY/trial-0003` for a trial).
+
+        Raises:
+            ExperimentError: there is no such experiment; the message names it, and the
+                closest names when there are some.
+        """
+        try:
+            experiment = self.locate(name)
+        except ExperimentError:
+            close = difflib.get_close_matches(str(name), self.names(), n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise ExperimentError(f"experiment {name!r} does not exist in {self.path}{hint}") from None
+        return ExperimentView(experiment, name)
+
+    def locate(self, name: object) -> Experiment:
+        """Return the Experiment of a name, which must hold config.json."""
+        parts = name.split("/") if isinstance(name, str) else []
+        if len(parts) == 2 and os.path.isfile(os.path.join(self.path, parts[0], STUDY_FILE)):
+            experiment = Experiment(os.path.join(self.path, parts[0]), parts[1])
+        elif len(parts) == 1:
+            experiment = Experiment(self.path, parts[0])
+        else:
+            raise ExperimentError(f"experiment {name!r} does not exist in {self.path}")
+        experiment.check_exists()
+        return experiment
+
+    def select(self, patterns: tuple[str, ...] | list[str] = ()) -> list[str]:
+        """Return the names, experiments or other folders, that shell-style patterns match
+        (`lr-*`, `STUDY/*`; a study's name selects its trials), in the order of the patterns;
+        every name when there are none.
+
+        Raises:
+            ExperimentError: a pattern matches nothing; the message names it.
+        """
+        every = [name for name, _ in scan_folders(self.path)]
+        if not patterns:
+            return every
+        chosen: dict[str, None] = {}
+        for pattern in patterns:
+            matched = [name for name in every if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + "/*")]
+            if not matched:
+                what = "no experiment matches" if any(char in pattern for char in "*?[") else "there is no experiment"
+                raise ExperimentError(f"{what} {pattern!r} in {self.path}")
+            chosen.update(dict.fromkeys(matched))
+        return list(chosen)
+
+
+def scan_folders(path: str) -> list[tuple[str, bool]]:
+    """Return (name, is an experiment) of every folder an experiments folder lists,
+    sorted by name, with the trials of studies in place of the studies."""
+    found = []
+    for name in list_folder_names(path):
+        folder = os.path.join(path, name)
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            found.append((name, True))
+        elif os.path.isfile(os.path.join(folder, STUDY_FILE)):
+            found += [(f"{name}/{trial}", os.path.isfile(os.path.join(folder, trial, "config.json"))) for trial in list_folder_names(folder)]
+        else:
+            found.append((name, False))
+    return found
+
+
+def list_folder_names(path: str) -> list[str]:
+    """Sorted names of the sub-folders of `path` that could be experiments."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return []
+    return sorted(entry.name for entry in entries if entry.is_dir() and NAME_PATTERN.fullmatch(entry.name))
+
+
+def scan_checkpoint_names(folder: str) -> dict[str, list[int]]:
+    """Epochs of the checkpoints in `folder` by kind, from the file names alone."""
+    found: dict[str, list[int]] = {}
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        parsed = checkpoints.parse_filename(name)
+        if parsed is not None:
+            found.setdefault(parsed[1], []).append(parsed[0])
+    return found
+
+
+def read_metric_lines(path: str) -> Iterator[dict]:
+    """The JSON lines of metrics.jsonl, skipping iteration lines unparsed and torn lines."""
+    try:
+        file = open(path, encoding="utf-8")
+    except OSError:
+        return
+    with file:
+        for line in file:
+            # Iteration lines are most of the file; Tracker writes "kind" first.
+            if line.startswith('{"kind": "iteration"'):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                yield entry
+
+
+def read_stop_epoch(log_path: str) -> int | None:
+    """The epoch after which verbose.log last says training stopped early, if it does."""
+    try:
+        with open(log_path, "rb") as file:
+            file.seek(max(0, os.path.getsize(log_path) - LOG_TAIL_BYTES))
+            tail = file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    matches = STOP_PATTERN.findall(tail)
+    return int(matches[-1]) if matches else None
+
+
+def is_locked(lock_path: str) -> bool:
+    """Whether a process holds the flock on an experiment's `.lock`.
+
+    The file is opened read-only and never created. A shared lock is tried and released
+    at once: it fails only while a trainer holds its exclusive lock. (A `train` starting
+    in those microseconds would be refused as "in use", and can simply be run again.)
+    """
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def check_split(split: str) -> None:
+    if split not in ("train", "validation"):
+        raise ExperimentError(f"split {split!r} is not valid: use 'train' or 'validation'")
+
+
+def is_number(value: Any) -> bool:
+    """Whether `value` is a number (not a bool, not null: a non-finite value became null)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metric_mode(metric: str) -> str:
+    """"max" for accuracy-like metric names, "min" for the rest (losses, errors)."""
+    return "max" if any(word in metric.lower() for word in HIGHER_IS_BETTER) else "min"
+
+
+def find_best(series: list[tuple[int, float]], mode: str) -> tuple[int, float] | None:
+    """The (epoch, value) with the lowest ("min") or highest ("max") value; the earliest on
+    a tie; None for an empty series."""
+    if mode not in ("min", "max"):
+        raise ExperimentError(f"mode {mode!r} is not valid: use 'min' or 'max'")
+    if not series:
+        return None
+    sign = 1 if mode == "min" else -1
+    return min(series, key=lambda item: (sign * item[1], item[0]))
