@@ -5,7 +5,10 @@ setup(
     version="0.1.0",
     description="Experiments for PyTorch: validated configs, exact-resume checkpoints, releases, TensorBoard",
     packages=find_packages(include=["torchexp", "torchexp.*", "mnist_classifier", "mnist_classifier.*"]),
-    package_data={"torchexp.serving": ["static/*"]},  # serve's drawing page
+    package_data={
+        "torchexp": ["templates/project/*.tmpl", "templates/project/*/*.tmpl"],  # torchexp create's templates
+        "torchexp.serving": ["static/*"],  # serve's drawing page
+    },
     python_requires=">=3.10",
     install_requires=[
         "torch",

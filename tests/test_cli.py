@@ -276,7 +276,9 @@ def test_help_of_every_command_shows_the_defaults():
     assert result.exit_code == 0
     output = " ".join(result.output.split())  # help wraps lines
     assert "[default: experiments]" in output and "[default: data]" in output
-    assert set(cli.commands) == {"init", "info", "train", "test", "create_release", "tensorboard"}
+    assert set(cli.commands) == {
+        "init", "info", "train", "test", "create_release", "tensorboard", "serve", "compare", "export", "search"
+    }
     for name, command in cli.commands.items():
         result = CliRunner().invoke(cli, [name, "--help"])
         assert result.exit_code == 0, result.output

@@ -168,6 +168,8 @@ def test_load_schema_adds_the_trainer_section(tmp_path):
         "grad_clip_norm": None,
         "keep_freed_memory": True,
         "early_stopping_patience": None,
+        "max_epochs": 10,
+        "deterministic": False,
     }
 
 
@@ -176,7 +178,7 @@ def test_trainer_section_is_validated(tmp_path):
     conf = fill_defaults({"trainer": {"precision": "fp8", "grad_accumulation": 0}}, schema)
     with pytest.raises(ConfigError) as caught:
         validate_config(conf, schema)
-    assert "trainer.precision: 'fp8' is not one of ['fp32', 'bf16', 'fp16']" in str(caught.value)
+    assert "trainer.precision: 'fp8' is not one of ['fp32', 'auto', 'bf16', 'fp16']" in str(caught.value)
     assert "trainer.grad_accumulation: 0 is less than the minimum of 1" in str(caught.value)
 
 

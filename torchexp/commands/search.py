@@ -11,8 +11,8 @@ from torchexp.errors import ConfigError
 
 
 @click.command()
-@click.option("--space", "space_path", help="Search space file (JSON): the config keys to search and their distributions.")
-@click.option("--trials", type=click.IntRange(min=1), help="Trials the study is to have in all, counting earlier runs' (capped by a grid's size).")
+@click.option("--space", "space_path", help="Search space file (JSON): the config keys to search and their distributions.  [default: none; required to search]")
+@click.option("--trials", type=click.IntRange(min=1), help="Trials the study is to have in all, counting earlier runs' (capped by a grid's size).  [default: none; required to search]")
 @click.option("--max-epochs", type=click.IntRange(min=1), help="Epochs a trial trains at most.  [default: the space's trainer.max_epochs]")
 @click.option("--timeout", type=click.FloatRange(min=0), help="Seconds after which no new work starts; the trial in progress finishes.  [default: none]")
 @click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default="tpe", show_default=True, help="How parameters are drawn; grid takes choices and int ranges.")

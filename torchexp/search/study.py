@@ -17,6 +17,8 @@ import datetime
 import os
 from typing import Any
 
+import optuna
+
 from torchexp.errors import ConfigError, ExperimentError
 from torchexp.experiment import Experiment, validate_name
 from torchexp.search.asha import make_rungs
@@ -204,12 +206,19 @@ def derive_seed(seed: int, count: int) -> int:
     return (seed * 1_000_003 + count) % 2**32
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, except that telling the grid's last trial does not call
+    `study.stop()`, which only works inside `optimize()`: the search caps --trials at the
+    grid's size instead."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        pass
+
+
 def make_sampler(settings: SearchSettings, space: Any, count: int) -> Any:
     """The Optuna sampler that draws trial number `count`."""
-    import optuna
-
     if settings.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=settings.seed)
+        return GridSampler(space.grid(), seed=settings.seed)
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=derive_seed(settings.seed, count))
     return optuna.samplers.TPESampler(seed=derive_seed(settings.seed, count))
@@ -217,8 +226,6 @@ def make_sampler(settings: SearchSettings, space: Any, count: int) -> Any:
 
 def make_pruner(settings: SearchSettings) -> Any:
     """Optuna's MedianPruner for "median"; ASHA is the scheduler's, so Optuna's pruner stays idle."""
-    import optuna
-
     if settings.pruner == "median":
         # Steps are epochs from 1: a trial may be stopped from epoch min_epochs on.
         return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=settings.min_epochs)
@@ -231,8 +238,6 @@ def load_study(storage: Any, settings: SearchSettings, space: Any) -> Any:
     Raises:
         ConfigError: the storage holds a study of that name with the other direction.
     """
-    import optuna
-
     study = optuna.create_study(
         storage=storage,
         study_name=settings.name,

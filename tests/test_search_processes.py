@@ -1,0 +1,128 @@
+"""A search as processes: killed or stopped mid-trial, the same command continues the study
+and resumes the trial from its checkpoint; --dashboard serves the study until Ctrl-C."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from click.testing import CliRunner
+
+import search_project
+from search_project import search_args, write_space
+
+SCRIPT = os.path.abspath(search_project.__file__)
+MOMENTA = {"training.momentum": {"choice": [0.1, 0.3]}}
+OPTIONS = ("--trials", "2", "--max-epochs", "3", "--sampler", "grid", "--pruner", "none")
+
+
+def base_args(tmp_path, data_path) -> list[str]:
+    return ["--experiments-path", str(tmp_path / "experiments"), "--data-path", data_path, "--experiment-name", "study"]
+
+
+def start(tmp_path, data_path, *args: str, epoch_seconds: float = 0) -> subprocess.Popen:
+    """The search test project's command line in a process of its own."""
+    env = {**os.environ, "SEARCH_TEST_EPOCH_SECONDS": str(epoch_seconds), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, SCRIPT, *base_args(tmp_path, data_path), *args]
+    # A test run in the background inherits an ignored SIGINT; a user's terminal does not.
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    )
+
+
+def wait_for(path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until `path` exists; fail if the process ends first or it takes too long."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if process.poll() is not None:
+            pytest.fail(f"the search ended before {path} appeared:\n{process.stdout.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} did not appear in {timeout} s")
+        time.sleep(0.02)
+
+
+def load_trials(tmp_path):
+    import optuna
+
+    from torchexp.search.storage import open_journal
+
+    return optuna.load_study(study_name="study", storage=open_journal(str(tmp_path / "experiments" / "study"))).trials
+
+
+def trial_log(tmp_path, number: int) -> str:
+    return (tmp_path / "experiments" / "study" / f"trial-{number:04d}" / "verbose.log").read_text()
+
+
+def rerun(tmp_path, data_path, space: str):
+    """The same search command again, in this process."""
+    return CliRunner().invoke(search_project.cli, [*base_args(tmp_path, data_path), *search_args(space, *OPTIONS)], catch_exceptions=False)
+
+
+def test_sigkill_mid_trial_then_the_same_command_resumes_that_trial_from_its_checkpoint(tmp_path, data_path):
+    space = write_space(str(tmp_path), MOMENTA)
+    process = start(tmp_path, data_path, *search_args(space, *OPTIONS), epoch_seconds=5)
+    wait_for(tmp_path / "experiments" / "study" / "trial-0000" / "checkpoints" / "1.checkpoint.pt.json", process)
+    process.kill()
+    process.wait(timeout=30)
+    assert [trial.state.name for trial in load_trials(tmp_path)] == ["RUNNING"]
+    result = rerun(tmp_path, data_path, space)
+    assert result.exit_code == 0, result.output
+    assert "trial 0 (resume)" in result.output
+    trials = load_trials(tmp_path)
+    assert [trial.state.name for trial in trials] == ["COMPLETE", "COMPLETE"]
+    assert sorted(trials[0].intermediate_values) == [1, 2, 3]
+    log = trial_log(tmp_path, 0)
+    assert log.count("training from scratch") == 1
+    assert log.count("resumed from 1.checkpoint.pt: 1 epochs done") == 1
+    assert trial_log(tmp_path, 1).count("training from scratch") == 1
+
+
+def test_ctrl_c_mid_trial_saves_it_and_the_same_command_resumes_it(tmp_path, data_path):
+    space = write_space(str(tmp_path), MOMENTA)
+    process = start(tmp_path, data_path, *search_args(space, *OPTIONS), epoch_seconds=2)
+    wait_for(tmp_path / "experiments" / "study" / "trial-0000" / "checkpoints" / "1.checkpoint.pt.json", process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "Error: search stopped in trial 0: training stopped by SIGINT at epoch 2, iteration 1; saved 2.checkpoint.interrupt.pt" in output
+    assert "Traceback" not in output
+    result = rerun(tmp_path, data_path, space)
+    assert result.exit_code == 0, result.output
+    assert "resumed from 2.checkpoint.interrupt.pt" in trial_log(tmp_path, 0)
+    assert [trial.state.name for trial in load_trials(tmp_path)] == ["COMPLETE", "COMPLETE"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_dashboard_serves_the_study_on_loopback_until_ctrl_c(tmp_path, data_path):
+    space = write_space(str(tmp_path), MOMENTA)
+    result = rerun(tmp_path, data_path, space)
+    assert result.exit_code == 0, result.output
+    port = free_port()
+    process = start(tmp_path, data_path, "search", "--dashboard", "--port", str(port))
+    try:
+        studies = None
+        deadline = time.monotonic() + 60
+        while studies is None and time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    studies = json.load(response)["study_summaries"]
+            except OSError:
+                time.sleep(0.2)
+        assert studies is not None, "the dashboard did not answer"
+        assert [(study["study_name"], study["directions"]) for study in studies] == [("study", ["minimize"])]
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert f"optuna-dashboard at http://127.0.0.1:{port}/ (Ctrl-C to stop)" in output
+    assert process.returncode == 0, output

@@ -1,0 +1,224 @@
+"""Every trial is an ordinary experiment; a study continues across runs; trials that fail,
+prune or finish are recorded so; the table and the best trial's command lines."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+import search_project
+from conftest import CONFIG, snapshot
+from mnist_classifier.__main__ import cli as mnist_cli
+from search_project import FAIL_NAN, FAIL_RAISE, search_args, write_space
+
+MOMENTA = {"training.momentum": {"choice": [0.1, 0.3, 0.5]}}
+
+
+@pytest.fixture
+def run(tmp_path, data_path):
+    """Run a command line (the search test project's by default) on tmp_path's experiments."""
+
+    def invoke(*args: str, cli=search_project.cli, experiments: str | None = None, name: str = "study"):
+        base = ["--experiments-path", experiments or str(tmp_path / "experiments"), "--data-path", data_path, "--experiment-name", name]
+        return CliRunner().invoke(cli, [*base, *args], catch_exceptions=False)
+
+    return invoke
+
+
+def load_study(tmp_path, name: str = "study"):
+    import optuna
+
+    from torchexp.search.storage import open_journal
+
+    return optuna.load_study(study_name=name, storage=open_journal(str(tmp_path / "experiments" / name)))
+
+
+def read_log(tmp_path, trial: str) -> str:
+    with open(tmp_path / "experiments" / "study" / trial / "verbose.log", encoding="utf-8") as file:
+        return file.read()
+
+
+def test_every_trial_is_an_experiment_that_info_test_and_create_release_work_on(run, tmp_path):
+    space = write_space(str(tmp_path), {"training.lr": {"float": [0.0005, 0.005], "log": True}})
+    result = run(*search_args(space, "--trials", "2", "--max-epochs", "2", "--pruner", "none", "--sampler", "random"), cli=mnist_cli)
+    assert result.exit_code == 0, result.output
+    study = load_study(tmp_path)
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
+    best = study.best_trial
+    record = json.loads((tmp_path / "experiments" / "study" / f"trial-{best.number:04d}" / "config.json").read_text())
+    assert record["search"] == {"study": "study", "trial": best.number, "parameters": best.params}
+    assert record["config"]["training"]["lr"] == best.params["training.lr"]
+    assert record["config"]["trainer"]["max_epochs"] == 2
+    epoch = min(best.intermediate_values, key=best.intermediate_values.get)
+    address = f"--experiments-path {tmp_path / 'experiments' / 'study'} --experiment-name trial-{best.number:04d}"
+    assert f"{address} create_release --epoch {epoch}" in result.output
+    assert f"{address} test --epoch {epoch}" in result.output
+    trial = {"experiments": str(tmp_path / "experiments" / "study"), "name": f"trial-{best.number:04d}", "cli": mnist_cli}
+    assert "checkpoints: 2" in run("info", **trial).output
+    assert run("test", "--epoch", str(epoch), "--device", "cpu", **trial).exit_code == 0
+    assert run("create_release", "--epoch", str(epoch), **trial).exit_code == 0
+    assert os.path.isfile(tmp_path / "experiments" / "study" / trial["name"] / "checkpoints" / f"{epoch}.checkpoint.release.pt")
+
+
+def test_trials_counts_the_studys_total_across_runs(run, tmp_path):
+    space = write_space(str(tmp_path), MOMENTA)
+    assert run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--sampler", "random")).exit_code == 0
+    first = {name: read_log(tmp_path, name) for name in ("trial-0000", "trial-0001")}
+    result = run(*search_args(space, "--trials", "3", "--max-epochs", "1", "--sampler", "random"))
+    assert result.exit_code == 0, result.output
+    assert len(load_study(tmp_path).trials) == 3
+    assert {name: read_log(tmp_path, name) for name in first} == first
+    assert read_log(tmp_path, "trial-0002").count("training from scratch") == 1
+    again = run(*search_args(space, "--trials", "3", "--max-epochs", "1", "--sampler", "random"))
+    assert len(load_study(tmp_path).trials) == 3 and "trial 3" not in again.output
+
+
+def test_a_rerun_with_other_settings_is_refused_and_writes_nothing(run, tmp_path):
+    space = write_space(str(tmp_path), MOMENTA)
+    assert run(*search_args(space, "--trials", "1", "--max-epochs", "1")).exit_code == 0
+    before = snapshot(str(tmp_path))
+    result = run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--metric", "validation.accuracy"))
+    assert result.exit_code == 2
+    assert "Error: study 'study' was created with --metric validation.loss, not --metric validation.accuracy" in result.output
+    other = write_space(str(tmp_path), {"training.momentum": {"choice": [0.1, 0.2]}}, name="other.json")
+    before = snapshot(str(tmp_path))
+    result = run(*search_args(other, "--trials", "2", "--max-epochs", "1"))
+    assert result.exit_code == 2 and "was created with the search space of" in result.output
+    assert snapshot(str(tmp_path)) == before
+
+
+def test_a_trial_that_fails_or_diverges_is_failed_with_its_error_and_the_study_goes_on(run, tmp_path):
+    space = write_space(str(tmp_path), {"training.momentum": {"choice": [0.1, FAIL_NAN, FAIL_RAISE]}})
+    result = run(*search_args(space, "--trials", "3", "--max-epochs", "2", "--sampler", "grid", "--pruner", "none"))
+    assert result.exit_code == 0, result.output
+    states = {trial.params["training.momentum"]: (trial.state.name, trial.user_attrs.get("error")) for trial in load_study(tmp_path).trials}
+    assert states == {
+        0.1: ("COMPLETE", None),
+        FAIL_NAN: ("FAIL", "validation.loss is nan at epoch 1"),
+        FAIL_RAISE: ("FAIL", "RuntimeError: the model blew up"),
+    }
+    assert "failed: validation.loss is nan at epoch 1" in result.output
+    assert "failed: RuntimeError: the model blew up" in result.output
+    summary = next(line for line in result.output.splitlines() if line.startswith("study study: 3 trials ("))
+    assert "1 complete" in summary and "2 failed" in summary
+
+
+def test_median_pruning_stops_trials_worse_than_the_median(run, tmp_path):
+    space = write_space(str(tmp_path), {"training.momentum": {"choice": [0.1, 0.2, 0.3, 0.4, 0.5]}})
+    options = ("--trials", "5", "--max-epochs", "3", "--sampler", "grid", "--pruner", "median", "--startup-trials", "1")
+    assert run(*search_args(space, *options)).exit_code == 0
+    trials = load_study(tmp_path).trials
+    pruned = [trial for trial in trials if trial.state.name == "PRUNED"]
+    assert pruned, [(t.params, t.state) for t in trials]
+    for trial in pruned:
+        # Pruned at its first epoch, by a complete trial that started before it and was better.
+        assert list(trial.intermediate_values) == [1]
+        assert any(other.state.name == "COMPLETE" and other.number < trial.number and other.params["training.momentum"] < trial.params["training.momentum"] for other in trials)
+        assert "worse than the median of earlier trials" in trial.user_attrs["stopped"]
+    assert all(len(trial.intermediate_values) == 3 for trial in trials if trial.state.name == "COMPLETE")
+
+
+def test_asha_pauses_promotes_from_the_checkpoint_and_prunes_the_rest(run, tmp_path):
+    momenta = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    space = write_space(str(tmp_path), {"training.momentum": {"choice": momenta}})
+    options = ("--trials", "6", "--max-epochs", "3", "--sampler", "grid", "--pruner", "asha", "--reduction-factor", "3")
+    result = run(*search_args(space, *options))
+    assert result.exit_code == 0, result.output
+    trials = {trial.params["training.momentum"]: trial for trial in load_study(tmp_path).trials}
+    best = trials[0.1]
+    assert best.state.name == "COMPLETE" and sorted(best.intermediate_values) == [1, 2, 3]
+    log = read_log(tmp_path, f"trial-{best.number:04d}")
+    assert log.count("training from scratch") == 1 and "resumed from 1.checkpoint.pt: 1 epochs done" in log
+    for momentum in (0.4, 0.5, 0.6):
+        assert trials[momentum].state.name == "PRUNED" and list(trials[momentum].intermediate_values) == [1]
+        assert trials[momentum].user_attrs["stopped"] == "not promoted from rung 0"
+    complete = [trial for trial in trials.values() if trial.state.name == "COMPLETE"]
+    assert 2 <= len(complete) <= 3
+    assert f"best: trial {best.number}, validation.loss 0.4333 at epoch 3" in result.output
+    epochs = sum(len(trial.intermediate_values) for trial in trials.values())
+    assert epochs < 6 * 3
+    assert f"{epochs} epochs trained" in result.output
+
+
+def test_a_promoted_trial_is_bit_identical_to_one_trained_straight_through(run, tmp_path):
+    import torch
+
+    space = write_space(str(tmp_path), {"training.lr": {"choice": [0.001, 0.003]}}, {"data.augment": True})
+    options = ("--trials", "2", "--max-epochs", "2", "--sampler", "grid", "--pruner", "asha", "--reduction-factor", "2")
+    assert run(*search_args(space, *options), cli=mnist_cli).exit_code == 0
+    promoted = next(trial for trial in load_study(tmp_path).trials if trial.state.name == "COMPLETE")
+    folder = tmp_path / "experiments" / "study" / f"trial-{promoted.number:04d}"
+    assert "resumed from 1.checkpoint.pt" in (folder / "verbose.log").read_text()
+    record = json.loads((folder / "config.json").read_text())
+    (tmp_path / "straight.json").write_text(json.dumps(record["config"]))
+    init = ("init", "--config-path", str(tmp_path / "straight.json"), "--schema-path", search_project.SCHEMA, "--seed", str(record["seed"]))
+    assert run(*init, cli=mnist_cli, name="straight").exit_code == 0
+    assert run("train", "--device", "cpu", cli=mnist_cli, name="straight").exit_code == 0
+    searched = torch.load(folder / "checkpoints" / "2.checkpoint.pt", weights_only=True)
+    straight = torch.load(tmp_path / "experiments" / "straight" / "checkpoints" / "2.checkpoint.pt", weights_only=True)
+    assert_identical(searched, straight)
+
+
+def assert_identical(left, right, path="checkpoint"):
+    """Every tensor equal (torch.equal) and every other value equal, recursively."""
+    import torch
+
+    assert type(left) is type(right), path
+    if isinstance(left, torch.Tensor):
+        assert torch.equal(left, right), path
+    elif isinstance(left, dict):
+        assert left.keys() == right.keys(), path
+        for key in left:
+            assert_identical(left[key], right[key], f"{path}.{key}")
+    elif isinstance(left, (list, tuple)):
+        assert len(left) == len(right), path
+        for index, (a, b) in enumerate(zip(left, right)):
+            assert_identical(a, b, f"{path}[{index}]")
+    else:
+        assert left == right or (left != left and right != right), path
+
+
+def test_grid_over_the_architectures_runs_each_once(run, tmp_path):
+    space = os.path.join(search_project.REPO, "configs", "architectures.json")
+    fast = ("--set", "data.batch_size=16", "--set", "data.test_batch_size=20", "--set", "trainer.precision=fp32")
+    result = run(*search_args(space, "--sampler", "grid", "--trials", "10", "--max-epochs", "1", *fast), cli=mnist_cli)
+    assert result.exit_code == 0, result.output
+    trials = load_study(tmp_path).trials
+    assert sorted(trial.params["model.name"] for trial in trials) == ["cnn", "cnn_bn", "mlp"]
+    assert all(trial.state.name == "COMPLETE" for trial in trials)
+    assert "the grid has 3 points: --trials 10 is capped at 3" in result.output
+
+
+def test_status_prints_the_table_without_training(run, tmp_path):
+    space = write_space(str(tmp_path), MOMENTA)
+    assert run(*search_args(space, "--trials", "3", "--max-epochs", "1", "--sampler", "grid")).exit_code == 0
+    before = snapshot(str(tmp_path / "experiments"))
+    result = run("search", "--status")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("study study: 3 trials (3 complete), 3 epochs trained; minimize validation.loss")
+    assert lines[1].split() == ["trial", "parameters", "value", "state", "epochs"]
+    rows = {line.split()[1]: line.split() for line in lines[2:5]}
+    assert rows["training.momentum=0.1"][2:] == ["1.1", "complete", "1"]
+    assert lines[5].startswith("best: trial ") and "training.momentum=0.1" in lines[5]
+    assert snapshot(str(tmp_path / "experiments")) == before
+
+
+def test_a_missing_metric_stops_the_search_naming_those_that_exist(run, tmp_path):
+    space = write_space(str(tmp_path), MOMENTA)
+    result = CliRunner().invoke(
+        search_project.cli,
+        ["--experiments-path", str(tmp_path / "experiments"), "--data-path", str(tmp_path / "data"), "--experiment-name", "study",
+         *search_args(space, "--trials", "2", "--max-epochs", "1", "--metric", "validation.f1")],
+    )
+    assert result.exit_code == 2
+    assert "Error: metric validation.f1 is not among the metrics of epoch 1 (train.accuracy, train.loss, validation.accuracy, validation.loss)" in result.output
+
+
+def test_timeout_starts_nothing_once_passed(run, tmp_path):
+    space = write_space(str(tmp_path), MOMENTA)
+    result = run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--timeout", "0"))
+    assert result.exit_code == 0, result.output
+    assert "--timeout 0 s reached: starting nothing more" in result.output
+    assert load_study(tmp_path).trials == []

@@ -1,0 +1,35 @@
+"""The `export` command: a release as ONNX or safetensors."""
+
+import click
+
+from torchexp.app import App, pass_app
+from torchexp.export import DEFAULT_CHECK_SAMPLES, FORMATS
+from torchexp.tracking import close_logger, make_logger
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="onnx: the model, for onnxruntime and other runtimes; safetensors: its weights.")
+@click.option("--epoch", type=click.IntRange(min=1), help="Export the release of this epoch.  [default: the latest release]")
+@click.option(
+    "--check-samples",
+    default=DEFAULT_CHECK_SAMPLES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Test samples (from --data-path) on which onnxruntime must reproduce torch's outputs.",
+)
+@pass_app
+def export(app: App, fmt: str, epoch: int | None, check_samples: int) -> None:
+    """Export a release to experiments/NAME/exports/, with a record of its SHA-256.
+
+    An ONNX export is run in onnxruntime against torch on the project's example and on
+    test samples, and is not written unless their outputs agree; a safetensors export
+    must load back equal to the release.
+    """
+    from torchexp.export import export_experiment
+
+    experiment = app.open_experiment()
+    logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
+    try:
+        export_experiment(app, experiment, epoch, fmt, check_samples, logger)
+    finally:
+        close_logger(logger)

@@ -1,0 +1,25 @@
+"""The `create` command: a new project that trains, tests and passes its own tests at once."""
+
+import os
+
+import click
+
+from torchexp.project import create_project
+
+
+@click.command()
+@click.option("--name", required=True, help="The project's name, also its package's: a Python identifier, e.g. digits.")
+@click.option("--path", "folder", default=".", show_default=True, help="Existing folder to create the project folder NAME in.")
+def create(name: str, folder: str) -> None:
+    """Write a new project: a package with its data, model, runner, configuration and tests,
+    on a small synthetic data set, ready to init, train and test."""
+    target, files = create_project(name, folder)
+    click.echo(f"created project {name} in {target}:")
+    for path in files:
+        click.echo(f"  {path}")
+    click.echo("next:")
+    click.echo(f"  cd {os.path.relpath(target)}")
+    click.echo(f"  python -m {name} --experiment-name first init")
+    click.echo(f"  python -m {name} --experiment-name first train")
+    click.echo(f"  python -m {name} --experiment-name first test")
+    click.echo("  python -m pytest -q")
