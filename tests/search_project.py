@@ -11,6 +11,9 @@ Run as a script, it is the project's command line: `python tests/search_project.
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -76,3 +79,19 @@ def write_space(folder: str, parameters: dict, fixed: dict | None = None, name: 
 def search_args(space: str, *extra: str) -> list[str]:
     """`search` with the repository's schema, on the CPU."""
     return ["search", "--space", space, "--schema-path", SCHEMA, "--device", "cpu", *extra]
+
+
+def start_search(experiments: str, data_path: str, *args: str, epoch_seconds: float = 0) -> subprocess.Popen:
+    """This project's command line on study "study" in a process of its own, one thread,
+    its output (stdout and stderr) in one pipe."""
+    env = {**os.environ, "SEARCH_TEST_EPOCH_SECONDS": str(epoch_seconds), "OMP_NUM_THREADS": "1"}
+    base = ["--experiments-path", experiments, "--data-path", data_path, "--experiment-name", "study"]
+    # A test run in the background inherits an ignored SIGINT; a user's terminal does not.
+    return subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), *base, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )

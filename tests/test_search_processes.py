@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -14,9 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 import search_project
-from search_project import search_args, write_space
+from search_project import search_args, start_search, write_space
 
-SCRIPT = os.path.abspath(search_project.__file__)
 MOMENTA = {"training.momentum": {"choice": [0.1, 0.3]}}
 OPTIONS = ("--trials", "2", "--max-epochs", "3", "--sampler", "grid", "--pruner", "none")
 
@@ -26,13 +24,7 @@ def base_args(tmp_path, data_path) -> list[str]:
 
 
 def start(tmp_path, data_path, *args: str, epoch_seconds: float = 0) -> subprocess.Popen:
-    """The search test project's command line in a process of its own."""
-    env = {**os.environ, "SEARCH_TEST_EPOCH_SECONDS": str(epoch_seconds), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, SCRIPT, *base_args(tmp_path, data_path), *args]
-    # A test run in the background inherits an ignored SIGINT; a user's terminal does not.
-    return subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
-    )
+    return start_search(str(tmp_path / "experiments"), data_path, *args, epoch_seconds=epoch_seconds)
 
 
 def wait_for(path, process: subprocess.Popen, timeout: float = 120) -> None:

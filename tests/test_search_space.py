@@ -109,7 +109,7 @@ def test_a_bad_space_file_is_one_sentence_and_writes_nothing(tmp_path, text, mes
         (("--trials", "2", "--sampler", "grid"), "the grid sampler needs choices or int ranges with a step, but parameter training.lr is a log float range", 2),
         (("--trials", "2", "--metric", "accuracy"), "metric 'accuracy' must look like split.name with split train or validation", 2),
         (("--trials", "2", "--max-epochs", "2", "--min-epochs", "3"), "--min-epochs 3 is more than --max-epochs 2", 2),
-        (("--trials", "2", "--storage", "postgresql://user:secret@/nodb?host=/nonexistent"), "storage postgresql://user:***@/nodb?host=/nonexistent cannot be used: ", 8),
+        (("--trials", "2", "--storage", "postgresql://user:secret@/nodb?host=/nonexistent"), "storage postgresql://user:***@/nodb?host=/nonexistent cannot be used: (psycopg2.OperationalError) connection to server on socket", 8),
         (("--trials", "2", "--storage", "nonsense"), "storage nonsense cannot be used: ", 8),
         (("--trials", "2", "--set", "training.lrr=1"), "unknown config key training.lrr", 2),
         ((), "pass --space FILE and --trials N to run a search", 2),

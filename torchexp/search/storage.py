@@ -13,12 +13,15 @@ the next record and make the log unreadable.
 """
 
 import fcntl
+import importlib.util
 import json
 import os
 import re
 import threading
+import time
 from typing import Any
 
+import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -27,6 +30,7 @@ from torchexp.errors import StorageError, first_line
 JOURNAL_FILE = "journal.log"
 CONNECT_TIMEOUT_S = 10  # a database that does not answer in this long is reported unreachable
 TAIL_BLOCK = 64 * 1024
+CREATION_ATTEMPTS = 5  # tries to open a database whose tables another process is creating
 
 
 class FlockJournalBackend(JournalFileBackend):
@@ -116,6 +120,10 @@ def connect_database(url: str) -> Any:
     """Connect to an Optuna RDB storage (postgresql://, mysql://, sqlite:///), creating
     Optuna's tables in it when missing.
 
+    Search processes started together on a new database all create Optuna's tables and
+    version rows at once; all but one then collide with a duplicate-key or duplicate-table
+    error. The tables exist by then, so such an error is retried a few times.
+
     Raises:
         StorageError: the URL is malformed, its driver is missing, or the database does not
             answer; the message shows the URL without its password.
@@ -123,10 +131,29 @@ def connect_database(url: str) -> Any:
     options: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith(("postgresql", "mysql")):
         options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    try:
-        return RDBStorage(url, engine_kwargs=options)
-    except Exception as error:  # SQLAlchemy and the drivers raise many unrelated types
-        raise StorageError(f"storage {hide_password(url)} cannot be used: {first_line(error)}") from error
+    attempt = 1
+    while True:
+        try:
+            return RDBStorage(choose_driver(url), engine_kwargs=options)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+            if attempt < CREATION_ATTEMPTS:
+                time.sleep(0.1 * attempt)
+                attempt += 1
+                continue
+            failure: Exception = error
+        except Exception as error:  # SQLAlchemy and the drivers raise many unrelated types
+            failure = error
+        raise StorageError(f"storage {hide_password(url)} cannot be used: {first_line(failure)}") from failure
+
+
+def choose_driver(url: str) -> str:
+    """The URL with the PostgreSQL driver that is installed: SQLAlchemy 2.1 reads a bare
+    postgresql:// as psycopg (version 3), older versions as psycopg2, which setup.py
+    declares. An explicit driver (postgresql+psycopg://) is kept."""
+    scheme, separator, rest = url.partition("://")
+    if scheme != "postgresql" or importlib.util.find_spec("psycopg") is not None:
+        return url
+    return f"postgresql+psycopg2{separator}{rest}"
 
 
 def hide_password(url: str) -> str:
