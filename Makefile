@@ -7,7 +7,7 @@ NAME ?= mnist
 EPOCHS ?= 10
 DEVICE ?= auto
 
-.PHONY: main test browser venv benchmarks gpu-check clean
+.PHONY: main test browser venv benchmarks gpu-check compare-architectures clean
 
 $(BIN)/activate: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,18 @@ benchmarks: venv
 	$(BIN)/python benchmarks/time_to_accuracy.py --data-path $(DATA)
 	$(BIN)/python benchmarks/checkpoint_safety.py --data-path $(DATA)
 	$(BIN)/python benchmarks/distributed.py --data-path $(DATA)
+
+# mlp, cnn and cnn_bn on real MNIST (configs/architectures.json): a grid search whose
+# trials are experiments/architectures/trial-NNNN, each trained to its last epoch and
+# tested, then one row per architecture. A second run reprints it without training again.
+compare-architectures: venv
+	$(BIN)/python -m mnist_classifier --experiment-name architectures --data-path $(DATA) search \
+	  --space configs/architectures.json --sampler grid --pruner none --trials 3 --device $(DEVICE)
+	for trial in $$(cd experiments/architectures && ls -d trial-*); do \
+	  $(BIN)/python -m mnist_classifier --experiments-path experiments/architectures --experiment-name $$trial \
+	    --data-path $(DATA) --quiet test --device $(DEVICE) || exit 1; \
+	done
+	$(BIN)/python -m mnist_classifier --experiments-path experiments/architectures compare
 
 # Every CUDA path end to end on real MNIST, in one table; says so and exits 0 without CUDA.
 gpu-check: venv
