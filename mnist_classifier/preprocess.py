@@ -51,6 +51,8 @@ def decode_png(data: bytes) -> np.ndarray:
             image.load()
     except ValueError:
         raise
+    except Image.UnidentifiedImageError:  # its message names an in-memory object, not the fault
+        raise ValueError("the PNG image is corrupt or truncated: its header cannot be read") from None
     except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise ValueError(f"the PNG image is corrupt or truncated: {error}") from None
     return to_gray(image)
