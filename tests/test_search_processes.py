@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import search_project
+from conftest import snapshot
 from search_project import search_args, start_search, write_space
 
 MOMENTA = {"training.momentum": {"choice": [0.1, 0.3]}}
@@ -63,6 +64,10 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_that_trial_from_its_che
     process.kill()
     process.wait(timeout=30)
     assert [trial.state.name for trial in load_trials(tmp_path)] == ["RUNNING"]
+    before = snapshot(str(tmp_path / "experiments"))
+    status = CliRunner().invoke(search_project.cli, [*base_args(tmp_path, data_path), "search", "--status"], catch_exceptions=False)
+    assert status.output.splitlines()[2].split()[-2:] == ["waiting", "1"], status.output
+    assert snapshot(str(tmp_path / "experiments")) == before
     result = rerun(tmp_path, data_path, space)
     assert result.exit_code == 0, result.output
     assert "trial 0 (resume)" in result.output

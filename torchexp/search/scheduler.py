@@ -76,11 +76,21 @@ def try_claim(folder: StudyFolder, number: int) -> Claim | None:
 
 
 def is_claimed(folder: StudyFolder, number: int) -> bool:
-    """Whether a process holds trial `number`'s claim."""
-    claim = try_claim(folder, number)
-    if claim is None:
+    """Whether a process (this one included) holds trial `number`'s claim.
+
+    Read-only, so that `search --status` writes nothing: the claim file is opened for
+    reading, and an flock probed on it, never created or rewritten.
+    """
+    try:
+        fd = os.open(claim_path(folder, number), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    claim.release()
+    finally:
+        os.close(fd)
     return False
 
 
