@@ -120,6 +120,10 @@ def test_dashboard_serves_the_study_on_loopback_until_ctrl_c(tmp_path, data_path
         assert [(study["study_name"], study["directions"]) for study in studies] == [("study", ["minimize"])]
     finally:
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()  # never leave a server behind
+            pytest.fail(f"the dashboard did not stop on Ctrl-C:\n{process.communicate()[0]}")
     assert f"optuna-dashboard at http://127.0.0.1:{port}/ (Ctrl-C to stop)" in output
     assert process.returncode == 0, output
