@@ -91,7 +91,13 @@ def test_two_search_processes_share_a_postgresql_study_and_run_every_trial_once(
         options = ("--trials", str(TRIALS), "--max-epochs", "2", "--sampler", "grid", "--pruner", "none", "--storage", url)
         # Each trial's second epoch starts a second later, so both processes find work.
         processes = [start_search(experiments, data_path, *search_args(space, *options), epoch_seconds=1) for _ in range(2)]
-        outputs = [process.communicate(timeout=120)[0] for process in processes]
+        try:
+            outputs = [process.communicate(timeout=120)[0] for process in processes]
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()  # timed out: leave no search behind
+                    process.communicate()
         for process, output in zip(processes, outputs):
             assert process.returncode == 0, output
         study = optuna.load_study(study_name="study", storage=connect_database(url))
