@@ -32,6 +32,15 @@ def test_a_space_is_read_as_written(tmp_path):
     assert (conf["model"]["name"], conf["training"]["lr"], conf["data"]["test_batch_size"]) == ("cnn", 0.005, 20)
 
 
+@pytest.mark.parametrize("name", ["search.json", "architectures.json"])
+def test_the_shipped_spaces_fit_the_schema_with_a_one_cycle_over_every_epoch(name):
+    space = load_space(os.path.join(os.path.dirname(CONFIG), "configs", name), CONFIG, load_schema(SCHEMA))
+    conf = space.build_config(load_schema(SCHEMA), {})
+    assert conf["training"]["scheduler"] == "onecycle"
+    assert conf["training"]["schedule_epochs"] == conf["trainer"]["max_epochs"]
+    assert conf["data"]["val_split"] > 0  # the search's metric is a validation metric
+
+
 def test_the_base_config_is_relative_to_the_space_file(tmp_path):
     os.makedirs(tmp_path / "spaces")
     with open(tmp_path / "base.json", "w") as file:
