@@ -54,6 +54,30 @@ def test_requests_waiting_together_run_as_one_batch(experiments):
     assert 'torchexp_batch_size_bucket{le="8.0"} 2.0' in metrics  # the batch of one and the batch of seven
 
 
+def test_a_lone_client_does_not_wait_for_company_but_concurrent_requests_do(experiments):
+    app = build_app(experiments, max_delay_ms=60_000, max_batch_size=4)
+    recorder = record_predictions(app)
+    with TestClient(app) as client, ThreadPoolExecutor(8) as pool:
+        assert app.state.batcher.ready.wait(10)
+        warm_up = len(recorder.sizes)
+        # One request at a time: each runs at once, not after the minute's delay.
+        for _ in range(3):
+            assert pool.submit(client.post, PREDICT, json=pixels_body(IMAGE)).result(10).status_code == 200
+        # A batch of several requests shows concurrency: the next batch waits for company
+        # until it is full (--max-batch-size 4 here), not the minute's delay.
+        first = start_held_request(client, pool, recorder)
+        waiting = [pool.submit(client.post, PREDICT, json=pixels_body(IMAGE)) for _ in range(2)]
+        wait_until(lambda: app.state.batcher.queue.qsize() == 2)
+        recorder.release()
+        assert [future.result(10).status_code for future in [first, *waiting]] == [200] * 3
+        late = pool.submit(client.post, PREDICT, json=pixels_body(IMAGE))
+        time.sleep(0.3)
+        assert not late.done()
+        company = [pool.submit(client.post, PREDICT, json=pixels_body(IMAGE)) for _ in range(app.state.batcher.max_batch_size - 1)]
+        assert [future.result(10).status_code for future in [late, *company]] == [200] * app.state.batcher.max_batch_size
+    assert recorder.sizes[warm_up:] == [1, 1, 1, 1, 2, app.state.batcher.max_batch_size]
+
+
 def test_inference_runs_on_the_batch_thread_not_the_event_loop(experiments):
     app = build_app(experiments)
     recorder = record_predictions(app)

@@ -68,6 +68,7 @@ class Batcher:
         self.ready = threading.Event()
         self.failure: str | None = None
         self.held: Job | None = None  # taken from the queue but too big for the batch being built
+        self.last_batch_jobs = 0
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -122,9 +123,14 @@ class Batcher:
             self.run(jobs)
 
     def gather(self, first: Job, stopping: bool) -> tuple[list[Job], bool]:
-        """Return `first` and the jobs that join its batch, and whether STOP was seen."""
+        """Return `first` and the jobs that join its batch, and whether STOP was seen.
+
+        What is queued always joins. Waiting up to --max-delay-ms for more only pays when
+        requests come concurrently: after a batch of one request, a lone client would wait
+        the whole delay on every request for company that never comes, so it does not.
+        """
         jobs, size = [first], len(first.instances)
-        deadline = first.arrived + self.max_delay_s
+        deadline = first.arrived + (self.max_delay_s if self.last_batch_jobs > 1 else 0.0)
         while size < self.max_batch_size:
             try:
                 # Once stopping, nothing more will arrive: take what is queued, without waiting.
@@ -140,6 +146,7 @@ class Batcher:
                 break
             jobs.append(job)
             size += len(job.instances)
+        self.last_batch_jobs = len(jobs)
         return jobs, stopping
 
     def run(self, jobs: list[Job]) -> None:
