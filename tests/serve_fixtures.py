@@ -14,7 +14,8 @@ from torchexp.app import App
 from conftest import CONFIG, SCHEMA, write_mnist
 from torchexp.experiment import Experiment
 from torchexp.serving.options import ServeOptions
-from torchexp.serving.server import find_release, load_app
+from torchexp.inference import find_release
+from torchexp.serving.server import load_app
 from torchexp.tracking import make_logger
 from torchexp.training import train_experiment
 

@@ -151,7 +151,7 @@ def test_without_a_release_export_says_to_create_one(invoke):
     assert invoke(*init_args("--set", "model.name=mlp")).exit_code == 0
     result = invoke("export", "--format", "safetensors")
     assert result.exit_code == CheckpointError.exit_code
-    assert result.output.strip() == "Error: experiment 'x' has no release checkpoint to export: create one with create_release"
+    assert result.output.strip() == "Error: experiment 'x' has no release checkpoint yet: create one with create_release"
 
 
 def test_an_epoch_without_a_release_is_one_sentence_listing_the_releases(released):

@@ -63,7 +63,7 @@ def test_a_lone_client_does_not_wait_for_company_but_concurrent_requests_do(expe
         # One request at a time: each runs at once, not after the minute's delay.
         for _ in range(3):
             assert pool.submit(client.post, PREDICT, json=pixels_body(IMAGE)).result(10).status_code == 200
-        # A batch of several requests shows concurrency: the next batch waits for company
+        # A batch of several instances shows concurrency: the next batch waits for company
         # until it is full (--max-batch-size 4 here), not the minute's delay.
         first = start_held_request(client, pool, recorder)
         waiting = [pool.submit(client.post, PREDICT, json=pixels_body(IMAGE)) for _ in range(2)]

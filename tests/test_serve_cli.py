@@ -67,7 +67,7 @@ def test_no_release_is_one_sentence_saying_how_to_make_one(experiments, tmp_path
     assert (done.returncode, done.stderr) == (4, f"Error: experiment '{NAME}' has no release checkpoint yet: create one with create_release\n")
     done = run_serve(experiments, "--epoch", "5", "--port", "0")
     assert done.returncode == 4
-    assert done.stderr == f"Error: epoch 5 has no release checkpoint in {os.path.join(experiments, NAME, 'checkpoints')} (available: 1)\n"
+    assert done.stderr == f"Error: epoch 5 of experiment '{NAME}' has no release checkpoint (releases: 1): create one with create_release --epoch 5\n"
 
 
 def test_a_corrupt_release_is_found_before_the_port_is_taken(experiments, tmp_path, busy_port):
@@ -93,7 +93,8 @@ def read_url(process: subprocess.Popen, timeout: float = 60) -> str:
 
 def test_sigterm_finishes_requests_in_flight_then_exits_0(experiments):
     one_core = {min(os.sched_getaffinity(0))}
-    # Requests wait up to a second for others to batch with: they are in flight when the signal comes.
+    # Requests wait up to a second for others to batch with (once a batch has held several
+    # instances): they are in flight when the signal comes.
     process = subprocess.Popen(
         serve_command(experiments, "--port", "0", "--max-delay-ms", "1000"),
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -104,6 +105,8 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(experiments):
         with httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(3) as pool:
             assert client.get("/readyz").status_code == 200
             assert client.get(f"/v1/models/{NAME}").json()["threads"] == 1  # the one core it may use
+            # A batch of two instances first: from then on, requests wait for company.
+            assert len(client.post(f"/v1/models/{NAME}:predict", json=pixels_body(IMAGE, IMAGE)).json()["predictions"]) == 2
             in_flight = [pool.submit(client.post, f"/v1/models/{NAME}:predict", json=pixels_body(IMAGE)) for _ in range(3)]
             while "torchexp_queue_depth 3.0" not in client.get("/metrics").text:
                 assert not any(future.done() for future in in_flight)

@@ -27,6 +27,7 @@ from torchexp import checkpoints
 from torchexp.app import App, __version__
 from torchexp.errors import CheckpointError, DataError, TorchexpError, first_line
 from torchexp.experiment import Experiment
+from torchexp.inference import find_release
 from torchexp.storage import read_json, remove_quietly, write_atomic, write_json_atomic
 
 FORMATS = ("onnx", "safetensors")
@@ -48,28 +49,6 @@ def export_path(experiment: Experiment, epoch: int, fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"export format must be one of {FORMATS}, not {fmt!r}")
     return os.path.join(experiment.path, "exports", f"{epoch}.release.{fmt}")
-
-
-def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.CheckpointInfo:
-    """Return the release checkpoint of `epoch`, or the latest release when it is None.
-
-    Raises:
-        CheckpointError: there is no such release; the message lists the releases and
-            says how to make one.
-    """
-    experiment.check_exists()
-    releases = checkpoints.list_checkpoints(experiment.checkpoints_path, ("release",))
-    if not releases:
-        raise CheckpointError(f"experiment {experiment.name!r} has no release checkpoint to export: create one with create_release")
-    if epoch is None:
-        return releases[-1]
-    for info in releases:
-        if info.epoch == epoch:
-            return info
-    raise CheckpointError(
-        f"epoch {epoch} of experiment {experiment.name!r} has no release checkpoint "
-        f"(releases: {checkpoints.describe_epochs(releases)}): create one with create_release --epoch {epoch}"
-    )
 
 
 def export_experiment(app: App, experiment: Experiment, epoch: int | None, fmt: str, check_samples: int, logger: Any) -> str:

@@ -44,6 +44,28 @@ def find_weights(experiment: Experiment, epoch: Epoch = None) -> checkpoints.Che
     return next(info for kind in kinds for info in found if info.epoch == latest and info.kind == kind)
 
 
+def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.CheckpointInfo:
+    """Return the release checkpoint of `epoch`, or the latest release when it is None.
+
+    Raises:
+        CheckpointError: there is no such release; the message lists the releases and
+            says how to make one.
+    """
+    experiment.check_exists()
+    releases = checkpoints.list_checkpoints(experiment.checkpoints_path, ("release",))
+    if not releases:
+        raise CheckpointError(f"experiment {experiment.name!r} has no release checkpoint yet: create one with create_release")
+    if epoch is None:
+        return releases[-1]
+    for info in releases:
+        if info.epoch == epoch:
+            return info
+    raise CheckpointError(
+        f"epoch {epoch} of experiment {experiment.name!r} has no release checkpoint "
+        f"(releases: {checkpoints.describe_epochs(releases)}): create one with create_release --epoch {epoch}"
+    )
+
+
 def resolve_classes(experiment: Experiment, record: dict, runner_class: Any, data_class: Any) -> tuple[type, type | None]:
     """Return the project's Runner and Data classes: those given, else those `init` recorded.
 

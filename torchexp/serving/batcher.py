@@ -68,7 +68,7 @@ class Batcher:
         self.ready = threading.Event()
         self.failure: str | None = None
         self.held: Job | None = None  # taken from the queue but too big for the batch being built
-        self.last_batch_jobs = 0
+        self.last_batch_size = 0  # instances in the batch gathered last
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -126,11 +126,12 @@ class Batcher:
         """Return `first` and the jobs that join its batch, and whether STOP was seen.
 
         What is queued always joins. Waiting up to --max-delay-ms for more only pays when
-        requests come concurrently: after a batch of one request, a lone client would wait
-        the whole delay on every request for company that never comes, so it does not.
+        instances come together: after a batch of a single instance, a lone client sending
+        one at a time would wait the whole delay on every request for company that never
+        comes, so it does not.
         """
         jobs, size = [first], len(first.instances)
-        deadline = first.arrived + (self.max_delay_s if self.last_batch_jobs > 1 else 0.0)
+        deadline = first.arrived + (self.max_delay_s if self.last_batch_size > 1 else 0.0)
         while size < self.max_batch_size:
             try:
                 # Once stopping, nothing more will arrive: take what is queued, without waiting.
@@ -146,7 +147,7 @@ class Batcher:
                 break
             jobs.append(job)
             size += len(job.instances)
-        self.last_batch_jobs = len(jobs)
+        self.last_batch_size = size
         return jobs, stopping
 
     def run(self, jobs: list[Job]) -> None:

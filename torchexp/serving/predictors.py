@@ -51,7 +51,7 @@ def load_predictor(experiment: Experiment, release: checkpoints.CheckpointInfo, 
 
     Args:
         experiment: the experiment.
-        release: its release checkpoint (from `server.find_release`), verified or not.
+        release: its release checkpoint (from `inference.find_release`), verified or not.
         runtime: "torch", or "onnx" for the release's ONNX export (written by `export`).
         device: --device; the ONNX runtime runs on the CPU only.
         threads: intra-op threads of the ONNX session (torch's are set process-wide).

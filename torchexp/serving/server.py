@@ -16,8 +16,9 @@ import click
 import uvicorn
 
 from torchexp import checkpoints
-from torchexp.errors import CheckpointError, TorchexpError
+from torchexp.errors import TorchexpError
 from torchexp.experiment import Experiment
+from torchexp.inference import find_release
 from torchexp.serving.options import ServeOptions
 from torchexp.serving.threads import apply_threads, choose_threads
 from torchexp.tracking import close_logger, make_logger
@@ -55,22 +56,6 @@ def serve_release(experiment: Experiment, options: ServeOptions, verbosity: str 
         close_logger(logger)
     if server.failure is not None:
         raise TorchexpError(f"serve stopped: {server.failure}")
-
-
-def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.CheckpointInfo:
-    """Return the release checkpoint of `epoch`, or the latest release when it is None.
-
-    Raises:
-        CheckpointError: there is no such release; the message says how to make one.
-    """
-    experiment.check_exists()
-    folder = experiment.checkpoints_path
-    if epoch is not None:
-        return checkpoints.find_checkpoint(folder, epoch, ("release",))
-    releases = checkpoints.list_checkpoints(folder, ("release",))
-    if not releases:
-        raise CheckpointError(f"experiment {experiment.name!r} has no release checkpoint yet: create one with create_release")
-    return releases[-1]
 
 
 def load_app(experiment: Experiment, release: checkpoints.CheckpointInfo, options: ServeOptions, threads: int, logger: logging.Logger) -> Any:
