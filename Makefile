@@ -43,6 +43,9 @@ benchmarks: venv
 	$(BIN)/python benchmarks/checkpoint.py --data-path $(DATA)
 	$(BIN)/python benchmarks/throughput.py --data-path $(DATA)
 	$(BIN)/python benchmarks/time_to_accuracy.py --data-path $(DATA)
+	$(BIN)/python benchmarks/default_epoch.py --data-path $(DATA)
+	$(BIN)/python benchmarks/compare.py --data-path $(DATA)
+	$(BIN)/python benchmarks/serve.py --data-path $(DATA)
 	$(BIN)/python benchmarks/checkpoint_safety.py --data-path $(DATA)
 	$(BIN)/python benchmarks/distributed.py --data-path $(DATA)
 

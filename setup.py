@@ -23,7 +23,7 @@ setup(
         "optuna-dashboard",  # search --dashboard
         "psycopg2-binary",  # search --storage postgresql://...
         "fastapi",  # serve
-        "uvicorn",  # serve
+        "uvicorn[standard]",  # serve: httptools and uvloop parse and loop in C
         "prometheus-client",  # serve's /metrics
         "pillow",  # serve's PNG instances
         "onnx",  # export --format onnx
