@@ -27,6 +27,7 @@ setup(
         "prometheus-client",  # serve's /metrics
         "pillow",  # serve's PNG instances
         "onnx",  # export --format onnx
+        "onnxscript",  # torch.onnx.export(dynamo=True) builds the ONNX graph with it
         "onnxruntime",  # export's check, serve --runtime onnx
         "safetensors",  # export --format safetensors
     ],

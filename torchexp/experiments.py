@@ -23,7 +23,6 @@ are named `STUDY/trial-0003`.
 
 import dataclasses
 import difflib
-import fcntl
 import fnmatch
 import json
 import os
@@ -34,7 +33,7 @@ from torchexp import checkpoints
 from torchexp.config import fill_trainer_defaults
 from torchexp.errors import CheckpointError, ExperimentError, TorchexpError
 from torchexp.experiment import NAME_PATTERN, Experiment
-from torchexp.storage import read_json
+from torchexp.storage import is_locked, read_json
 
 STUDY_FILE = "study.json"
 RESULTS_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.(?P<kind>standard|release)\.test\.json")
@@ -461,26 +460,6 @@ def read_stop_epoch(log_path: str) -> int | None:
         return None
     matches = STOP_PATTERN.findall(tail)
     return int(matches[-1]) if matches else None
-
-
-def is_locked(lock_path: str) -> bool:
-    """Whether a process holds the flock on an experiment's `.lock`.
-
-    The file is opened read-only and never created. A shared lock is tried and released
-    at once: it fails only while a trainer holds its exclusive lock. (A `train` starting
-    in those microseconds would be refused as "in use", and can simply be run again.)
-    """
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def check_split(split: str) -> None:

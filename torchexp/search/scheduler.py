@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from torchexp.search.asha import find_promotions, is_paused
 from torchexp.search.study import SearchSettings, StudyFolder, make_sampler
+from torchexp.storage import is_locked
 
 RUNNING_STATUS = "running"
 PAUSED_STATUS = "paused"
@@ -76,22 +77,9 @@ def try_claim(folder: StudyFolder, number: int) -> Claim | None:
 
 
 def is_claimed(folder: StudyFolder, number: int) -> bool:
-    """Whether a process (this one included) holds trial `number`'s claim.
-
-    Read-only, so that `search --status` writes nothing: the claim file is opened for
-    reading, and an flock probed on it, never created or rewritten.
-    """
-    try:
-        fd = os.open(claim_path(folder, number), os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    """Whether a process (this one included) holds trial `number`'s claim; read-only, so
+    that `search --status` writes nothing."""
+    return is_locked(claim_path(folder, number))
 
 
 @dataclasses.dataclass
