@@ -250,6 +250,18 @@ def test_tensorboard_compare_shows_every_experiment(env, started):
     assert started[0][-2:] == ["--logdir_spec", spec]
 
 
+def test_tensorboard_compare_shows_the_trials_of_a_study(env, started):
+    experiments = os.path.join(env, "experiments")
+    study = os.path.join(experiments, "study")
+    os.makedirs(study)
+    with open(os.path.join(study, "study.json"), "w") as file:
+        file.write("{}")
+    shutil.copytree(os.path.join(experiments, "x"), os.path.join(study, "trial-0000"))
+    ok(run(env, "tensorboard", "--compare", name=None))
+    spec = started[0][-1].split(",")
+    assert f"study/trial-0000:{study}/trial-0000/tensorboard" in spec and f"x:{experiments}/x/tensorboard" in spec
+
+
 def test_tensorboard_failing_to_serve_is_an_error(env, monkeypatch):
     monkeypatch.setattr(torchexp.commands.tensorboard.subprocess, "run", lambda command, **options: subprocess.CompletedProcess(command, 1))
     result = run(env, "tensorboard", "--port", "6010")

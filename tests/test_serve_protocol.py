@@ -28,7 +28,10 @@ def experiments(tmp_path_factory) -> str:
 
 @pytest.fixture
 def client(experiments):
-    with TestClient(build_app(experiments)) as client:
+    app = build_app(experiments)
+    with TestClient(app) as client:
+        # The model warms up on the batch thread: wait for it, or readiness is a race.
+        assert app.state.batcher.ready.wait(10)
         yield client
 
 

@@ -27,7 +27,7 @@ from torchexp import checkpoints
 from torchexp.app import App, __version__
 from torchexp.errors import CheckpointError, DataError, TorchexpError, first_line
 from torchexp.experiment import Experiment
-from torchexp.inference import find_release
+from torchexp.inference import find_release, load_runner
 from torchexp.storage import read_json, remove_quietly, write_atomic, write_json_atomic
 
 FORMATS = ("onnx", "safetensors")
@@ -67,7 +67,7 @@ def export_experiment(app: App, experiment: Experiment, epoch: int | None, fmt: 
     """
     release = find_release(experiment, epoch)
     batches = load_check_batches(app, experiment, check_samples, logger) if fmt == "onnx" else []
-    return export_release(experiment, release.epoch, fmt, batches, logger)
+    return export_release(experiment, release, fmt, batches, logger)
 
 
 def load_check_batches(app: App, experiment: Experiment, samples: int, logger: Any) -> list[Any]:
@@ -97,12 +97,14 @@ def load_check_batches(app: App, experiment: Experiment, samples: int, logger: A
     return batches
 
 
-def export_release(experiment: Experiment, epoch: int | None, fmt: str, check_batches: Iterable[Any] = (), logger: Any = None) -> str:
-    """Export the release of `epoch` (default: the latest) and write its record.
+def export_release(
+    experiment: Experiment, release: checkpoints.CheckpointInfo, fmt: str, check_batches: Iterable[Any] = (), logger: Any = None
+) -> str:
+    """Export a release and write its record.
 
     Args:
         experiment: the experiment.
-        epoch: the release's epoch, or None for the latest release.
+        release: the release checkpoint (from `find_release`).
         fmt: "onnx" or "safetensors".
         check_batches: model inputs (batched tensors) the ONNX check runs besides the
             project's example instance.
@@ -112,22 +114,13 @@ def export_release(experiment: Experiment, epoch: int | None, fmt: str, check_ba
         The export's path.
 
     Raises:
-        CheckpointError: no such release, or it is corrupt or does not fit the model.
+        CheckpointError: the release is corrupt or does not fit the model.
         TorchexpError: the model cannot be exported, or the export does not reproduce it;
             nothing is written then.
     """
     import torch
 
-    from torchexp.inference import make_inference_runner
-
-    if fmt not in FORMATS:
-        raise TorchexpError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
-    release = find_release(experiment, epoch)
-    state = checkpoints.load_checkpoint(release)
-    runner = make_inference_runner(experiment, state)
-    # Building the model draws random initial weights: leave the caller's generators as they were.
-    with torch.random.fork_rng(devices=[]):
-        runner.load_weights(torch.device("cpu"), state, os.path.basename(release.path))
+    runner, state = load_runner(experiment, release, torch.device("cpu"))
     path = export_path(experiment, release.epoch, fmt)
     if fmt == "onnx":
         content, summary = make_onnx(runner, experiment.name, release, check_batches)

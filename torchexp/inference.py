@@ -39,7 +39,8 @@ def find_weights(experiment: Experiment, epoch: Epoch = None) -> checkpoints.Che
     kinds = ("release",) if epoch == "release" else ("standard", "release")
     found = checkpoints.list_checkpoints(folder, kinds)
     if not found:
-        raise CheckpointError(f"experiment {experiment.name!r} has no {' or '.join(kinds)} checkpoint yet")
+        hint = "create one with create_release" if epoch == "release" else "train it first"
+        raise CheckpointError(f"experiment {experiment.name!r} has no {' or '.join(kinds)} checkpoint yet: {hint}")
     latest = found[-1].epoch
     return next(info for kind in kinds for info in found if info.epoch == latest and info.kind == kind)
 
@@ -51,12 +52,11 @@ def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.Check
         CheckpointError: there is no such release; the message lists the releases and
             says how to make one.
     """
-    experiment.check_exists()
+    if epoch is None:
+        return find_weights(experiment, "release")
     releases = checkpoints.list_checkpoints(experiment.checkpoints_path, ("release",))
     if not releases:
-        raise CheckpointError(f"experiment {experiment.name!r} has no release checkpoint yet: create one with create_release")
-    if epoch is None:
-        return releases[-1]
+        find_weights(experiment, "release")  # raises, saying how to make one
     for info in releases:
         if info.epoch == epoch:
             return info
@@ -120,15 +120,30 @@ def load_inference_runner(
         ExperimentError: the project's classes are unknown or cannot be imported.
         DeviceError: `device` does not exist here.
     """
-    import torch
-
     from torchexp.devices import resolve_device
 
     info = find_weights(experiment, epoch)
-    torch_device = resolve_device(device)
+    runner, _ = load_runner(experiment, info, resolve_device(device), runner_class, data_class)
+    return runner
+
+
+def load_runner(experiment: Experiment, info: checkpoints.CheckpointInfo, device: Any, runner_class: Any = None, data_class: Any = None) -> tuple[Any, dict]:
+    """Build the project's Runner for checkpoint `info` and load its weights on the torch
+    `device`, model in eval mode; return it with the checkpoint's state.
+
+    A release carries its own configuration, seed and classes; other checkpoints use
+    config.json. Building the model draws random initial weights: the caller's random
+    generators are left as they were.
+
+    Raises:
+        CheckpointError: the checkpoint is corrupt, unsafe or does not fit the model.
+        ExperimentError: the project's classes are unknown or cannot be imported.
+    """
+    import torch
+
     state = checkpoints.load_checkpoint(info)
     record = state if info.kind == "release" else experiment.read_record()
     runner = make_inference_runner(experiment, record, runner_class, data_class)
     with torch.random.fork_rng(devices=[]):
-        runner.load_weights(torch_device, state, os.path.basename(info.path))
-    return runner
+        runner.load_weights(device, state, os.path.basename(info.path))
+    return runner, state

@@ -278,9 +278,7 @@ class Runner(abc.ABC):
         self.device = device
         seed_everything(self.seed)
         self.precision = self.choose_precision(device)
-        self.init_model(device)
-        if not isinstance(self.model, torch.nn.Module):
-            raise TypeError(f"init_model must set self.model to a torch.nn.Module, not {type(self.model).__name__}")
+        self.build_model(device)
         if self.get_conf("trainer", "channels_last"):
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.world.distributed:
@@ -548,6 +546,12 @@ class Runner(abc.ABC):
         warning = f"checkpoint saved by {len(states)} processes, resumed by {self.world.size}: the data order changes"
         return [warning, *restore_rng_states(states[self.world.rank % len(states)])]
 
+    def build_model(self, device: torch.device) -> None:
+        """Call `init_model` and check that it set `self.model`."""
+        self.init_model(device)
+        if not isinstance(self.model, torch.nn.Module):
+            raise TypeError(f"init_model must set self.model to a torch.nn.Module, not {type(self.model).__name__}")
+
     def load_weights(self, device: torch.device, state: dict[str, Any], name: str) -> None:
         """Build the model with `init_model` on `device` and load the weights of a checkpoint's
         `state` (from `checkpoints.load_checkpoint`) into it; the model is left in eval mode.
@@ -556,9 +560,7 @@ class Runner(abc.ABC):
             CheckpointError: the checkpoint `name` does not fit the model.
         """
         self.device = device
-        self.init_model(device)
-        if not isinstance(self.model, torch.nn.Module):
-            raise TypeError(f"init_model must set self.model to a torch.nn.Module, not {type(self.model).__name__}")
+        self.build_model(device)
         try:
             self.model.load_state_dict(state["model"])
         except (KeyError, RuntimeError) as error:
@@ -578,7 +580,6 @@ class Runner(abc.ABC):
         seed_everything(self.seed)
         self.load_weights(device, checkpoints.load_checkpoint(info), os.path.basename(info.path))
         self.prepare_loaders(device)
-        self.model.eval()
         with torch.no_grad():
             results = self.test(epoch, device)
         report = {"epoch": epoch, "checkpoint": os.path.basename(info.path), "results": results}

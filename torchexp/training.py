@@ -145,8 +145,9 @@ def evaluate_experiment(app: App, experiment: Experiment, epoch: int | None, rel
     """Test the weights of `epoch` (default: the latest) on the test set; return the results."""
     from torchexp.devices import resolve_device
 
-    experiment.check_exists()
-    epoch = epoch or latest_epoch(experiment, ("release",) if release else ("standard", "release"))
+    from torchexp.inference import find_weights
+
+    epoch = epoch or find_weights(experiment, "release" if release else None).epoch
     torch_device = resolve_device(device)
     runner = app.make_runner(experiment, experiment.read_record(), num_workers)
     try:
@@ -210,14 +211,3 @@ def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:
 def validation_loss(info: checkpoints.CheckpointInfo) -> Any:
     """The validation loss a checkpoint's record holds, or None."""
     return (((info.record or {}).get("metrics") or {}).get("validation") or {}).get("loss")
-
-
-def latest_epoch(experiment: Experiment, kinds: tuple[str, ...]) -> int:
-    """Return the latest epoch with a checkpoint of one of `kinds`."""
-    found = checkpoints.list_checkpoints(experiment.checkpoints_path, kinds)
-    if not found:
-        raise CheckpointError(
-            f"experiment {experiment.name!r} has no {' or '.join(kinds)} checkpoint yet"
-            + (": train it first" if "standard" in kinds else ": create one with create_release")
-        )
-    return found[-1].epoch

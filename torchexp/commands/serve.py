@@ -4,7 +4,7 @@ import click
 
 from torchexp.app import App, pass_app
 from torchexp.commands.options import with_device
-from torchexp.serving.options import DEFAULTS, ServeOptions
+from torchexp.serving.options import DEFAULTS, RUNTIMES, ServeOptions
 
 MAX_BODY_HELP = (
     "Largest request body in bytes; larger ones get 413 before being read. 16 MiB holds about "
@@ -19,7 +19,7 @@ MAX_BODY_HELP = (
 @click.option("--port", default=DEFAULTS.port, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on; 0 picks a free one.")
 @click.option(
     "--runtime",
-    type=click.Choice(["torch", "onnx"]),
+    type=click.Choice(RUNTIMES),
     default=DEFAULTS.runtime,
     show_default=True,
     help="torch runs the release's model; onnx runs its ONNX export (write it with `export --format onnx`) in onnxruntime, on the CPU.",

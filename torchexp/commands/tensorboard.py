@@ -35,10 +35,13 @@ def tensorboard(app: App, port: int, host: str, compare: bool) -> None:
 
 
 def compare_logdir_spec(experiments_path: str) -> str:
-    """Return TensorBoard's --logdir_spec naming each experiment's tensorboard folder."""
-    names = sorted(
-        name for name in os.listdir(experiments_path) if os.path.isdir(os.path.join(experiments_path, name, "tensorboard"))
-    ) if os.path.isdir(experiments_path) else []
+    """Return TensorBoard's --logdir_spec naming each experiment's tensorboard folder, a
+    study's trials as `STUDY/trial-0003` (as `compare` and torchexp.Experiments list them)."""
+    from torchexp.experiments import Experiments
+
+    names = []
+    if os.path.isdir(experiments_path):
+        names = [name for name in Experiments(experiments_path).names() if os.path.isdir(os.path.join(experiments_path, name, "tensorboard"))]
     if not names:
         raise ExperimentError(f"no experiments to compare in {experiments_path}")
     return ",".join(f"{name}:{os.path.join(experiments_path, name, 'tensorboard')}" for name in names)

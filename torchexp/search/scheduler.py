@@ -14,29 +14,23 @@ release the lock, then train holding the claim. Under the lock a process picks, 
    paused trial), or the search is done.
 """
 
-import contextlib
 import dataclasses
 import fcntl
 import os
-from typing import Any, Iterator
+from typing import Any
 
 from torchexp.search.asha import find_promotions, is_paused
 from torchexp.search.study import SearchSettings, StudyFolder, make_sampler
+from torchexp.search.storage import FlockLock
 from torchexp.storage import is_locked
 
 RUNNING_STATUS = "running"
 PAUSED_STATUS = "paused"
 
 
-@contextlib.contextmanager
-def hold_scheduler_lock(folder: StudyFolder) -> Iterator[None]:
-    """Hold the study's scheduler lock, waiting for it."""
-    fd = os.open(folder.scheduler_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def hold_scheduler_lock(folder: StudyFolder) -> FlockLock:
+    """The study's scheduler lock, to hold with `with`, waiting for it."""
+    return FlockLock(folder.scheduler_lock_path)
 
 
 class Claim:

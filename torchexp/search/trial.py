@@ -91,11 +91,6 @@ def read_metric(metrics: dict[str, dict[str, Any]], metric: str, epoch: int) -> 
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def trial_app(app: App, folder: StudyFolder, number: int) -> App:
-    """The command line's App, addressing trial `number` as its experiment."""
-    return App(app.data_class, app.runner_class, folder.trial_name(number), folder.path, app.data_path, app.verbosity)
-
-
 def create_trial_experiment(app: App, folder: StudyFolder, settings: SearchSettings, space: Any, schema: dict, frozen: Any) -> Experiment:
     """Create a trial's experiment unless it exists: the space's configuration with the
     trial's parameters, trained to the study's max epochs, seeded with the study's seed (so
@@ -104,7 +99,7 @@ def create_trial_experiment(app: App, folder: StudyFolder, settings: SearchSetti
     if not experiment.exists():
         conf = space.build_config(schema, {**frozen.params, "trainer.max_epochs": settings.max_epochs})
         extra = {"search": {"study": settings.name, "trial": frozen.number, "parameters": frozen.params}}
-        init_experiment(trial_app(app, folder, frozen.number), experiment, conf, settings.seed, extra)
+        init_experiment(app, experiment, conf, settings.seed, extra)
     return experiment
 
 
@@ -138,7 +133,7 @@ def train_trial(
         return outcome
     try:
         train_experiment(
-            trial_app(app, folder, work.number), experiment, training["device"], training["num_workers"], work.target_epochs,
+            app, experiment, training["device"], training["num_workers"], work.target_epochs,
             training["log_period"], epoch_observers=(reporter,),
         )
     except TorchexpError:

@@ -2,6 +2,8 @@
 
 import dataclasses
 
+RUNTIMES = ("torch", "onnx")  # torch runs the release; onnx its ONNX export in onnxruntime
+
 
 @dataclasses.dataclass(frozen=True)
 class ServeOptions:

@@ -5,7 +5,6 @@ path as `test`, and the project's Runner (built without data sets, writing nothi
 supplies the serving hooks around them.
 """
 
-import os
 from typing import Any
 
 import torch
@@ -14,9 +13,7 @@ from torchexp import checkpoints
 from torchexp.devices import resolve_device
 from torchexp.errors import DeviceError
 from torchexp.experiment import Experiment
-from torchexp.inference import make_inference_runner
-
-RUNTIMES = ("torch", "onnx")
+from torchexp.inference import load_runner, make_inference_runner
 
 
 class TorchPredictor:
@@ -66,14 +63,11 @@ def load_predictor(experiment: Experiment, release: checkpoints.CheckpointInfo, 
     torch_device = resolve_device("cpu" if runtime == "onnx" and device == "auto" else device)
     if runtime == "onnx" and torch_device.type != "cpu":
         raise DeviceError(f"serve --runtime onnx runs on the CPU, not on {device}: drop --device or use --runtime torch")
-    state = checkpoints.load_checkpoint(release)
-    # A release carries the configuration, seed and classes it was trained with.
-    runner = make_inference_runner(experiment, state)
     if runtime == "onnx":
         from torchexp.export import export_path, open_onnx_session
 
+        # The runner only serves the hooks here: a release carries its configuration, seed and classes.
+        runner = make_inference_runner(experiment, checkpoints.load_checkpoint(release))
         return runner, OnnxPredictor(open_onnx_session(export_path(experiment, release.epoch, "onnx"), threads))
-    # Building the model draws random initial weights: leave the process's generators as they were.
-    with torch.random.fork_rng(devices=[]):
-        runner.load_weights(torch_device, state, os.path.basename(release.path))
+    runner, _ = load_runner(experiment, release, torch_device)
     return runner, TorchPredictor(runner.model, torch_device)
