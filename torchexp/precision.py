@@ -10,6 +10,8 @@ and fp32 elsewhere.
 import dataclasses
 import os
 
+from torchexp.errors import ConfigError
+
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16, x86 AMX, Arm v8.6 BF16
 CPUINFO_PATH = "/proc/cpuinfo"
 
@@ -61,7 +63,14 @@ def choose_precision(configured: str, device: "torch.device", flags: set[str] | 
         configured: trainer.precision.
         device: the training device.
         flags: the CPU's feature flags; read from /proc/cpuinfo when None.
+
+    Raises:
+        ConfigError: fp16 on a device other than CUDA.
     """
+    if configured == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision fp16 needs a CUDA device, not {device}: use auto, bf16 or fp32")
+    if configured not in ("auto", "bf16"):  # fp32 and fp16 mean what they say: nothing to probe
+        return PrecisionChoice(configured, configured, f"trainer.precision {configured}")
     if device.type == "cuda":
         native, where = cuda_native_bf16(device), f"CUDA device {device}"
         missing = "has no native bf16 (compute capability below 8.0)"
@@ -77,7 +86,7 @@ def choose_precision(configured: str, device: "torch.device", flags: set[str] | 
     if configured == "bf16" and not native:
         reason = f"trainer.precision bf16: {where} {missing}; bf16 is emulated and will be much slower than fp32 (use auto or fp32)"
         return PrecisionChoice(configured, "bf16", reason, slow=True)
-    return PrecisionChoice(configured, configured, f"trainer.precision {configured}")
+    return PrecisionChoice(configured, "bf16", "trainer.precision bf16")
 
 
 def describe_cpu() -> str:

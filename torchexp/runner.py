@@ -14,7 +14,7 @@ from torchexp import checkpoints
 from torchexp.config import Config
 from torchexp.data import Data
 from torchexp.distributed import World, any_across, gather_objects, sum_across
-from torchexp.errors import CheckpointError, ConfigError, DistributedError, StorageError, TrainingInterrupted, first_line
+from torchexp.errors import CheckpointError, DistributedError, StorageError, TrainingInterrupted, first_line
 from torchexp.experiment import Experiment
 from torchexp.hparams import recording_hparams, write_hparams
 from torchexp.memory import keep_freed_memory
@@ -299,8 +299,6 @@ class Runner(abc.ABC):
             ConfigError: fp16 on a device other than CUDA.
         """
         configured = self.get_conf("trainer", "precision")
-        if configured == "fp16" and device.type != "cuda":
-            raise ConfigError(f"trainer.precision fp16 needs a CUDA device, not {device}: use auto, bf16 or fp32")
         choice = choose_precision(configured, device)
         if choice.slow:
             self.logger.warning(choice.reason)

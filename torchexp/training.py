@@ -14,6 +14,7 @@ from torchexp.app import App, check_data_path, check_json_data, class_spec, load
 from torchexp.config import Config
 from torchexp.errors import CheckpointError, LockError
 from torchexp.experiment import Experiment
+from torchexp.experiments import find_best, is_number
 from torchexp.storage import remove_quietly
 from torchexp.tracking import close_logger, make_logger
 
@@ -200,10 +201,10 @@ def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:
     found = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",))
     if not found:
         raise CheckpointError(f"experiment {experiment.name!r} has no standard checkpoint yet: train it first")
-    validated = [(loss, info.epoch) for info in found if isinstance(loss := validation_loss(info), (int, float))]
-    if not validated:
+    best = find_best([(info.epoch, loss) for info in found if is_number(loss := validation_loss(info))], "min")
+    if best is None:
         return found[-1].epoch, "the latest: no epoch was validated"
-    loss, epoch = min(validated)
+    epoch, loss = best
     among = f"epoch{'s' if len(found) > 1 else ''} {checkpoints.describe_epochs(found)}"
     return epoch, f"the lowest validation loss, {loss:.4g}, among {among}"
 
