@@ -335,6 +335,27 @@ def test_version_option():
     assert result.exit_code == 0 and torchexp.__version__ in result.output
 
 
+# Registered before the command line runs, this exit handler runs after the command line's
+# own (they run last registered, first), and sees what the interpreter's last garbage
+# collections will have to trace.
+FROZEN_AT_EXIT_SCRIPT = """
+import atexit, gc, sys
+from mnist_classifier.__main__ import cli
+
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count(), flush=True))
+print("frozen before:", gc.get_freeze_count(), flush=True)
+cli(["--version"], prog_name="mnist_classifier")
+"""
+
+
+def test_a_command_line_process_freezes_its_objects_out_of_the_exit_collections():
+    done = subprocess.run([sys.executable, "-c", FROZEN_AT_EXIT_SCRIPT], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ") for line in done.stdout.splitlines() if line.startswith("frozen"))
+    assert int(lines["frozen before"]) == 0
+    assert int(lines["frozen at exit"]) > 10_000
+
+
 NO_TORCH_SCRIPT = """
 import runpy, subprocess, sys
 from click.testing import CliRunner
