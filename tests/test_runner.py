@@ -335,6 +335,19 @@ def test_keep_freed_memory_is_applied_before_training_when_configured(tmp_path, 
     assert calls == (["kept"] if keep else [])
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_freed_memory_is_applied_before_testing_when_configured(tmp_path, monkeypatch, keep):
+    train(tmp_path, keep_freed_memory=keep)
+    calls = []
+    monkeypatch.setattr(torchexp.runner, "keep_freed_memory", lambda: calls.append("kept") or True)
+    runner = make_runner(tmp_path, keep_freed_memory=keep)
+    try:
+        runner.run_test(torch.device("cpu"), 1, release=False)
+    finally:
+        finish(runner)
+    assert calls == (["kept"] if keep else [])
+
+
 def test_an_experiment_without_newer_trainer_options_trains_with_their_defaults(tmp_path):
     make_runner(tmp_path)
     record_path = tmp_path / "experiments" / "r" / "config.json"

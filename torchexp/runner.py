@@ -223,9 +223,14 @@ class Runner(abc.ABC):
             if self.counters["iteration"] == 0 and self.history["validation"] and self.train_early_stopping():
                 self.logger.info(f"training stopped early after epoch {self.counters['epoch']} already")
                 return
-            if self.get_conf("trainer", "keep_freed_memory") and keep_freed_memory():
-                self.logger.debug("glibc keeps freed memory for the next steps (trainer.keep_freed_memory)")
+            self.keep_freed_memory_when_configured()
             self.run_epochs_reporting_lost_ranks(device, max_epochs, log_period)
+
+    def keep_freed_memory_when_configured(self) -> None:
+        """Keep freed memory in the process (trainer.keep_freed_memory), so that each batch
+        does not fault its activations back in."""
+        if self.get_conf("trainer", "keep_freed_memory") and keep_freed_memory():
+            self.logger.debug("glibc keeps freed memory for the next batches (trainer.keep_freed_memory)")
 
     def run_epochs_reporting_lost_ranks(self, device: torch.device, max_epochs: int, log_period: int) -> None:
         """Run the epochs; a collective failing because another rank died or hung becomes a
@@ -578,6 +583,7 @@ class Runner(abc.ABC):
         seed_everything(self.seed)
         self.load_weights(device, checkpoints.load_checkpoint(info), os.path.basename(info.path))
         self.prepare_loaders(device)
+        self.keep_freed_memory_when_configured()
         with torch.no_grad():
             results = self.test(epoch, device)
         report = {"epoch": epoch, "checkpoint": os.path.basename(info.path), "results": results}
