@@ -1,10 +1,12 @@
 """The command line end to end on the tiny MNIST, and every user mistake it must explain."""
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from typing import Callable
@@ -275,6 +277,36 @@ def test_tensorboard_stopped_with_ctrl_c_is_a_normal_end(env, monkeypatch):
 
     monkeypatch.setattr(torchexp.commands.tensorboard.subprocess, "run", interrupted)
     assert ok(run(env, "tensorboard")).output.count("Error") == 0
+
+
+# The tensorboard command in its own process, with a stand-in for TensorBoard that prints
+# its process id and waits, as TensorBoard serves until it is stopped.
+TENSORBOARD_STAND_IN_SCRIPT = """
+import sys
+import torchexp.commands.tensorboard
+from mnist_classifier.__main__ import cli
+
+serve = "import os, time; print('serving', os.getpid(), flush=True); time.sleep(60)"
+torchexp.commands.tensorboard.tensorboard_command = lambda *args: [sys.executable, "-c", serve]
+cli(["--experiments-path", sys.argv[1] + "/experiments", "--experiment-name", "x", "tensorboard"], prog_name="mnist_classifier")
+"""
+
+
+def test_tensorboard_stopped_with_sigterm_stops_tensorboard_too(env):
+    command = subprocess.Popen([sys.executable, "-c", TENSORBOARD_STAND_IN_SCRIPT, env], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    served = None
+    try:
+        lines = iter(command.stdout.readline, "")
+        served = int(next(line for line in lines if line.startswith("serving")).split()[1])
+        command.terminate()
+        assert command.wait(timeout=30) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(served, 0)
+    finally:
+        command.kill()
+        if served is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(served, signal.SIGKILL)
 
 
 def test_tensorboard_of_a_missing_experiment_is_refused(env, started):

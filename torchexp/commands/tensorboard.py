@@ -11,6 +11,14 @@ from torchexp.errors import ExperimentError, TorchexpError
 from torchexp.tracking import tensorboard_command
 
 
+class StopRequested(Exception):
+    """SIGTERM reached the `tensorboard` command."""
+
+
+def raise_stop_requested(signum: int, frame: object) -> None:
+    raise StopRequested
+
+
 @click.command()
 @click.option("--port", default=6006, show_default=True, type=click.IntRange(1, 65535), help="Port to serve on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
@@ -23,12 +31,17 @@ def tensorboard(app: App, port: int, host: str, compare: bool) -> None:
     else:
         command = tensorboard_command(app.open_experiment().tensorboard_path, None, host, port)
     click.echo(f"TensorBoard at http://{host}:{port}/ (Ctrl-C to stop)")
+    # SIGTERM would end this process and leave TensorBoard serving; raised as an exception
+    # instead, it makes subprocess.run kill TensorBoard on its way out, as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, raise_stop_requested)
     try:
         done = subprocess.run(command, check=False)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopRequested):
         return
     except OSError as error:
         raise TorchexpError(f"TensorBoard could not be started: {error.strerror or error}") from error
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     # Ctrl-C stops TensorBoard too, which is how it is meant to end.
     if done.returncode not in (0, -signal.SIGINT, 128 + signal.SIGINT):
         raise TorchexpError(f"TensorBoard stopped with exit code {done.returncode} (is port {port} in use?)")
