@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # after the path set-up above
 
+from torchexp.memory import TRIM_THRESHOLD_BYTES
+
 # name: (config overrides, environment variables)
 VARIANTS = {
     "default": ([], {}),
@@ -32,7 +34,7 @@ VARIANTS = {
     "omp_passive": ([], {"OMP_WAIT_POLICY": "PASSIVE"}),
     # glibc's thresholds as keep_freed_memory set them before it turned mmap off: blocks
     # above 32 MiB (a validation batch of 1,000 images) are mapped afresh every time.
-    "mmap_above_32mib": ([], {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}),
+    "mmap_above_32mib": ([], {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES)}),
 }
 GOAL = 1.4
 

@@ -69,37 +69,38 @@ def run_search(experiments: str, study: str, data_path: str, options: list[str])
     accuracy."""
     import optuna
 
-    from torchexp.experiment import Experiment
+    from torchexp.search.asha import is_paused
     from torchexp.search.storage import open_journal
+    from torchexp.search.study import StudyFolder
     from torchexp.search.trial import best_epoch, trained_epochs
 
     search_seconds, _ = common.time_process(common.cli_command(experiments, study, data_path, "search", "--device", "cpu", *options))
-    folder = os.path.join(experiments, study)
+    folder = StudyFolder(experiments, study)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trials = optuna.load_study(study_name=study, storage=open_journal(folder)).get_trials()
+    loaded = optuna.load_study(study_name=study, storage=open_journal(folder.path))
+    trials = loaded.get_trials()
     states: dict[str, int] = {}
     for trial in trials:
-        state = "paused" if trial.user_attrs.get("status") == "paused" and trial.state.name == "RUNNING" else trial.state.name.lower()
+        state = "paused" if is_paused(trial) else trial.state.name.lower()
         states[state] = states.get(state, 0) + 1
     figures = {
         "trials": len(trials),
         "states": states,
-        "epochs_trained": sum(trained_epochs(Experiment(folder, f"trial-{trial.number:04d}")) for trial in trials),
+        "epochs_trained": sum(trained_epochs(folder.trial_experiment(trial.number)) for trial in trials),
         "search_seconds": round(search_seconds, 1),
     }
-    complete = [trial for trial in trials if trial.state.name == "COMPLETE"]
-    if not complete:
+    if not any(trial.state.name == "COMPLETE" for trial in trials):
         return {**figures, "best": None, "seconds": figures["search_seconds"]}
-    best = min(complete, key=lambda trial: (trial.value, trial.number))
-    epoch = best_epoch(best.intermediate_values, "minimize")
-    name = f"trial-{best.number:04d}"
-    test_seconds, _ = common.time_process(common.cli_command(folder, name, data_path, "test", "--epoch", str(epoch), "--device", "cpu"))
+    best = loaded.best_trial
+    epoch = best_epoch(best.intermediate_values, loaded.direction.name.lower())
+    name = folder.trial_name(best.number)
+    test_seconds, _ = common.time_process(common.cli_command(folder.path, name, data_path, "test", "--epoch", str(epoch), "--device", "cpu"))
     figures["best"] = {
         "trial": best.number,
         "parameters": best.params,
         "epoch": epoch,
         "validation_loss": round(best.value, 5),
-        "test_accuracy": common.read_test_accuracy(folder, name),
+        "test_accuracy": common.read_test_accuracy(folder.path, name),
     }
     figures["seconds"] = round(search_seconds + test_seconds, 1)
     return figures

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny MNIST IDX files and a CLI runner rooted in tmp_path."""
 
 import os
+import socket
 import struct
 
 import numpy as np
@@ -53,6 +54,31 @@ def snapshot(root: str) -> dict[str, bytes]:
             with open(path, "rb") as file:
                 found[os.path.relpath(path, root)] = file.read()
     return found
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback address now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def assert_identical(actual, expected, where: str = "checkpoint") -> None:
+    """Assert two checkpoint states are equal bit for bit, naming the first difference.
+    NaN equals NaN: a diverged run's metrics are NaN in both."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), where
+        assert actual.dtype == expected.dtype and torch.equal(actual, expected), f"{where} differs"
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), f"{where}: keys differ"
+        for key in expected:
+            assert_identical(actual[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), f"{where}: lengths differ"
+        for index, (item, expected_item) in enumerate(zip(actual, expected)):
+            assert_identical(item, expected_item, f"{where}[{index}]")
+    else:
+        assert actual == expected or (actual != actual and expected != expected), f"{where}: {actual!r} != {expected!r}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -95,3 +95,18 @@ def start_search(experiments: str, data_path: str, *args: str, epoch_seconds: fl
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def load_study(experiments: str, name: str = "study") -> Any:
+    """The Optuna study of study `name` under `experiments`, from its journal."""
+    import optuna
+
+    from torchexp.search.storage import open_journal
+
+    return optuna.load_study(study_name=name, storage=open_journal(os.path.join(experiments, name)))
+
+
+def read_trial_log(experiments: str, trial: str) -> str:
+    """verbose.log of trial `trial` (trial-0003) of study "study"."""
+    with open(os.path.join(experiments, "study", trial, "verbose.log"), encoding="utf-8") as file:
+        return file.read()

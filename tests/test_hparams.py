@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -14,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import torchexp.runner
-from conftest import init_args, write_mnist
+from conftest import free_port, init_args, write_mnist
 from mnist_classifier.__main__ import cli
 from torchexp.commands.tensorboard import compare_logdir_spec
 from torchexp.hparams import flatten_hparams, list_metric_tags, write_hparams
@@ -51,12 +50,6 @@ def read_hparams_tags(folder: str) -> dict[str, bytes]:
     accumulator = EventAccumulator(folder)
     accumulator.Reload()
     return accumulator.PluginTagToContent("hparams") if "hparams" in accumulator.ActivePlugins() else {}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(port: int, route: str, request: dict) -> dict:

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import zipfile
@@ -40,10 +41,11 @@ def test_create_writes_the_package_its_configuration_and_its_tests(project):
     written = sorted(os.path.relpath(os.path.join(folder, name), project) for folder, _, names in os.walk(project) for name in names)
     package = ["__init__.py", "__main__.py", "config.default.json", "config.schema.json", "data.py", "model.py", "runner.py"]
     assert written == sorted([".gitignore", "README.md", "pyproject.toml", "tests/test_demo.py", *(f"demo/{name}" for name in package)])
-    schema = json.load(open(os.path.join(project, "demo", "config.schema.json")))
+    package_path = pathlib.Path(project, "demo")
+    schema = json.loads((package_path / "config.schema.json").read_text())
     assert schema["properties"]["data"]["properties"]["samples"]["description"]
-    assert json.load(open(os.path.join(project, "demo", "config.default.json")))["trainer"]["max_epochs"] <= 5
-    assert "class DemoRunner(torchexp.Runner)" in open(os.path.join(project, "demo", "runner.py")).read()
+    assert json.loads((package_path / "config.default.json").read_text())["trainer"]["max_epochs"] <= 5
+    assert "class DemoRunner(torchexp.Runner)" in (package_path / "runner.py").read_text()
 
 
 def test_the_project_inits_trains_and_tests_from_another_folder(project, tmp_path):

@@ -328,23 +328,20 @@ def test_grad_clip_norm_bounds_each_update(tmp_path):
 
 
 @pytest.mark.parametrize("keep", [True, False])
-def test_keep_freed_memory_is_applied_before_training_when_configured(tmp_path, monkeypatch, keep):
+@pytest.mark.parametrize("phase", ["train", "test"])
+def test_keep_freed_memory_is_applied_before_training_and_testing_when_configured(tmp_path, monkeypatch, keep, phase):
+    if phase == "test":
+        train(tmp_path, keep_freed_memory=keep)
     calls = []
     monkeypatch.setattr(torchexp.runner, "keep_freed_memory", lambda: calls.append("kept") or True)
-    train(tmp_path, keep_freed_memory=keep)
-    assert calls == (["kept"] if keep else [])
-
-
-@pytest.mark.parametrize("keep", [True, False])
-def test_keep_freed_memory_is_applied_before_testing_when_configured(tmp_path, monkeypatch, keep):
-    train(tmp_path, keep_freed_memory=keep)
-    calls = []
-    monkeypatch.setattr(torchexp.runner, "keep_freed_memory", lambda: calls.append("kept") or True)
-    runner = make_runner(tmp_path, keep_freed_memory=keep)
-    try:
-        runner.run_test(torch.device("cpu"), 1, release=False)
-    finally:
-        finish(runner)
+    if phase == "train":
+        train(tmp_path, keep_freed_memory=keep)
+    else:
+        runner = make_runner(tmp_path, keep_freed_memory=keep)
+        try:
+            runner.run_test(torch.device("cpu"), 1, release=False)
+        finally:
+            finish(runner)
     assert calls == (["kept"] if keep else [])
 
 

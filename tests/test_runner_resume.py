@@ -24,7 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import CONFIG, REPO, SCHEMA, write_mnist
+from conftest import CONFIG, REPO, SCHEMA, assert_identical, write_mnist
 from mnist_classifier.__main__ import cli
 from mnist_classifier.runner import MNISTClassifierRunner
 from torchexp import checkpoints
@@ -80,23 +80,6 @@ def experiment_path(world: World, name: str, *parts: str) -> str:
 
 def load_checkpoint_file(world: World, name: str, filename: str) -> dict:
     return torch.load(experiment_path(world, name, "checkpoints", filename), weights_only=True)
-
-
-def assert_identical(actual, expected, where: str = "checkpoint") -> None:
-    """Assert two checkpoint states are equal bit for bit, naming the first difference."""
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor), where
-        assert actual.dtype == expected.dtype and torch.equal(actual, expected), f"{where} differs"
-    elif isinstance(expected, dict):
-        assert isinstance(actual, dict) and actual.keys() == expected.keys(), f"{where}: keys differ"
-        for key in expected:
-            assert_identical(actual[key], expected[key], f"{where}[{key!r}]")
-    elif isinstance(expected, (list, tuple)):
-        assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), f"{where}: lengths differ"
-        for index, (item, expected_item) in enumerate(zip(actual, expected)):
-            assert_identical(item, expected_item, f"{where}[{index}]")
-    else:
-        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
 
 def iteration_metrics(world: World, name: str) -> dict[int, dict]:

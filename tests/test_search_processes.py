@@ -4,7 +4,6 @@ and resumes the trial from its checkpoint; --dashboard serves the study until Ct
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import search_project
-from conftest import snapshot
+from conftest import free_port, snapshot
 from search_project import search_args, start_search, write_space
 
 MOMENTA = {"training.momentum": {"choice": [0.1, 0.3]}}
@@ -41,15 +40,11 @@ def wait_for(path, process: subprocess.Popen, timeout: float = 120) -> None:
 
 
 def load_trials(tmp_path):
-    import optuna
-
-    from torchexp.search.storage import open_journal
-
-    return optuna.load_study(study_name="study", storage=open_journal(str(tmp_path / "experiments" / "study"))).trials
+    return search_project.load_study(str(tmp_path / "experiments")).trials
 
 
 def trial_log(tmp_path, number: int) -> str:
-    return (tmp_path / "experiments" / "study" / f"trial-{number:04d}" / "verbose.log").read_text()
+    return search_project.read_trial_log(str(tmp_path / "experiments"), f"trial-{number:04d}")
 
 
 def rerun(tmp_path, data_path, space: str):
@@ -95,15 +90,11 @@ def test_ctrl_c_mid_trial_saves_it_and_the_same_command_resumes_it(tmp_path, dat
     assert [trial.state.name for trial in load_trials(tmp_path)] == ["COMPLETE", "COMPLETE"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_dashboard_serves_the_study_on_loopback_until_ctrl_c(tmp_path, data_path):
     space = write_space(str(tmp_path), MOMENTA)
-    result = rerun(tmp_path, data_path, space)
+    # A study with one short trial is enough to be shown.
+    search = search_args(space, "--trials", "1", "--max-epochs", "1")
+    result = CliRunner().invoke(search_project.cli, [*base_args(tmp_path, data_path), *search], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     port = free_port()
     process = start(tmp_path, data_path, "search", "--dashboard", "--port", str(port))

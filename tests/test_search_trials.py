@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import search_project
-from conftest import CONFIG, snapshot
+from conftest import CONFIG, assert_identical, snapshot
 from mnist_classifier.__main__ import cli as mnist_cli
 from search_project import FAIL_NAN, FAIL_RAISE, search_args, write_space
 
@@ -27,16 +27,11 @@ def run(tmp_path, data_path):
 
 
 def load_study(tmp_path, name: str = "study"):
-    import optuna
-
-    from torchexp.search.storage import open_journal
-
-    return optuna.load_study(study_name=name, storage=open_journal(str(tmp_path / "experiments" / name)))
+    return search_project.load_study(str(tmp_path / "experiments"), name)
 
 
 def read_log(tmp_path, trial: str) -> str:
-    with open(tmp_path / "experiments" / "study" / trial / "verbose.log", encoding="utf-8") as file:
-        return file.read()
+    return search_project.read_trial_log(str(tmp_path / "experiments"), trial)
 
 
 def test_every_trial_is_an_experiment_that_info_test_and_create_release_work_on(run, tmp_path):
@@ -71,6 +66,7 @@ def test_trials_counts_the_studys_total_across_runs(run, tmp_path):
     assert {name: read_log(tmp_path, name) for name in first} == first
     assert read_log(tmp_path, "trial-0002").count("training from scratch") == 1
     again = run(*search_args(space, "--trials", "3", "--max-epochs", "1", "--sampler", "random"))
+    assert again.exit_code == 0, again.output
     assert len(load_study(tmp_path).trials) == 3 and "trial 3" not in again.output
 
 
@@ -81,6 +77,7 @@ def test_a_rerun_with_other_settings_is_refused_and_writes_nothing(run, tmp_path
     result = run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--metric", "validation.accuracy"))
     assert result.exit_code == 2
     assert "Error: study 'study' was created with --metric validation.loss, not --metric validation.accuracy" in result.output
+    assert snapshot(str(tmp_path)) == before
     other = write_space(str(tmp_path), {"training.momentum": {"choice": [0.1, 0.2]}}, name="other.json")
     before = snapshot(str(tmp_path))
     result = run(*search_args(other, "--trials", "2", "--max-epochs", "1"))
@@ -160,25 +157,6 @@ def test_a_promoted_trial_is_bit_identical_to_one_trained_straight_through(run, 
     assert_identical(searched, straight)
 
 
-def assert_identical(left, right, path="checkpoint"):
-    """Every tensor equal (torch.equal) and every other value equal, recursively."""
-    import torch
-
-    assert type(left) is type(right), path
-    if isinstance(left, torch.Tensor):
-        assert torch.equal(left, right), path
-    elif isinstance(left, dict):
-        assert left.keys() == right.keys(), path
-        for key in left:
-            assert_identical(left[key], right[key], f"{path}.{key}")
-    elif isinstance(left, (list, tuple)):
-        assert len(left) == len(right), path
-        for index, (a, b) in enumerate(zip(left, right)):
-            assert_identical(a, b, f"{path}[{index}]")
-    else:
-        assert left == right or (left != left and right != right), path
-
-
 def test_grid_over_the_architectures_runs_each_once(run, tmp_path):
     space = os.path.join(search_project.REPO, "configs", "architectures.json")
     fast = ("--set", "data.batch_size=16", "--set", "data.test_batch_size=20", "--set", "trainer.precision=fp32")
@@ -207,11 +185,7 @@ def test_status_prints_the_table_without_training(run, tmp_path):
 
 def test_a_missing_metric_stops_the_search_naming_those_that_exist(run, tmp_path):
     space = write_space(str(tmp_path), MOMENTA)
-    result = CliRunner().invoke(
-        search_project.cli,
-        ["--experiments-path", str(tmp_path / "experiments"), "--data-path", str(tmp_path / "data"), "--experiment-name", "study",
-         *search_args(space, "--trials", "2", "--max-epochs", "1", "--metric", "validation.f1")],
-    )
+    result = run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--metric", "validation.f1"))
     assert result.exit_code == 2
     assert "Error: metric validation.f1 is not among the metrics of epoch 1 (train.accuracy, train.loss, validation.accuracy, validation.loss)" in result.output
 

@@ -52,11 +52,9 @@ def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.Check
         CheckpointError: there is no such release; the message lists the releases and
             says how to make one.
     """
-    if epoch is None:
-        return find_weights(experiment, "release")
     releases = checkpoints.list_checkpoints(experiment.checkpoints_path, ("release",))
-    if not releases:
-        find_weights(experiment, "release")  # raises, saying how to make one
+    if epoch is None or not releases:
+        return find_weights(experiment, "release")  # the latest; without any, it says how to make one
     for info in releases:
         if info.epoch == epoch:
             return info
