@@ -1,8 +1,14 @@
+import re
+
 from setuptools import find_packages, setup
+
+# The version is written once, in torchexp/version.py; read without importing torchexp.
+with open("torchexp/version.py", encoding="utf-8") as file:
+    VERSION = re.search(r'__version__ = "([^"]+)"', file.read()).group(1)
 
 setup(
     name="torchexp",
-    version="0.1.0",
+    version=VERSION,
     description="Experiments for PyTorch: validated configs, exact-resume checkpoints, releases, TensorBoard",
     packages=find_packages(include=["torchexp", "torchexp.*", "mnist_classifier", "mnist_classifier.*"]),
     package_data={

@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from mnist_classifier.model import build_model  # noqa: E402
 from torchexp import checkpoints  # noqa: E402
 from torchexp.rng import capture_rng_states  # noqa: E402
-from torchexp.storage import hash_file  # noqa: E402
+from torchexp.files import hash_file  # noqa: E402
 
 
 def build_state() -> dict:

@@ -113,7 +113,7 @@ def make_runner(experiments_path: str, name: str, data_path: str, runner_class: 
 
     app = App(data_class or MNISTClassifierData, runner_class, name, experiments_path, data_path, "quiet")
     experiment = app.open_experiment()
-    return app.make_runner(experiment, experiment.read_record(), num_workers=0)
+    return app.project.make_runner(experiment, experiment.read_definition(), num_workers=0)
 
 
 def close_runner(runner: Any) -> None:

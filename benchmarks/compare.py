@@ -51,8 +51,7 @@ def make_seed_experiment(folder: str, args) -> str:
     import torch
 
     from mnist_classifier.runner import MNISTClassifierRunner
-    from torchexp.runner import create_release
-    from torchexp.training import choose_release_epoch
+    from torchexp.releases import choose_release_epoch, create_release
 
     overrides = [f"trainer.max_epochs={EPOCHS}", "data.val_split=0.05"]
     common.create_experiment(folder, SEED_NAME, args.data_path, common.DEFAULT_CONFIG, args.seed, overrides)
@@ -62,7 +61,7 @@ def make_seed_experiment(folder: str, args) -> str:
     finally:
         common.close_runner(runner)
     epoch, _ = choose_release_epoch(runner.experiment)
-    create_release(runner.experiment, epoch, runner.experiment.read_record())
+    create_release(runner.experiment, epoch, runner.experiment.read_definition())
     common.time_process(common.cli_command(folder, SEED_NAME, args.data_path, "test"))
     return os.path.join(folder, SEED_NAME)
 
@@ -82,7 +81,7 @@ def copy_experiment(seed_path: str, path: str) -> None:
 def vary_experiment(path: str, index: int) -> None:
     """Give a copy its own seed, settings and metric values; cut or untest some copies."""
     # Imported here, not at the top: the --library child of this file times torchexp's imports.
-    from torchexp.storage import write_json_atomic
+    from torchexp.files import write_json_atomic
 
     rng = random.Random(index)
     config_path = os.path.join(path, "config.json")

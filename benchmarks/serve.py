@@ -49,7 +49,7 @@ def prepare_release(experiments: str, args: argparse.Namespace) -> None:
     import torch
 
     from mnist_classifier.runner import MNISTClassifierRunner
-    from torchexp.runner import create_release
+    from torchexp.releases import create_release
 
     common.create_experiment(experiments, NAME, args.data_path, common.DEFAULT_CONFIG, args.seed)
     runner = common.make_runner(experiments, NAME, args.data_path, MNISTClassifierRunner, common.subset_data_class(args.train_samples))
@@ -57,7 +57,7 @@ def prepare_release(experiments: str, args: argparse.Namespace) -> None:
         runner.train(torch.device("cpu"), max_epochs=1, log_period=1000)
     finally:
         common.close_runner(runner)
-    create_release(runner.experiment, 1, runner.experiment.read_record())
+    create_release(runner.experiment, 1, runner.experiment.read_definition())
     common.time_process(common.cli_command(experiments, NAME, args.data_path, "export", "--format", "onnx", "--check-samples", "200"))
 
 
@@ -200,7 +200,7 @@ def make_plain_app(experiments: str):
     from fastapi import Body, FastAPI
 
     from mnist_classifier.data import MEAN, STD
-    from torchexp.experiment import Experiment
+    from torchexp.folder import Experiment
     from torchexp.inference import load_inference_runner
 
     model = load_inference_runner(Experiment(experiments, NAME), "release", "cpu").model

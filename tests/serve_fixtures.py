@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from mnist_classifier.__main__ import cli
 from mnist_classifier.data import MNISTClassifierData
 from mnist_classifier.runner import MNISTClassifierRunner
-from torchexp.app import App
+from torchexp.commands.context import App
 from conftest import CONFIG, SCHEMA, write_mnist
-from torchexp.experiment import Experiment
+from torchexp.folder import Experiment
 from torchexp.serving.options import ServeOptions
-from torchexp.inference import find_release
+from torchexp.releases import find_release
 from torchexp.serving.server import load_app
 from torchexp.tracking import make_logger
 from torchexp.training import train_experiment
@@ -43,7 +43,7 @@ def make_release(root: str, model: str = "mlp", data_path: str | None = None, da
 
     invoke("init", "--config-path", CONFIG, "--schema-path", SCHEMA, "--set", f"model.name={model}", "--set", "data.batch_size=32")
     app = App(data_class or MNISTClassifierData, MNISTClassifierRunner, NAME, experiments, data_path, "quiet")
-    train_experiment(app, app.open_experiment(), "cpu", 0, 1, 100)
+    train_experiment(app.project, app.open_experiment(), "cpu", 0, 1, 100)
     invoke("create_release", "--epoch", "1")
     return experiments
 

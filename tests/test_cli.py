@@ -469,7 +469,7 @@ def make_data_file(root):
 
 HOLD_LOCK = """
 import sys, time
-from torchexp.experiment import Experiment
+from torchexp.folder import Experiment
 with Experiment(sys.argv[1], "x").lock():
     print("locked", flush=True)
     time.sleep(60)

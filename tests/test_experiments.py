@@ -14,7 +14,7 @@ import torchexp
 from conftest import REPO, init_args, snapshot, write_mnist
 from mnist_classifier.__main__ import cli
 from mnist_classifier.runner import MNISTClassifierRunner
-from torchexp.errors import CheckpointError, ExperimentError
+from torchexp.errors import CheckpointError, ConfigError, ExperimentError
 from torchexp.training import train_experiment
 
 MLP = ("--set", "model.name=mlp", "--set", "trainer.max_epochs=2")
@@ -193,7 +193,12 @@ def test_best_takes_the_lowest_loss_and_the_highest_accuracy(root):
     view = experiments_of(root)["x"]
     assert view.best("validation", "loss") == (2, 0.4)
     assert view.best("validation", "accuracy") == (3, 0.8)
-    assert view.best("validation", "loss", mode="max") == (1, 0.9)
+    assert view.best("validation", "loss", direction="maximize") == (1, 0.9)
+    assert view.best("validation", "loss", direction="max") == (1, 0.9)
+    with pytest.warns(DeprecationWarning, match=r"best\(mode=...\) is deprecated: use direction="):
+        assert view.best("validation", "loss", mode="max") == (1, 0.9)
+    with pytest.raises(ConfigError, match="direction 'up' is not valid: use 'minimize' or 'maximize'"):
+        view.best("validation", "loss", direction="up")
     with pytest.raises(ExperimentError, match=r"has no validation metric 'lss' \(its validation metrics: accuracy, loss, nan\)"):
         view.best("validation", "lss")
     with pytest.raises(ExperimentError, match="has no train metrics yet: train it first"):
@@ -239,7 +244,7 @@ def test_a_run_its_epoch_observer_stopped_is_stopped_early(root):
         "fresh", os.path.join(root, "experiments"), os.path.join(root, "data"), "quiet",
     )  # fmt: skip
     experiment = app.open_experiment()
-    train_experiment(app, experiment, "cpu", 0, None, 100, epoch_observers=(lambda epoch, metrics: "pruned",))
+    train_experiment(app.project, experiment, "cpu", 0, None, 100, epoch_observers=(lambda epoch, metrics: "pruned",))
     view = experiments_of(root)["fresh"]
     assert view.epochs == 1 and view.max_epochs == 2
     assert view.state == "stopped early"

@@ -1,5 +1,6 @@
 """`export`: a release as ONNX (checked in onnxruntime against torch) or as safetensors."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,10 +15,10 @@ from conftest import init_args, write_mnist
 from mnist_classifier.__main__ import cli
 from mnist_classifier.data import normalize, read_mnist
 from torchexp import export as export_module
-from torchexp.app import App
+from torchexp.project import Project
 from torchexp.checkpoints import read_record
 from torchexp.errors import CheckpointError
-from torchexp.experiment import Experiment
+from torchexp.folder import Experiment
 from torchexp.export import CHECK_ATOL, CHECK_RTOL, export_path, load_check_batches, open_onnx_session
 from torchexp.inference import load_inference_runner
 
@@ -200,11 +201,11 @@ def test_a_runner_without_an_example_instance_cannot_be_exported_to_onnx(release
 def test_the_check_takes_test_samples_as_the_loader_gives_them_or_falls_back_to_the_example(released, caplog):
     experiment = Experiment(str(released / "experiments"), "mlp")
     logger = logging.getLogger("test_export")
-    app = App("mnist_classifier.data:MNISTClassifierData", "mnist_classifier.runner:MNISTClassifierRunner", "mlp", "", str(released / "data"), "quiet")
-    batches = load_check_batches(app, experiment, 27, logger)
+    project = Project("mnist_classifier.data:MNISTClassifierData", "mnist_classifier.runner:MNISTClassifierRunner", str(released / "data"), "quiet")
+    batches = load_check_batches(project, experiment, 27, logger)
     assert [tuple(batch.shape) for batch in batches] == [(20, 1, 28, 28), (7, 1, 28, 28)]
 
-    app.data_path = str(released / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte")  # a file, not a folder
+    not_a_folder = dataclasses.replace(project, data_path=str(released / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"))
     with caplog.at_level(logging.WARNING, logger="test_export"):
-        assert load_check_batches(app, experiment, 27, logger) == []
+        assert load_check_batches(not_a_folder, experiment, 27, logger) == []
     assert "the ONNX check runs on the example instance only: the test set cannot be loaded" in caplog.text

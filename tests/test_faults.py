@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from conftest import CONFIG, REPO, SCHEMA, write_mnist
 from mnist_classifier.__main__ import cli
-from torchexp import checkpoints, storage
+from torchexp import checkpoints, files
 
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
 
@@ -191,10 +191,10 @@ def test_a_folder_sync_failure_is_reported_unless_the_file_system_cannot_sync_fo
     monkeypatch.setattr(os, "fsync", fsync)
     path = str(tmp_path / "file.json")
     if fails:
-        with pytest.raises(storage.StorageError, match=r"could not write .*file.json: Input/output error \(while syncing its folder\)"):
-            storage.write_json_atomic(path, {"a": 1})
+        with pytest.raises(files.StorageError, match=r"could not write .*file.json: Input/output error \(while syncing its folder\)"):
+            files.write_json_atomic(path, {"a": 1})
     else:
-        storage.write_json_atomic(path, {"a": 1})
+        files.write_json_atomic(path, {"a": 1})
     assert json.load(open(path)) == {"a": 1}  # the rename itself stands either way
     assert temporaries(str(tmp_path)) == []
 
@@ -286,7 +286,7 @@ def test_a_verified_checkpoint_without_training_state_is_refused_by_name(lab):
 
 HOLD_LOCK = """
 import sys
-from torchexp.experiment import Experiment
+from torchexp.folder import Experiment
 with Experiment(sys.argv[1], sys.argv[2]).lock():
     print("locked", flush=True)
     sys.stdin.read()
@@ -343,7 +343,7 @@ def craft(path: str, marker: str, form: str) -> None:
             pickle.dump(state, file)
     epoch, kind = checkpoints.parse_filename(os.path.basename(path))
     record = {"epoch": epoch, "kind": kind, "sha256": sha256(path), "bytes": os.path.getsize(path), "iteration": 0}
-    storage.write_json_atomic(checkpoints.record_path(path), record)
+    files.write_json_atomic(checkpoints.record_path(path), record)
 
 
 FORMS = ["zip", "legacy", "raw pickle"]
@@ -427,7 +427,7 @@ def fill_disk(monkeypatch, where: str) -> None:
 
         def write_json(path, obj):
             if path.endswith(".pt.json"):
-                storage.write_atomic(path, lambda file: FillingFile(file, room=10).write(json.dumps(obj).encode()))
+                files.write_atomic(path, lambda file: FillingFile(file, room=10).write(json.dumps(obj).encode()))
             return real_write_json(path, obj)
 
         monkeypatch.setattr(checkpoints, "write_json_atomic", write_json)

@@ -14,7 +14,7 @@ from mnist_classifier.model import MODELS, build_model
 from mnist_classifier.runner import MNISTClassifierRunner, one_cycle_factor
 from torchexp.config import Config, build_config
 from torchexp.errors import DataError
-from torchexp.experiment import Experiment
+from torchexp.folder import Experiment
 from torchexp.tracking import Tracker, close_logger, make_logger
 
 TRAIN_SIZE, TEST_SIZE = 96, 40

@@ -11,9 +11,9 @@ import torchexp
 import torchexp.runner
 from torchexp.config import TRAINER_SCHEMA, Config, fill_defaults, validate_config
 from torchexp.errors import CheckpointError, ConfigError
-from torchexp.experiment import Experiment
+from torchexp.folder import Experiment
 from torchexp.loaders import TensorLoader
-from torchexp.runner import create_release
+from torchexp.releases import create_release
 from torchexp.tracking import Tracker, close_logger, make_logger
 
 SIZE, BATCH = 10, 4  # batches of 4, 4 and 2 samples: batch means differ from sample means
@@ -353,7 +353,7 @@ def test_an_experiment_without_newer_trainer_options_trains_with_their_defaults(
     record_path.write_text(json.dumps(record))
     app = torchexp.App(TinyData, TinyRunner, "r", str(tmp_path / "experiments"), str(tmp_path), "quiet")
     experiment = app.open_experiment()
-    runner = app.make_runner(experiment, experiment.read_record(), 0)
+    runner = app.project.make_runner(experiment, experiment.read_definition(), 0)
     finish(runner)
     assert runner.get_conf("trainer", "keep_freed_memory") is True
 

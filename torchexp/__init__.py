@@ -1,14 +1,13 @@
 """torchexp: experiments for PyTorch with validated configs, exact resume and releases.
 
-`Data` and `Runner` are imported on first use, so that `import torchexp` (and the
-command line's --help, info and tensorboard) does not import torch.
+The public API is imported on first use, so that `import torchexp` imports neither torch
+nor click: a script that only reads experiments (`torchexp.Experiments`) stays light, and
+the command line's --help, info and compare answer at once.
 """
 
+import importlib
 from typing import Any
 
-from torchexp.app import App, __version__, pass_app
-from torchexp.cli import make_cli
-from torchexp.config import Config
 from torchexp.errors import (
     CheckpointError,
     ConfigError,
@@ -20,41 +19,39 @@ from torchexp.errors import (
     TorchexpError,
     TrainingInterrupted,
 )
-from torchexp.experiment import Experiment
-from torchexp.experiments import Experiments, ExperimentView
+from torchexp.version import __version__
 
 LAZY = {
+    "App": "torchexp.commands.context",
+    "Config": "torchexp.config",
     "Data": "torchexp.data",
+    "Experiment": "torchexp.folder",
+    "ExperimentView": "torchexp.experiments",
+    "Experiments": "torchexp.experiments",
+    "Project": "torchexp.project",
     "Runner": "torchexp.runner",
-    "TensorLoader": "torchexp.loaders",
     "SeededDataLoader": "torchexp.loaders",
+    "TensorLoader": "torchexp.loaders",
+    "make_cli": "torchexp.cli",
+    "pass_app": "torchexp.commands.context",
 }
 
 __all__ = [
-    "App",
     "CheckpointError",
-    "Config",
     "ConfigError",
     "DataError",
     "DeviceError",
-    "Experiment",
     "ExperimentError",
-    "ExperimentView",
-    "Experiments",
     "LockError",
     "StorageError",
     "TorchexpError",
     "TrainingInterrupted",
     "__version__",
-    "make_cli",
-    "pass_app",
     *LAZY,
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in LAZY:
-        import importlib
-
         return getattr(importlib.import_module(LAZY[name]), name)
     raise AttributeError(f"module 'torchexp' has no attribute {name!r}")

@@ -17,8 +17,9 @@ import time
 from typing import Any
 
 from torchexp.errors import CheckpointError, StorageError, first_line
-from torchexp.storage import hash_file, read_json, remove_quietly, write_atomic, write_json_atomic
+from torchexp.files import hash_file, read_json, remove_quietly, write_atomic, write_json_atomic
 
+CHECKPOINT_FORMAT = 1  # the layout of the state inside a checkpoint; raise it when it changes
 KINDS = ("standard", "release", "interrupt")
 # No leading zeros: every name parse_filename accepts is the one make_filename writes.
 FILENAME_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.checkpoint(?:\.(?P<kind>release|interrupt))?\.pt")

@@ -11,16 +11,18 @@ from typing import Any
 
 import click
 
-from torchexp.app import App, __version__
 from torchexp.commands.compare import compare
-from torchexp.commands.experiment import info, init
+from torchexp.commands.context import App
+from torchexp.commands.create import create
 from torchexp.commands.export import export
+from torchexp.commands.info import info
+from torchexp.commands.init import init
 from torchexp.commands.search import search
-from torchexp.commands.project import create
 from torchexp.commands.serve import serve
 from torchexp.commands.tensorboard import tensorboard
 from torchexp.commands.training import create_release, test, train
 from torchexp.errors import TorchexpError
+from torchexp.version import __version__
 
 PROJECT_COMMANDS = (init, info, train, test, create_release, tensorboard, serve, compare, export, search)
 

@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 from torchexp.config import fill_trainer_defaults
 from torchexp.errors import ConfigError, ExperimentError
-from torchexp.experiments import NOT_AN_EXPERIMENT, CORRUPT, Experiments, find_best, is_number, metric_mode
-from torchexp.storage import replace_non_finite
+from torchexp.experiments import CORRUPT, NOT_AN_EXPERIMENT, Experiments
+from torchexp.metrics import find_best, guess_direction, is_number
+from torchexp.files import replace_non_finite
 
 MISSING = "-"  # a cell without a value, in text and Markdown
 MIN_TEXT_WIDTH = 8  # text columns are cut to no less than this to fit the terminal
@@ -92,7 +93,7 @@ def summarize(experiments: Experiments, name: str) -> Summary:
     best = {}
     for metric in validation_names:
         series = [(entry["epoch"], entry["validation"][metric]) for entry in history if is_number(entry["validation"].get(metric))]
-        found = find_best(series, metric_mode(metric))
+        found = find_best(series, guess_direction(metric))
         if found is not None:
             best[metric] = {"value": found[1], "epoch": found[0]}
     test = view.latest_test

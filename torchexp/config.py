@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from torchexp.errors import ConfigError
-from torchexp.storage import read_json
+from torchexp.files import read_json
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a configuration is a few KiB; larger is a mistake
 

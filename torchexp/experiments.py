@@ -27,13 +27,16 @@ import fnmatch
 import json
 import os
 import re
+import warnings
 from typing import Any, Iterator
 
 from torchexp import checkpoints
 from torchexp.config import fill_trainer_defaults
 from torchexp.errors import CheckpointError, ExperimentError, TorchexpError
-from torchexp.experiment import NAME_PATTERN, Experiment
-from torchexp.storage import is_locked, read_json
+from torchexp.folder import NAME_PATTERN, Experiment
+from torchexp.files import read_json
+from torchexp.locks import is_locked
+from torchexp.metrics import find_best, guess_direction, is_number
 
 STUDY_FILE = "study.json"
 RESULTS_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.(?P<kind>standard|release)\.test\.json")
@@ -51,10 +54,6 @@ NOT_AN_EXPERIMENT = "not an experiment"  # a folder without config.json
 # and Runner.run_epochs); a stop by signal reads "training stopped by SIGINT" and is no match.
 STOP_PATTERN = re.compile(r"(?:early stopping|training stopped(?: early)?) after epoch (\d+)")
 LOG_TAIL_BYTES = 64 * 1024  # the end of verbose.log holds the last run's closing lines
-
-# Metrics named like these are better when higher; every other one when lower.
-HIGHER_IS_BETTER = ("acc", "f1", "precision", "recall", "auc", "score", "iou", "dice")
-
 
 @dataclasses.dataclass(frozen=True)
 class StoredCheckpoint:
@@ -111,7 +110,7 @@ class ExperimentView:
         Raises:
             ExperimentError: config.json is missing, unreadable or not an experiment's record.
         """
-        record = self.experiment.read_record()
+        record = self.experiment.read_definition()
         if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
             raise ExperimentError(f"config of experiment {self.name!r} ({self.experiment.config_path}) has no \"config\" object")
         return record
@@ -254,19 +253,24 @@ class ExperimentView:
             if is_number(entry[split].get(metric))
         ]
 
-    def best(self, split: str = "validation", metric: str = "loss", mode: str | None = None) -> tuple[int, float]:
+    def best(self, split: str = "validation", metric: str = "loss", direction: str | None = None, mode: str | None = None) -> tuple[int, float]:
         """Return (epoch, value) of the best epoch by one metric.
 
         Args:
             split: "validation" or "train".
             metric: a metric the project logs, e.g. "loss" or "accuracy".
-            mode: "min" or "max"; default: "max" for accuracy-like names (accuracy, f1,
-                precision, recall, auc, score...), "min" for the rest.
+            direction: "minimize" or "maximize" ("min", "max"); default: "maximize" for
+                accuracy-like names (accuracy, f1, precision, recall, auc, score...),
+                "minimize" for the rest.
+            mode: deprecated name of `direction`, until torchexp 0.3.
 
         Raises:
             ExperimentError: the experiment has no such metric; the message lists those it has.
         """
-        found = find_best(self.series(split, metric), mode or metric_mode(metric))
+        if mode is not None:
+            warnings.warn("ExperimentView.best(mode=...) is deprecated: use direction=", DeprecationWarning, stacklevel=2)
+            direction = direction or mode
+        found = find_best(self.series(split, metric), direction or guess_direction(metric))
         if found is None:
             names = sorted({name for entry in self.history for name in entry[split]})
             if not names:
@@ -465,24 +469,3 @@ def read_stop_epoch(log_path: str) -> int | None:
 def check_split(split: str) -> None:
     if split not in ("train", "validation"):
         raise ExperimentError(f"split {split!r} is not valid: use 'train' or 'validation'")
-
-
-def is_number(value: Any) -> bool:
-    """Whether `value` is a number (not a bool, not null: a non-finite value became null)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def metric_mode(metric: str) -> str:
-    """"max" for accuracy-like metric names, "min" for the rest (losses, errors)."""
-    return "max" if any(word in metric.lower() for word in HIGHER_IS_BETTER) else "min"
-
-
-def find_best(series: list[tuple[int, float]], mode: str) -> tuple[int, float] | None:
-    """The (epoch, value) with the lowest ("min") or highest ("max") value; the earliest on
-    a tie; None for an empty series."""
-    if mode not in ("min", "max"):
-        raise ExperimentError(f"mode {mode!r} is not valid: use 'min' or 'max'")
-    if not series:
-        return None
-    sign = 1 if mode == "min" else -1
-    return min(series, key=lambda item: (sign * item[1], item[0]))

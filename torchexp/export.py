@@ -24,11 +24,13 @@ import time
 from typing import Any, Iterable
 
 from torchexp import checkpoints
-from torchexp.app import App, __version__
 from torchexp.errors import CheckpointError, DataError, TorchexpError, first_line
-from torchexp.experiment import Experiment
-from torchexp.inference import find_release, load_runner
-from torchexp.storage import read_json, remove_quietly, write_atomic, write_json_atomic
+from torchexp.folder import Experiment
+from torchexp.inference import load_runner
+from torchexp.project import Project
+from torchexp.releases import find_release
+from torchexp.files import read_json, remove_quietly, write_atomic, write_json_atomic
+from torchexp.version import __version__
 
 FORMATS = ("onnx", "safetensors")
 # The lowest opset the torch.export-based exporter implements natively (lower ones go
@@ -51,11 +53,11 @@ def export_path(experiment: Experiment, epoch: int, fmt: str) -> str:
     return os.path.join(experiment.path, "exports", f"{epoch}.release.{fmt}")
 
 
-def export_experiment(app: App, experiment: Experiment, epoch: int | None, fmt: str, check_samples: int, logger: Any) -> str:
+def export_experiment(project: Project, experiment: Experiment, epoch: int | None, fmt: str, check_samples: int, logger: Any) -> str:
     """Export a release (default: the latest), checking an ONNX export on real test samples.
 
     Args:
-        app: the command's App: its Data class and --data-path give the test samples.
+        project: its Data class and data path give the test samples.
         experiment: the experiment.
         epoch: the release's epoch, or None for the latest release.
         fmt: one of FORMATS.
@@ -66,11 +68,11 @@ def export_experiment(app: App, experiment: Experiment, epoch: int | None, fmt: 
         The export's path.
     """
     release = find_release(experiment, epoch)
-    batches = load_check_batches(app, experiment, check_samples, logger) if fmt == "onnx" else []
+    batches = load_check_batches(project, experiment, check_samples, logger) if fmt == "onnx" else []
     return export_release(experiment, release, fmt, batches, logger)
 
 
-def load_check_batches(app: App, experiment: Experiment, samples: int, logger: Any) -> list[Any]:
+def load_check_batches(project: Project, experiment: Experiment, samples: int, logger: Any) -> list[Any]:
     """Return the model inputs of the first `samples` test samples, as the test loader gives them.
 
     The first element of each test batch (or the batch itself, when it is a tensor) is
@@ -80,10 +82,9 @@ def load_check_batches(app: App, experiment: Experiment, samples: int, logger: A
     """
     import torch
 
-    record = experiment.read_record()
     try:
-        data = app.make_data(experiment, record, logger)
-        data.load_loaders(app.data_path, 0)
+        data = project.make_data(experiment, experiment.read_definition(), logger)
+        data.load_loaders(project.data_path, 0)
     except DataError as error:
         logger.warning(f"the ONNX check runs on the example instance only: the test set cannot be loaded ({error})")
         return []

@@ -10,58 +10,12 @@ import os
 from typing import Any
 
 from torchexp import checkpoints
-from torchexp.app import load_class
 from torchexp.config import Config, fill_trainer_defaults
 from torchexp.errors import CheckpointError, ExperimentError
-from torchexp.experiment import Experiment
+from torchexp.folder import Experiment
+from torchexp.project import load_class
+from torchexp.releases import Epoch, find_weights
 from torchexp.tracking import Tracker, make_logger
-
-Epoch = int | str | None  # an epoch number, "release" (the latest release) or None (the latest checkpoint)
-
-
-def find_weights(experiment: Experiment, epoch: Epoch = None) -> checkpoints.CheckpointInfo:
-    """Return the checkpoint whose weights `epoch` designates.
-
-    Args:
-        experiment: the experiment, which must exist.
-        epoch: N for epoch N's standard checkpoint (its release when it has only that),
-            "release" for the latest release, None for the latest standard or release one.
-
-    Raises:
-        CheckpointError: there is no such checkpoint; the message lists those that exist.
-    """
-    experiment.check_exists()
-    folder = experiment.checkpoints_path
-    if isinstance(epoch, int) and not isinstance(epoch, bool):
-        return checkpoints.find_checkpoint(folder, epoch, ("standard", "release"))
-    if epoch not in (None, "release"):
-        raise CheckpointError(f"epoch {epoch!r} is not valid: pass an epoch number, 'release' or None for the latest")
-    kinds = ("release",) if epoch == "release" else ("standard", "release")
-    found = checkpoints.list_checkpoints(folder, kinds)
-    if not found:
-        hint = "create one with create_release" if epoch == "release" else "train it first"
-        raise CheckpointError(f"experiment {experiment.name!r} has no {' or '.join(kinds)} checkpoint yet: {hint}")
-    latest = found[-1].epoch
-    return next(info for kind in kinds for info in found if info.epoch == latest and info.kind == kind)
-
-
-def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.CheckpointInfo:
-    """Return the release checkpoint of `epoch`, or the latest release when it is None.
-
-    Raises:
-        CheckpointError: there is no such release; the message lists the releases and
-            says how to make one.
-    """
-    releases = checkpoints.list_checkpoints(experiment.checkpoints_path, ("release",))
-    if epoch is None or not releases:
-        return find_weights(experiment, "release")  # the latest; without any, it says how to make one
-    for info in releases:
-        if info.epoch == epoch:
-            return info
-    raise CheckpointError(
-        f"epoch {epoch} of experiment {experiment.name!r} has no release checkpoint "
-        f"(releases: {checkpoints.describe_epochs(releases)}): create one with create_release --epoch {epoch}"
-    )
 
 
 def resolve_classes(experiment: Experiment, record: dict, runner_class: Any, data_class: Any) -> tuple[type, type | None]:
@@ -140,7 +94,7 @@ def load_runner(experiment: Experiment, info: checkpoints.CheckpointInfo, device
     import torch
 
     state = checkpoints.load_checkpoint(info)
-    record = state if info.kind == "release" else experiment.read_record()
+    record = state if info.kind == "release" else experiment.read_definition()
     runner = make_inference_runner(experiment, record, runner_class, data_class)
     with torch.random.fork_rng(devices=[]):
         runner.load_weights(device, state, os.path.basename(info.path))

@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from torchexp.errors import ConfigError
-from torchexp.storage import write_atomic
+from torchexp.files import write_atomic
 
 PLOT_FORMATS = {".png": "png", ".svg": "svg"}
 PANEL_INCHES = (4.8, 3.6)  # one metric's panel: width, height

@@ -1,139 +1,125 @@
-"""A new project from templates: what `torchexp create` writes.
+"""A project: its Data and Runner classes, and how torchexp builds them for an experiment.
 
-The templates live in `torchexp/templates/project/` as real files with a `.tmpl` suffix
-(so that pytest and linters leave them alone), filled with `string.Template`: `${name}`
-is the package's name, `${prefix}` the prefix of its class names. A folder named
-`PACKAGE` becomes the package's folder, and `PACKAGE` in a file name the package's name. The project is built in a temporary folder
-beside the target and renamed into place, so a failure leaves nothing behind.
+The command line, the search, serving, export and the Python API all build a project's
+objects here, so that each gets them the same way. Nothing here imports torch: the
+classes are imported from "module:Class" on first use.
 """
 
-import importlib.resources
-import importlib.util
-import keyword
+import dataclasses
+import importlib
+import importlib.metadata
+import json
 import os
-import shutil
-import string
-import sys
-import tempfile
+import platform
 from typing import Any
 
-from torchexp.app import __version__
-from torchexp.errors import ConfigError, StorageError
-from torchexp.storage import current_umask
+from torchexp.config import Config, fill_trainer_defaults
+from torchexp.errors import DataError
+from torchexp.folder import Experiment
+from torchexp.tracking import Tracker, close_logger, make_logger
+from torchexp.version import __version__
 
-TEMPLATE_SUFFIX = ".tmpl"
-PACKAGE_PLACEHOLDER = "PACKAGE"  # in template paths, the package's name
-RENAMED = {"gitignore": ".gitignore"}  # hidden files are stored visible: package data globs skip them
-
-
-def check_project_name(name: str) -> None:
-    """Raise ConfigError unless `name` can be the project's package: a Python identifier,
-    not a keyword, and no module that Python already finds (torch, torchexp, json,
-    test...), which the project's package would shadow or be shadowed by.
-    """
-    if not name.isidentifier():
-        raise ConfigError(f"project name {name!r} is not a Python identifier: use letters, digits and '_', not starting with a digit")
-    if not name.isascii():
-        raise ConfigError(f"project name {name!r} has letters outside ASCII, which a package name should not: choose another name")
-    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
-        raise ConfigError(f"project name {name!r} is a Python keyword: choose another name")
-    if name == "tests":
-        raise ConfigError("project name 'tests' is the name of the project's own tests folder: choose another name")
-    if name in sys.stdlib_module_names or name in sys.builtin_module_names:
-        raise ConfigError(f"project name {name!r} is the name of a module of Python's standard library: choose another name")
-    try:
-        found = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        found = True
-    if found is not None:
-        where = getattr(found, "origin", None) or "this environment"
-        raise ConfigError(f"project name {name!r} is taken by an installed module ({where}): choose another name")
+ClassSpec = type | str  # a class, or "module:Class" to import it on first use
 
 
-def make_class_prefix(name: str) -> str:
-    """Return the prefix of the project's class names: `digit_classifier` -> `DigitClassifier`."""
-    return "".join(part[:1].upper() + part[1:] for part in name.split("_")) or "Project"
-
-
-def list_templates(folder: Any, relative: str = "") -> list[tuple[str, Any]]:
-    """Return (path relative to the project template, template) for every template file.
+@dataclasses.dataclass(frozen=True)
+class Project:
+    """A project's classes, where its data lives, and how much its commands say.
 
     Args:
-        folder: an importlib.resources Traversable, which a zipped package has too.
-        relative: the path of `folder` in the project template, ending with "/".
+        data_class: the project's Data subclass, or "module:Class".
+        runner_class: the project's Runner subclass, or "module:Class".
+        data_path: the folder holding (or receiving) the data sets.
+        verbosity: "quiet", "normal" or "verbose" on the console.
     """
-    found = []
-    for entry in sorted(folder.iterdir(), key=lambda entry: entry.name):
-        path = f"{relative}{entry.name}"
-        if entry.is_dir():
-            found += list_templates(entry, f"{path}/")
-        elif entry.name.endswith(TEMPLATE_SUFFIX):
-            found.append((path, entry))
-    return found
+
+    data_class: ClassSpec
+    runner_class: ClassSpec
+    data_path: str = "data"
+    verbosity: str = "normal"
+
+    def classes(self) -> dict[str, str]:
+        """{"data": "module:Class", "runner": "module:Class"}, as config.json records them."""
+        return {"data": class_spec(self.data_class), "runner": class_spec(self.runner_class)}
+
+    def make_data(self, experiment: Experiment, definition: dict, logger: Any) -> Any:
+        """Build the project's Data with the state `init` saved and its data sets loaded.
+
+        Args:
+            experiment: the experiment, which must exist.
+            definition: its config.json.
+            logger: the experiment's logger.
+        """
+        data = load_class(self.data_class)(Config(definition["config"]), definition["seed"], logger)
+        data.state = experiment.read_data_state()
+        check_data_path(self.data_path)
+        data.load_datasets(self.data_path)
+        return data
+
+    def make_runner(self, experiment: Experiment, definition: dict, num_workers: int, world: Any = None) -> Any:
+        """Build the project's Runner with its Data (data sets and loaders loaded), logger
+        and tracker.
+
+        Args:
+            experiment: the experiment, which must exist.
+            definition: its config.json.
+            num_workers: data loader worker processes.
+            world: a torchexp.distributed.World; ranks other than 0 log only warnings
+                to the console and write no file.
+        """
+        from torchexp.distributed import World
+
+        world = world or World()
+        log_path, verbosity = (experiment.log_path, self.verbosity) if world.is_main else (None, "quiet")
+        logger = make_logger(experiment.name, log_path, verbosity)
+        try:
+            data = self.make_data(experiment, definition, logger)
+            data.load_loaders(self.data_path, num_workers)
+            tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path, enabled=world.is_main)
+            config = Config(fill_trainer_defaults(definition["config"]))
+            runner_class = load_class(self.runner_class)
+            return runner_class(experiment, config, definition["seed"], data, logger, tracker, verbosity == "quiet", world=world)
+        except BaseException:
+            # The caller only closes the logger of a runner it got.
+            close_logger(logger)
+            raise
 
 
-def make_target_path(template_path: str, name: str) -> str:
-    """Return where a template's file goes in the project: `PACKAGE/x.py.tmpl` -> `NAME/x.py`."""
-    parts = template_path[: -len(TEMPLATE_SUFFIX)].replace(PACKAGE_PLACEHOLDER, name).split("/")
-    parts[-1] = RENAMED.get(parts[-1], parts[-1])
-    return os.path.join(*parts)
+def load_class(spec: ClassSpec) -> type:
+    """Return a class, importing it from "module:Class" on first use."""
+    if isinstance(spec, type):
+        return spec
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def render_project(name: str) -> dict[str, str]:
-    """Return the project's files, path (relative to the project folder) to text."""
-    values = {"name": name, "prefix": make_class_prefix(name), "torchexp_version": __version__}
-    templates = importlib.resources.files("torchexp") / "templates" / "project"
-    return {
-        make_target_path(path, name): string.Template(template.read_text(encoding="utf-8")).substitute(values)
-        for path, template in list_templates(templates)
-    }
+def class_spec(spec: ClassSpec) -> str:
+    """Return "module:Class" for a class or a spec, as config.json and releases record it."""
+    if isinstance(spec, str):
+        return spec
+    return f"{spec.__module__}:{spec.__qualname__}"
 
 
-def create_project(name: str, folder: str = ".") -> tuple[str, list[str]]:
-    """Write a new project `folder/name`, all or nothing.
+def check_data_path(data_path: str) -> None:
+    """Raise DataError when the data path exists but is not a folder."""
+    if os.path.exists(data_path) and not os.path.isdir(data_path):
+        raise DataError(f"data path {data_path} is a file, not a folder")
 
-    Args:
-        name: the project's name, which is also its package's name.
-        folder: an existing folder to create the project in.
 
-    Returns:
-        The project's path and the paths of its files, relative to it.
+def record_versions() -> dict[str, str]:
+    """Return the versions worth keeping with an experiment, without importing torch."""
+    versions = {"torchexp": __version__, "python": platform.python_version()}
+    for package in ("torch", "torchvision"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
 
-    Raises:
-        ConfigError: the name is not usable, `folder` is not a folder, or `folder/name`
-            exists; nothing is written.
-        StorageError: the project could not be written; nothing is left behind.
-    """
-    check_project_name(name)
-    target = os.path.join(folder, name)
-    if not os.path.isdir(folder):
-        kind = "a file, not a folder" if os.path.exists(folder) else "missing"
-        raise ConfigError(f"folder {folder} is {kind}: pass --path an existing folder")
-    if os.path.lexists(target):
-        raise ConfigError(f"{target} already exists: choose another name or --path")
-    files = render_project(name)
+
+def check_json_data(value: Any, source: str) -> None:
+    """Raise TypeError when `value` is not JSON data (a programming error in the project)."""
     try:
-        staging = tempfile.mkdtemp(dir=folder, prefix=f".{name}.creating-")
-    except OSError as error:
-        raise StorageError(f"folder {folder} is not writable: {error.strerror or error}") from error
-    try:
-        os.chmod(staging, 0o777 & ~current_umask())
-        write_files(staging, files)
-        # rename() would silently replace an empty folder created since the check.
-        if os.path.lexists(target):
-            raise ConfigError(f"{target} already exists: choose another name or --path")
-        os.rename(staging, target)
-    except OSError as error:
-        raise StorageError(f"project {target} could not be written: {error.strerror or error}") from error
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target, sorted(files)
-
-
-def write_files(root: str, files: dict[str, str]) -> None:
-    """Write `files` (relative path to text) under `root`, creating their folders."""
-    for path, text in files.items():
-        full = os.path.join(root, path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        with open(full, "w", encoding="utf-8") as file:
-            file.write(text)
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{source} must return JSON data: {error}") from error

@@ -15,15 +15,14 @@ from torchexp.config import Config
 from torchexp.data import Data
 from torchexp.distributed import World, any_across, gather_objects, sum_across
 from torchexp.errors import CheckpointError, DistributedError, StorageError, TrainingInterrupted, first_line
-from torchexp.experiment import Experiment
+from torchexp.folder import Experiment
 from torchexp.hparams import recording_hparams, write_hparams
 from torchexp.memory import keep_freed_memory
 from torchexp.precision import PrecisionChoice, choose_precision
 from torchexp.rng import capture_rng_states, deterministic_algorithms, restore_rng_states, seed_everything
-from torchexp.storage import remove_quietly, write_json_atomic
+from torchexp.files import remove_quietly, write_json_atomic
 from torchexp.tracking import Tracker, format_metrics, progress_bar
 
-CHECKPOINT_FORMAT = 1
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -435,7 +434,7 @@ class Runner(abc.ABC):
     def collect_state(self) -> dict[str, Any]:
         """Return everything needed to resume, as tensors and plain data."""
         return {
-            "format": CHECKPOINT_FORMAT,
+            "format": checkpoints.CHECKPOINT_FORMAT,
             "counters": dict(self.counters),
             "model": unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -621,24 +620,6 @@ class Runner(abc.ABC):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-
-
-def create_release(experiment: Experiment, epoch: int, record: dict) -> str:
-    """Write the release checkpoint of `epoch`: its weights and what is needed to use them.
-
-    Args:
-        experiment: the experiment.
-        epoch: a epoch with a standard checkpoint.
-        record: the experiment's config.json (configuration, seed, versions).
-
-    Returns:
-        The release checkpoint's path.
-    """
-    info = checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
-    state = checkpoints.load_checkpoint(info)
-    metrics = (info.record or {}).get("metrics", {})
-    release = {"format": CHECKPOINT_FORMAT, "model": state["model"], "epoch": epoch, "metrics": metrics, **record}
-    return checkpoints.save_checkpoint(experiment.checkpoints_path, epoch, "release", release, {"metrics": metrics})
 
 
 def position_loader(loader: Any, epoch: int, start: int) -> None:

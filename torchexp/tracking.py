@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from torchexp.storage import replace_non_finite, write_atomic
+from torchexp.files import replace_non_finite, write_atomic
 
 CONSOLE_FORMAT = "%(message)s"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"

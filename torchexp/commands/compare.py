@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from torchexp.app import App
+from torchexp.commands.context import App
 from torchexp.compare import build_table, format_csv, format_json, format_markdown, format_text, plot_table, sort_table
 from torchexp.errors import ConfigError
 from torchexp.experiments import Experiments

@@ -2,7 +2,7 @@
 
 import click
 
-from torchexp.app import App, pass_app
+from torchexp.commands.context import App, pass_app
 from torchexp.export import DEFAULT_CHECK_SAMPLES, FORMATS
 from torchexp.tracking import close_logger, make_logger
 
@@ -30,6 +30,6 @@ def export(app: App, fmt: str, epoch: int | None, check_samples: int) -> None:
     experiment = app.open_experiment()
     logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
     try:
-        export_experiment(app, experiment, epoch, fmt, check_samples, logger)
+        export_experiment(app.project, experiment, epoch, fmt, check_samples, logger)
     finally:
         close_logger(logger)

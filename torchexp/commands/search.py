@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from torchexp.app import App, pass_app
+from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import with_device, with_workers
 from torchexp.errors import ConfigError
 
@@ -53,7 +53,7 @@ def search(app: App, space_path: str | None, trials: int | None, status: bool, d
     from torchexp.search.run import SearchRequest, open_study, run_search
 
     if status or dashboard:
-        folder, settings, optuna_storage, study = open_study(app, storage)
+        folder, settings, optuna_storage, study = open_study(app.experiments_path, app.experiment_name, storage)
         if dashboard:
             from torchexp.search.dashboard import serve_dashboard
 
@@ -63,7 +63,7 @@ def search(app: App, space_path: str | None, trials: int | None, status: bool, d
         return
     if space_path is None or trials is None:
         raise ConfigError("pass --space FILE and --trials N to run a search (or --status, --dashboard to look at one)")
-    done = run_search(app, SearchRequest(space_path=space_path, trials=trials, storage=storage, **options))
+    done = run_search(app.project, app.experiments_path, app.experiment_name, SearchRequest(space_path=space_path, trials=trials, storage=storage, **options))
     click.echo(summarize(done.study, done.folder, done.settings, program_name()))
 
 

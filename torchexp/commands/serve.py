@@ -2,7 +2,7 @@
 
 import click
 
-from torchexp.app import App, pass_app
+from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import with_device
 from torchexp.serving.options import DEFAULTS, RUNTIMES, ServeOptions
 

@@ -6,7 +6,7 @@ import subprocess
 
 import click
 
-from torchexp.app import App, pass_app
+from torchexp.commands.context import App, pass_app
 from torchexp.errors import ExperimentError, TorchexpError
 from torchexp.tracking import tensorboard_command
 

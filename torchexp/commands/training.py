@@ -2,10 +2,12 @@
 
 import click
 
-from torchexp.app import App, pass_app
+from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import with_device, with_workers
 from torchexp.tracking import close_logger, make_logger
-from torchexp.training import choose_release_epoch, evaluate_experiment, train_experiment
+from torchexp.evaluation import evaluate_experiment
+from torchexp.releases import choose_release_epoch, create_release as write_release
+from torchexp.training import train_experiment
 
 
 @click.command()
@@ -25,7 +27,7 @@ def train(app: App, epoch: int | None, max_epochs: int | None, log_period: int, 
 
     Under torchrun, each process trains one shard with DistributedDataParallel.
     """
-    train_experiment(app, app.open_experiment(), device, num_workers, max_epochs, log_period, epoch, overwrite)
+    train_experiment(app.project, app.open_experiment(), device, num_workers, max_epochs, log_period, epoch, overwrite)
 
 
 @click.command()
@@ -36,7 +38,7 @@ def train(app: App, epoch: int | None, max_epochs: int | None, log_period: int, 
 @pass_app
 def test(app: App, epoch: int | None, release: bool, device: str, num_workers: int) -> None:
     """Test the weights of an epoch on the test set."""
-    evaluate_experiment(app, app.open_experiment(), epoch, release, device, num_workers)
+    evaluate_experiment(app.project, app.open_experiment(), epoch, release, device, num_workers)
 
 
 @click.command("create_release")
@@ -48,13 +50,11 @@ def test(app: App, epoch: int | None, release: bool, device: str, num_workers: i
 @pass_app
 def create_release(app: App, epoch: int | None) -> None:
     """Write a release checkpoint: an epoch's weights and the metadata to use them."""
-    from torchexp.runner import create_release as write_release
-
     experiment = app.open_experiment()
     reason = "asked for"
     if epoch is None:
         epoch, reason = choose_release_epoch(experiment)
-    path = write_release(experiment, epoch, experiment.read_record())
+    path = write_release(experiment, epoch, experiment.read_definition())
     logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
     logger.info(f"released epoch {epoch} ({reason}) as {path}")
     close_logger(logger)

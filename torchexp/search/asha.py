@@ -14,6 +14,8 @@ has all its trials and nothing can be promoted any more: that is final.
 import math
 from typing import Any, Iterator
 
+from torchexp.metrics import find_best
+
 
 def make_rungs(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
     """Epochs of the rungs: min_epochs * eta**k below max_epochs, then max_epochs."""
@@ -31,10 +33,8 @@ def rung_value(trial: Any, epochs: int, direction: str) -> float | None:
     values = trial.intermediate_values
     if not values or max(values) < epochs:
         return None
-    reached = [value for step, value in values.items() if step <= epochs and math.isfinite(value)]
-    if not reached:
-        return None
-    return min(reached) if direction == "minimize" else max(reached)
+    best = find_best(((step, value) for step, value in values.items() if step <= epochs and math.isfinite(value)), direction)
+    return None if best is None else best[1]
 
 
 def is_paused(trial: Any, rung: int | None = None) -> bool:

@@ -11,13 +11,14 @@ import os
 import time
 from typing import Any
 
-from torchexp.app import App
 from torchexp.config import load_schema, parse_override
 from torchexp.errors import ConfigError, ExperimentError, TorchexpError, TrainingInterrupted
+from torchexp.project import Project
 from torchexp.search.scheduler import Work, hold_scheduler_lock, pick_work
 from torchexp.search.space import SearchSpace, load_space
 from torchexp.search.storage import connect_database, describe_storage, open_journal
-from torchexp.search.study import DIRECTIONS, SearchSettings, StudyFolder, check_rungs, load_study, parse_metric
+from torchexp.metrics import normalize_direction, parse_metric
+from torchexp.search.study import SearchSettings, StudyFolder, check_rungs, load_study
 from torchexp.search.trial import record_outcome, train_trial
 from torchexp.search.report import format_parameters
 from torchexp.tracking import close_logger, make_logger
@@ -54,7 +55,7 @@ class SearchRequest:
 class Search:
     """An open study and what its trials are made from."""
 
-    app: App
+    project: Project
     folder: StudyFolder
     settings: SearchSettings
     space: SearchSpace
@@ -63,7 +64,7 @@ class Search:
     logger: logging.Logger
 
 
-def run_search(app: App, request: SearchRequest) -> Search:
+def run_search(project: Project, experiments_path: str, study_name: str | None, request: SearchRequest) -> Search:
     """Validate the request, create or continue the study, and work on it until done.
 
     Everything is checked before anything is written: the space against the schema, the
@@ -80,7 +81,7 @@ def run_search(app: App, request: SearchRequest) -> Search:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder = StudyFolder(app.experiments_path, app.experiment_name)
+    folder = StudyFolder(experiments_path, study_name)
     folder.check_usable()
     schema = load_schema(request.schema_path)
     space = load_space(request.space_path, request.config_path, schema, parse_fixed(request.overrides))
@@ -90,10 +91,10 @@ def run_search(app: App, request: SearchRequest) -> Search:
     os.makedirs(folder.path, exist_ok=True)
     with hold_scheduler_lock(folder):
         folder.write_or_check_settings(settings)
-    logger = make_logger(f"search.{folder.name}", folder.log_path, app.verbosity)
+    logger = make_logger(f"search.{folder.name}", folder.log_path, project.verbosity)
     try:
         study = load_study(database or open_journal(folder.path), settings, space)
-        search = Search(app, folder, settings, space, schema, study, logger)
+        search = Search(project, folder, settings, space, schema, study, logger)
         if total < request.trials:
             logger.info(f"the grid has {total} points: --trials {request.trials} is capped at {total}")
         logger.info(f"search {folder.name!r} (pid {os.getpid()}): {total} trials, {settings.sampler} sampler, {settings.pruner} pruner, {settings.direction} {settings.metric}")
@@ -127,7 +128,7 @@ def make_settings(name: str, space: SearchSpace, schema: dict, request: SearchRe
         name=name,
         space=space.as_record(),
         metric=request.metric,
-        direction=DIRECTIONS[request.direction],
+        direction=normalize_direction(request.direction),
         sampler=request.sampler,
         pruner=request.pruner,
         seed=request.seed,
@@ -179,7 +180,7 @@ def do_work(search: Search, request: SearchRequest, work: Work) -> None:
     search.logger.info(f"trial {work.number} ({work.kind}): {format_parameters(params)}; training to epoch {work.target_epochs}")
     try:
         try:
-            outcome = train_trial(search.app, search.folder, search.study, search.settings, search.space, search.schema, work, training, search.logger)
+            outcome = train_trial(search.project, search.folder, search.study, search.settings, search.space, search.schema, work, training, search.logger)
         except TrainingInterrupted as error:
             raise TrainingInterrupted(f"search stopped in trial {work.number}: {error}; the same search command continues it") from error
         except TorchexpError as error:
@@ -193,7 +194,7 @@ def do_work(search: Search, request: SearchRequest, work: Work) -> None:
         work.claim.release()
 
 
-def open_study(app: App, storage_url: str | None) -> tuple[StudyFolder, SearchSettings, Any, Any]:
+def open_study(experiments_path: str, study_name: str | None, storage_url: str | None) -> tuple[StudyFolder, SearchSettings, Any, Any]:
     """Open an existing study for --status or --dashboard: its folder, settings, Optuna
     storage and Optuna study.
 
@@ -205,7 +206,7 @@ def open_study(app: App, storage_url: str | None) -> tuple[StudyFolder, SearchSe
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder = StudyFolder(app.experiments_path, app.experiment_name)
+    folder = StudyFolder(experiments_path, study_name)
     folder.check_exists()
     recorded = folder.read_settings()
     settings = SearchSettings(**{field.name: recorded[field.name] for field in dataclasses.fields(SearchSettings)})

@@ -15,41 +15,37 @@ release the lock, then train holding the claim. Under the lock a process picks, 
 """
 
 import dataclasses
-import fcntl
 import os
 from typing import Any
 
 from torchexp.search.asha import find_promotions, is_paused
 from torchexp.search.study import SearchSettings, StudyFolder, make_sampler
-from torchexp.search.storage import FlockLock
-from torchexp.storage import is_locked
+from torchexp.locks import FileLock, is_locked
 
 RUNNING_STATUS = "running"
 PAUSED_STATUS = "paused"
 
 
-def hold_scheduler_lock(folder: StudyFolder) -> FlockLock:
+def hold_scheduler_lock(folder: StudyFolder) -> FileLock:
     """The study's scheduler lock, to hold with `with`, waiting for it."""
-    return FlockLock(folder.scheduler_lock_path)
+    return FileLock(folder.scheduler_lock_path)
 
 
 class Claim:
-    """This process's claim on a trial: an flock held until `release` or the process's end.
+    """This process's claim on a trial: its lock, held until `release` or the process's end.
 
     Args:
-        fd: the open, locked claim file.
+        lock: the claim file's lock, taken.
         number: the trial's number.
     """
 
-    def __init__(self, fd: int, number: int):
-        self.fd: int | None = fd
+    def __init__(self, lock: FileLock, number: int):
+        self.lock = lock
         self.number = number
 
     def release(self) -> None:
         """Give the trial up; releasing twice does nothing."""
-        fd, self.fd = self.fd, None
-        if fd is not None:
-            os.close(fd)
+        self.lock.release()
 
 
 def claim_path(folder: StudyFolder, number: int) -> str:
@@ -59,15 +55,8 @@ def claim_path(folder: StudyFolder, number: int) -> str:
 def try_claim(folder: StudyFolder, number: int) -> Claim | None:
     """Claim trial `number`, or return None when a process (this one included) holds it."""
     os.makedirs(folder.claims_path, exist_ok=True)
-    fd = os.open(claim_path(folder, number), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return Claim(fd, number)
+    lock = FileLock(claim_path(folder, number))
+    return Claim(lock, number) if lock.acquire(blocking=False) else None
 
 
 def is_claimed(folder: StudyFolder, number: int) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 from torchexp.config import apply_overrides, check_key_declared, convert_integral_floats, fill_defaults, load_config_file, validate_config
 from torchexp.errors import ConfigError
-from torchexp.storage import read_json
+from torchexp.files import read_json
 
 MAX_SPACE_BYTES = 1024 * 1024  # a space is a few hundred bytes; larger is a mistake
 SPACE_KEYS = ("config", "fixed", "parameters")

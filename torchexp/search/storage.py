@@ -12,12 +12,10 @@ written by a killed process is cut before the next append, so it cannot glue its
 the next record and make the log unreadable.
 """
 
-import fcntl
 import importlib.util
 import json
 import os
 import re
-import threading
 import time
 from typing import Any
 
@@ -26,6 +24,7 @@ from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from torchexp.errors import StorageError, first_line
+from torchexp.locks import FileLock
 
 JOURNAL_FILE = "journal.log"
 CONNECT_TIMEOUT_S = 10  # a database that does not answer in this long is reported unreachable
@@ -41,7 +40,7 @@ class FlockJournalBackend(JournalFileBackend):
     """
 
     def __init__(self, path: str):
-        self.flock = FlockLock(path + ".lock")
+        self.flock = FileLock(path + ".lock")
         super().__init__(path, lock_obj=self.flock)
         self.path = path
 
@@ -54,43 +53,6 @@ class FlockJournalBackend(JournalFileBackend):
                 file.write(text)
                 file.flush()
                 os.fsync(file.fileno())
-
-
-class FlockLock:
-    """An exclusive flock on a file, shared by the threads of one process.
-
-    Args:
-        path: the lock file, created when missing.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        self.thread_lock = threading.Lock()
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        self.thread_lock.acquire()
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            self.thread_lock.release()
-            raise
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        fd, self.fd = self.fd, None
-        if fd is not None:
-            os.close(fd)
-        self.thread_lock.release()
-
-    def __enter__(self) -> "FlockLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 def cut_torn_line(file: Any) -> None:

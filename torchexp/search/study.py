@@ -20,16 +20,14 @@ from typing import Any
 import optuna
 
 from torchexp.errors import ConfigError, ExperimentError
-from torchexp.experiment import Experiment, validate_name
+from torchexp.folder import Experiment, validate_name
 from torchexp.search.asha import make_rungs
-from torchexp.storage import read_json, write_json_atomic
+from torchexp.files import read_json, write_json_atomic
 
 SETTINGS_FILE = "study.json"
 SETTINGS_FORMAT = 1
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("asha", "median", "none")
-DIRECTIONS = {"min": "minimize", "minimize": "minimize", "max": "maximize", "maximize": "maximize"}
-SPLITS = ("train", "validation")
 # How each setting is named on the command line, for messages about a changed one.
 OPTION_NAMES = {
     "space": "--space",
@@ -86,18 +84,6 @@ class SearchSettings:
     def as_record(self) -> dict[str, Any]:
         """study.json's content, less its creation time."""
         return {"format": SETTINGS_FORMAT, **dataclasses.asdict(self)}
-
-
-def parse_metric(metric: str) -> tuple[str, str]:
-    """Split "validation.loss" into ("validation", "loss").
-
-    Raises:
-        ConfigError: not split.name, or an unknown split.
-    """
-    split, _, name = metric.partition(".")
-    if split not in SPLITS or not name:
-        raise ConfigError(f"metric {metric!r} must look like split.name with split train or validation, e.g. validation.loss")
-    return split, name
 
 
 def check_rungs(min_epochs: int, max_epochs: int) -> None:

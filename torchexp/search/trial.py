@@ -12,12 +12,14 @@ import math
 from typing import Any
 
 from torchexp import checkpoints
-from torchexp.app import App
 from torchexp.errors import ConfigError, TorchexpError, first_line
-from torchexp.experiment import Experiment
+from torchexp.creation import init_experiment
+from torchexp.folder import Experiment
+from torchexp.project import Project
 from torchexp.search.scheduler import PAUSED_STATUS, Work
-from torchexp.search.study import SearchSettings, StudyFolder, parse_metric
-from torchexp.training import init_experiment, train_experiment
+from torchexp.metrics import find_best, parse_metric
+from torchexp.search.study import SearchSettings, StudyFolder
+from torchexp.training import train_experiment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +93,7 @@ def read_metric(metrics: dict[str, dict[str, Any]], metric: str, epoch: int) -> 
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def create_trial_experiment(app: App, folder: StudyFolder, settings: SearchSettings, space: Any, schema: dict, frozen: Any) -> Experiment:
+def create_trial_experiment(project: Project, folder: StudyFolder, settings: SearchSettings, space: Any, schema: dict, frozen: Any) -> Experiment:
     """Create a trial's experiment unless it exists: the space's configuration with the
     trial's parameters, trained to the study's max epochs, seeded with the study's seed (so
     every trial shares one validation split)."""
@@ -99,17 +101,17 @@ def create_trial_experiment(app: App, folder: StudyFolder, settings: SearchSetti
     if not experiment.exists():
         conf = space.build_config(schema, {**frozen.params, "trainer.max_epochs": settings.max_epochs})
         extra = {"search": {"study": settings.name, "trial": frozen.number, "parameters": frozen.params}}
-        init_experiment(app, experiment, conf, settings.seed, extra)
+        init_experiment(project, experiment, conf, settings.seed, extra)
     return experiment
 
 
 def train_trial(
-    app: App, folder: StudyFolder, study: Any, settings: SearchSettings, space: Any, schema: dict, work: Work, training: dict, logger: logging.Logger
+    project: Project, folder: StudyFolder, study: Any, settings: SearchSettings, space: Any, schema: dict, work: Work, training: dict, logger: logging.Logger
 ) -> Outcome:
     """Create (when new) and train the claimed trial of `work` to its target epochs.
 
     Args:
-        app: the command line's App.
+        project: the project whose experiments the trials are.
         folder: the study's folder.
         study: the Optuna study.
         settings: the study's settings.
@@ -126,14 +128,14 @@ def train_trial(
     import optuna
 
     frozen = get_trial(study, work.number)
-    experiment = create_trial_experiment(app, folder, settings, space, schema, frozen)
+    experiment = create_trial_experiment(project, folder, settings, space, schema, frozen)
     reporter = EpochReporter(optuna.trial.Trial(study, work.trial_id), settings, set(frozen.intermediate_values))
     outcome = reporter.catch_up(experiment)
     if outcome is not None:
         return outcome
     try:
         train_experiment(
-            app, experiment, training["device"], training["num_workers"], work.target_epochs,
+            project, experiment, training["device"], training["num_workers"], work.target_epochs,
             training["log_period"], epoch_observers=(reporter,),
         )
     except TorchexpError:
@@ -182,13 +184,12 @@ def get_trial(study: Any, number: int) -> Any:
 
 def best_value(values: dict[int, float], direction: str) -> float:
     """The best of a trial's per-epoch values: a trial's value is its best epoch's metric."""
-    return min(values.values()) if direction == "minimize" else max(values.values())
+    return find_best(values.items(), direction)[1]
 
 
 def best_epoch(values: dict[int, float], direction: str) -> int:
     """The epoch of the best value (the earliest, on a tie)."""
-    sign = 1 if direction == "minimize" else -1
-    return min(values, key=lambda epoch: (sign * values[epoch], epoch))
+    return find_best(values.items(), direction)[0]
 
 
 def trained_epochs(experiment: Experiment) -> int:

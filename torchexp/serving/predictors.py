@@ -12,7 +12,7 @@ import torch
 from torchexp import checkpoints
 from torchexp.devices import resolve_device
 from torchexp.errors import DeviceError
-from torchexp.experiment import Experiment
+from torchexp.folder import Experiment
 from torchexp.inference import load_runner, make_inference_runner
 
 

@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from torchexp.app import __version__
+from torchexp.version import __version__
 from torchexp.errors import first_line
 from torchexp.serving.batcher import Batcher
 from torchexp.serving.metrics import ServerMetrics

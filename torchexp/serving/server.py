@@ -17,8 +17,8 @@ import uvicorn
 
 from torchexp import checkpoints
 from torchexp.errors import TorchexpError
-from torchexp.experiment import Experiment
-from torchexp.inference import find_release
+from torchexp.folder import Experiment
+from torchexp.releases import find_release
 from torchexp.serving.options import ServeOptions
 from torchexp.serving.threads import apply_threads, choose_threads
 from torchexp.tracking import close_logger, make_logger

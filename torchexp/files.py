@@ -6,7 +6,6 @@ moment leaves either the old file or the new one, never half of one.
 """
 
 import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -195,24 +194,3 @@ def remove_quietly(path: str) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
-
-
-def is_locked(lock_path: str) -> bool:
-    """Whether a process (this one included, through another descriptor) holds an
-    exclusive flock on `lock_path`: an experiment's `.lock`, a search trial's claim.
-
-    Read-only: the file is opened for reading and never created, and a shared lock is
-    tried and released at once, which fails only while an exclusive one is held. (A
-    process locking it in those microseconds would be refused, and can simply try again.)
-    """
-    try:
-        fd = os.open(lock_path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False

@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from torchexp.errors import ConfigError, StorageError
-from torchexp.storage import hash_file, read_json, write_atomic, write_json_atomic
+from torchexp.files import hash_file, read_json, write_atomic, write_json_atomic
 
 
 def test_write_atomic_writes_the_file_and_leaves_no_temporary_file(tmp_path):

@@ -2,7 +2,7 @@
 
 ```
 <experiments>/<name>/
-  config.json     validated configuration, seed and versions
+  config.json     the definition: validated configuration, seed, versions, project classes
   data.json       what Data.create() decided once
   checkpoints/    <epoch>.checkpoint.pt (+ .json record), releases, interrupts
   tensorboard/    event files
@@ -14,7 +14,6 @@
 
 import contextlib
 import errno
-import fcntl
 import os
 import re
 import shutil
@@ -22,7 +21,8 @@ import tempfile
 from typing import Iterator
 
 from torchexp.errors import ExperimentError, LockError
-from torchexp.storage import current_umask, read_json, write_json_atomic
+from torchexp.files import current_umask, read_json, write_json_atomic
+from torchexp.locks import FileLock
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 128
@@ -82,7 +82,7 @@ class Experiment:
         if os.path.lexists(self.path):
             raise ExperimentError(f"experiment {self.name!r} already exists in {self.experiments_path}; choose another name")
 
-    def create(self, record: dict, data_state: dict) -> None:
+    def create(self, definition: dict, data_state: dict) -> None:
         """Create the experiment folder with its config and data state, all or nothing.
 
         The folder is built under a temporary name and renamed into place, so a failure
@@ -105,7 +105,7 @@ class Experiment:
             for folder in ("checkpoints", "tensorboard", "results"):
                 os.mkdir(os.path.join(staging, folder))
             write_json_atomic(os.path.join(staging, "data.json"), data_state)
-            write_json_atomic(os.path.join(staging, "config.json"), record)
+            write_json_atomic(os.path.join(staging, "config.json"), definition)
             # rename() would silently replace an empty folder created since check_free.
             if os.path.lexists(self.path):
                 raise FileExistsError(errno.EEXIST, "exists", self.path)
@@ -117,8 +117,8 @@ class Experiment:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def read_record(self) -> dict:
-        """Return config.json: {"seed", "versions", "config"}."""
+    def read_definition(self) -> dict:
+        """Return config.json, the experiment's definition: {"seed", "versions", "classes", "config"}."""
         self.check_exists()
         return read_json(self.config_path, f"config of experiment {self.name!r}", ExperimentError)
 
@@ -131,22 +131,14 @@ class Experiment:
     def lock(self) -> Iterator[None]:
         """Hold the experiment for this process, e.g. while training.
 
-        The lock is an flock on `.lock`, which the kernel releases when the holder dies,
-        so a lock left by a killed process is taken over rather than obeyed forever.
-
         Raises:
             LockError: another live process holds the experiment; the message names it.
         """
         self.check_exists()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = FileLock(self.lock_path)
+        if not lock.acquire(blocking=False):
+            raise LockError(f"experiment {self.name!r} is in use by process {lock.holder()}; wait for it or stop it")
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as error:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                raise LockError(f"experiment {self.name!r} is in use by process {holder}; wait for it or stop it") from error
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield
         finally:
-            os.close(fd)
+            lock.release()

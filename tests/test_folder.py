@@ -13,7 +13,7 @@ import pytest
 
 from conftest import snapshot
 from torchexp.errors import ExperimentError, LockError
-from torchexp.experiment import MAX_NAME_LENGTH, Experiment, validate_name
+from torchexp.folder import MAX_NAME_LENGTH, Experiment, validate_name
 
 RECORD = {"seed": 3, "versions": {"torchexp": "0"}, "config": {"a": 1}}
 DATA_STATE = {"validation_indexes": [1, 2]}
@@ -60,7 +60,7 @@ def test_create_writes_the_layout_and_the_json_files(tmp_path):
     assert experiment.path == str(tmp_path / "experiments" / "x")
     assert sorted(os.listdir(experiment.path)) == ["checkpoints", "config.json", "data.json", "results", "tensorboard"]
     assert experiment.exists()
-    assert experiment.read_record() == RECORD
+    assert experiment.read_definition() == RECORD
     assert experiment.read_data_state() == DATA_STATE
     with open(experiment.config_path) as file:
         assert json.load(file) == RECORD
@@ -75,7 +75,7 @@ def test_create_refuses_an_existing_experiment_and_leaves_it_untouched(tmp_path)
     with pytest.raises(ExperimentError, match=r"experiment 'x' already exists in .*experiments; choose another name"):
         Experiment(str(tmp_path / "experiments"), "x").create({"seed": 9}, {})
     assert snapshot(tmp_path) == before
-    assert experiment.read_record() == RECORD
+    assert experiment.read_definition() == RECORD
 
 
 def test_create_refuses_a_name_taken_by_a_plain_file(tmp_path):
@@ -129,7 +129,7 @@ def test_reading_a_missing_experiment_names_it(tmp_path):
     experiment = Experiment(str(tmp_path / "experiments"), "ghost")
     assert not experiment.exists()
     with pytest.raises(ExperimentError, match=r"experiment 'ghost' does not exist in .*experiments: create it with init"):
-        experiment.read_record()
+        experiment.read_definition()
 
 
 def test_lock_is_held_and_records_the_pid(tmp_path):
@@ -151,7 +151,7 @@ def test_lock_refuses_a_second_holder_in_the_same_process(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from torchexp.experiment import Experiment
+from torchexp.folder import Experiment
 with Experiment(sys.argv[1], "x").lock():
     print("locked", flush=True)
     time.sleep(60)

@@ -4,7 +4,7 @@ import os
 
 import click
 
-from torchexp.project import create_project
+from torchexp.scaffold import create_project
 
 
 @click.command()

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 from click.testing import CliRunner
 
-import torchexp.project
+import torchexp.scaffold
 from conftest import REPO, snapshot
 from torchexp.cli import main
 
@@ -143,7 +143,7 @@ def test_an_unwritable_folder_is_refused(tmp_path, monkeypatch):
     def refuse(**kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(torchexp.project.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(torchexp.scaffold.tempfile, "mkdtemp", refuse)
     result = create("--name", "demo", "--path", str(tmp_path))
     assert result.exit_code == 8
     assert result.output == f"Error: folder {tmp_path} is not writable: Permission denied\n"
@@ -156,7 +156,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
             file.write("import")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torchexp.project, "write_files", fill_the_disk)
+    monkeypatch.setattr(torchexp.scaffold, "write_files", fill_the_disk)
     result = create("--name", "demo", "--path", str(tmp_path))
     assert result.exit_code == 8
     assert result.output == f"Error: project {tmp_path / 'demo'} could not be written: No space left on device\n"
@@ -164,5 +164,5 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_class_names_are_the_project_name_in_camel_case():
-    assert torchexp.project.make_class_prefix("digit_classifier") == "DigitClassifier"
-    assert torchexp.project.make_class_prefix("demo") == "Demo"
+    assert torchexp.scaffold.make_class_prefix("digit_classifier") == "DigitClassifier"
+    assert torchexp.scaffold.make_class_prefix("demo") == "Demo"

@@ -1,0 +1,37 @@
+"""Creating an experiment, as `init` does: the project's `Data.create`, then the folder.
+
+A search creates its trials here too, so that a trial is an experiment like any other.
+"""
+
+from torchexp.config import Config
+from torchexp.folder import Experiment
+from torchexp.project import Project, check_data_path, check_json_data, load_class, record_versions
+from torchexp.tracking import close_logger, make_logger
+
+
+def init_experiment(project: Project, experiment: Experiment, conf: dict, seed: int, extra: dict | None = None) -> None:
+    """Create `experiment` from a validated configuration: run the project's `Data.create`
+    and write the folder, all or nothing.
+
+    Args:
+        project: the project's classes, data path and verbosity.
+        experiment: the experiment to create; its name must be free.
+        conf: a configuration from `torchexp.config.build_config`.
+        seed: the seed of every random generator.
+        extra: more JSON data for config.json beside "seed", "versions", "classes" and
+            "config" (a search keeps its trial there).
+    """
+    definition = {"seed": seed, "versions": record_versions(), "classes": project.classes(), "config": conf, **(extra or {})}
+    check_json_data(definition, "the experiment's definition")
+    logger = make_logger(experiment.name, None, project.verbosity)
+    try:
+        check_data_path(project.data_path)
+        data = load_class(project.data_class)(Config(conf), seed, logger)
+        state = data.create(project.data_path)
+        check_json_data(state, "Data.create")
+        experiment.create(definition, state)
+    finally:
+        close_logger(logger)
+    logger = make_logger(experiment.name, experiment.log_path, project.verbosity)
+    logger.info(f"created experiment {experiment.name!r} in {experiment.path} (seed {seed})")
+    close_logger(logger)

@@ -1,0 +1,104 @@
+"""Releases: which epoch to release, writing its release checkpoint, and finding the
+checkpoint whose weights a command or the Python API asks for.
+
+A release checkpoint holds an epoch's weights and what is needed to use them (the
+configuration, seed, classes and versions of config.json), so it stands alone: `serve`,
+`export` and `load_model` need nothing else from the experiment.
+"""
+
+from typing import Any
+
+from torchexp import checkpoints
+from torchexp.errors import CheckpointError
+from torchexp.folder import Experiment
+from torchexp.metrics import MINIMIZE, find_best, is_number
+
+Epoch = int | str | None  # an epoch number, "release" (the latest release) or None (the latest checkpoint)
+
+
+def create_release(experiment: Experiment, epoch: int, definition: dict) -> str:
+    """Write the release checkpoint of `epoch`: its weights and what is needed to use them.
+
+    Args:
+        experiment: the experiment.
+        epoch: an epoch with a standard checkpoint.
+        definition: the experiment's config.json (configuration, seed, classes, versions).
+
+    Returns:
+        The release checkpoint's path.
+    """
+    info = checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
+    state = checkpoints.load_checkpoint(info)
+    metrics = (info.record or {}).get("metrics", {})
+    release = {"format": checkpoints.CHECKPOINT_FORMAT, "model": state["model"], "epoch": epoch, "metrics": metrics, **definition}
+    return checkpoints.save_checkpoint(experiment.checkpoints_path, epoch, "release", release, {"metrics": metrics})
+
+
+def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:
+    """Return the epoch `create_release` releases by default, and why: the standard checkpoint
+    with the lowest validation loss, or the latest one when none was validated.
+
+    Only the checkpoints' JSON records are read, not the checkpoints.
+
+    Raises:
+        CheckpointError: the experiment has no standard checkpoint.
+    """
+    found = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",))
+    if not found:
+        raise CheckpointError(f"experiment {experiment.name!r} has no standard checkpoint yet: train it first")
+    best = find_best([(info.epoch, loss) for info in found if is_number(loss := validation_loss(info))], "min")
+    if best is None:
+        return found[-1].epoch, "the latest: no epoch was validated"
+    epoch, loss = best
+    among = f"epoch{'s' if len(found) > 1 else ''} {checkpoints.describe_epochs(found)}"
+    return epoch, f"the lowest validation loss, {loss:.4g}, among {among}"
+
+
+def validation_loss(info: checkpoints.CheckpointInfo) -> Any:
+    """The validation loss a checkpoint's record holds, or None."""
+    return (((info.record or {}).get("metrics") or {}).get("validation") or {}).get("loss")
+
+
+def find_weights(experiment: Experiment, epoch: Epoch = None) -> checkpoints.CheckpointInfo:
+    """Return the checkpoint whose weights `epoch` designates.
+
+    Args:
+        experiment: the experiment, which must exist.
+        epoch: N for epoch N's standard checkpoint (its release when it has only that),
+            "release" for the latest release, None for the latest standard or release one.
+
+    Raises:
+        CheckpointError: there is no such checkpoint; the message lists those that exist.
+    """
+    experiment.check_exists()
+    folder = experiment.checkpoints_path
+    if isinstance(epoch, int) and not isinstance(epoch, bool):
+        return checkpoints.find_checkpoint(folder, epoch, ("standard", "release"))
+    if epoch not in (None, "release"):
+        raise CheckpointError(f"epoch {epoch!r} is not valid: pass an epoch number, 'release' or None for the latest")
+    kinds = ("release",) if epoch == "release" else ("standard", "release")
+    found = checkpoints.list_checkpoints(folder, kinds)
+    if not found:
+        hint = "create one with create_release" if epoch == "release" else "train it first"
+        raise CheckpointError(f"experiment {experiment.name!r} has no {' or '.join(kinds)} checkpoint yet: {hint}")
+    latest = found[-1].epoch
+    return next(info for kind in kinds for info in found if info.epoch == latest and info.kind == kind)
+
+
+def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.CheckpointInfo:
+    """Return the release checkpoint of `epoch`, or the latest release when it is None.
+
+    Raises:
+        CheckpointError: there is no such release; the message lists the releases and
+            says how to make one.
+    """
+    releases = checkpoints.list_checkpoints(experiment.checkpoints_path, ("release",))
+    if epoch is None or not releases:
+        return find_weights(experiment, "release")  # the latest; without any, it says how to make one
+    for info in releases:
+        if info.epoch == epoch:
+            return info
+    raise CheckpointError(
+        f"epoch {epoch} of experiment {experiment.name!r} has no release checkpoint "
+        f"(releases: {checkpoints.describe_epochs(releases)}): create one with create_release --epoch {epoch}"
+    )
