@@ -32,13 +32,22 @@ MNIST_TRAIN_SIZE = 60_000
 
 
 class TimedRunner(MNISTClassifierRunner):
-    """The MNIST runner, timing its training iterations."""
+    """The MNIST runner, timing its training iterations: from the epoch's start to its first
+    validation step (or its log, without a validation set)."""
 
-    def train_epoch(self, epoch, log_period):
-        started = time.perf_counter()
-        metrics = super().train_epoch(epoch, log_period)
-        self.iterations_seconds = time.perf_counter() - started
-        return metrics
+    iterations_ended = None
+
+    def train_before_epoch_tasks(self, device):
+        super().train_before_epoch_tasks(device)
+        self.epoch_started, self.iterations_ended = time.perf_counter(), None
+
+    def validation_step(self, batch, device):
+        self.iterations_ended = self.iterations_ended or time.perf_counter()
+        return super().validation_step(batch, device)
+
+    def train_epoch_log(self, epoch, train, validation, seconds):
+        self.iterations_seconds = (self.iterations_ended or time.perf_counter()) - self.epoch_started
+        super().train_epoch_log(epoch, train, validation, seconds)
 
 
 def timed(function, *arguments) -> tuple[float, object]:
@@ -50,12 +59,14 @@ def timed(function, *arguments) -> tuple[float, object]:
 def run_config(name: str, config_path: str, args, experiments_path: str) -> None:
     import torch
 
-    from torchexp import checkpoints
+    from torchexp import checkpoints, loop
+    from torchexp.precision import Precision, choose_precision
+    from torchexp.training_state import collect_state
 
     common.create_experiment(experiments_path, name, args.data_path, config_path, args.seed)
     runner = common.make_runner(experiments_path, name, args.data_path, TimedRunner, common.subset_data_class(args.samples))
     try:
-        runner.train(torch.device("cpu"), max_epochs=1, log_period=100)
+        loop.train(runner, torch.device("cpu"), max_epochs=1, log_period=100)
     finally:
         common.close_runner(runner)
     samples_per_s = args.samples / runner.iterations_seconds
@@ -67,12 +78,12 @@ def run_config(name: str, config_path: str, args, experiments_path: str) -> None
     plain_path = os.path.join(folder, "plain.pt")
     times: dict[str, list[float]] = {"collect_state": [], "torchexp_save": [], "torchexp_load": [], "torch_save": [], "torch_load": []}
     for _ in range(args.repeats):
-        seconds, state = timed(runner.collect_state)
+        seconds, state = timed(collect_state, runner, Precision(choose_precision("fp32", torch.device("cpu")), torch.device("cpu")), None)
         times["collect_state"].append(seconds)
         seconds, path = timed(checkpoints.save_checkpoint, folder, 1, "standard", state, {"iteration": 0, "metrics": {}})
         times["torchexp_save"].append(seconds)
         info = checkpoints.find_checkpoint(folder, 1, ("standard",))
-        times["torchexp_load"].append(timed(checkpoints.load_checkpoint, info)[0])
+        times["torchexp_load"].append(timed(info.load)[0])
         times["torch_save"].append(timed(torch.save, state, plain_path)[0])
         times["torch_load"].append(timed(lambda: torch.load(plain_path, map_location="cpu", weights_only=True))[0])
     medians = {key: round(common.median(values), 4) for key, values in times.items()}

@@ -49,6 +49,7 @@ OPTIMIZERS = (("adadelta", 1.0), ("adam", 1e-3), ("sgd", 0.05))  # with a typica
 def make_seed_experiment(folder: str, args) -> str:
     """Create, train, release and test one real experiment; return its path."""
     import torch
+    from torchexp import loop
 
     from mnist_classifier.runner import MNISTClassifierRunner
     from torchexp.releases import choose_release_epoch, create_release
@@ -57,7 +58,7 @@ def make_seed_experiment(folder: str, args) -> str:
     common.create_experiment(folder, SEED_NAME, args.data_path, common.DEFAULT_CONFIG, args.seed, overrides)
     runner = common.make_runner(folder, SEED_NAME, args.data_path, MNISTClassifierRunner, common.subset_data_class(args.train_samples))
     try:
-        runner.train(torch.device("cpu"), max_epochs=EPOCHS, log_period=1)
+        loop.train(runner, torch.device("cpu"), max_epochs=EPOCHS, log_period=1)
     finally:
         common.close_runner(runner)
     epoch, _ = choose_release_epoch(runner.experiment)

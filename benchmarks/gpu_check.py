@@ -98,11 +98,12 @@ class Check:
         import torch
 
         from mnist_classifier.runner import MNISTClassifierRunner
+        from torchexp.loaders import prepare_loaders
 
         self.init("placement", common.PRESETS["fast"])
         runner = common.make_runner(self.experiments_path, "placement", self.args.data_path, MNISTClassifierRunner)
         try:
-            runner.prepare_loaders(torch.device(self.args.device))
+            prepare_loaders(runner.data.loaders, torch.device(self.args.device), 0, 1)
             where = str(runner.data.loaders["train"].tensors[0].device)
         finally:
             common.close_runner(runner)
@@ -134,6 +135,7 @@ class Check:
 
     def seconds_to_99(self) -> dict[str, Any]:
         import torch
+        from torchexp import loop
 
         import time_to_accuracy
 
@@ -143,7 +145,7 @@ class Check:
         common.create_experiment(self.experiments_path, "to-99", self.args.data_path, common.PRESETS["fast"], 0)
         runner = common.make_runner(self.experiments_path, "to-99", self.args.data_path, runner_class)
         try:
-            runner.train(torch.device(self.args.device), runner.get_conf("trainer", "max_epochs"), 100)
+            loop.train(runner, torch.device(self.args.device), runner.get_conf("trainer", "max_epochs"), 100)
         finally:
             common.close_runner(runner)
         reached = next((record for record in found if record["test_accuracy"] >= 0.99), None)

@@ -47,6 +47,7 @@ GOAL_RATIO, GOAL_P99_MS, GOAL_CLIENTS = 3.0, 50.0, 32
 def prepare_release(experiments: str, args: argparse.Namespace) -> None:
     """Create the experiment with `init`, train one short epoch, release it, export ONNX."""
     import torch
+    from torchexp import loop
 
     from mnist_classifier.runner import MNISTClassifierRunner
     from torchexp.releases import create_release
@@ -54,7 +55,7 @@ def prepare_release(experiments: str, args: argparse.Namespace) -> None:
     common.create_experiment(experiments, NAME, args.data_path, common.DEFAULT_CONFIG, args.seed)
     runner = common.make_runner(experiments, NAME, args.data_path, MNISTClassifierRunner, common.subset_data_class(args.train_samples))
     try:
-        runner.train(torch.device("cpu"), max_epochs=1, log_period=1000)
+        loop.train(runner, torch.device("cpu"), max_epochs=1, log_period=1000)
     finally:
         common.close_runner(runner)
     create_release(runner.experiment, 1, runner.experiment.read_definition())

@@ -52,10 +52,9 @@ class TimedRunner(MNISTClassifierRunner):
         super().train_before_epoch_tasks(device)
         self.epoch_started, self.epoch_cpu_started = time.perf_counter(), time.process_time()
 
-    def save_training_checkpoint(self, kind, epoch):
-        super().save_training_checkpoint(kind, epoch)
-        if kind != "standard":
-            return
+    def train_early_stopping(self):
+        # Called right after the epoch's checkpoint is written.
+        epoch = self.counters["epoch"]
         seconds = time.perf_counter() - self.epoch_started
         cpu_seconds = time.process_time() - self.epoch_cpu_started
         self.train_seconds = getattr(self, "train_seconds", 0.0) + seconds
@@ -73,8 +72,6 @@ class TimedRunner(MNISTClassifierRunner):
                 "load_avg_1": round(os.getloadavg()[0], 2),
             }
         )
-
-    def train_early_stopping(self):
         if self.stop_at_targets and all(self.best_accuracy >= target for target in self.targets):
             return True
         return super().train_early_stopping()
@@ -95,6 +92,7 @@ def planned_epochs(config: dict) -> int:
 def run_config(name: str, config_path: str, args, experiments_path: str) -> None:
     """Create, train and test one configuration; print its epochs and its summary."""
     import torch
+    from torchexp import loop
 
     started = time.perf_counter()
     common.create_experiment(experiments_path, name, args.data_path, config_path, args.seed)
@@ -118,7 +116,7 @@ def run_config(name: str, config_path: str, args, experiments_path: str) -> None
     TimedRunner.targets, TimedRunner.stop_at_targets, TimedRunner.report = args.targets, not args.full, report
     try:
         # Start-up: Runner.train builds the model before the first epoch_started.
-        runner.train(torch.device("cpu"), epochs, log_period=100)
+        loop.train(runner, torch.device("cpu"), epochs, log_period=100)
     finally:
         common.close_runner(runner)
     common.emit(

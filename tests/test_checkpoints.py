@@ -11,25 +11,23 @@ from hypothesis import strategies as st
 
 from torchexp.checkpoints import (
     KINDS,
-    CheckpointInfo,
+    Checkpoint,
     describe_epochs,
     find_checkpoint,
     find_resume_checkpoint,
     find_training_checkpoint,
     list_checkpoints,
-    load_checkpoint,
     make_filename,
     parse_filename,
-    record_path,
     save_checkpoint,
-    verify_checkpoint,
 )
 from torchexp.errors import CheckpointError
+from torchexp.sidecar import sidecar_path
 
 STATE = {"model": {"weight": torch.arange(6.0).reshape(2, 3)}, "counters": {"epoch": 1}, "name": "x", "values": [1.5, None]}
 
 
-def save(folder, epoch: int, kind: str = "standard", summary: dict | None = None) -> CheckpointInfo:
+def save(folder, epoch: int, kind: str = "standard", summary: dict | None = None) -> Checkpoint:
     path = save_checkpoint(str(folder), epoch, kind, {**STATE, "epoch": epoch}, summary or {"metrics": {"loss": 0.5}})
     return next(info for info in list_checkpoints(str(folder)) if info.path == path)
 
@@ -75,7 +73,7 @@ def test_list_checkpoints_orders_by_epoch_numerically_then_kind(tmp_path):
     "epochs, text", [([], "none"), ([1], "1"), ([1, 2, 3], "1-3"), ([1, 2, 3, 5, 7, 8], "1-3, 5, 7-8"), ([2, 2, 3], "2-3")]
 )
 def test_describe_epochs_is_compact(epochs, text):
-    assert describe_epochs([CheckpointInfo(epoch, "standard", "", None) for epoch in epochs]) == text
+    assert describe_epochs([Checkpoint(epoch, "standard", "", None) for epoch in epochs]) == text
 
 
 def test_save_writes_the_checkpoint_and_its_record(tmp_path):
@@ -89,11 +87,11 @@ def test_save_writes_the_checkpoint_and_its_record(tmp_path):
     assert record["bytes"] == len(data)
     assert record["epoch"] == 2 and record["kind"] == "standard"
     assert record["metrics"] == {"train": {"loss": 0.25}}
-    assert info.record == record
+    assert info.sidecar == record
 
 
 def test_save_then_load_returns_the_same_state(tmp_path):
-    state = load_checkpoint(save(tmp_path, 1))
+    state = save(tmp_path, 1).load()
     assert torch.equal(state["model"]["weight"], STATE["model"]["weight"])
     assert state["counters"] == {"epoch": 1} and state["values"] == [1.5, None] and state["epoch"] == 1
 
@@ -101,13 +99,13 @@ def test_save_then_load_returns_the_same_state(tmp_path):
 def test_save_replaces_an_existing_checkpoint_and_record(tmp_path):
     save(tmp_path, 1, summary={"metrics": {"loss": 1.0}})
     info = save(tmp_path, 1, summary={"metrics": {"loss": 0.1}})
-    verify_checkpoint(info)
-    assert info.record["metrics"] == {"loss": 0.1}
+    info.verify()
+    assert info.sidecar["metrics"] == {"loss": 0.1}
     assert sorted(os.listdir(tmp_path)) == ["1.checkpoint.pt", "1.checkpoint.pt.json"]
 
 
 def test_verify_accepts_an_intact_checkpoint(tmp_path):
-    verify_checkpoint(save(tmp_path, 1))
+    save(tmp_path, 1).verify()
 
 
 def test_verify_detects_a_truncated_checkpoint(tmp_path):
@@ -115,7 +113,7 @@ def test_verify_detects_a_truncated_checkpoint(tmp_path):
     size = os.path.getsize(info.path)
     os.truncate(info.path, size // 2)
     with pytest.raises(CheckpointError, match=rf"checkpoint 1.checkpoint.pt is {size // 2} bytes, but {size} were written \(truncated or replaced\)"):
-        verify_checkpoint(info)
+        info.verify()
 
 
 def test_verify_detects_a_flipped_byte(tmp_path):
@@ -126,33 +124,33 @@ def test_verify_detects_a_flipped_byte(tmp_path):
         file.seek(-1, os.SEEK_CUR)
         file.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(CheckpointError, match=r"checkpoint 1.checkpoint.pt does not match its SHA-256 \(corrupted\)"):
-        verify_checkpoint(info)
+        info.verify()
     with pytest.raises(CheckpointError, match=r"SHA-256"):
-        load_checkpoint(info)
+        info.load()
 
 
 def test_verify_detects_a_zero_byte_checkpoint(tmp_path):
     info = save(tmp_path, 1)
     open(info.path, "wb").close()
     with pytest.raises(CheckpointError, match=r"checkpoint 1.checkpoint.pt is 0 bytes, but \d+ were written"):
-        verify_checkpoint(info)
+        info.verify()
 
 
 def test_verify_detects_a_missing_record(tmp_path):
     save(tmp_path, 1)
     os.remove(tmp_path / "1.checkpoint.pt.json")
     (info,) = list_checkpoints(str(tmp_path))
-    assert info.record is None
-    with pytest.raises(CheckpointError, match=r"checkpoint 1.checkpoint.pt has no valid record 1.checkpoint.pt.json"):
-        verify_checkpoint(info)
+    assert info.sidecar is None
+    with pytest.raises(CheckpointError, match=r"checkpoint 1.checkpoint.pt has no valid sidecar 1.checkpoint.pt.json"):
+        info.verify()
 
 
 def test_verify_detects_a_garbled_record(tmp_path):
     save(tmp_path, 1)
     (tmp_path / "1.checkpoint.pt.json").write_text("{not json")
     (info,) = list_checkpoints(str(tmp_path))
-    with pytest.raises(CheckpointError, match=r"has no valid record"):
-        verify_checkpoint(info)
+    with pytest.raises(CheckpointError, match=r"has no valid sidecar"):
+        info.verify()
 
 
 def test_find_checkpoint_prefers_kinds_in_order(tmp_path):
@@ -209,7 +207,7 @@ def test_find_resume_checkpoint_skips_a_corrupt_newest_one_with_its_reason(tmp_p
     info, skipped = find_resume_checkpoint(str(tmp_path))
     assert info.epoch == 2
     assert [(bad.epoch, reason) for bad, reason in skipped] == [
-        (3, f"checkpoint 3.checkpoint.pt is 10 bytes, but {skipped[0][0].record['bytes']} were written (truncated or replaced)")
+        (3, f"checkpoint 3.checkpoint.pt is 10 bytes, but {skipped[0][0].sidecar['bytes']} were written (truncated or replaced)")
     ]
 
 
@@ -232,41 +230,41 @@ def test_load_refuses_a_checkpoint_holding_a_pickled_object(tmp_path):
     # Written by hand, with a valid record, so that only the weights_only load can refuse it.
     path = tmp_path / "1.checkpoint.pt"
     torch.save({"model": {}, "extra": Custom()}, path)
-    with open(record_path(str(path)), "w") as file:
+    with open(sidecar_path(str(path)), "w") as file:
         json.dump({"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}, file)
     (info,) = list_checkpoints(str(tmp_path))
-    verify_checkpoint(info)
+    info.verify()
     with pytest.raises(CheckpointError, match=r"checkpoint 1.checkpoint.pt cannot be loaded safely: Weights only load failed"):
-        load_checkpoint(info)
+        info.load()
 
 
 def test_load_refuses_a_checkpoint_that_is_not_a_dictionary(tmp_path):
     path = tmp_path / "1.checkpoint.pt"
     torch.save([torch.zeros(1)], path)
-    with open(record_path(str(path)), "w") as file:
+    with open(sidecar_path(str(path)), "w") as file:
         json.dump({"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}, file)
     (info,) = list_checkpoints(str(tmp_path))
     with pytest.raises(CheckpointError, match=r"checkpoint 1.checkpoint.pt does not hold a state dictionary"):
-        load_checkpoint(info)
+        info.load()
 
 
 def test_load_reports_a_file_that_verifies_but_is_not_a_torch_file(tmp_path):
     path = tmp_path / "1.checkpoint.pt"
     path.write_bytes(b"plain text, not a checkpoint")
-    with open(record_path(str(path)), "w") as file:
+    with open(sidecar_path(str(path)), "w") as file:
         json.dump({"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}, file)
     (info,) = list_checkpoints(str(tmp_path))
     with pytest.raises(CheckpointError, match=r"checkpoint 1.checkpoint.pt cannot be loaded safely"):
-        load_checkpoint(info)
+        info.load()
 
 
 def test_resuming_hashes_the_chosen_checkpoint_once(tmp_path, monkeypatch):
-    import torchexp.checkpoints as module
+    import torchexp.sidecar as module
 
     save(tmp_path, 1)
     hashed = []
     real_hash = module.hash_file
     monkeypatch.setattr(module, "hash_file", lambda path: hashed.append(path) or real_hash(path))
     info, skipped = find_resume_checkpoint(str(tmp_path))
-    assert skipped == [] and load_checkpoint(info)["epoch"] == 1
+    assert skipped == [] and info.load()["epoch"] == 1
     assert hashed == [info.path]

@@ -15,6 +15,7 @@ from conftest import REPO, init_args, snapshot, write_mnist
 from mnist_classifier.__main__ import cli
 from mnist_classifier.runner import MNISTClassifierRunner
 from torchexp.errors import CheckpointError, ConfigError, ExperimentError
+from torchexp.metrics import Stop
 from torchexp.training import train_experiment
 
 MLP = ("--set", "model.name=mlp", "--set", "trainer.max_epochs=2")
@@ -224,11 +225,20 @@ def test_states_finished_not_started_interrupted_running_and_corrupt(root):
     record = read_json(config)
     record["config"]["trainer"]["max_epochs"] = 5
     write_json(config, record)
-    assert experiments["x"].state == "interrupted"  # killed, or trained with a smaller --max-epochs
+    # Its last train ended at the 2 epochs it was asked for, below the 5 planned now.
+    assert experiments["x"].state == "stopped at --max-epochs"
+    assert experiments["x"].stop == Stop("max_epochs", 2, 2)
 
     with torchexp.Experiment(os.path.join(root, "experiments"), "x").lock():
         assert experiments["x"].state == "running"
         assert experiments["x"].running
+
+    metrics_path = os.path.join(root, "experiments", "x", "metrics.jsonl")
+    with open(metrics_path) as file:
+        lines = file.readlines()
+    with open(metrics_path, "w") as file:  # as a SIGKILL leaves it: no word of why training ended
+        file.writelines(line for line in lines if '"kind": "stop"' not in line)
+    assert experiments["x"].stop is None
     assert experiments["x"].state == "interrupted"
 
     with open(config, "w") as file:
@@ -236,6 +246,23 @@ def test_states_finished_not_started_interrupted_running_and_corrupt(root):
     assert experiments["x"].state == "corrupt"
     with pytest.raises(ExperimentError, match="config of experiment 'x' .* is not valid JSON"):
         experiments["x"].config
+
+
+def test_a_train_below_the_planned_epochs_then_a_failed_one_show_as_such(root):
+    run(root, "train", "--max-epochs", "1", "--device", "cpu", name="fresh")
+    view = experiments_of(root)["fresh"]
+    assert view.state == "stopped at --max-epochs" and view.stop == Stop("max_epochs", 1, 1)
+
+    config = os.path.join(root, "experiments", "fresh", "config.json")
+    record = read_json(config)
+    record["config"]["trainer"]["precision"] = "fp16"  # refused on the CPU once training starts
+    write_json(config, record)
+    base = ["--experiments-path", os.path.join(root, "experiments"), "--data-path", os.path.join(root, "data"), "--experiment-name", "fresh"]
+    result = CliRunner().invoke(cli, [*base, "train", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert view.state == "failed"
+    assert view.stop.reason == "failed" and view.stop.epoch == 1 and view.stop.max_epochs == 2
+    assert view.stop.detail.startswith("ConfigError: trainer.precision fp16 needs a CUDA device")
 
 
 def test_a_run_its_epoch_observer_stopped_is_stopped_early(root):

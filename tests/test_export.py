@@ -1,6 +1,7 @@
 """`export`: a release as ONNX (checked in onnxruntime against torch) or as safetensors."""
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from mnist_classifier.__main__ import cli
 from mnist_classifier.data import normalize, read_mnist
 from torchexp import export as export_module
 from torchexp.project import Project
-from torchexp.checkpoints import read_record
+from torchexp.sidecar import read_sidecar
 from torchexp.errors import CheckpointError
 from torchexp.folder import Experiment
 from torchexp.export import CHECK_ATOL, CHECK_RTOL, export_path, load_check_batches, open_onnx_session
@@ -67,7 +68,7 @@ def copy_experiment(root, name, destination):
 def test_onnx_export_runs_in_onnxruntime_like_torch_for_batches_of_1_and_7(onnx_exports, family):
     experiment = Experiment(str(onnx_exports / "experiments"), family)
     path = export_path(experiment, 1, "onnx")
-    record = read_record(path)
+    record = read_sidecar(path)
     assert record["format"] == "onnx" and record["epoch"] == 1 and record["opset"] == 18
     # The example instance at batch 1, then the 40 test samples as the test loader gives them (2 x 20).
     assert record["check"]["samples"] == 41 and record["check"]["tolerance_used"] <= 1
@@ -84,27 +85,27 @@ def test_onnx_export_runs_in_onnxruntime_like_torch_for_batches_of_1_and_7(onnx_
         np.testing.assert_allclose(output, expected, rtol=CHECK_RTOL, atol=CHECK_ATOL)
 
 
-def test_the_record_verifies_and_a_damaged_onnx_export_is_refused(onnx_exports, tmp_path):
+def test_the_sidecar_verifies_and_a_damaged_onnx_export_is_refused(onnx_exports, tmp_path):
     root = copy_experiment(onnx_exports, "mlp", tmp_path)
     path = export_path(Experiment(str(root / "experiments"), "mlp"), 1, "onnx")
     with open(path, "rb") as file:
         content = file.read()
-    assert read_record(path)["sha256"] == export_module.hash_sha256(content)
+    assert read_sidecar(path)["sha256"] == hashlib.sha256(content).hexdigest()
     open_onnx_session(path, 1)
 
     with open(path, "r+b") as file:  # one byte flipped in the middle
         file.seek(len(content) // 2)
         file.write(bytes([content[len(content) // 2] ^ 0xFF]))
-    with pytest.raises(CheckpointError, match=r"does not match its record's size and SHA-256 \(corrupted\): write it with export --format onnx"):
+    with pytest.raises(CheckpointError, match=r"does not match its SHA-256 \(corrupted\): write it with export --format onnx again"):
         open_onnx_session(path, 1)
 
     with open(path, "wb") as file:  # truncated
         file.write(content[:1000])
-    with pytest.raises(CheckpointError, match="does not match its record"):
+    with pytest.raises(CheckpointError, match=r"is 1000 bytes, but \d+ were written \(truncated or replaced\): write it with export --format onnx again"):
         open_onnx_session(path, 1)
 
     os.remove(path + ".json")
-    with pytest.raises(CheckpointError, match="record of ONNX export 1.release.onnx .* is missing"):
+    with pytest.raises(CheckpointError, match=r"ONNX export .*1.release.onnx has no valid sidecar 1.release.onnx.json: write it with export --format onnx again"):
         open_onnx_session(path, 1)
 
     os.remove(path)
@@ -116,7 +117,7 @@ def test_an_onnx_export_of_an_earlier_release_is_refused(onnx_exports, tmp_path)
     root = copy_experiment(onnx_exports, "mlp", tmp_path)
     experiment = Experiment(str(root / "experiments"), "mlp")
     release_record = os.path.join(experiment.checkpoints_path, "1.checkpoint.release.pt.json")
-    record = read_record(release_record[: -len(".json")])
+    record = read_sidecar(release_record[: -len(".json")])
     record["sha256"] = "0" * 64  # as if create_release had written epoch 1's release anew
     with open(release_record, "w") as file:
         json.dump(record, file)
@@ -142,7 +143,7 @@ def test_safetensors_export_holds_the_release_weights_exactly_and_its_metadata(r
     assert json.loads(metadata["config"]) == release["config"]
     assert json.loads(metadata["classes"]) == release["classes"]
     assert metadata["torchexp"] == release["versions"]["torchexp"]
-    record = read_record(path)
+    record = read_sidecar(path)
     assert record["format"] == "safetensors" and record["check"]["round_trip"] == "equal"
     assert record["bytes"] == os.path.getsize(path)
 

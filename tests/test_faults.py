@@ -23,7 +23,8 @@ from click.testing import CliRunner
 
 from conftest import CONFIG, REPO, SCHEMA, write_mnist
 from mnist_classifier.__main__ import cli
-from torchexp import checkpoints, files
+from torchexp import checkpoints, files, sidecar
+from torchexp.sidecar import sidecar_path
 
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
 
@@ -46,7 +47,7 @@ class Lab:
     def checkpoint(self, epoch: int, kind: str = "standard") -> str:
         return self.path("checkpoints", checkpoints.make_filename(epoch, kind))
 
-    def info(self, epoch: int, kind: str = "standard") -> checkpoints.CheckpointInfo:
+    def info(self, epoch: int, kind: str = "standard") -> checkpoints.Checkpoint:
         return checkpoints.find_checkpoint(self.path("checkpoints"), epoch, (kind,))
 
 
@@ -166,8 +167,8 @@ def test_every_file_the_framework_writes_is_fsynced_then_renamed_into_place(tmp_
 def test_each_checkpoint_records_its_sha256_and_a_flipped_byte_is_refused(lab, loads):
     for epoch in (1, 2):
         info = lab.info(epoch)
-        assert info.record["sha256"] == sha256(info.path)
-        assert info.record["bytes"] == os.path.getsize(info.path)
+        assert info.sidecar["sha256"] == sha256(info.path)
+        assert info.sidecar["bytes"] == os.path.getsize(info.path)
     path = lab.checkpoint(2)
     with open(path, "r+b") as file:
         file.seek(os.path.getsize(path) // 2)
@@ -175,7 +176,7 @@ def test_each_checkpoint_records_its_sha256_and_a_flipped_byte_is_refused(lab, l
         file.seek(-1, io.SEEK_CUR)
         file.write(bytes([byte[0] ^ 0x01]))
     with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint 2\.checkpoint\.pt does not match its SHA-256"):
-        checkpoints.load_checkpoint(lab.info(2))
+        lab.info(2).load()
     assert loads == []  # refused before torch read a byte of it
 
 
@@ -213,13 +214,13 @@ def corrupt(path: str, how: str) -> str:
     elif how == "zero-byte":
         open(path, "wb").close()
     elif how == "record missing":
-        os.remove(checkpoints.record_path(path))
+        os.remove(sidecar_path(path))
     elif how == "record garbled":
-        open(checkpoints.record_path(path), "wb").write(b'{"sha256": "\x00\xff')
+        open(sidecar_path(path), "wb").write(b'{"sha256": "\x00\xff')
     elif how == "record with another sha256":
-        record = json.load(open(checkpoints.record_path(path)))
+        record = json.load(open(sidecar_path(path)))
         record["sha256"] = hashlib.sha256(b"another file").hexdigest()
-        json.dump(record, open(checkpoints.record_path(path), "w"))
+        json.dump(record, open(sidecar_path(path), "w"))
     return sha256(path)
 
 
@@ -227,8 +228,8 @@ CORRUPTIONS = {
     "truncated": "truncated or replaced",
     "garbled": "does not match its SHA-256",
     "zero-byte": "is 0 bytes, but",
-    "record missing": "has no valid record",
-    "record garbled": "has no valid record",
+    "record missing": "has no valid sidecar",
+    "record garbled": "has no valid sidecar",
     "record with another sha256": "does not match its SHA-256",
 }
 
@@ -245,10 +246,10 @@ def test_train_skips_a_corrupt_newest_checkpoint_saying_which_and_why(lab, loads
     assert "resumed from 1.checkpoint.pt: 1 epochs done" in result.output
     assert loads == [sha256(lab.checkpoint(1))], "torch.load read something besides the checkpoint of epoch 1"
     # Epoch 2 trained again from epoch 1 gives back the checkpoint that was lost.
-    retrained = checkpoints.load_checkpoint(lab.info(2))
+    retrained = lab.info(2).load()
     for key, tensor in original["model"].items():
         assert torch.equal(retrained["model"][key], tensor), key
-    checkpoints.load_checkpoint(lab.info(3))
+    lab.info(3).load()
 
 
 def test_train_says_so_when_no_checkpoint_verifies(lab):
@@ -258,7 +259,7 @@ def test_train_says_so_when_no_checkpoint_verifies(lab):
     assert result.exit_code == 0, result.output
     assert "skipping checkpoint 2.checkpoint.pt" in result.output and "skipping checkpoint 1.checkpoint.pt" in result.output
     assert "no checkpoint to resume from: training from scratch" in result.output
-    checkpoints.load_checkpoint(lab.info(1))
+    lab.info(1).load()
 
 
 @pytest.mark.parametrize("how", ["truncated", "zero-byte", "record missing"])
@@ -308,7 +309,7 @@ def test_a_second_trainer_is_refused_naming_the_holder_and_a_dead_holder_is_take
         holder.wait()
     result = lab.invoke("train", "--max-epochs", "3", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    checkpoints.load_checkpoint(lab.info(3))
+    lab.info(3).load()
 
 
 def test_a_lock_file_naming_a_dead_process_does_not_block(lab):
@@ -343,7 +344,7 @@ def craft(path: str, marker: str, form: str) -> None:
             pickle.dump(state, file)
     epoch, kind = checkpoints.parse_filename(os.path.basename(path))
     record = {"epoch": epoch, "kind": kind, "sha256": sha256(path), "bytes": os.path.getsize(path), "iteration": 0}
-    files.write_json_atomic(checkpoints.record_path(path), record)
+    files.write_json_atomic(sidecar_path(path), record)
 
 
 FORMS = ["zip", "legacy", "raw pickle"]
@@ -367,7 +368,7 @@ def test_train_test_and_create_release_refuse_a_checkpoint_that_would_run_code(l
     marker = str(tmp_path / "marker")
     craft(lab.checkpoint(3), marker, form)
     craft(lab.checkpoint(4, "release"), marker, form)
-    checkpoints.verify_checkpoint(lab.info(3))  # only weights_only stands in the way
+    lab.info(3).verify()  # only weights_only stands in the way
     results = sorted(os.listdir(lab.path("results")))
     unsafe = "Error: checkpoint 3.checkpoint.pt cannot be loaded safely"
     assert_clean_error(lab.invoke("train", "--max-epochs", "5", "--device", "cpu"), 4, unsafe)
@@ -423,14 +424,14 @@ def fill_disk(monkeypatch, where: str) -> None:
     elif where == "mid-checkpoint":
         limit_every_file(monkeypatch, 1 << 20)  # records fit, checkpoints do not
     else:  # the record, once the checkpoint is in place
-        real_write_json = checkpoints.write_json_atomic
+        real_write_json = sidecar.write_json_atomic
 
         def write_json(path, obj):
             if path.endswith(".pt.json"):
                 files.write_atomic(path, lambda file: FillingFile(file, room=10).write(json.dumps(obj).encode()))
             return real_write_json(path, obj)
 
-        monkeypatch.setattr(checkpoints, "write_json_atomic", write_json)
+        monkeypatch.setattr(sidecar, "write_json_atomic", write_json)
 
 
 @pytest.mark.parametrize("where", ["torch.save", "mid-checkpoint", "record"])
@@ -442,13 +443,13 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_one_and_says_so
     folder = lab.path("checkpoints")
     assert temporaries(folder) == []
     for epoch in (1, 2):
-        checkpoints.load_checkpoint(lab.info(epoch))
+        lab.info(epoch).load()
     monkeypatch.undo()
     # Space is back: training resumes from epoch 2 (skipping an unrecorded 3, if any).
     result = lab.invoke("train", "--max-epochs", "3", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "resumed from 2.checkpoint.pt" in result.output
-    checkpoints.load_checkpoint(lab.info(3))
+    lab.info(3).load()
 
 
 def test_a_full_disk_during_an_interrupt_save_keeps_the_last_checkpoint(lab, monkeypatch):
@@ -467,7 +468,7 @@ def test_a_full_disk_during_an_interrupt_save_keeps_the_last_checkpoint(lab, mon
     assert_clean_error(result, 8, f"3.checkpoint.interrupt.pt: {NO_SPACE}")
     assert temporaries(lab.path("checkpoints")) == []
     assert not os.path.exists(lab.checkpoint(3, "interrupt"))
-    checkpoints.load_checkpoint(lab.info(2))
+    lab.info(2).load()
 
 
 def test_a_full_disk_during_init_leaves_no_experiment(lab, monkeypatch):

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-import torchexp.runner
+import torchexp.loop
 from conftest import free_port, init_args, write_mnist
 from mnist_classifier.__main__ import cli
 from torchexp.commands.tensorboard import compare_logdir_spec
@@ -102,7 +102,7 @@ def test_tensorboard_compare_shows_every_experiment_with_its_hyperparameters_and
         assert [session["status"] for session in groups[name]["sessions"]] == ["STATUS_SUCCESS"]
     metrics = {name: {m["name"]["tag"]: m["value"] for m in group["metricValues"]} for name, group in groups.items()}
     history = [json.loads(line) for line in open(os.path.join(root, "experiments", "a", "metrics.jsonl"))]
-    last = {f"{line['kind']}/{key}": value for line in history for key, value in line["metrics"].items()}
+    last = {f"{line['kind']}/{key}": value for line in history if line["kind"] != "stop" for key, value in line["metrics"].items()}
     assert sorted(metrics["a"]) == sorted(METRICS)
     for tag in METRICS:
         assert metrics["a"][tag] == pytest.approx(last[tag], rel=1e-6)
@@ -136,7 +136,7 @@ def test_an_experiment_without_hparams_gets_them_when_it_trains_again_with_nothi
     folder = os.path.join(root, "experiments", "x", "tensorboard")
     with monkeypatch.context() as patch:
         # As trained before torchexp wrote HParams.
-        patch.setattr(torchexp.runner, "recording_hparams", lambda runner: contextlib.nullcontext())
+        patch.setattr(torchexp.loop, "recording_hparams", lambda runner: contextlib.nullcontext())
         assert run_cli(root, "x", "train", "--max-epochs", "1", "--device", "cpu").exit_code == 0
     assert read_hparams_tags(folder) == {}
     result = run_cli(root, "x", "train", "--max-epochs", "1", "--device", "cpu")

@@ -16,6 +16,7 @@ from torchexp.config import Config, build_config
 from torchexp.errors import DataError
 from torchexp.folder import Experiment
 from torchexp.tracking import Tracker, close_logger, make_logger
+from torchexp import evaluation, loop
 
 TRAIN_SIZE, TEST_SIZE = 96, 40
 
@@ -146,8 +147,8 @@ def test_test_metrics_are_over_samples_in_eval_mode(tmp_path, data_path):
 def test_training_learns_the_tiny_data_set(tmp_path, data_path):
     runner = make_runner(tmp_path, data_path)
     try:
-        runner.train(torch.device("cpu"), 3, 100)
-        results = runner.run_test(torch.device("cpu"), 3, release=False)
+        loop.train(runner, torch.device("cpu"), 3, 100)
+        results = evaluation.run_test(runner, torch.device("cpu"), 3, release=False)
     finally:
         runner.tracker.close()
         close_logger(runner.logger)

@@ -9,6 +9,7 @@ import torch
 import torchexp.precision
 from test_runner import ConvData, ConvRunner, finish, make_runner
 from torchexp.precision import choose_precision, cpu_native_bf16, read_cpu_flags
+from torchexp import loop
 
 AVX2_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\n"
 SAPPHIRE_RAPIDS_CPUINFO = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -68,7 +69,7 @@ def train_with_flags(tmp_path, monkeypatch, flags, precision, max_epochs=1):
     runner.data.load_datasets("")
     runner.data.load_loaders("", 0)
     try:
-        runner.train(CPU, max_epochs, 100)
+        loop.train(runner, CPU, max_epochs, 100)
     finally:
         finish(runner)
     return runner

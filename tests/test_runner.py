@@ -8,13 +8,15 @@ import torch
 from torch import nn
 
 import torchexp
-import torchexp.runner
+import torchexp.memory
 from torchexp.config import TRAINER_SCHEMA, Config, fill_defaults, validate_config
 from torchexp.errors import CheckpointError, ConfigError
 from torchexp.folder import Experiment
 from torchexp.loaders import TensorLoader
 from torchexp.releases import create_release
 from torchexp.tracking import Tracker, close_logger, make_logger
+from torchexp import loop
+from torchexp import evaluation
 
 SIZE, BATCH = 10, 4  # batches of 4, 4 and 2 samples: batch means differ from sample means
 SCHEMA = {"type": "object", "properties": {"trainer": TRAINER_SCHEMA}}
@@ -78,7 +80,7 @@ def finish(runner):
 def train(tmp_path, runner_class=TinyRunner, max_epochs=1, log_period=100, epoch=None, **trainer):
     runner = make_runner(tmp_path, runner_class, **trainer)
     try:
-        runner.train(torch.device("cpu"), max_epochs, log_period, epoch)
+        loop.train(runner, torch.device("cpu"), max_epochs, log_period, epoch)
     finally:
         finish(runner)
     return runner
@@ -333,13 +335,13 @@ def test_keep_freed_memory_is_applied_before_training_and_testing_when_configure
     if phase == "test":
         train(tmp_path, keep_freed_memory=keep)
     calls = []
-    monkeypatch.setattr(torchexp.runner, "keep_freed_memory", lambda: calls.append("kept") or True)
+    monkeypatch.setattr(torchexp.memory, "keep_freed_memory", lambda: calls.append("kept") or True)
     if phase == "train":
         train(tmp_path, keep_freed_memory=keep)
     else:
         runner = make_runner(tmp_path, keep_freed_memory=keep)
         try:
-            runner.run_test(torch.device("cpu"), 1, release=False)
+            evaluation.run_test(runner, torch.device("cpu"), 1, release=False)
         finally:
             finish(runner)
     assert calls == (["kept"] if keep else [])
@@ -385,7 +387,7 @@ def train_conv(tmp_path, **trainer):
     runner.data.load_datasets("")
     runner.data.load_loaders("", 0)
     try:
-        runner.train(torch.device("cpu"), 1, 100)
+        loop.train(runner, torch.device("cpu"), 1, 100)
     finally:
         finish(runner)
     return runner
@@ -413,7 +415,7 @@ def test_run_test_loads_the_epoch_evaluates_in_eval_mode_and_saves_results(tmp_p
     train(tmp_path, max_epochs=2)
     runner = make_runner(tmp_path)
     try:
-        results = runner.run_test(torch.device("cpu"), 1, release=False)
+        results = evaluation.run_test(runner, torch.device("cpu"), 1, release=False)
     finally:
         finish(runner)
     assert results["training"] is False

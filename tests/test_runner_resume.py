@@ -28,6 +28,7 @@ from conftest import CONFIG, REPO, SCHEMA, assert_identical, write_mnist
 from mnist_classifier.__main__ import cli
 from mnist_classifier.runner import MNISTClassifierRunner
 from torchexp import checkpoints
+from torchexp.sidecar import read_sidecar
 
 EPOCHS = 4
 TRAIN_IMAGES = 600  # 480 for training after the 20 % validation split
@@ -99,8 +100,8 @@ def assert_same_as_reference(world: World, name: str) -> None:
     assert_identical(load_checkpoint_file(world, name, final), load_checkpoint_file(world, "straight", final))
     for epoch in range(1, EPOCHS + 1):
         path = checkpoints.make_filename(epoch, "standard")
-        record = checkpoints.read_record(experiment_path(world, name, "checkpoints", path))
-        reference = checkpoints.read_record(experiment_path(world, "straight", "checkpoints", path))
+        record = read_sidecar(experiment_path(world, name, "checkpoints", path))
+        reference = read_sidecar(experiment_path(world, "straight", "checkpoints", path))
         assert record is not None and reference is not None
         assert record["metrics"] == reference["metrics"], f"metrics of epoch {epoch} differ"
     assert iteration_metrics(world, name) == iteration_metrics(world, "straight")
@@ -206,8 +207,8 @@ def test_signal_mid_epoch_saves_the_position_and_resume_is_bit_identical(world, 
     assert f"Error: training stopped by {signal_name} at epoch {epoch}, iteration {iteration}; saved {interrupt}" in result.output
     folder = experiment_path(world, name, "checkpoints")
     info = checkpoints.find_checkpoint(folder, epoch, ("interrupt",))
-    checkpoints.verify_checkpoint(info)
-    assert info.record["iteration"] == iteration
+    info.verify()
+    assert info.sidecar["iteration"] == iteration
     assert [i.epoch for i in checkpoints.list_checkpoints(folder, ("standard",))] == list(range(1, epoch))
 
     monkeypatch.undo()
@@ -247,7 +248,7 @@ def test_second_ctrl_c_during_the_save_corrupts_nothing(world, monkeypatch, kind
         assert "training stopped by SIGINT after epoch 2, which is saved" in result.output
     folder = experiment_path(world, name, "checkpoints")
     for info in checkpoints.list_checkpoints(folder):
-        checkpoints.load_checkpoint(info)
+        info.load()
     assert not [file for file in os.listdir(folder) if file.endswith(".tmp")]
 
     monkeypatch.undo()
@@ -306,10 +307,10 @@ def test_ctrl_c_on_the_process_group_mid_epoch_then_resume_in_a_new_process(worl
     epoch, logged = (position - 1) // PER_EPOCH + 1, (position - 1) % PER_EPOCH + 1
     interrupt = checkpoints.make_filename(epoch, "interrupt")
     info = checkpoints.find_checkpoint(experiment_path(world, name, "checkpoints"), epoch, ("interrupt",))
-    checkpoints.verify_checkpoint(info)
+    info.verify()
     # Stopped after logging step `logged`, it finished that step or the one it had begun.
-    assert info.record["iteration"] in (logged, logged + 1)
-    assert f"training stopped by SIGINT at epoch {epoch}, iteration {info.record['iteration']}; saved {interrupt}" in output
+    assert info.sidecar["iteration"] in (logged, logged + 1)
+    assert f"training stopped by SIGINT at epoch {epoch}, iteration {info.sidecar['iteration']}; saved {interrupt}" in output
     assert output.count("SIGINT received") == 1, output  # said once, not once per loader worker
     assert "Traceback" not in output
 
@@ -417,7 +418,7 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(world,
         output = stderr_path.read_text()
         assert "Traceback" not in output, output
         if skipped_expected:
-            assert "skipping checkpoint" in output and "has no valid record" in output, output
+            assert "skipping checkpoint" in output and "has no valid sidecar" in output, output
         if temporary_left:
             assert "left by a save that was killed" in output, output
         if not killed:
@@ -428,9 +429,9 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(world,
         # Nothing recorded is ever corrupt; a checkpoint without its record is the only trace.
         found = checkpoints.list_checkpoints(folder)
         for info in found:
-            if info.record is not None:
-                checkpoints.verify_checkpoint(info)
-        skipped_expected = any(info.record is None for info in found)
+            if info.sidecar is not None:
+                info.verify()
+        skipped_expected = any(info.sidecar is None for info in found)
         temporary_left = where.startswith("during a")
         assert snapshot_hashes(world, name) == before
     print("\n".join(landings))
@@ -440,7 +441,7 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(world,
     final = run_cli(world, name, *args)
     assert final.returncode == 0, final.stderr
     for info in checkpoints.list_checkpoints(folder):
-        checkpoints.load_checkpoint(info)
+        info.load()
     assert not [file for file in os.listdir(folder) if file.endswith(".tmp")], "temporary files were left behind"
     assert_same_as_reference(world, name)
     # What the killed runs logged after their last checkpoint was dropped when the next

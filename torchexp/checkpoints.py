@@ -1,8 +1,10 @@
 """Checkpoint files: names, crash-safe saves, verification and trusted loads.
 
 Each checkpoint `<epoch>.checkpoint[.<kind>].pt` holds only tensors and plain data, so it
-loads with `torch.load(weights_only=True)`. Beside it, `<file>.json` records its SHA-256,
-size, epoch and key metrics: loads verify it, and `info` reads it without importing torch.
+loads with `torch.load(weights_only=True)`. Beside it, its sidecar `<file>.json`
+(`torchexp.sidecar`) holds its SHA-256, size, epoch and metrics: loads verify it, and
+`info`, `compare` and the Python API read it without importing torch. `Checkpoint` is the
+one type for a checkpoint found on disk, wherever it is listed.
 
 Kinds:
     standard: full training state after `epoch` epochs.
@@ -14,10 +16,12 @@ import dataclasses
 import os
 import re
 import time
+import warnings
 from typing import Any
 
-from torchexp.errors import CheckpointError, StorageError, first_line
-from torchexp.files import hash_file, read_json, remove_quietly, write_atomic, write_json_atomic
+from torchexp import sidecar
+from torchexp.errors import CheckpointError, first_line
+from torchexp.files import remove_quietly
 
 CHECKPOINT_FORMAT = 1  # the layout of the state inside a checkpoint; raise it when it changes
 KINDS = ("standard", "release", "interrupt")
@@ -29,21 +33,89 @@ TEMPORARY_PATTERN = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]+\.tmp")
 
 
 @dataclasses.dataclass
-class CheckpointInfo:
-    """A checkpoint file found on disk, with its JSON record when there is one."""
+class Checkpoint:
+    """A checkpoint file on disk and its sidecar (None when it has none).
+
+    `verify()` hashes the file against its sidecar; a checkpoint that verified once is not
+    hashed again by `load()` or `verified`.
+    """
 
     epoch: int
     kind: str
     path: str
-    record: dict | None
-    verified: bool = False  # set by verify_checkpoint, so a load does not hash the file twice
+    sidecar: dict | None
+    hashed: bool = dataclasses.field(default=False, repr=False, compare=False)  # verified once already
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def metrics(self) -> dict:
+        """{"train": {...}, "validation": {...}} of the epoch, as the sidecar holds them."""
+        return (self.sidecar or {}).get("metrics") or {}
+
+    @property
+    def record(self) -> dict | None:
+        """Deprecated name of `sidecar`, until torchexp 0.3."""
+        warnings.warn("Checkpoint.record is deprecated: use Checkpoint.sidecar", DeprecationWarning, stacklevel=2)
+        return self.sidecar
 
     @property
     def progress(self) -> tuple[int, int]:
         """(completed epochs, iterations into the next one): orders resume points."""
         if self.kind == "interrupt":
-            return self.epoch - 1, int((self.record or {}).get("iteration", 0))
+            return self.epoch - 1, int((self.sidecar or {}).get("iteration", 0))
         return self.epoch, 0
+
+    def verify(self) -> None:
+        """Check the file against its sidecar.
+
+        Raises:
+            CheckpointError: no sidecar, or the size or SHA-256 differs; the message says which.
+        """
+        sidecar.verify(f"checkpoint {self.name}", self.path, self.sidecar)
+        self.hashed = True
+
+    def check(self) -> str | None:
+        """Return why the checkpoint does not verify, or None when it does."""
+        try:
+            self.verify()
+        except CheckpointError as error:
+            return str(error)
+        return None
+
+    @property
+    def verified(self) -> bool:
+        """Whether the file matches its sidecar's size and SHA-256."""
+        return self.hashed or self.check() is None
+
+    def load(self) -> dict[str, Any]:
+        """Verify the checkpoint (unless it verified already), then load it with
+        `weights_only=True` onto the CPU.
+
+        Raises:
+            CheckpointError: it fails verification or holds anything but tensors and plain data.
+        """
+        import pickle
+
+        import torch
+
+        if not self.hashed:
+            self.verify()
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+            raise CheckpointError(f"checkpoint {self.name} cannot be loaded safely: {first_line(error)}") from error
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {self.name} does not hold a state dictionary")
+        return state
+
+    def remove(self) -> None:
+        """Delete the checkpoint: its sidecar first, so that a kill in between leaves a file
+        that is refused rather than trusted."""
+        remove_quietly(sidecar.sidecar_path(self.path))
+        remove_quietly(self.path)
 
 
 def make_filename(epoch: int, kind: str) -> str:
@@ -62,12 +134,7 @@ def parse_filename(name: str) -> tuple[int, str] | None:
     return int(match["epoch"]), match["kind"] or "standard"
 
 
-def record_path(path: str) -> str:
-    """Return the path of the JSON record kept beside a checkpoint file."""
-    return path + ".json"
-
-
-def list_checkpoints(folder: str, kinds: tuple[str, ...] = KINDS) -> list[CheckpointInfo]:
+def list_checkpoints(folder: str, kinds: tuple[str, ...] = KINDS) -> list[Checkpoint]:
     """List the checkpoints in `folder` of the given kinds, oldest first."""
     if not os.path.isdir(folder):
         return []
@@ -77,20 +144,11 @@ def list_checkpoints(folder: str, kinds: tuple[str, ...] = KINDS) -> list[Checkp
         if parsed is None or parsed[1] not in kinds:
             continue
         path = os.path.join(folder, name)
-        found.append(CheckpointInfo(parsed[0], parsed[1], path, read_record(path)))
+        found.append(Checkpoint(parsed[0], parsed[1], path, sidecar.read_sidecar(path)))
     return sorted(found, key=lambda info: (info.epoch, KINDS.index(info.kind)))
 
 
-def read_record(path: str) -> dict | None:
-    """Return a checkpoint's JSON record, or None when it is missing or unreadable."""
-    try:
-        record = read_json(record_path(path), "checkpoint record")
-    except StorageError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def describe_epochs(infos: list[CheckpointInfo]) -> str:
+def describe_epochs(infos: list[Checkpoint]) -> str:
     """Describe the epochs of some checkpoints compactly, e.g. `1-4, 7`, or `none`."""
     epochs = sorted({info.epoch for info in infos})
     if not epochs:
@@ -105,17 +163,14 @@ def describe_epochs(infos: list[CheckpointInfo]) -> str:
 
 
 def save_checkpoint(folder: str, epoch: int, kind: str, state: dict, summary: dict) -> str:
-    """Write a checkpoint and its record atomically; return the checkpoint's path.
-
-    The old record is removed first and the new one written last, so a kill at any
-    point leaves a file that either verifies or is reported as unrecorded.
+    """Write a checkpoint and its sidecar atomically; return the checkpoint's path.
 
     Args:
         folder: the experiment's checkpoints folder.
         epoch: the epoch the checkpoint belongs to.
         kind: one of KINDS.
         state: tensors and plain data only.
-        summary: JSON data kept in the record (metrics, iteration...).
+        summary: JSON data kept in the sidecar (metrics, iteration...).
 
     Raises:
         StorageError: the disk refused the write; the previous files are intact.
@@ -123,62 +178,12 @@ def save_checkpoint(folder: str, epoch: int, kind: str, state: dict, summary: di
     import torch
 
     path = os.path.join(folder, make_filename(epoch, kind))
-    remove_quietly(record_path(path))
-    digest = write_atomic(path, lambda file: torch.save(state, file))
-    record = {
-        "epoch": epoch,
-        "kind": kind,
-        "sha256": digest,
-        "bytes": os.path.getsize(path),
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **summary,
-    }
-    write_json_atomic(record_path(path), record)
+    fields = {"epoch": epoch, "kind": kind, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary}
+    sidecar.write_with_sidecar(path, lambda file: torch.save(state, file), fields)
     return path
 
 
-def verify_checkpoint(info: CheckpointInfo) -> None:
-    """Check a checkpoint against its record.
-
-    Raises:
-        CheckpointError: no record, or the size or SHA-256 differs; the message says which.
-    """
-    name = os.path.basename(info.path)
-    if info.record is None or not isinstance(info.record.get("sha256"), str):
-        raise CheckpointError(f"checkpoint {name} has no valid record {os.path.basename(record_path(info.path))}")
-    try:
-        size = os.path.getsize(info.path)
-    except OSError as error:
-        raise CheckpointError(f"checkpoint {name} cannot be read: {error.strerror}") from error
-    if size != info.record.get("bytes"):
-        raise CheckpointError(f"checkpoint {name} is {size} bytes, but {info.record.get('bytes')} were written (truncated or replaced)")
-    if hash_file(info.path) != info.record["sha256"]:
-        raise CheckpointError(f"checkpoint {name} does not match its SHA-256 (corrupted)")
-    info.verified = True
-
-
-def load_checkpoint(info: CheckpointInfo) -> dict[str, Any]:
-    """Verify a checkpoint (unless already verified), then load it with `weights_only=True` onto the CPU.
-
-    Raises:
-        CheckpointError: it fails verification or holds anything but tensors and plain data.
-    """
-    import pickle
-
-    import torch
-
-    if not info.verified:
-        verify_checkpoint(info)
-    try:
-        state = torch.load(info.path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        raise CheckpointError(f"checkpoint {os.path.basename(info.path)} cannot be loaded safely: {first_line(error)}") from error
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {os.path.basename(info.path)} does not hold a state dictionary")
-    return state
-
-
-def find_checkpoint(folder: str, epoch: int, kinds: tuple[str, ...]) -> CheckpointInfo:
+def find_checkpoint(folder: str, epoch: int, kinds: tuple[str, ...]) -> Checkpoint:
     """Return the checkpoint of `epoch`, preferring kinds in the given order.
 
     Raises:
@@ -197,7 +202,7 @@ def find_checkpoint(folder: str, epoch: int, kinds: tuple[str, ...]) -> Checkpoi
     )
 
 
-def find_training_checkpoint(folder: str, epoch: int) -> CheckpointInfo:
+def find_training_checkpoint(folder: str, epoch: int) -> Checkpoint:
     """Return the standard checkpoint of `epoch`, the only kind training and releases start from.
 
     Raises:
@@ -235,7 +240,7 @@ def remove_temporaries(folder: str, kinds: tuple[str, ...] = ("standard", "inter
     return sorted(removed)
 
 
-def find_resume_checkpoint(folder: str) -> tuple[CheckpointInfo | None, list[tuple[CheckpointInfo, str]]]:
+def find_resume_checkpoint(folder: str) -> tuple[Checkpoint | None, list[tuple[Checkpoint, str]]]:
     """Return the furthest standard or interrupt checkpoint that verifies.
 
     Returns:
@@ -244,11 +249,9 @@ def find_resume_checkpoint(folder: str) -> tuple[CheckpointInfo | None, list[tup
     """
     candidates = sorted(list_checkpoints(folder, ("standard", "interrupt")), key=lambda info: info.progress)
     skipped = []
-    for info in reversed(candidates):
-        try:
-            verify_checkpoint(info)
-        except CheckpointError as error:
-            skipped.append((info, str(error)))
-            continue
-        return info, skipped
+    for checkpoint in reversed(candidates):
+        problem = checkpoint.check()
+        if problem is None:
+            return checkpoint, skipped
+        skipped.append((checkpoint, problem))
     return None, skipped

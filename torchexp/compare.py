@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 from torchexp.config import fill_trainer_defaults
 from torchexp.errors import ConfigError, ExperimentError
-from torchexp.experiments import CORRUPT, NOT_AN_EXPERIMENT, Experiments
+from torchexp.experiments import Experiments
 from torchexp.metrics import find_best, guess_direction, is_number
+from torchexp.states import CORRUPT, NOT_AN_EXPERIMENT
 from torchexp.files import replace_non_finite
 
 MISSING = "-"  # a cell without a value, in text and Markdown

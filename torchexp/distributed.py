@@ -5,11 +5,12 @@ the process group (NCCL on GPUs, Gloo on CPUs) and otherwise stays a single proc
 Rank 0 writes every file; metrics are reduced over all ranks before anyone logs them.
 """
 
+import contextlib
 import dataclasses
 import datetime
 import gc
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -125,3 +126,47 @@ def barrier() -> None:
     """Wait for every rank."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def sum_metrics(sums: dict[str, Any], count: int, device: torch.device) -> tuple[dict[str, torch.Tensor], int]:
+    """Return metric sums and their sample count totalled over every rank."""
+    total = int(sum_across(torch.tensor(float(count), device=device)).item())
+    return {name: sum_across(torch.as_tensor(value, device=device)) for name, value in sums.items()}, total
+
+
+def average_metrics(sums: dict[str, Any], count: int, world: World, device: torch.device) -> dict[str, float]:
+    """Return the per-sample means of summed metrics, over every rank's samples."""
+    if world.distributed:
+        sums, count = sum_metrics(sums, count, device)
+    return {name: (value / max(count, 1)).item() for name, value in sums.items()}
+
+
+def mean_across(metrics: dict[str, torch.Tensor], world: World) -> dict[str, torch.Tensor]:
+    """Return the mean of each metric over the ranks (their batches are of equal size)."""
+    if not world.distributed:
+        return metrics
+    return {name: sum_across(value.float()) / world.size for name, value in metrics.items()}
+
+
+@contextlib.contextmanager
+def reporting_lost_ranks(world: World) -> Iterator[None]:
+    """Turn a collective that fails because another rank died or hung into a
+    DistributedError that says so."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not world.distributed or not is_lost_contact(error):
+            raise
+        raise DistributedError(
+            f"rank {world.rank} lost contact with the other training processes "
+            f"(one died or hung for over the timeout): {first_line(error)}"
+        ) from error
+
+
+def is_lost_contact(error: RuntimeError) -> bool:
+    """Whether a collective failed because another rank died or hung.
+
+    Gloo reports a dead peer as a plain RuntimeError, so its message is all there is.
+    """
+    markers = ("Connection closed by peer", "Connection reset by peer", "timed out", "Timed out", "NCCL")
+    return isinstance(error, dist.DistError) or any(marker in str(error) for marker in markers)

@@ -24,7 +24,6 @@ are named `STUDY/trial-0003`.
 import dataclasses
 import difflib
 import fnmatch
-import json
 import os
 import re
 import warnings
@@ -36,54 +35,11 @@ from torchexp.errors import CheckpointError, ExperimentError, TorchexpError
 from torchexp.folder import NAME_PATTERN, Experiment
 from torchexp.files import read_json
 from torchexp.locks import is_locked
-from torchexp.metrics import find_best, guess_direction, is_number
+from torchexp.metrics import Stop, find_best, guess_direction, is_number, read_last_stop, read_metric_lines
+from torchexp.states import CORRUPT, read_state, scan_checkpoint_names
 
 STUDY_FILE = "study.json"
 RESULTS_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.(?P<kind>standard|release)\.test\.json")
-
-# States of an experiment, as `ExperimentView.state` and `compare` show them.
-FINISHED = "finished"  # the planned trainer.max_epochs are done
-STOPPED_EARLY = "stopped early"  # early stopping, or an epoch observer (a search's pruner) ended it
-INTERRUPTED = "interrupted"  # an interrupt checkpoint, or fewer epochs than planned and nobody training
-RUNNING = "running"  # a process holds the experiment's lock now
-NOT_STARTED = "not started"  # no checkpoint yet
-CORRUPT = "corrupt"  # config.json cannot be read
-NOT_AN_EXPERIMENT = "not an experiment"  # a folder without config.json
-
-# The runner writes why training ended only in verbose.log, in these words (Runner.train
-# and Runner.run_epochs); a stop by signal reads "training stopped by SIGINT" and is no match.
-STOP_PATTERN = re.compile(r"(?:early stopping|training stopped(?: early)?) after epoch (\d+)")
-LOG_TAIL_BYTES = 64 * 1024  # the end of verbose.log holds the last run's closing lines
-
-@dataclasses.dataclass(frozen=True)
-class StoredCheckpoint:
-    """A checkpoint file of an experiment and its JSON record (None when it has none).
-
-    `verified` hashes the file against its record, so it is computed only when asked.
-    """
-
-    epoch: int
-    kind: str
-    path: str
-    record: dict | None
-
-    @property
-    def metrics(self) -> dict:
-        """{"train": {...}, "validation": {...}} of the epoch, as the record holds them."""
-        return (self.record or {}).get("metrics") or {}
-
-    def check(self) -> str | None:
-        """Return why the checkpoint does not verify, or None when it does."""
-        try:
-            checkpoints.verify_checkpoint(checkpoints.CheckpointInfo(self.epoch, self.kind, self.path, self.record))
-        except CheckpointError as error:
-            return str(error)
-        return None
-
-    @property
-    def verified(self) -> bool:
-        """Whether the file matches its record's size and SHA-256."""
-        return self.check() is None
 
 
 class ExperimentView:
@@ -104,36 +60,42 @@ class ExperimentView:
         return f"ExperimentView({self.name!r})"
 
     @property
-    def record(self) -> dict:
-        """config.json: {"seed", "versions", "classes", "config"}.
+    def definition(self) -> dict:
+        """config.json, the experiment's definition: {"seed", "versions", "classes", "config"}.
 
         Raises:
-            ExperimentError: config.json is missing, unreadable or not an experiment's record.
+            ExperimentError: config.json is missing, unreadable or not an experiment's definition.
         """
-        record = self.experiment.read_definition()
-        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        definition = self.experiment.read_definition()
+        if not isinstance(definition, dict) or not isinstance(definition.get("config"), dict):
             raise ExperimentError(f"config of experiment {self.name!r} ({self.experiment.config_path}) has no \"config\" object")
-        return record
+        return definition
+
+    @property
+    def record(self) -> dict:
+        """Deprecated name of `definition`, until torchexp 0.3."""
+        warnings.warn("ExperimentView.record is deprecated: use ExperimentView.definition", DeprecationWarning, stacklevel=2)
+        return self.definition
 
     @property
     def config(self) -> dict:
         """The validated configuration the experiment was created with."""
-        return self.record["config"]
+        return self.definition["config"]
 
     @property
     def seed(self) -> int | None:
-        return self.record.get("seed")
+        return self.definition.get("seed")
 
     @property
     def versions(self) -> dict:
         """Versions of torchexp, Python, torch... recorded at init."""
-        return self.record.get("versions") or {}
+        return self.definition.get("versions") or {}
 
     @property
     def classes(self) -> dict:
         """The project's {"data": "module:Class", "runner": "module:Class"}; empty for an
         experiment created before torchexp recorded them."""
-        return self.record.get("classes") or {}
+        return self.definition.get("classes") or {}
 
     @property
     def max_epochs(self) -> int:
@@ -202,12 +164,9 @@ class ExperimentView:
         return sorted(found, key=lambda item: (item[0][0], checkpoints.KINDS.index(item[0][1])))
 
     @property
-    def checkpoints(self) -> list[StoredCheckpoint]:
-        """Every checkpoint (standard, release, interrupt) with its record, oldest first."""
-        return [
-            StoredCheckpoint(info.epoch, info.kind, info.path, info.record)
-            for info in checkpoints.list_checkpoints(self.experiment.checkpoints_path)
-        ]
+    def checkpoints(self) -> list[checkpoints.Checkpoint]:
+        """Every checkpoint (standard, release, interrupt) with its sidecar, oldest first."""
+        return checkpoints.list_checkpoints(self.experiment.checkpoints_path)
 
     @property
     def epochs(self) -> int:
@@ -224,24 +183,19 @@ class ExperimentView:
 
     @property
     def state(self) -> str:
-        """One of finished, stopped early, interrupted, running, not started, corrupt."""
+        """One of finished, stopped early, stopped at --max-epochs, interrupted, failed,
+        running, not started, corrupt (`torchexp.states`)."""
         try:
             max_epochs = self.max_epochs
         except ExperimentError:
             return CORRUPT
-        if self.running:
-            return RUNNING
-        found = scan_checkpoint_names(self.experiment.checkpoints_path)
-        if found.get("interrupt"):
-            return INTERRUPTED
-        done = max(found.get("standard", [0]))
-        if done == 0:
-            return NOT_STARTED
-        if done >= max_epochs:
-            return FINISHED
-        if read_stop_epoch(self.experiment.log_path) == done:
-            return STOPPED_EARLY
-        return INTERRUPTED
+        return read_state(self.experiment, max_epochs)
+
+    @property
+    def stop(self) -> Stop | None:
+        """Why the last `train` ended (reason, epoch, max_epochs, detail), as metrics.jsonl
+        records it; None when no train has ended yet."""
+        return read_last_stop(self.experiment.metrics_path)
 
     def series(self, split: str, metric: str) -> list[tuple[int, float]]:
         """(epoch, value) of one metric over the epochs, e.g. `series("validation", "loss")`;
@@ -423,47 +377,6 @@ def list_folder_names(path: str) -> list[str]:
     except OSError:
         return []
     return sorted(entry.name for entry in entries if entry.is_dir() and NAME_PATTERN.fullmatch(entry.name))
-
-
-def scan_checkpoint_names(folder: str) -> dict[str, list[int]]:
-    """Epochs of the checkpoints in `folder` by kind, from the file names alone."""
-    found: dict[str, list[int]] = {}
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
-        parsed = checkpoints.parse_filename(name)
-        if parsed is not None:
-            found.setdefault(parsed[1], []).append(parsed[0])
-    return found
-
-
-def read_metric_lines(path: str) -> Iterator[dict]:
-    """The JSON lines of metrics.jsonl, skipping iteration lines unparsed and torn lines."""
-    try:
-        file = open(path, encoding="utf-8")
-    except OSError:
-        return
-    with file:
-        for line in file:
-            # Iteration lines are most of the file; Tracker writes "kind" first.
-            if line.startswith('{"kind": "iteration"'):
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict):
-                yield entry
-
-
-def read_stop_epoch(log_path: str) -> int | None:
-    """The epoch after which verbose.log last says training stopped early, if it does."""
-    try:
-        with open(log_path, "rb") as file:
-            file.seek(max(0, os.path.getsize(log_path) - LOG_TAIL_BYTES))
-            tail = file.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    matches = STOP_PATTERN.findall(tail)
-    return int(matches[-1]) if matches else None
 
 
 def check_split(split: str) -> None:

@@ -1,7 +1,7 @@
 """Exports of a release: its model as ONNX, or its weights as safetensors.
 
 An export lives in `experiments/<name>/exports/<epoch>.release.<onnx|safetensors>`, written
-atomically with a JSON record beside it (`<file>.json`: SHA-256, bytes, format, epoch, and
+atomically with a sidecar beside it (`<file>.json`: SHA-256, bytes, format, epoch, and
 the figures of the check it passed), like a checkpoint. The model comes from the release
 through the same verified, `weights_only=True` path as `test`, and nothing is written
 unless the export reproduces it:
@@ -23,13 +23,12 @@ import os
 import time
 from typing import Any, Iterable
 
-from torchexp import checkpoints
+from torchexp import checkpoints, sidecar
 from torchexp.errors import CheckpointError, DataError, TorchexpError, first_line
 from torchexp.folder import Experiment
 from torchexp.inference import load_runner
 from torchexp.project import Project
 from torchexp.releases import find_release
-from torchexp.files import read_json, remove_quietly, write_atomic, write_json_atomic
 from torchexp.version import __version__
 
 FORMATS = ("onnx", "safetensors")
@@ -99,9 +98,9 @@ def load_check_batches(project: Project, experiment: Experiment, samples: int, l
 
 
 def export_release(
-    experiment: Experiment, release: checkpoints.CheckpointInfo, fmt: str, check_batches: Iterable[Any] = (), logger: Any = None
+    experiment: Experiment, release: checkpoints.Checkpoint, fmt: str, check_batches: Iterable[Any] = (), logger: Any = None
 ) -> str:
-    """Export a release and write its record.
+    """Export a release and write its sidecar.
 
     Args:
         experiment: the experiment.
@@ -127,13 +126,13 @@ def export_release(
         content, summary = make_onnx(runner, experiment.name, release, check_batches)
     else:
         content, summary = make_safetensors(runner, experiment.name, release, state)
-    write_export(path, content, {"format": fmt, "epoch": release.epoch, "release_sha256": release.record["sha256"], **summary})
+    write_export(path, content, {"format": fmt, "epoch": release.epoch, "release_sha256": release.sidecar["sha256"], **summary})
     if logger is not None:
         logger.info(f"exported the release of epoch {release.epoch} as {fmt} to {path} ({describe_check(summary['check'])})")
     return path
 
 
-def make_onnx(runner: Any, name: str, release: checkpoints.CheckpointInfo, check_batches: Iterable[Any]) -> tuple[bytes, dict]:
+def make_onnx(runner: Any, name: str, release: checkpoints.Checkpoint, check_batches: Iterable[Any]) -> tuple[bytes, dict]:
     """Return the ONNX file of the runner's model and its check's figures.
 
     Raises:
@@ -226,7 +225,7 @@ def check_onnx(model: Any, session: Any, batches: list[Any]) -> dict:
     }
 
 
-def make_safetensors(runner: Any, name: str, release: checkpoints.CheckpointInfo, state: dict) -> tuple[bytes, dict]:
+def make_safetensors(runner: Any, name: str, release: checkpoints.Checkpoint, state: dict) -> tuple[bytes, dict]:
     """Return the safetensors file of the runner's weights, checked to load back bit for bit.
 
     Its metadata (strings, as the format requires) holds the experiment, the epoch, the
@@ -259,17 +258,14 @@ def make_safetensors(runner: Any, name: str, release: checkpoints.CheckpointInfo
 
 
 def write_export(path: str, content: bytes, summary: dict) -> None:
-    """Write an export and then its record, each atomically; a stale record goes first, so
-    that a kill in between leaves an export that is refused rather than trusted."""
+    """Write an export and its sidecar (`torchexp.sidecar`, as checkpoints have)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    remove_quietly(checkpoints.record_path(path))
-    digest = write_atomic(path, lambda file: file.write(content))
-    record = {"sha256": digest, "bytes": len(content), **summary, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json_atomic(checkpoints.record_path(path), record)
+    fields = {**summary, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    sidecar.write_with_sidecar(path, lambda file: file.write(content), fields)
 
 
 def export_versions(*packages: str) -> dict[str, str]:
-    """Return the versions of torchexp, torch and `packages`, as an export's record keeps them."""
+    """Return the versions of torchexp, torch and `packages`, as an export's sidecar keeps them."""
     import importlib.metadata
 
     return {"torchexp": __version__, **{name: importlib.metadata.version(name) for name in ("torch", *packages)}}
@@ -284,47 +280,41 @@ def describe_check(check: dict) -> str:
 
 
 def open_onnx_session(path: str, threads: int) -> Any:
-    """Return an onnxruntime session on an ONNX export, verified against its record.
+    """Return an onnxruntime session on an ONNX export, verified against its sidecar.
 
     The session runs on the CPU with `threads` intra-op threads and one inter-op thread.
-    An export whose release has since been written anew is refused, since it no longer
-    holds the release's model.
+    The bytes verified are the bytes onnxruntime loads. An export whose release has since
+    been written anew is refused, since it no longer holds the release's model.
 
     Raises:
-        CheckpointError: the export or its record is missing, the file does not match its
+        CheckpointError: the export or its sidecar is missing, the file does not match its
             SHA-256, it is stale, or onnxruntime cannot load it; the message names the
             command that writes it.
     """
-    name = os.path.basename(path)
     rewrite = "write it with export --format onnx"
     if not os.path.isfile(path):
         raise CheckpointError(f"ONNX export {path} does not exist: {rewrite}")
-    record = read_json(checkpoints.record_path(path), f"record of ONNX export {name}", CheckpointError)
     with open(path, "rb") as file:
         content = file.read()
-    if not isinstance(record, dict) or len(content) != record.get("bytes") or hash_sha256(content) != record.get("sha256"):
-        raise CheckpointError(f"ONNX export {path} does not match its record's size and SHA-256 (corrupted): {rewrite} again")
-    check_release_unchanged(path, record, rewrite)
+    export_sidecar = sidecar.read_sidecar(path)
+    try:
+        sidecar.verify(f"ONNX export {path}", path, export_sidecar, content)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}: {rewrite} again") from None
+    check_release_unchanged(path, export_sidecar, rewrite)
     try:
         return make_session(content, threads)
     except Exception as error:  # onnxruntime raises its own exception types from C++
         raise CheckpointError(f"ONNX export {path} cannot be loaded by onnxruntime: {first_line(error)}") from error
 
 
-def check_release_unchanged(path: str, record: dict, rewrite: str) -> None:
+def check_release_unchanged(path: str, export_sidecar: dict, rewrite: str) -> None:
     """Refuse an export made from a release that has since been written anew."""
     checkpoints_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "checkpoints")
-    release_path = os.path.join(checkpoints_path, checkpoints.make_filename(record.get("epoch", 0), "release"))
-    release = checkpoints.read_record(release_path)
-    if release is not None and release.get("sha256") != record.get("release_sha256"):
-        raise CheckpointError(f"ONNX export {path} was made from an earlier release of epoch {record.get('epoch')}: {rewrite} again")
-
-
-def hash_sha256(content: bytes) -> str:
-    """Return the SHA-256 hex digest of some bytes."""
-    import hashlib
-
-    return hashlib.sha256(content).hexdigest()
+    release_path = os.path.join(checkpoints_path, checkpoints.make_filename(export_sidecar.get("epoch", 0), "release"))
+    release = sidecar.read_sidecar(release_path)
+    if release is not None and release.get("sha256") != export_sidecar.get("release_sha256"):
+        raise CheckpointError(f"ONNX export {path} was made from an earlier release of epoch {export_sidecar.get('epoch')}: {rewrite} again")
 
 
 def make_session(content: bytes, threads: int) -> Any:

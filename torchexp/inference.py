@@ -6,7 +6,6 @@ writes no file and its tracker writes nothing, so using a model never changes th
 Weights come through the same verified, `weights_only=True` path as `test`.
 """
 
-import os
 from typing import Any
 
 from torchexp import checkpoints
@@ -79,7 +78,7 @@ def load_inference_runner(
     return runner
 
 
-def load_runner(experiment: Experiment, info: checkpoints.CheckpointInfo, device: Any, runner_class: Any = None, data_class: Any = None) -> tuple[Any, dict]:
+def load_runner(experiment: Experiment, info: checkpoints.Checkpoint, device: Any, runner_class: Any = None, data_class: Any = None) -> tuple[Any, dict]:
     """Build the project's Runner for checkpoint `info` and load its weights on the torch
     `device`, model in eval mode; return it with the checkpoint's state.
 
@@ -93,9 +92,11 @@ def load_runner(experiment: Experiment, info: checkpoints.CheckpointInfo, device
     """
     import torch
 
-    state = checkpoints.load_checkpoint(info)
+    from torchexp.training_state import load_weights
+
+    state = info.load()
     record = state if info.kind == "release" else experiment.read_definition()
     runner = make_inference_runner(experiment, record, runner_class, data_class)
     with torch.random.fork_rng(devices=[]):
-        runner.load_weights(device, state, os.path.basename(info.path))
+        load_weights(runner, device, state, info.name)
     return runner, state

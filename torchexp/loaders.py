@@ -13,10 +13,12 @@ Both implement what the training loop relies on:
     to(device)          deliver batches on this device
 """
 
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from torchexp.errors import CheckpointError
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -200,3 +202,30 @@ class SeededDataLoader(DataLoader):
             items = tuple(item.to(self.device, non_blocking=True) for item in items)
             yield self.transform(items) if self.transform else items
         self.epoch_sampler.start = 0
+
+
+def prepare_loaders(loaders: dict[str, Any], device: torch.device, rank: int, world: int) -> None:
+    """Send the loaders that support it to `device`, and shard them among `world` ranks.
+
+    Training shards are of equal length so that ranks step together; validation shards
+    cover every sample once; the test set is not sharded.
+    """
+    for split, loader in loaders.items():
+        if hasattr(loader, "to"):
+            loader.to(device)
+        if world > 1 and split in ("train", "validation") and hasattr(loader, "shard"):
+            loader.shard(rank, world, even=split == "train")
+
+
+def position_loader(loader: Any, epoch: int, start: int) -> None:
+    """Set a loader's epoch order and starting batch, when it supports them.
+
+    Raises:
+        CheckpointError: resuming mid-epoch on a loader that cannot start mid-way.
+    """
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    if start and not hasattr(loader, "set_start"):
+        raise CheckpointError("the train loader cannot resume mid-epoch: use torchexp.loaders")
+    if hasattr(loader, "set_start"):
+        loader.set_start(start)

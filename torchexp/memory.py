@@ -12,6 +12,7 @@ is raised so that the heap is kept: a process holds on to its peak memory until 
 """
 
 import ctypes
+import logging
 import os
 from collections.abc import Callable
 
@@ -48,3 +49,9 @@ def find_mallopt() -> Callable[[int, int], int] | None:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return mallopt
+
+
+def keep_freed_memory_when_configured(enabled: bool, logger: logging.Logger) -> None:
+    """Apply `keep_freed_memory` when trainer.keep_freed_memory is on, and say so in the log."""
+    if enabled and keep_freed_memory():
+        logger.debug("glibc keeps freed memory for the next batches (trainer.keep_freed_memory)")

@@ -1,12 +1,17 @@
-"""Metrics: which way is better, and the best epoch of a series, in one vocabulary.
+"""Metrics: which way is better, the best epoch of a series, and reading metrics.jsonl.
 
 A direction is "minimize" or "maximize" (Optuna's words); "min" and "max" are accepted
 wherever a user types one. A metric is named `split.name` (`validation.loss`) where a
 split must be said, and a series is `[(epoch, value), ...]`. The experiments' API, `compare`,
 `create_release` and the search all choose "best" here.
+
+metrics.jsonl holds one JSON line per logged iteration, epoch ("train", "validation"),
+test, and end of a `train` ("stop": why it stopped, a `Stop`), each with "kind" first.
 """
 
-from typing import Any, Iterable
+import dataclasses
+import json
+from typing import Any, Iterable, Iterator
 
 from torchexp.errors import ConfigError
 
@@ -59,3 +64,64 @@ def parse_metric(metric: str) -> tuple[str, str]:
     if split not in SPLITS or not name:
         raise ConfigError(f"metric {metric!r} must look like split.name with split train or validation, e.g. validation.loss")
     return split, name
+
+
+# Why a `train` ended, as a "stop" line of metrics.jsonl says.
+MAX_EPOCHS = "max_epochs"  # it reached the epochs it was asked for (trainer.max_epochs or --max-epochs)
+EARLY_STOPPING = "early_stopping"  # train_early_stopping said so
+OBSERVER = "observer"  # an epoch observer (a search's pruner) said so
+INTERRUPTED = "interrupted"  # SIGINT or SIGTERM; an interrupt checkpoint was saved
+FAILED = "failed"  # an error ended it
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """Why a `train` ended.
+
+    Attributes:
+        reason: one of MAX_EPOCHS, EARLY_STOPPING, OBSERVER, INTERRUPTED, FAILED.
+        epoch: the epochs done when it ended.
+        max_epochs: the epochs that run was to reach.
+        detail: one sentence: the observer's reason, the signal, the error.
+    """
+
+    reason: str
+    epoch: int
+    max_epochs: int
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def read_metric_lines(path: str, iterations: bool = False) -> Iterator[dict]:
+    """The JSON lines of a metrics.jsonl, skipping torn lines, and iteration lines unless asked."""
+    try:
+        file = open(path, encoding="utf-8")
+    except OSError:
+        return
+    with file:
+        for line in file:
+            # Iteration lines are most of the file, and are skipped unparsed: Tracker writes "kind" first.
+            if not iterations and line.startswith('{"kind": "iteration"'):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                yield entry
+
+
+def read_last_stop(path: str) -> Stop | None:
+    """The last `Stop` a metrics.jsonl records, or None when no run has ended there."""
+    last = None
+    for entry in read_metric_lines(path):
+        if entry.get("kind") == "stop":
+            last = entry
+    if last is None:
+        return None
+    try:
+        return Stop(str(last["reason"]), int(last["epoch"]), int(last["max_epochs"]), str(last.get("detail", "")))
+    except (KeyError, TypeError, ValueError):
+        return None

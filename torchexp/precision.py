@@ -5,10 +5,19 @@ servers and laptops), bf16 autocast is emulated and many times slower than fp32:
 for the MNIST CNN on a 2-core AMD EPYC with AVX2. `auto` therefore means bf16 on CUDA
 devices with native bf16 and on CPUs with AVX512-BF16, AMX-BF16 or Arm's BF16 extension,
 and fp32 elsewhere.
+
+`Precision` is what the training loop holds once the choice is made, a plugin in the way
+of Lightning Fabric's: autocast around forward passes, backward through fp16's gradient
+scaler, and the optimizer step with gradient clipping, so that the loop has no branch on
+the precision.
 """
 
+import contextlib
 import dataclasses
 import os
+from typing import Any, Iterable
+
+import torch
 
 from torchexp.errors import ConfigError
 
@@ -25,9 +34,56 @@ class PrecisionChoice:
     reason: str  # one sentence for the log
     slow: bool = False  # bf16 asked for on a device that only emulates it
 
-    def as_record(self) -> dict[str, str]:
-        """Plain data for checkpoints and their records."""
+    def to_json(self) -> dict[str, str]:
+        """Plain data for checkpoints and their sidecars."""
         return {"configured": self.configured, "used": self.used, "reason": self.reason}
+
+
+class Precision:
+    """Autocast, backward and optimizer steps in the chosen precision.
+
+    Args:
+        choice: the precision chosen for the device (`choose_precision`).
+        device: the training device.
+    """
+
+    DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, choice: PrecisionChoice, device: torch.device):
+        self.choice = choice
+        self.device = device
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler("cuda") if choice.used == "fp16" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast in the chosen precision, or nothing for fp32."""
+        if self.choice.used == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.DTYPES[self.choice.used])
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward from `loss`, scaled for fp16."""
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter], clip_norm: float | None) -> None:
+        """Clip the gradients' global norm to `clip_norm` (None: no clipping), then step."""
+        if clip_norm is not None:
+            if self.scaler:
+                self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The gradient scaler's state, for checkpoints; None without one."""
+        return self.scaler.state_dict() if self.scaler else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.scaler is not None and state is not None:
+            self.scaler.load_state_dict(state)
 
 
 def read_cpu_flags(path: str = CPUINFO_PATH) -> set[str]:
@@ -48,15 +104,13 @@ def cpu_native_bf16(flags: set[str]) -> str | None:
     return next((flag for flag in NATIVE_BF16_CPU_FLAGS if flag in flags), None)
 
 
-def cuda_native_bf16(device: "torch.device") -> bool:  # noqa: F821 - torch is imported lazily
+def cuda_native_bf16(device: torch.device) -> bool:
     """Whether a CUDA device computes in bf16 natively (compute capability 8.0, Ampere, or newer)."""
-    import torch
-
     major, _ = torch.cuda.get_device_capability(device)
     return major >= 8
 
 
-def choose_precision(configured: str, device: "torch.device", flags: set[str] | None = None) -> PrecisionChoice:  # noqa: F821
+def choose_precision(configured: str, device: torch.device, flags: set[str] | None = None) -> PrecisionChoice:
     """Resolve trainer.precision for `device`.
 
     Args:

@@ -28,8 +28,8 @@ def create_release(experiment: Experiment, epoch: int, definition: dict) -> str:
         The release checkpoint's path.
     """
     info = checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
-    state = checkpoints.load_checkpoint(info)
-    metrics = (info.record or {}).get("metrics", {})
+    state = info.load()
+    metrics = info.metrics
     release = {"format": checkpoints.CHECKPOINT_FORMAT, "model": state["model"], "epoch": epoch, "metrics": metrics, **definition}
     return checkpoints.save_checkpoint(experiment.checkpoints_path, epoch, "release", release, {"metrics": metrics})
 
@@ -38,7 +38,7 @@ def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:
     """Return the epoch `create_release` releases by default, and why: the standard checkpoint
     with the lowest validation loss, or the latest one when none was validated.
 
-    Only the checkpoints' JSON records are read, not the checkpoints.
+    Only the checkpoints' sidecars are read, not the checkpoints.
 
     Raises:
         CheckpointError: the experiment has no standard checkpoint.
@@ -54,12 +54,12 @@ def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:
     return epoch, f"the lowest validation loss, {loss:.4g}, among {among}"
 
 
-def validation_loss(info: checkpoints.CheckpointInfo) -> Any:
-    """The validation loss a checkpoint's record holds, or None."""
-    return (((info.record or {}).get("metrics") or {}).get("validation") or {}).get("loss")
+def validation_loss(checkpoint: checkpoints.Checkpoint) -> Any:
+    """The validation loss a checkpoint's sidecar holds, or None."""
+    return (checkpoint.metrics.get("validation") or {}).get("loss")
 
 
-def find_weights(experiment: Experiment, epoch: Epoch = None) -> checkpoints.CheckpointInfo:
+def find_weights(experiment: Experiment, epoch: Epoch = None) -> checkpoints.Checkpoint:
     """Return the checkpoint whose weights `epoch` designates.
 
     Args:
@@ -85,7 +85,7 @@ def find_weights(experiment: Experiment, epoch: Epoch = None) -> checkpoints.Che
     return next(info for kind in kinds for info in found if info.epoch == latest and info.kind == kind)
 
 
-def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.CheckpointInfo:
+def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.Checkpoint:
     """Return the release checkpoint of `epoch`, or the latest release when it is None.
 
     Raises:

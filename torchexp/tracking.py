@@ -125,13 +125,21 @@ class Tracker:
         with open(self.metrics_path, "a", encoding="utf-8") as file:
             file.write(json.dumps(replace_non_finite(line), allow_nan=False) + "\n")
 
+    def log_stop(self, stop: Any) -> None:
+        """Record why a `train` ended (a `torchexp.metrics.Stop`) as a "stop" line."""
+        if not self.enabled:
+            return
+        line = {"kind": "stop", **stop.to_json(), "time": round(time.time(), 3)}
+        with open(self.metrics_path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(line) + "\n")
+
     def discard_after(self, step: int, epoch: int) -> int:
         """Drop what a resumed run logs again; return the number of metrics.jsonl lines dropped.
 
         A run stopped after its last checkpoint has logged iterations, perhaps an epoch,
         that the run resuming from that checkpoint repeats. From metrics.jsonl go the
-        iteration lines after `step`, the train or validation lines after `epoch`, and a
-        line cut short by a kill; test lines and a project's own kinds stay. The writer
+        iteration lines after `step`, the train, validation and stop lines after `epoch`,
+        and a line cut short by a kill; test lines and a project's own kinds stay. The writer
         reopens with a purge step, so that TensorBoard hides the events logged after
         `step`. Epoch-level events have their epoch as step, below it: an epoch logged by
         a run killed between that log and its checkpoint stays in TensorBoard.
@@ -164,7 +172,7 @@ def is_logged_after(line: str, step: int, epoch: int) -> bool:
         kind = entry["kind"]
         if kind == "iteration":
             return entry["step"] > step
-        if kind in ("train", "validation"):
+        if kind in ("train", "validation", "stop"):
             return entry["epoch"] > epoch
         return False
     except (ValueError, KeyError, TypeError):

@@ -9,9 +9,9 @@ import contextlib
 from typing import Any, Callable, Iterator
 
 from torchexp import checkpoints
-from torchexp.errors import CheckpointError, LockError
+from torchexp.errors import CheckpointError, LockError, TrainingInterrupted, first_line
 from torchexp.folder import Experiment
-from torchexp.files import remove_quietly
+from torchexp.metrics import FAILED, INTERRUPTED, Stop
 from torchexp.project import Project
 from torchexp.tracking import close_logger
 
@@ -26,7 +26,7 @@ def train_experiment(
     epoch: int | None = None,
     overwrite: bool = False,
     epoch_observers: tuple[Callable, ...] = (),
-) -> None:
+) -> Stop:
     """Train `experiment` until `max_epochs` epochs are done (None: its trainer.max_epochs),
     resuming from its furthest checkpoint (or `epoch`). Under torchrun, each process trains
     one shard with DDP.
@@ -40,7 +40,11 @@ def train_experiment(
         log_period: iterations between iteration logs.
         epoch: resume from this standard checkpoint instead of the furthest one.
         overwrite: allow `epoch` to train over later checkpoints, deleting them.
-        epoch_observers: added to the runner's `epoch_observers`.
+        epoch_observers: called after each epoch's checkpoint (`torchexp.loop.EpochObserver`);
+            one that returns a reason stops training there.
+
+    Returns:
+        Why training stopped, as metrics.jsonl records it.
 
     Raises:
         CheckpointError: `epoch` has no checkpoint, or later ones exist without `overwrite`.
@@ -60,17 +64,18 @@ def train_experiment(
     torch_device = resolve_device(map_device(device, world))
     join(world, torch_device)
     try:
-        train_held(project, experiment, world, torch_device, num_workers, max_epochs, log_period, epoch, overwrite, epoch_observers)
+        stop = train_held(project, experiment, world, torch_device, num_workers, max_epochs, log_period, epoch, overwrite, epoch_observers)
     except BaseException:
         leave(free_objects=False)
         raise
     leave()
+    return stop
 
 
 def train_held(
     project: Project, experiment: Experiment, world: Any, device: Any, num_workers: int, max_epochs: int | None, log_period: int, epoch: int | None, overwrite: bool,
     epoch_observers: tuple[Callable, ...] = (),
-) -> None:
+) -> Stop:
     """The body of `train_experiment` between joining and leaving the process group.
 
     A function of its own so that the runner, and the DistributedDataParallel module it
@@ -86,11 +91,30 @@ def train_held(
             if max_epochs is None:
                 max_epochs, source = runner.get_conf("trainer", "max_epochs"), "trainer.max_epochs"
             runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to epoch {max_epochs} ({source})")
-            runner.epoch_observers.extend(epoch_observers)
-            runner.train(device, max_epochs, log_period, epoch)
+            stop = train_recording_stop(runner, device, max_epochs, log_period, epoch, epoch_observers)
         finally:
             runner.tracker.close()
             close_logger(runner.logger)
+    return stop
+
+
+def train_recording_stop(runner: Any, device: Any, max_epochs: int, log_period: int, epoch: int | None, observers: tuple[Callable, ...]) -> Stop:
+    """Run the loop and record in metrics.jsonl why it ended: its own `Stop`, an interrupt,
+    or the error that ended it (which is raised on)."""
+    from torchexp.loop import train
+
+    try:
+        stop = train(runner, device, max_epochs, log_period, epoch, observers)
+    except TrainingInterrupted as error:
+        runner.tracker.log_stop(Stop(INTERRUPTED, runner.counters["epoch"], max_epochs, str(error)))
+        raise
+    except Exception as error:
+        # It may fail before the checkpoint is restored: the epochs done are on disk.
+        done = max((found.epoch for found in checkpoints.list_checkpoints(runner.experiment.checkpoints_path, ("standard",))), default=0)
+        runner.tracker.log_stop(Stop(FAILED, done, max_epochs, f"{type(error).__name__}: {first_line(error)}"))
+        raise
+    runner.tracker.log_stop(stop)
+    return stop
 
 
 @contextlib.contextmanager
@@ -128,14 +152,13 @@ def remove_later_checkpoints(experiment: Experiment, epoch: int, logger: Any) ->
     corrupt starting point costs nothing. Release checkpoints stay: they stand alone.
     """
     start = checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
-    checkpoints.verify_checkpoint(start)
+    start.verify()
     later = [
         info
         for info in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard", "interrupt"))
         if info.progress > start.progress
     ]
     for info in later:
-        remove_quietly(checkpoints.record_path(info.path))
-        remove_quietly(info.path)
+        info.remove()
     if later:
         logger.warning(f"--overwrite: removed the checkpoints of epochs {checkpoints.describe_epochs(later)}")

@@ -20,20 +20,19 @@ def info(app: App) -> None:
     click.echo("config:\n" + json.dumps(definition.get("config"), indent=2))
     found = checkpoints.list_checkpoints(experiment.checkpoints_path)
     click.echo(f"checkpoints: {len(found) or 'none'}")
-    for found_info in found:
-        click.echo("  " + describe_checkpoint(found_info))
+    for checkpoint in found:
+        click.echo("  " + describe_checkpoint(checkpoint))
 
 
-def describe_checkpoint(info: checkpoints.CheckpointInfo) -> str:
+def describe_checkpoint(checkpoint: checkpoints.Checkpoint) -> str:
     """One line of `info`: epoch, kind, size and key metrics."""
-    if info.record is None:
-        return f"epoch {info.epoch} {info.kind}: no record (unverifiable)"
-    metrics = info.record.get("metrics", {})
-    parts = [f"epoch {info.epoch} {info.kind}", f"{info.record.get('bytes', 0) / 1e6:.1f} MB"]
-    if info.kind == "interrupt":
-        parts.append(f"iteration {info.record.get('iteration')}")
+    if checkpoint.sidecar is None:
+        return f"epoch {checkpoint.epoch} {checkpoint.kind}: no sidecar (unverifiable)"
+    parts = [f"epoch {checkpoint.epoch} {checkpoint.kind}", f"{checkpoint.sidecar.get('bytes', 0) / 1e6:.1f} MB"]
+    if checkpoint.kind == "interrupt":
+        parts.append(f"iteration {checkpoint.sidecar.get('iteration')}")
     for split in ("train", "validation"):
-        values = metrics.get(split) or {}
+        values = checkpoint.metrics.get(split) or {}
         if values:
             parts.append(split + " " + format_metrics({k: v for k, v in values.items() if isinstance(v, (int, float))}))
     return "; ".join(parts)

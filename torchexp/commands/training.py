@@ -5,7 +5,6 @@ import click
 from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import with_device, with_workers
 from torchexp.tracking import close_logger, make_logger
-from torchexp.evaluation import evaluate_experiment
 from torchexp.releases import choose_release_epoch, create_release as write_release
 from torchexp.training import train_experiment
 
@@ -38,6 +37,8 @@ def train(app: App, epoch: int | None, max_epochs: int | None, log_period: int, 
 @pass_app
 def test(app: App, epoch: int | None, release: bool, device: str, num_workers: int) -> None:
     """Test the weights of an epoch on the test set."""
+    from torchexp.evaluation import evaluate_experiment
+
     evaluate_experiment(app.project, app.open_experiment(), epoch, release, device, num_workers)
 
 

@@ -67,7 +67,7 @@ class EpochReporter:
         """Report the epochs whose checkpoints exist but whose reports were lost with a killed
         process, from the checkpoints' records; return a reason to stop, if any."""
         for info in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",)):
-            metrics = (info.record or {}).get("metrics") or {}
+            metrics = info.metrics
             outcome = self.report(info.epoch, read_metric(metrics, self.settings.metric, info.epoch))
             if outcome is not None:
                 return outcome

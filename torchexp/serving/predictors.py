@@ -43,7 +43,7 @@ class OnnxPredictor:
         return torch.from_numpy(output)
 
 
-def load_predictor(experiment: Experiment, release: checkpoints.CheckpointInfo, runtime: str, device: str, threads: int) -> tuple[Any, Any]:
+def load_predictor(experiment: Experiment, release: checkpoints.Checkpoint, runtime: str, device: str, threads: int) -> tuple[Any, Any]:
     """Build the project's Runner from a release and the predictor that runs its model.
 
     Args:
@@ -67,7 +67,7 @@ def load_predictor(experiment: Experiment, release: checkpoints.CheckpointInfo, 
         from torchexp.export import export_path, open_onnx_session
 
         # The runner only serves the hooks here: a release carries its configuration, seed and classes.
-        runner = make_inference_runner(experiment, checkpoints.load_checkpoint(release))
+        runner = make_inference_runner(experiment, release.load())
         return runner, OnnxPredictor(open_onnx_session(export_path(experiment, release.epoch, "onnx"), threads))
     runner, _ = load_runner(experiment, release, torch_device)
     return runner, TorchPredictor(runner.model, torch_device)

@@ -35,7 +35,7 @@ def serve_release(experiment: Experiment, options: ServeOptions, verbosity: str 
         TorchexpError: the address cannot be listened on, or the model failed to warm up.
     """
     release = find_release(experiment, options.epoch)
-    checkpoints.verify_checkpoint(release)
+    release.verify()
     sock = bind_socket(options.host, options.port)
     logger = make_logger(f"{experiment.name}.serve", None, verbosity)
     try:
@@ -58,7 +58,7 @@ def serve_release(experiment: Experiment, options: ServeOptions, verbosity: str 
         raise TorchexpError(f"serve stopped: {server.failure}")
 
 
-def load_app(experiment: Experiment, release: checkpoints.CheckpointInfo, options: ServeOptions, threads: int, logger: logging.Logger) -> Any:
+def load_app(experiment: Experiment, release: checkpoints.Checkpoint, options: ServeOptions, threads: int, logger: logging.Logger) -> Any:
     """Load the release and return the FastAPI app serving it; its batcher is `app.state.batcher`.
 
     Raises:

@@ -1,0 +1,70 @@
+"""What the loops do with each batch: its memory layout, its size, and its metrics, summed
+by sample so that an epoch's metrics are per-sample means whatever the batch sizes."""
+
+from typing import Any
+
+import torch
+
+from torchexp.distributed import World, average_metrics, sum_metrics
+
+
+def prepare_batch(batch: Any, channels_last: bool) -> Any:
+    """Put the 4-D tensors of a tuple or list batch in channels-last memory format when asked."""
+    if not channels_last or not isinstance(batch, (tuple, list)):
+        return batch
+    return type(batch)(
+        item.contiguous(memory_format=torch.channels_last) if isinstance(item, torch.Tensor) and item.dim() == 4 else item
+        for item in batch
+    )
+
+
+def batch_size_of(batch: Any) -> int:
+    """Return the number of samples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    items = batch.values() if isinstance(batch, dict) else batch
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            return item.shape[0]
+    raise TypeError("a batch must contain at least one tensor")
+
+
+def as_metrics(output: Any, step: str) -> dict[str, torch.Tensor]:
+    """Turn a step's return value into a dict of tensors holding "loss"."""
+    if isinstance(output, torch.Tensor):
+        return {"loss": output}
+    if not isinstance(output, dict) or "loss" not in output:
+        raise TypeError(f"{step} must return the loss or a dict of metrics with 'loss', not {type(output).__name__}")
+    return {name: torch.as_tensor(value) for name, value in output.items()}
+
+
+class MetricSums:
+    """Metrics summed over samples (each batch's means times its size), and the sample count.
+
+    Args:
+        state: an interrupted epoch's sums as a checkpoint keeps them, {"sums", "count"}.
+    """
+
+    def __init__(self, state: dict[str, Any] | None = None):
+        self.sums: dict[str, Any] = dict(state["sums"]) if state else {}
+        self.count: int = state["count"] if state else 0
+
+    def add(self, metrics: dict[str, torch.Tensor], size: int) -> None:
+        """Add a batch's metrics, weighted by its `size` samples."""
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.float() * size
+        self.count += size
+
+    def average(self, world: World, device: torch.device) -> dict[str, float]:
+        """Per-sample means over every rank's samples."""
+        return average_metrics(self.sums, self.count, world, device)
+
+    def to_state(self, world: World, device: torch.device) -> dict[str, Any]:
+        """The sums for an interrupt checkpoint; when distributed, rank 0 keeps every rank's
+        total and the others start again from zero, so the epoch's sum comes out whole."""
+        if not world.distributed:
+            return {"sums": self.sums, "count": self.count}
+        sums, count = sum_metrics(self.sums, self.count, device)
+        if world.is_main:
+            return {"sums": sums, "count": count}
+        return {"sums": {name: torch.zeros_like(value) for name, value in sums.items()}, "count": 0}

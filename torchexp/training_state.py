@@ -1,0 +1,170 @@
+"""A training run's state in checkpoints: collecting it, saving it, and restoring it.
+
+Everything needed to resume exactly goes into one dict of tensors and plain data (so that
+it loads with `weights_only=True`): model, optimizer, scheduler and gradient scaler states,
+every rank's random generators, the counters and metric history, the interrupted epoch's
+metric sums, and the project's own `save_states_others`.
+"""
+
+from typing import Any
+
+import torch
+
+from torchexp import checkpoints
+from torchexp.distributed import any_across, gather_objects
+from torchexp.errors import CheckpointError, DistributedError, StorageError, first_line
+from torchexp.precision import Precision
+from torchexp.rng import capture_rng_states, restore_rng_states
+from torchexp.signals import StopSignals
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Return the module under torch.compile or DistributedDataParallel wrappers."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | None) -> dict[str, Any]:
+    """Return everything needed to resume, as tensors and plain data.
+
+    Args:
+        runner: the project's Runner, built.
+        precision: the run's precision, whose gradient scaler is saved.
+        partial: the interrupted epoch's metric sums (`MetricSums.to_state`), or None.
+    """
+    return {
+        "format": checkpoints.CHECKPOINT_FORMAT,
+        "counters": dict(runner.counters),
+        "model": unwrap_model(runner.model).state_dict(),
+        "optimizer": runner.optimizer.state_dict(),
+        "scheduler": runner.scheduler.state_dict() if runner.scheduler is not None else None,
+        "scaler": precision.state_dict(),
+        "world_size": runner.world.size,
+        "precision": precision.choice.to_json(),
+        "rng_by_rank": gather_objects(capture_rng_states()),
+        "history": runner.history,
+        "partial": partial,
+        "others": runner.save_states_others(),
+    }
+
+
+def save_training_checkpoint(runner: Any, precision: Precision, signals: StopSignals, kind: str, epoch: int, partial: dict | None = None) -> None:
+    """Save a standard or interrupt checkpoint (rank 0 writes it); a standard one retires
+    the interrupt one. Every rank takes part, and every rank fails if the save does."""
+    summary = {
+        "iteration": runner.counters["iteration"],
+        "precision": precision.choice.used,
+        "metrics": {split: (entries[-1] if entries else {}) for split, entries in runner.history.items()},
+    }
+    state = collect_state(runner, precision, partial)
+    failure: StorageError | None = None
+    if runner.world.is_main:
+        signals.saving = True
+        try:
+            path = checkpoints.save_checkpoint(runner.experiment.checkpoints_path, epoch, kind, state, summary)
+            runner.logger.debug(f"saved {path}")
+        except StorageError as error:
+            failure = error
+        finally:
+            signals.saving = False
+    if any_across(failure is not None, runner.device):
+        raise failure or DistributedError(f"rank 0 could not save {checkpoints.make_filename(epoch, kind)}")
+    if kind == "standard" and runner.world.is_main:
+        for interrupt in checkpoints.list_checkpoints(runner.experiment.checkpoints_path, ("interrupt",)):
+            interrupt.remove()
+
+
+def restore_training(runner: Any, precision: Precision, epoch: int | None) -> dict[str, Any] | None:
+    """Load the furthest checkpoint that verifies, or the standard one of `epoch`; return
+    the interrupted epoch's metric sums it holds (None at an epoch's end).
+
+    Raises:
+        CheckpointError: `epoch` has no standard checkpoint, or it does not load or fit.
+    """
+    folder = runner.experiment.checkpoints_path
+    if runner.world.is_main:
+        for name in checkpoints.remove_temporaries(folder):
+            runner.logger.info(f"removed {name}, left by a save that was killed")
+    if epoch is None:
+        checkpoint, skipped = checkpoints.find_resume_checkpoint(folder)
+        for _, reason in skipped:
+            runner.logger.warning(f"skipping {reason}")
+    else:
+        checkpoint = checkpoints.find_training_checkpoint(folder, epoch)
+    partial = None
+    if checkpoint is None:
+        runner.logger.info("no checkpoint to resume from: training from scratch")
+    else:
+        partial = restore_state(runner, precision, checkpoint.load(), checkpoint.name)
+        runner.logger.info(f"resumed from {checkpoint.name}: {runner.counters['epoch']} epochs done")
+    dropped = runner.tracker.discard_after(runner.counters["step"], runner.counters["epoch"])
+    if dropped:
+        runner.logger.info(f"removed {dropped} lines from metrics.jsonl, logged after this point by a run that did not finish")
+    return partial
+
+
+def restore_state(runner: Any, precision: Precision, state: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """Restore everything `collect_state` saved; return the interrupted epoch's metric sums.
+
+    Raises:
+        CheckpointError: the checkpoint does not fit this model, optimizer or scheduler.
+    """
+    try:
+        unwrap_model(runner.model).load_state_dict(state["model"])
+        runner.optimizer.load_state_dict(state["optimizer"])
+        if runner.scheduler is not None and state["scheduler"] is not None:
+            runner.scheduler.load_state_dict(state["scheduler"])
+        precision.load_state_dict(state["scaler"])
+        warnings = restore_rng_by_rank(runner.world, state["rng_by_rank"])
+        warnings += compare_precision(state.get("precision"), precision)
+        runner.counters = dict(state["counters"])
+        runner.history = state["history"]
+        runner.load_states_others(state["others"])
+        partial = state["partial"]
+    except KeyError as error:
+        raise CheckpointError(f"checkpoint {name} does not fit this runner: it has no {error}") from error
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {name} does not fit this runner: {first_line(error)}") from error
+    for warning in warnings:
+        runner.logger.warning(warning)
+    return partial
+
+
+def compare_precision(saved: dict[str, str] | None, precision: Precision) -> list[str]:
+    """Return a warning when the checkpoint was trained in another precision than this run's."""
+    if saved is None or saved["used"] == precision.choice.used:
+        return []
+    return [f"checkpoint trained in {saved['used']} ({saved['reason']}); this run continues in {precision.choice.used}"]
+
+
+def restore_rng_by_rank(world: Any, states: list[dict[str, Any]]) -> list[str]:
+    """Restore this rank's generators; return warnings (e.g. a changed world size)."""
+    if len(states) == world.size:
+        return restore_rng_states(states[world.rank])
+    warning = f"checkpoint saved by {len(states)} processes, resumed by {world.size}: the data order changes"
+    return [warning, *restore_rng_states(states[world.rank % len(states)])]
+
+
+def load_weights(runner: Any, device: torch.device, state: dict[str, Any], name: str) -> None:
+    """Build the runner's model with `init_model` on `device` and load a checkpoint's weights
+    into it; the model is left in eval mode.
+
+    Raises:
+        CheckpointError: the checkpoint `name` does not fit the model.
+    """
+    runner.device = device
+    build_model(runner, device)
+    try:
+        runner.model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {name} does not fit this model: {first_line(error)}") from error
+    runner.model.eval()
+
+
+def build_model(runner: Any, device: torch.device) -> None:
+    """Call `init_model` and check that it set `runner.model`."""
+    runner.init_model(device)
+    if not isinstance(runner.model, torch.nn.Module):
+        raise TypeError(f"init_model must set self.model to a torch.nn.Module, not {type(runner.model).__name__}")
+
