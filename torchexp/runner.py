@@ -153,6 +153,17 @@ class Runner(abc.ABC):
         """
         return output.tolist()
 
+    def serve_page(self) -> str | None:
+        """Return the folder of the project's web page for `serve`, or None (the default)
+        when the project has none.
+
+        The folder holds the page's `index.html`, in which `{{MODEL_NAME}}` becomes the
+        served model's name, and the files it loads, served under /static/. A browser
+        opening / gets the page; API clients get the protocol's liveness there, and a
+        browser gets /docs when there is no page.
+        """
+        return None
+
     def train_before_epoch_tasks(self, device: torch.device) -> None:
         """Called before each epoch's first training iteration."""
 
