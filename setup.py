@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=["torchexp", "torchexp.*", "mnist_classifier", "mnist_classifier.*"]),
     package_data={
         "torchexp": ["templates/project/*.tmpl", "templates/project/*/*.tmpl"],  # torchexp create's templates
-        "torchexp.serving": ["static/*"],  # serve's drawing page
+        "mnist_classifier": ["page/*"],  # the drawing page its Runner's serve_page names
     },
     python_requires=">=3.10",
     install_requires=[

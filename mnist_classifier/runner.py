@@ -3,6 +3,7 @@
 import base64
 import binascii
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,11 @@ class MNISTClassifierRunner(torchexp.Runner):
             pixels = (model_input[0] * STD + MEAN) * 255
             prediction["input"] = pixels.round().clamp(0, 255).to(torch.uint8).tolist()
         return prediction
+
+    def serve_page(self) -> str:
+        """The drawing page (mnist_classifier/page): draw a digit, and see the label, the
+        probabilities and the 28 x 28 image the model received."""
+        return os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
 
     def report_test(self, epoch: int, results: dict) -> None:
         """Send per-class accuracy to TensorBoard and the console; torchexp draws the

@@ -1,6 +1,8 @@
-"""What the serve tests share: a small released MNIST experiment, the app serving it, and
-predictors that record or hold the batches they are given."""
+"""What the serve tests share: a small released MNIST experiment, a released experiment of
+the project `torchexp create` writes, the app serving either, and predictors that record or
+hold the batches they are given."""
 
+import importlib
 import os
 import threading
 from typing import Any
@@ -13,6 +15,7 @@ from mnist_classifier.runner import MNISTClassifierRunner
 from torchexp.commands.context import App
 from conftest import CONFIG, SCHEMA, write_mnist
 from torchexp.folder import Experiment
+from torchexp.scaffold import create_project
 from torchexp.serving.options import ServeOptions
 from torchexp.releases import find_release
 from torchexp.serving.server import load_app
@@ -20,6 +23,7 @@ from torchexp.tracking import make_logger
 from torchexp.training import train_experiment
 
 NAME = "served"
+TEMPLATE_PROJECT = "served_points"  # the package of the `torchexp create` project: a name no other test imports
 
 
 def make_release(root: str, model: str = "mlp", data_path: str | None = None, data_class: Any = None) -> str:
@@ -45,6 +49,24 @@ def make_release(root: str, model: str = "mlp", data_path: str | None = None, da
     app = App(data_class or MNISTClassifierData, MNISTClassifierRunner, NAME, experiments, data_path, "quiet")
     train_experiment(app.project, app.open_experiment(), "cpu", 0, 1, 100)
     invoke("create_release", "--epoch", "1")
+    return experiments
+
+
+def make_template_release(root: str) -> str:
+    """Create the `torchexp create` project (2-D points, no page) in `root`, train an
+    experiment of it one epoch and release it; return its experiments folder.
+
+    The caller puts `root/TEMPLATE_PROJECT` on sys.path first: the release names the
+    project's Runner, which serving imports.
+    """
+    create_project(TEMPLATE_PROJECT, root)
+    importlib.invalidate_caches()  # the import system saw the folder on sys.path missing
+    cli = importlib.import_module(f"{TEMPLATE_PROJECT}.__main__").cli
+    experiments = os.path.join(root, "experiments")
+    base = ["--experiments-path", experiments, "--data-path", os.path.join(root, "data"), "--experiment-name", NAME, "--quiet"]
+    for arguments in (["init"], ["train", "--max-epochs", "1", "--device", "cpu"], ["create_release", "--epoch", "1"]):
+        result = CliRunner().invoke(cli, [*base, *arguments], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
     return experiments
 
 

@@ -1,6 +1,7 @@
 """Dynamic batching: requests that wait together run as one batch, off the event loop, in a
 bounded queue; readiness follows warm-up and stopping; failures stay with their requests."""
 
+import queue
 import signal
 import threading
 import time
@@ -27,6 +28,22 @@ def wait_until(condition, timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
+
+
+class WatchedQueue(queue.Queue):
+    """The batcher's queue, telling when the worker waits on it for company: a `get` with
+    a timeout, as gathering a batch does (waiting for a first request has none)."""
+
+    def __init__(self, maxsize: int):
+        super().__init__(maxsize)
+        self.waiting = threading.Event()
+        self.timeouts: list[float] = []
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        if block and timeout is not None:
+            self.timeouts.append(timeout)
+            self.waiting.set()
+        return super().get(block, timeout)
 
 
 def start_held_request(client, pool, recorder):
@@ -57,6 +74,7 @@ def test_requests_waiting_together_run_as_one_batch(experiments):
 def test_a_lone_client_does_not_wait_for_company_but_concurrent_requests_do(experiments):
     app = build_app(experiments, max_delay_ms=60_000, max_batch_size=4)
     recorder = record_predictions(app)
+    watched = app.state.batcher.queue = WatchedQueue(app.state.batcher.max_queue)
     with TestClient(app) as client, ThreadPoolExecutor(8) as pool:
         assert app.state.batcher.ready.wait(10)
         warm_up = len(recorder.sizes)
@@ -70,8 +88,12 @@ def test_a_lone_client_does_not_wait_for_company_but_concurrent_requests_do(expe
         wait_until(lambda: app.state.batcher.queue.qsize() == 2)
         recorder.release()
         assert [future.result(10).status_code for future in [first, *waiting]] == [200] * 3
+        watched.waiting.clear()
         late = pool.submit(client.post, PREDICT, json=pixels_body(IMAGE))
-        time.sleep(0.3)
+        # The worker has taken the late request and waits for company, the minute's delay:
+        # nothing can answer it before company comes.
+        assert watched.waiting.wait(10)
+        assert watched.timeouts[-1] > 50
         assert not late.done()
         company = [pool.submit(client.post, PREDICT, json=pixels_body(IMAGE)) for _ in range(app.state.batcher.max_batch_size - 1)]
         assert [future.result(10).status_code for future in [late, *company]] == [200] * app.state.batcher.max_batch_size

@@ -3,14 +3,18 @@ real MNIST test digit on the canvas, and the page shows the digit's label.
 
 The server is the real one (uvicorn on a loopback port) serving a release trained for one
 epoch on part of real MNIST. Without Chromium, chromedriver or MNIST the test is skipped
-saying why, unless TORCHEXP_REQUIRE_BROWSER=1 (CI), where that is a failure.
+saying why, unless TORCHEXP_REQUIRE_BROWSER=1 (CI), where that is a failure. The page's
+files ship with mnist_classifier, whose Runner's serve_page names them.
 """
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 
@@ -22,12 +26,12 @@ from PIL import Image, ImageDraw
 from conftest import REPO
 from mnist_classifier.data import MNISTClassifierData, read_mnist
 from serve_fixtures import NAME, build_app, make_release
-from torchexp.serving.protocol import STATIC_FOLDER
 from torchexp.serving.server import GracefulServer, bind_socket, make_uvicorn_config
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 MNIST_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets"))
+PAGE_FOLDER = os.path.join(REPO, "mnist_classifier", "page")  # what MNISTClassifierRunner.serve_page names
 SCALE = 10  # the page's canvas is 280 x 280: ten canvas pixels per MNIST pixel
 INK = 128  # MNIST pixels at least this bright become strokes
 CANDIDATES = 50  # test digits tried, in order, for one the model gets right
@@ -35,7 +39,7 @@ CANDIDATES = 50  # test digits tried, in order, for one the model gets right
 
 def read_pen_width() -> int:
     """The page's pen width, from its script, so that the strokes drawn here match it."""
-    with open(os.path.join(STATIC_FOLDER, "page.js"), encoding="utf-8") as file:
+    with open(os.path.join(PAGE_FOLDER, "page.js"), encoding="utf-8") as file:
         return int(re.search(r"const PEN_WIDTH = (\d+);", file.read())[1])
 
 
@@ -185,3 +189,19 @@ def test_drawing_a_real_mnist_digit_shows_its_label(server_url, browser):
     assert lit > 0
     browser.find_element(By.ID, "clear").click()
     assert shown.text == "-"
+
+
+def test_the_page_is_installed_with_mnist_classifier():
+    """setup.py ships the page's files as package data of mnist_classifier, beside the
+    Runner whose serve_page names them."""
+    script = (
+        "import json, distutils.core\n"
+        "build_py = distutils.core.run_setup('setup.py', stop_after='init').get_command_obj('build_py')\n"
+        "build_py.ensure_finalized()\n"
+        "print(json.dumps({package: files for package, _, _, files in build_py.data_files if files}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    installed = json.loads(done.stdout.splitlines()[-1])
+    assert sorted(installed["mnist_classifier"]) == sorted(f"page/{name}" for name in os.listdir(PAGE_FOLDER))
+    assert "torchexp.serving" not in installed

@@ -1,11 +1,14 @@
 """The server's HTTP API on a real MNIST release, through FastAPI's TestClient (no socket):
-KServe V1 routes, health, metrics, bad input, limits, and the page."""
+KServe V1 routes, health, metrics, bad input, limits, and what / answers to API clients
+and to browsers, for a project with a page (MNIST's) and one without (`torchexp create`'s)."""
 
+import asyncio
 import base64
 import io
 import json
 import re
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -14,11 +17,18 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from mnist_classifier.preprocess import decode_png, to_mnist
+from mnist_classifier.runner import MNISTClassifierRunner
 
-from serve_fixtures import NAME, build_app, pixels_body, record_predictions, shared_release
-from torchexp.serving.protocol import PAGE_POLICY
+from serve_fixtures import NAME, TEMPLATE_PROJECT, build_app, make_template_release, pixels_body, record_predictions, shared_release
+from torchexp.errors import TorchexpError
+from torchexp.serving.page import PAGE_POLICY, prefers_html
 
 PREDICT = f"/v1/models/{NAME}:predict"
+# The Accept headers of browsers opening a page: each prefers text/html to JSON.
+BROWSERS = {
+    "chromium": "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
+    "firefox": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+}
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +213,62 @@ def test_metrics_count_requests_errors_and_batches(client):
     assert samples["torchexp_queue_depth", ()] == 0
 
 
+def kserve_v1_is_server_live(app) -> bool:
+    """What kserve's REST client does for the V1 protocol's liveness check
+    (InferenceRESTClient.is_server_live in python/kserve/kserve/inference_client.py): GET
+    the server's base URL on an httpx.AsyncClient with no headers of its own (httpx's
+    defaults: Accept */*), raise unless 2xx, then read "status" from the JSON answer."""
+
+    async def check() -> bool:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as kserve_client:
+            response = await kserve_client.get("http://127.0.0.1/")
+        response.raise_for_status()
+        return response.json().get("status").lower() == "alive"
+
+    return asyncio.run(check())
+
+
+def assert_alive(response) -> None:
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"status": "alive"}
+    assert response.headers["vary"] == "Accept"
+
+
+@pytest.mark.parametrize(
+    "accept, html",
+    [
+        ("", False),
+        ("*/*", False),  # KServe's client (httpx's default), curl
+        ("application/json", False),
+        ("application/json, text/html", False),  # a tie goes to the protocol's JSON
+        ("text/html;q=0.5, application/json", False),
+        ("text/html;q=0", False),
+        ("text/html", True),
+        ("TEXT/HTML", True),
+        ("text/*", True),
+        ("application/*;q=0.1, text/html", True),
+        ("text/html;q=nonsense, application/json;q=0.5", True),  # a q that is not a number counts as 1
+        (BROWSERS["chromium"], True),
+        (BROWSERS["firefox"], True),
+    ],
+)
+def test_a_request_prefers_html_when_its_accept_header_says_so(accept, html):
+    assert prefers_html(accept) is html
+
+
+def test_root_is_kserve_v1_liveness_for_api_clients(client):
+    assert kserve_v1_is_server_live(client.app)
+    for accept in ("", "*/*", "application/json", "application/json, text/html"):
+        assert_alive(client.get("/", headers={"accept": accept}))
+
+
 def test_page_is_served_with_its_files_and_nothing_from_elsewhere(client):
-    page = client.get("/")
+    page = client.get("/", headers={"accept": BROWSERS["chromium"]})
     assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["vary"] == "Accept"
+    assert client.get("/", headers={"accept": "text/html"}).text == page.text
     assert page.headers["content-security-policy"] == PAGE_POLICY
     assert f'data-model="{NAME}"' in page.text
     assert "<canvas" in page.text and 'id="clear"' in page.text
@@ -227,3 +290,41 @@ def test_openapi_documents_the_protocol_with_the_projects_example(client):
     assert {"200", "400", "404", "413", "503"} <= set(predict["responses"])
     assert "/v1/models/{name}" in schema["paths"] and "/readyz" in schema["paths"]
     assert client.get("/docs").status_code == 200
+    root = schema["paths"]["/"]["get"]
+    assert {"application/json", "text/html"} <= set(root["responses"]["200"]["content"])
+    assert '{"status": "alive"}' in root["description"] and '{"status": "alive"}' in schema["info"]["description"]
+    assert "prefer text/html" in schema["info"]["description"]
+
+
+def test_a_page_folder_without_index_html_is_one_sentence(experiments, tmp_path, monkeypatch):
+    monkeypatch.setattr(MNISTClassifierRunner, "serve_page", lambda self: str(tmp_path))
+    sentence = f"MNISTClassifierRunner.serve_page returned '{tmp_path}', a folder without index.html: return the folder of the page's index.html, or None"
+    with pytest.raises(TorchexpError, match=f"^{re.escape(sentence)}$"):
+        build_app(experiments)
+
+
+@pytest.fixture(scope="module")
+def template_client(tmp_path_factory):
+    """A client of the app serving a release of the project `torchexp create` writes,
+    whose Runner has no serve_page."""
+    root = tmp_path_factory.mktemp("template")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(root / TEMPLATE_PROJECT))
+        app = build_app(make_template_release(str(root)))
+        with TestClient(app) as client:
+            assert app.state.batcher.ready.wait(10)
+            yield client
+
+
+def test_a_project_without_a_page_answers_liveness_and_sends_browsers_to_the_openapi_page(template_client):
+    assert kserve_v1_is_server_live(template_client.app)
+    assert_alive(template_client.get("/", headers={"accept": "*/*"}))
+    for accept in (BROWSERS["chromium"], "text/html"):
+        redirect = template_client.get("/", headers={"accept": accept}, follow_redirects=False)
+        assert (redirect.status_code, redirect.headers["location"], redirect.headers["vary"]) == (307, "/docs", "Accept")
+        docs = template_client.get("/", headers={"accept": accept})
+        assert docs.status_code == 200 and docs.url.path == "/docs"
+        assert "SwaggerUIBundle" in docs.text and "/openapi.json" in docs.text
+        assert "Draw a digit" not in docs.text
+    assert template_client.get("/static/page.js").status_code == 404
+    assert template_client.post(PREDICT, json={"instances": [[1.0, 1.0]]}).status_code == 200

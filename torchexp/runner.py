@@ -200,10 +200,13 @@ class Runner(abc.ABC):
         return output.tolist()
 
     def serve_page(self) -> str | None:
-        """Return the folder of the project's web page, or None (the default) for none.
+        """Return the folder of the project's web page for `serve`, or None (the default)
+        when the project has none.
 
-        `serve` shows its `index.html` to browsers at `/` and its other files under
-        `/static/`; without a page, browsers get the OpenAPI page there.
+        The folder holds the page's `index.html`, in which `{{MODEL_NAME}}` becomes the
+        served model's name, and the files it loads, served under /static/. A browser
+        opening / gets the page; API clients get the protocol's liveness there, and a
+        browser gets /docs when there is no page.
         """
         return None
 

@@ -1,4 +1,4 @@
-"""The `serve` command: a release over HTTP, with dynamic batching and a page to draw on."""
+"""The `serve` command: a release over HTTP, with dynamic batching, and the project's page if it has one."""
 
 import click
 
@@ -65,12 +65,13 @@ def serve(
     """Serve a release over HTTP until Ctrl-C or SIGTERM.
 
     The KServe V1 / TF Serving REST protocol (POST /v1/models/NAME:predict with
-    {"instances": [...]}), /livez, /readyz, /metrics (Prometheus), /docs, and a page to
-    draw a digit on at /. Requests that arrive together run as one batch on one worker
+    {"instances": [...]}, GET / for liveness), /livez, /readyz, /metrics (Prometheus) and
+    /docs; a browser opening / gets the project's page (its Runner's serve_page), or /docs
+    when it has none. Requests that arrive together run as one batch on one worker
     thread. This is one process; to scale out, run more of them (on more machines, each
     with its own --threads) behind a load balancer or KServe.
     """
     from torchexp.serving.server import serve_release
 
     options = ServeOptions(epoch, host, port, runtime, device, max_batch_size, max_delay_ms, max_queue, max_body_bytes, threads)
-    serve_release(app.open_experiment(), options, app.verbosity)
+    serve_release(app.open_experiment(), options, click.echo, app.verbosity)

@@ -2,7 +2,8 @@
 
 Modules, from the request inward:
     server      binds the port, loads the release, runs uvicorn, stops gracefully
-    protocol    the FastAPI app: KServe V1 routes, health, metrics, the drawing page
+    protocol    the FastAPI app: KServe V1 routes, health, metrics, GET /
+    page        what GET / answers: liveness to API clients, the project's page to browsers
     batcher     dynamic batching on one worker thread, off the event loop
     pipeline    one request's instances through the project's hooks and a predictor
     predictors  what runs a batch: the release's torch model, or its ONNX export

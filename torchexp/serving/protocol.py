@@ -1,12 +1,20 @@
-"""The HTTP API: KServe V1 / TF Serving's REST protocol, health, metrics and the drawing page.
+"""The HTTP API: KServe V1 / TF Serving's REST protocol, health, metrics and the project's page.
 
+    GET  /                          KServe V1's server liveness, {"status": "alive"}; a request
+                                    whose Accept header prefers text/html (a browser's) gets
+                                    the project's page instead, or, when the project has none,
+                                    a redirect to /docs
+    GET  /static/<file>             the files of the project's page, when it has one
     GET  /v1/models/<name>          {"name", "ready", ...}: the model's metadata and readiness
     POST /v1/models/<name>:predict  {"instances": [...]} -> {"predictions": [...]}
     GET  /livez, /readyz            liveness (the process answers) apart from readiness
                                     (warmed up and not stopping), for probes and load balancers
     GET  /metrics                   Prometheus text format
-    GET  /                          a page to draw a digit on; its files under /static
     GET  /docs, /openapi.json       FastAPI's OpenAPI page and schema
+
+GET / follows KServe's own REST client, whose V1 liveness check is a GET of the server's
+base URL with httpx's default `Accept: */*`, reading `status` from the JSON answer; a tie
+between JSON and HTML goes to JSON (page.py says how the Accept header is read).
 
 Every error is answered as `{"error": "<one sentence>"}` with a 4xx or 5xx status.
 """
@@ -14,14 +22,12 @@ Every error is answered as `{"error": "<one sentence>"}` with a 4xx or 5xx statu
 import asyncio
 import contextlib
 import dataclasses
-import html
 import json
-import os
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -30,14 +36,19 @@ from torchexp.version import __version__
 from torchexp.errors import first_line
 from torchexp.serving.batcher import Batcher
 from torchexp.serving.metrics import ServerMetrics
+from torchexp.serving.page import PAGE_POLICY, load_page, prefers_html
 from torchexp.serving.pipeline import RequestError
 
-STATIC_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # Bodies above this size are parsed on a worker thread, so that one large request does not
 # hold up every other request on the event loop.
 PARSE_ON_LOOP_BYTES = 256 * 1024
-# The page loads nothing from another site: scripts, styles and connections stay on this server.
-PAGE_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+DESCRIPTION = (
+    "A torchexp release served with the KServe V1 / TF Serving REST protocol.\n\n"
+    'GET / is the server\'s liveness as KServe V1 defines it, `{"status": "alive"}`, for every '
+    "client whose Accept header does not prefer text/html to application/json (no header, "
+    "`*/*`, `application/json`). A browser, whose Accept header does, gets the project's "
+    "page there instead, or is sent to this page when the project has none."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +64,10 @@ class ModelCard:
 
 class ErrorBody(BaseModel):
     error: str
+
+
+class AliveBody(BaseModel):
+    status: Literal["alive"]
 
 
 class PredictBody(BaseModel):
@@ -89,9 +104,12 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
 
     Args:
         card: the model's name, epoch, runtime, device and threads.
-        batcher: runs the predictions.
+        batcher: runs the predictions; its pipeline's runner supplies the project's hooks.
         metrics: the server's metrics, which the app records and serves.
         max_body_bytes: larger request bodies are refused with 413 before being read whole.
+
+    Raises:
+        TorchexpError: the project's `serve_page` names a folder without a readable index.html.
     """
 
     @contextlib.asynccontextmanager
@@ -105,7 +123,7 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
     app = FastAPI(
         title=f"torchexp: {card.name}",
         version=__version__,
-        description="A torchexp release served with the KServe V1 / TF Serving REST protocol.",
+        description=DESCRIPTION,
         lifespan=lifespan,
     )
     app.state.stopping = False  # set at shutdown, and by the server when a stop is asked for
@@ -113,7 +131,7 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
     add_error_handlers(app)
     add_model_routes(app, card, batcher, max_body_bytes)
     add_health_routes(app, batcher, metrics)
-    add_page(app, card)
+    add_root(app, card, batcher.pipeline.runner)
     return app
 
 
@@ -184,17 +202,29 @@ def add_health_routes(app: FastAPI, batcher: Batcher, metrics: ServerMetrics) ->
         return Response(content, media_type=content_type)
 
 
-def add_page(app: FastAPI, card: ModelCard) -> None:
-    """The drawing page at / and its script and style under /static."""
-    with open(os.path.join(STATIC_FOLDER, "index.html"), encoding="utf-8") as file:
-        page = file.read().replace("{{MODEL_NAME}}", html.escape(card.name))
-    headers = {"Content-Security-Policy": PAGE_POLICY}
+def add_root(app: FastAPI, card: ModelCard, runner: Any) -> None:
+    """GET /: liveness for API clients, the project's page (files under /static) for browsers."""
+    page = load_page(runner, card.name)
+    if page is not None:
+        app.mount("/static", StaticFiles(directory=page.folder), name="static")
+    # The answer depends on the Accept header: caches must not give one client's to another.
+    vary = {"Vary": "Accept"}
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(page, headers=headers)
-
-    app.mount("/static", StaticFiles(directory=STATIC_FOLDER), name="static")
+    @app.get(
+        "/",
+        summary="Liveness (KServe V1), or the project's page for a browser",
+        response_model=AliveBody,
+        responses={200: {"content": {"text/html": {}}}, 307: {"description": "A browser, to /docs: the project has no page"}},
+    )
+    async def root(request: Request) -> Response:
+        """Liveness, as KServe V1 defines it: `{"status": "alive"}` while the process answers.
+        A request whose Accept header prefers text/html (a browser's) gets the project's
+        page instead, or a redirect to /docs when the project has none."""
+        if not prefers_html(request.headers.get("accept", "")):
+            return JSONResponse({"status": "alive"}, headers=vary)
+        if page is None:
+            return RedirectResponse(request.scope.get("root_path", "").rstrip("/") + app.docs_url, status_code=307, headers=vary)
+        return HTMLResponse(page.index, headers={**vary, "Content-Security-Policy": PAGE_POLICY})
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -10,13 +10,12 @@ import errno
 import logging
 import signal
 import socket
-from typing import Any
+from typing import Any, Callable
 
-import click
 import uvicorn
 
 from torchexp import checkpoints
-from torchexp.errors import TorchexpError
+from torchexp.errors import TorchexpError, first_line
 from torchexp.folder import Experiment
 from torchexp.releases import find_release
 from torchexp.serving.options import ServeOptions
@@ -27,12 +26,20 @@ GRACEFUL_TIMEOUT_S = 30  # longest wait for requests in flight after a stop is a
 BACKLOG = 2048  # connections the kernel holds before the server accepts them (uvicorn's default)
 
 
-def serve_release(experiment: Experiment, options: ServeOptions, verbosity: str = "normal") -> None:
+def serve_release(experiment: Experiment, options: ServeOptions, announce: Callable[[str], None], verbosity: str = "normal") -> None:
     """Serve the experiment's release until Ctrl-C or SIGTERM.
+
+    Args:
+        experiment: the experiment whose release is served.
+        options: the `serve` command's options.
+        announce: called once, before serving, with the line naming the model and its URL
+            (the command line prints it).
+        verbosity: "quiet", "normal" or "verbose", for uvicorn's logs and the access log.
 
     Raises:
         CheckpointError: the release (or its ONNX export) is missing or corrupt.
-        TorchexpError: the address cannot be listened on, or the model failed to warm up.
+        TorchexpError: the address cannot be listened on, the project's page cannot be
+            read, or the model failed to warm up.
     """
     release = find_release(experiment, options.epoch)
     release.verify()
@@ -46,7 +53,7 @@ def serve_release(experiment: Experiment, options: ServeOptions, verbosity: str 
         app.state.batcher.on_failure = server.stop_for
         host, port = sock.getsockname()[:2]
         card = app.state.card
-        click.echo(
+        announce(
             f"serving {card.name} (release of epoch {card.epoch}, {card.runtime} on {card.device}, {threads} threads) "
             f"at http://{format_host(host)}:{port}/ (Ctrl-C to stop)"
         )
@@ -93,6 +100,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as error:
         raise TorchexpError(f"host {host!r} cannot be listened on: {error.strerror}") from error
+    except UnicodeError as error:  # a name Python cannot encode for the resolver, e.g. "a..b"
+        reason = first_line(error.__cause__ or error)
+        raise TorchexpError(f"host {host!r} cannot be listened on: it is not a valid host name ({reason})") from error
     sock = socket.socket(family, kind, proto)
     # Like uvicorn: a restarted server may take the port while old connections linger in
     # TIME_WAIT; a port another server listens on is still refused.
