@@ -22,7 +22,7 @@ import torchexp.commands.tensorboard
 from conftest import REPO, init_args, snapshot, write_mnist
 from mnist_classifier.__main__ import cli
 
-README = os.path.join(REPO, "README.md")
+README = os.path.join(REPO, "docs", "errors.md")
 ERRORS_START, ERRORS_END = "<!-- errors:start -->", "<!-- errors:end -->"
 
 MLP = ("--set", "model.name=mlp")  # the model does not matter here: take a fast one
