@@ -27,7 +27,7 @@ import math
 import os
 from typing import Any
 
-from torchexp.config import apply_overrides, check_key_declared, convert_integral_floats, fill_defaults, load_config_file, validate_config
+from torchexp.config import check_key_declared, load_config_file, make_config
 from torchexp.errors import ConfigError
 from torchexp.files import read_json
 
@@ -131,10 +131,7 @@ class SearchSpace:
         Raises:
             ConfigError: the result does not fit the schema.
         """
-        overrides = [f"{key}={json.dumps(value)}" for key, value in {**self.fixed, **values}.items()]
-        conf = fill_defaults(apply_overrides(self.base, schema, overrides), schema)
-        validate_config(conf, schema)
-        return convert_integral_floats(conf, schema)
+        return make_config(self.base, schema, {**self.fixed, **values})
 
     def grid(self) -> dict[str, list[Any]]:
         """The grid sampler's search space: every parameter's values."""
