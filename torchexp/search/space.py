@@ -30,6 +30,7 @@ from typing import Any
 from torchexp.config import check_key_declared, load_config_file, make_config
 from torchexp.errors import ConfigError
 from torchexp.files import read_json
+from torchexp.search.options import flag
 
 MAX_SPACE_BYTES = 1024 * 1024  # a space is a few hundred bytes; larger is a mistake
 SPACE_KEYS = ("config", "fixed", "parameters")
@@ -85,7 +86,7 @@ class Parameter:
             return list(range(self.low, self.high + 1, self.step or 1))
         raise ConfigError(
             f"the grid sampler needs choices or int ranges with a step, but parameter {self.key} is a "
-            f"{'log ' if self.log else ''}{self.kind} range: make it a choice, or use --sampler tpe or random"
+            f"{'log ' if self.log else ''}{self.kind} range: make it a choice, or use {flag('sampler')} tpe or random"
         )
 
     def suggest(self, trial: Any) -> Any:
