@@ -2,8 +2,10 @@
 
 The validation loss of epoch e is `training.momentum + 1 / e` (Adam ignores momentum), so a
 test knows how trials rank at every rung. Momentum FAIL_NAN makes the loss NaN, and
-FAIL_RAISE makes training raise. SEARCH_TEST_EPOCH_SECONDS in the environment makes every
-epoch after the first start that much later, so that a test can signal a trial mid-way.
+FAIL_RAISE makes training raise. SEARCH_TEST_GATE in the environment names a gate folder:
+before every epoch after the first, a trial writes `<trial>-epoch-<N>` there and waits
+until the test creates `open` in it, so that a test can signal a trial at a known point
+instead of racing a timer.
 
 Run as a script, it is the project's command line: `python tests/search_project.py ...`.
 """
@@ -15,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -24,15 +26,17 @@ from torchexp import make_cli
 
 FAIL_NAN = 0.99
 FAIL_RAISE = 0.98
+GATE_SECONDS = 120  # a trial waits this long at a gate the test never opens, then fails
+OPEN = "open"
 
 
 class SearchTestRunner(MNISTClassifierRunner):
     """MNIST training, with a validation loss that ranks trials by training.momentum."""
 
     def train_before_epoch_tasks(self, device: torch.device) -> None:
-        seconds = float(os.environ.get("SEARCH_TEST_EPOCH_SECONDS", "0"))
-        if seconds and self.counters["epoch"] >= 1:
-            time.sleep(seconds)
+        gate = os.environ.get("SEARCH_TEST_GATE")
+        if gate and self.counters["epoch"] >= 1:
+            wait_at_gate(gate, f"{self.experiment.name}-epoch-{self.counters['epoch'] + 1}")
 
     def train_step(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         if self.get_conf("training", "momentum") == FAIL_RAISE:
@@ -44,6 +48,17 @@ class SearchTestRunner(MNISTClassifierRunner):
         momentum = self.get_conf("training", "momentum")
         loss = math.nan if momentum == FAIL_NAN else momentum + 1 / (self.counters["epoch"] + 1)
         return {**metrics, "loss": torch.tensor(loss)}
+
+
+def wait_at_gate(gate: str, marker: str) -> None:
+    """Write `marker` in the gate folder, then wait until the test opens the gate."""
+    with open(os.path.join(gate, marker), "w", encoding="utf-8"):
+        pass
+    deadline = time.monotonic() + GATE_SECONDS
+    while not os.path.exists(os.path.join(gate, OPEN)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test never opened the gate {gate}")
+        time.sleep(0.01)
 
 
 cli = make_cli("mnist_classifier.data:MNISTClassifierData", "search_project:SearchTestRunner")
@@ -81,10 +96,15 @@ def search_args(space: str, *extra: str) -> list[str]:
     return ["search", "--space", space, "--schema-path", SCHEMA, "--device", "cpu", *extra]
 
 
-def start_search(experiments: str, data_path: str, *args: str, epoch_seconds: float = 0) -> subprocess.Popen:
+def start_search(experiments: str, data_path: str, *args: str, gate: str | None = None) -> subprocess.Popen:
     """This project's command line on study "study" in a process of its own, one thread,
-    its output (stdout and stderr) in one pipe."""
-    env = {**os.environ, "SEARCH_TEST_EPOCH_SECONDS": str(epoch_seconds), "OMP_NUM_THREADS": "1"}
+    its output (stdout and stderr) in one pipe; with a `gate` folder, its trials wait there
+    before every epoch after the first (`wait_at_gate`)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SEARCH_TEST_GATE", None)
+    if gate is not None:
+        os.makedirs(gate, exist_ok=True)
+        env["SEARCH_TEST_GATE"] = gate
     base = ["--experiments-path", experiments, "--data-path", data_path, "--experiment-name", "study"]
     # A test run in the background inherits an ignored SIGINT; a user's terminal does not.
     return subprocess.Popen(
@@ -95,6 +115,26 @@ def start_search(experiments: str, data_path: str, *args: str, epoch_seconds: fl
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def wait_until(condition: Callable[[], bool], processes: list[subprocess.Popen], what: str, timeout: float = 120) -> None:
+    """Wait until `condition()` holds; kill the processes and raise AssertionError with
+    their output if one ends first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        ended = any(process.poll() is not None for process in processes)
+        if ended or time.monotonic() > deadline:
+            for process in processes:
+                process.kill()
+            outputs = "\n".join(process.communicate()[0] for process in processes)
+            raise AssertionError(f"{'a search ended' if ended else f'{timeout} s passed'} before {what}:\n{outputs}")
+        time.sleep(0.01)
+
+
+def open_gate(gate: str) -> None:
+    """Let every trial waiting at the gate, and every later one, go on."""
+    with open(os.path.join(gate, OPEN), "w", encoding="utf-8"):
+        pass
 
 
 def load_study(experiments: str, name: str = "study") -> Any:

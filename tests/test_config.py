@@ -9,12 +9,14 @@ from torchexp.config import (
     MAX_CONFIG_BYTES,
     TRAINER_SCHEMA,
     Config,
-    apply_overrides,
     build_config,
     fill_defaults,
     load_config_file,
     load_schema,
+    make_config,
     parse_override,
+    parse_overrides,
+    set_values,
     validate_config,
 )
 from torchexp.errors import ConfigError
@@ -119,9 +121,9 @@ def test_parse_override_refuses_malformed_text(text):
         parse_override(text)
 
 
-def test_apply_overrides_sets_values_in_a_copy():
+def test_set_values_sets_overrides_in_a_copy():
     conf = {"training": {"lr": 0.1}}
-    result = apply_overrides(conf, SMALL_SCHEMA, ["training.lr=0.5", "training.epochs=7", "model.layers.width=3"])
+    result = set_values(conf, SMALL_SCHEMA, parse_overrides(["training.lr=0.5", "training.epochs=7", "model.layers.width=3"]))
     assert result == {"training": {"lr": 0.5, "epochs": 7}, "model": {"layers": {"width": 3}}}
     assert conf == {"training": {"lr": 0.1}}
 
@@ -129,14 +131,14 @@ def test_apply_overrides_sets_values_in_a_copy():
 @pytest.mark.parametrize(
     "override, unknown", [("training.lrr=1", "training.lrr"), ("trainin.lr=1", "trainin"), ("training.lr.x=1", "training.lr.x")]
 )
-def test_apply_overrides_refuses_keys_the_schema_does_not_declare(override, unknown):
+def test_set_values_refuses_keys_the_schema_does_not_declare(override, unknown):
     with pytest.raises(ConfigError, match=rf"unknown config key {unknown}: the schema does not declare it"):
-        apply_overrides({}, SMALL_SCHEMA, [override])
+        set_values({}, SMALL_SCHEMA, parse_overrides([override]))
 
 
-def test_apply_overrides_refuses_a_key_under_a_value_that_is_not_a_section():
+def test_set_values_refuses_a_key_under_a_value_that_is_not_a_section():
     with pytest.raises(ConfigError, match=r"override 'model.layers.width=3': layers is not a section"):
-        apply_overrides({"model": {"layers": 5}}, SMALL_SCHEMA, ["model.layers.width=3"])
+        set_values({"model": {"layers": 5}}, SMALL_SCHEMA, parse_overrides(["model.layers.width=3"]))
 
 
 def test_config_get_returns_nested_values_and_names_unknown_key_paths():
@@ -244,6 +246,32 @@ def test_build_config_reports_every_invalid_override_at_once():
 def test_build_config_refuses_nan_given_on_the_command_line():
     with pytest.raises(ConfigError, match=r"training.lr: nan is not a finite number"):
         build_config(CONFIG, SCHEMA, ["training.lr=NaN"])
+
+
+def test_parse_overrides_keeps_the_last_value_of_a_key_in_the_place_it_was_last_set():
+    values = parse_overrides(["training.lr=0.5", "training={\"lr\": 0.1}", "training.lr=0.2"])
+    assert list(values.items()) == [("training", {"lr": 0.1}), ("training.lr", 0.2)]
+    assert set_values({}, SMALL_SCHEMA, values) == {"training": {"lr": 0.2}}
+
+
+def test_make_config_from_values_equals_build_config_from_set_texts():
+    texts = ["training.lr=0.5", "model.name=mlp", "data.batch_size=16.0", "trainer.grad_clip_norm=null", "data.augment=true"]
+    values = {"training.lr": 0.5, "model.name": "mlp", "data.batch_size": 16.0, "trainer.grad_clip_norm": None, "data.augment": True}
+    conf = make_config(load_config_file(CONFIG), load_schema(SCHEMA), values)
+    assert conf == build_config(CONFIG, SCHEMA, texts)
+    assert conf["data"]["batch_size"] == 16 and isinstance(conf["data"]["batch_size"], int)
+
+
+def test_make_config_leaves_its_base_and_values_unchanged():
+    base, values = {"model": {"name": "cnn"}}, {"model.sizes": [1, 2]}
+    conf = make_config(base, {"properties": {"model": {"type": "object", "properties": {"name": {}, "sizes": {}}}}}, values)
+    conf["model"]["sizes"].append(3)
+    assert base == {"model": {"name": "cnn"}} and values == {"model.sizes": [1, 2]}
+
+
+def test_make_config_refuses_an_invalid_value_naming_it():
+    with pytest.raises(ConfigError, match=r"training.lr: -1 is less than or equal to the minimum of 0"):
+        make_config({}, SMALL_SCHEMA, {"training.lr": -1})
 
 
 def test_project_schema_documents_every_key_with_a_default_and_description():

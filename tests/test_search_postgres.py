@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from typing import Iterator
 
-from search_project import search_args, start_search, write_space
+from search_project import open_gate, search_args, start_search, wait_until, write_space
 from torchexp.search.storage import connect_database
 
 POSTGRES_BIN = "/usr/lib/postgresql/15/bin"
@@ -89,9 +89,13 @@ def test_two_search_processes_share_a_postgresql_study_and_run_every_trial_once(
     experiments = str(tmp_path / "experiments")
     with postgres_server() as url:
         options = ("--trials", str(TRIALS), "--max-epochs", "2", "--sampler", "grid", "--pruner", "none", "--storage", url)
-        # Each trial's second epoch starts a second later, so both processes find work.
-        processes = [start_search(experiments, data_path, *search_args(space, *options), epoch_seconds=1) for _ in range(2)]
+        gate = str(tmp_path / "gate")
+        processes = [start_search(experiments, data_path, *search_args(space, *options), gate=gate) for _ in range(2)]
         try:
+            # Trials wait at the gate before their second epoch: two waiting there at once
+            # are one trial of each process, so both processes have found work.
+            wait_until(lambda: len(os.listdir(gate)) >= 2, processes, "two trials waited at the gate")
+            open_gate(gate)
             outputs = [process.communicate(timeout=120)[0] for process in processes]
         finally:
             for process in processes:

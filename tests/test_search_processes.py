@@ -1,8 +1,13 @@
 """A search as processes: killed or stopped mid-trial, the same command continues the study
-and resumes the trial from its checkpoint; --dashboard serves the study until Ctrl-C."""
+and resumes the trial from its checkpoint; --dashboard serves the study until Ctrl-C.
+
+A trial is signalled while it waits at the test project's gate before its second epoch
+(`search_project.wait_at_gate`), so the signal lands at the same point on every run.
+"""
 
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -13,7 +18,7 @@ from click.testing import CliRunner
 
 import search_project
 from conftest import free_port, snapshot
-from search_project import search_args, start_search, write_space
+from search_project import open_gate, search_args, start_search, wait_until, write_space
 
 MOMENTA = {"training.momentum": {"choice": [0.1, 0.3]}}
 OPTIONS = ("--trials", "2", "--max-epochs", "3", "--sampler", "grid", "--pruner", "none")
@@ -23,20 +28,37 @@ def base_args(tmp_path, data_path) -> list[str]:
     return ["--experiments-path", str(tmp_path / "experiments"), "--data-path", data_path, "--experiment-name", "study"]
 
 
-def start(tmp_path, data_path, *args: str, epoch_seconds: float = 0) -> subprocess.Popen:
-    return start_search(str(tmp_path / "experiments"), data_path, *args, epoch_seconds=epoch_seconds)
+def start(tmp_path, data_path, *args: str, gate: str | None = None) -> subprocess.Popen:
+    return start_search(str(tmp_path / "experiments"), data_path, *args, gate=gate)
 
 
-def wait_for(path, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Wait until `path` exists; fail if the process ends first or it takes too long."""
+def start_at_second_epoch(tmp_path, data_path, space: str) -> tuple[subprocess.Popen, str]:
+    """Start the search and wait until trial 0 has saved epoch 1 and waits at the gate
+    before epoch 2; return the process and the gate."""
+    gate = str(tmp_path / "gate")
+    process = start(tmp_path, data_path, *search_args(space, *OPTIONS), gate=gate)
+    marker = os.path.join(gate, "trial-0000-epoch-2")
+    wait_until(lambda: os.path.exists(marker), [process], "trial 0 reached epoch 2")
+    return process, gate
+
+
+def read_line(process: subprocess.Popen, prefix: str, timeout: float = 60) -> tuple[str, str]:
+    """Read the process's output until a line starts with `prefix`, never blocking past
+    `timeout` seconds; return that line and all the output read. The pipe is read with
+    os.read, so that nothing waits in a buffer that select cannot see."""
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if process.poll() is not None:
-            pytest.fail(f"the search ended before {path} appeared:\n{process.stdout.read()}")
-        if time.monotonic() > deadline:
+    received = b""
+    fd = process.stdout.fileno()
+    while True:
+        line = next((line for line in received.split(b"\n")[:-1] if line.startswith(prefix.encode())), None)
+        if line is not None:
+            return line.decode(), received.decode()
+        remaining = deadline - time.monotonic()
+        chunk = os.read(fd, 65536) if remaining > 0 and select.select([fd], [], [], remaining)[0] else b""
+        if not chunk:
             process.kill()
-            pytest.fail(f"{path} did not appear in {timeout} s")
-        time.sleep(0.02)
+            pytest.fail(f"no line starting with {prefix!r} within {timeout} s or before the output ended:\n{received.decode()}")
+        received += chunk
 
 
 def load_trials(tmp_path):
@@ -54,8 +76,7 @@ def rerun(tmp_path, data_path, space: str):
 
 def test_sigkill_mid_trial_then_the_same_command_resumes_that_trial_from_its_checkpoint(tmp_path, data_path):
     space = write_space(str(tmp_path), MOMENTA)
-    process = start(tmp_path, data_path, *search_args(space, *OPTIONS), epoch_seconds=5)
-    wait_for(tmp_path / "experiments" / "study" / "trial-0000" / "checkpoints" / "1.checkpoint.pt.json", process)
+    process, _ = start_at_second_epoch(tmp_path, data_path, space)
     process.kill()
     process.wait(timeout=30)
     assert [trial.state.name for trial in load_trials(tmp_path)] == ["RUNNING"]
@@ -77,9 +98,10 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_that_trial_from_its_che
 
 def test_ctrl_c_mid_trial_saves_it_and_the_same_command_resumes_it(tmp_path, data_path):
     space = write_space(str(tmp_path), MOMENTA)
-    process = start(tmp_path, data_path, *search_args(space, *OPTIONS), epoch_seconds=2)
-    wait_for(tmp_path / "experiments" / "study" / "trial-0000" / "checkpoints" / "1.checkpoint.pt.json", process)
+    process, gate = start_at_second_epoch(tmp_path, data_path, space)
+    # The signal is pending before the gate opens, so the trial stops at its first iteration.
     process.send_signal(signal.SIGINT)
+    open_gate(gate)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output
     assert "Error: search stopped in trial 0: training stopped by SIGINT at epoch 2, iteration 1; saved 2.checkpoint.interrupt.pt" in output
@@ -99,22 +121,19 @@ def test_dashboard_serves_the_study_on_loopback_until_ctrl_c(tmp_path, data_path
     port = free_port()
     process = start(tmp_path, data_path, "search", "--dashboard", "--port", str(port))
     try:
-        studies = None
-        deadline = time.monotonic() + 60
-        while studies is None and time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
-                    studies = json.load(response)["study_summaries"]
-            except OSError:
-                time.sleep(0.2)
-        assert studies is not None, "the dashboard did not answer"
+        # The line is printed once the server listens.
+        announced, received = read_line(process, "optuna-dashboard at ")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as response:
+            studies = json.load(response)["study_summaries"]
         assert [(study["study_name"], study["directions"]) for study in studies] == [("study", ["minimize"])]
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            output, _ = process.communicate(timeout=30)
+            rest, _ = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()  # never leave a server behind
             pytest.fail(f"the dashboard did not stop on Ctrl-C:\n{process.communicate()[0]}")
+    output = received + rest
+    assert announced == f"optuna-dashboard at http://127.0.0.1:{port}/ (Ctrl-C to stop)"
     assert f"optuna-dashboard at http://127.0.0.1:{port}/ (Ctrl-C to stop)" in output
     assert process.returncode == 0, output

@@ -145,22 +145,40 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(conf: dict, schema: dict, overrides: list[str]) -> dict:
-    """Return a copy of `conf` with each `section.key=value` override set.
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Parse `section.key=value` texts into {key path: value}; a key given again takes the
+    later value and place, so the values apply in the order their texts last set them.
 
     Raises:
-        ConfigError: an override is malformed or names a key the schema does not declare.
+        ConfigError: a text is malformed.
     """
-    conf = copy.deepcopy(conf)
+    values: dict[str, Any] = {}
     for text in overrides:
         keys, value = parse_override(text)
+        path = ".".join(keys)
+        values.pop(path, None)
+        values[path] = value
+    return values
+
+
+def set_values(conf: dict, schema: dict, values: dict[str, Any]) -> dict:
+    """Return a copy of `conf` with each key path of `values` (e.g. "training.lr") set,
+    creating the sections it lacks.
+
+    Raises:
+        ConfigError: a key path the schema does not declare, or one through a value that
+            is not a section.
+    """
+    conf = copy.deepcopy(conf)
+    for path, value in values.items():
+        keys = path.split(".")
         check_key_declared(schema, keys)
         node = conf
         for key in keys[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {key} is not a section")
-        node[keys[-1]] = value
+                raise ConfigError(f"override '{path}={json.dumps(value)}': {key} is not a section")
+        node[keys[-1]] = copy.deepcopy(value)
     return conf
 
 
@@ -230,13 +248,31 @@ def find_non_finite(node: Any, path: str = "") -> list[tuple[str, float]]:
     return [found for key, value in items for found in find_non_finite(value, f"{path}.{key}" if path else str(key))]
 
 
-def build_config(config_path: str, schema_path: str, overrides: list[str]) -> dict:
-    """Load, override, fill and validate a configuration; the result is what `init` stores."""
-    schema = load_schema(schema_path)
-    conf = apply_overrides(load_config_file(config_path), schema, overrides)
-    conf = fill_defaults(conf, schema)
+def make_config(base: dict, schema: dict, values: dict[str, Any]) -> dict:
+    """Build a validated configuration: `base` with `values` ({key path: value}) set, schema
+    defaults filled in, validated, and integral floats made ints where the schema wants
+    integers.
+
+    Raises:
+        ConfigError: a key path the schema does not declare, or a result that does not fit
+            the schema (every error listed).
+    """
+    conf = fill_defaults(set_values(base, schema, values), schema)
     validate_config(conf, schema)
     return convert_integral_floats(conf, schema)
+
+
+def build_config(config_path: str, schema_path: str, overrides: list[str]) -> dict:
+    """Load the configuration and schema files and build the configuration with the
+    `section.key=value` overrides (`--set`); the result is what `init` stores.
+
+    Raises:
+        ConfigError: a file is missing or invalid, an override malformed, or the result
+            does not fit the schema.
+    """
+    schema = load_schema(schema_path)
+    base = load_config_file(config_path)
+    return make_config(base, schema, parse_overrides(overrides))
 
 
 def convert_integral_floats(conf: dict, schema: dict) -> dict:

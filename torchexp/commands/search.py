@@ -1,59 +1,75 @@
-"""The `search` command: a hyperparameter search on Optuna whose trials are experiments."""
+"""The `search` command: a hyperparameter search on Optuna whose trials are experiments.
 
+Its options are declared in `torchexp.search.options`; this module turns each declared
+field into a click option, and adds the options that look at a study (--status,
+--dashboard) instead of running one.
+"""
+
+import dataclasses
 import os
 import sys
+from typing import Any, Callable
 
 import click
 
 from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import with_device, with_workers
-from torchexp.errors import ConfigError
+from torchexp.search.options import OPTION, Option, RunOptions, StudyOptions, declared_fields, split_options, value_type
+
+# Options that other commands share carry their click declaration from there.
+SHARED_OPTIONS = {"device": with_device, "num_workers": with_workers}
+
+
+def make_option(field: dataclasses.Field) -> Callable:
+    """The click option of a declared field: its flag, type, range or choices, default and help."""
+    if field.name in SHARED_OPTIONS:
+        return SHARED_OPTIONS[field.name]
+    spec: Option = field.metadata[OPTION]
+    kind = value_type(field)
+    details: dict[str, Any] = {"default": field.default, "help": spec.help, "metavar": spec.metavar}
+    if spec.choices:
+        details["type"] = click.Choice(spec.choices)
+    elif kind in (int, float) and (spec.minimum is not None or spec.maximum is not None):
+        details["type"] = (click.IntRange if kind is int else click.FloatRange)(spec.minimum, spec.maximum)
+    elif kind is not tuple:
+        details["type"] = kind
+    if kind is tuple:
+        details["multiple"] = True
+    else:
+        # A default that is not a value is said in words; a repeatable option has none.
+        details["show_default"] = spec.default_text or True
+    return click.option(spec.flag, field.name, **details)
+
+
+def with_search_options(command: Callable) -> Callable:
+    """Add every declared option of a search run and of a study, in declaration order."""
+    for field in reversed([*declared_fields(RunOptions), *declared_fields(StudyOptions)]):
+        command = make_option(field)(command)
+    return command
 
 
 @click.command()
-@click.option("--space", "space_path", help="Search space file (JSON): the config keys to search and their distributions.  [default: none; required to search]")
-@click.option("--trials", type=click.IntRange(min=1), help="Trials the study is to have in all, counting earlier runs' (capped by a grid's size).  [default: none; required to search]")
-@click.option("--max-epochs", type=click.IntRange(min=1), help="Epochs a trial trains at most.  [default: the space's trainer.max_epochs]")
-@click.option("--timeout", type=click.FloatRange(min=0), help="Seconds after which no new work starts; the trial in progress finishes.  [default: none]")
-@click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default="tpe", show_default=True, help="How parameters are drawn; grid takes choices and int ranges.")
-@click.option(
-    "--pruner",
-    type=click.Choice(["asha", "median", "none"]),
-    default="asha",
-    show_default=True,
-    help="asha pauses trials at rungs and promotes the best to train on; median stops trials below the median; none trains every trial to --max-epochs.",
-)
-@click.option("--metric", default="validation.loss", show_default=True, help="What a trial is judged by: split.name of the epoch metrics.")
-@click.option("--direction", type=click.Choice(["minimize", "maximize", "min", "max"]), default="minimize", show_default=True, help="Whether a lower or a higher metric is better.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0, max=2**63 - 1), help="Seed of every trial (one validation split for all) and of the sampler.")
-@click.option("--storage", help="An Optuna database URL (postgresql://, mysql://, sqlite:///) shared by search processes on several machines.  [default: a journal file in the study folder]")
-@click.option("--min-epochs", default=1, show_default=True, type=click.IntRange(min=1), help="asha: epochs of the first rung; median: epochs before a trial may be stopped.")
-@click.option("--reduction-factor", default=3, show_default=True, type=click.IntRange(min=2), help="asha: rungs lie at min-epochs x factor^k, and each promotes its best 1/factor.")
-@click.option("--startup-trials", default=5, show_default=True, type=click.IntRange(min=0), help="median: trials that complete before the pruner stops any.")
-@click.option("--config-path", default="config.default.json", show_default=True, help="Base configuration when the space file names none.")
-@click.option("--schema-path", default="config.schema.json", show_default=True, help="JSON schema of the configuration.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Fix a config value in every trial, e.g. model.name=mlp (repeatable).")
-@click.option("--log-period", default=100, show_default=True, type=click.IntRange(min=1), help="Iterations between iteration logs.")
-@with_device
-@with_workers
+@with_search_options
 @click.option("--status", is_flag=True, help="Print the study's trials and best trial, and train nothing.")
 @click.option("--dashboard", is_flag=True, help="Serve optuna-dashboard on the study until Ctrl-C.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="--dashboard: address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="--dashboard: port to listen on.")
 @pass_app
-def search(app: App, space_path: str | None, trials: int | None, status: bool, dashboard: bool, host: str, port: int, storage: str | None, **options) -> None:
+def search(app: App, status: bool, dashboard: bool, host: str, port: int, **values: Any) -> None:
     """Search hyperparameters: every trial is an experiment, STUDY/trial-NNNN.
 
     --experiment-name names the study, a folder under --experiments-path. Run the same
     command again, or on several machines at once with a shared --storage, to continue
     the study: an interrupted trial resumes from its checkpoint, and --trials counts the
-    study's trials in all.
+    study's trials in all. The options from --metric on define the study: its first run
+    records them, and a later run must give the same.
     """
     from torchexp.search.report import summarize
-    from torchexp.search.run import SearchRequest, open_study, run_search
+    from torchexp.search.run import open_study, run_search
 
+    options, run = split_options(values)
     if status or dashboard:
-        folder, settings, optuna_storage, study = open_study(app.experiments_path, app.experiment_name, storage)
+        folder, settings, optuna_storage, study = open_study(app.experiments_path, app.experiment_name, run.storage)
         if dashboard:
             from torchexp.search.dashboard import serve_dashboard
 
@@ -61,9 +77,7 @@ def search(app: App, space_path: str | None, trials: int | None, status: bool, d
         else:
             click.echo(summarize(study, folder, settings, program_name()))
         return
-    if space_path is None or trials is None:
-        raise ConfigError("pass --space FILE and --trials N to run a search (or --status, --dashboard to look at one)")
-    done = run_search(app.project, app.experiments_path, app.experiment_name, SearchRequest(space_path=space_path, trials=trials, storage=storage, **options))
+    done = run_search(app.project, app.experiments_path, app.experiment_name, options, run)
     click.echo(summarize(done.study, done.folder, done.settings, program_name()))
 
 

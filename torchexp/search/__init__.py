@@ -1,9 +1,10 @@
 """Hyperparameter search on Optuna, where every trial is an ordinary experiment that can
 pause at a checkpoint and resume exactly.
 
-Modules by concept: `space` (the search space file), `storage` (journal file or
-database), `study` (study folder, settings, sampler, pruner), `asha` (rungs and
-promotions), `scheduler` (claims and the rules that pick work), `trial` (create, train
-and finish one trial), `report` (the table), `dashboard`, and `run` (a search process).
-Importing this package does not import optuna or torch; its modules do.
+Modules by concept: `options` (the search command's options, declared once), `space`
+(the search space file), `storage` (journal file or database), `study` (study folder,
+settings, sampler), `pruners` (stop, pause and promote: none, median, asha), `asha`
+(rungs and promotions), `scheduler` (claims and the rules that pick work), `trial`
+(create, train and finish one trial), `report` (the table), `dashboard`, and `run` (a
+search process). Importing this package does not import optuna or torch; its modules do.
 """

@@ -8,7 +8,7 @@ release the lock, then train holding the claim. Under the lock a process picks, 
 
 1. a trial that was being trained but whose claim is free (its worker died or was
    stopped): it resumes from its last checkpoint;
-2. (asha) a paused trial that ASHA promotes;
+2. a paused trial that the pruner promotes (ASHA's);
 3. a new trial, while the study has fewer trials than asked for, in any state;
 4. otherwise it waits while other processes hold claims (their results may promote a
    paused trial), or the search is done.
@@ -18,9 +18,9 @@ import dataclasses
 import os
 from typing import Any
 
-from torchexp.search.asha import find_promotions, is_paused
-from torchexp.search.study import SearchSettings, StudyFolder, make_sampler
 from torchexp.locks import FileLock, is_locked
+from torchexp.search.asha import is_paused
+from torchexp.search.study import Search, StudyFolder, make_sampler
 
 RUNNING_STATUS = "running"
 PAUSED_STATUS = "paused"
@@ -84,20 +84,18 @@ class Work:
     claim: Claim
 
 
-def pick_work(study: Any, folder: StudyFolder, settings: SearchSettings, space: Any, total_trials: int) -> Work | str:
+def pick_work(search: Search, total_trials: int) -> Work | str:
     """Apply the scheduling rules once; call it holding the scheduler lock.
 
     Args:
-        study: the Optuna study.
-        folder: its folder.
-        settings: its settings.
-        space: the SearchSpace new trials are drawn from.
+        search: the open study.
         total_trials: trials the study is to have in all.
 
     Returns:
         The claimed Work, "wait" while others train, or "done" (then paused trials,
         which nothing can promote any more, have been pruned).
     """
+    study, folder = search.study, search.folder
     trials = study.get_trials(deepcopy=False)
     fail_unfinished_creations(study, trials)
     for trial in trials:
@@ -105,14 +103,13 @@ def pick_work(study: Any, folder: StudyFolder, settings: SearchSettings, space: 
             claim = try_claim(folder, trial.number)
             if claim is not None:
                 return Work(trial.number, trial._trial_id, "resume", trial.user_attrs["target_epochs"], claim)
-    if settings.pruner == "asha":
-        for trial, epochs in find_promotions(trials, settings.rungs, settings.reduction_factor, settings.direction):
-            claim = try_claim(folder, trial.number)
-            if claim is not None:
-                mark_running(study, trial._trial_id, epochs)
-                return Work(trial.number, trial._trial_id, "promote", epochs, claim)
+    for trial, epochs in search.pruner.find_promotions(trials):
+        claim = try_claim(folder, trial.number)
+        if claim is not None:
+            mark_running(study, trial._trial_id, epochs)
+            return Work(trial.number, trial._trial_id, "promote", epochs, claim)
     if len(trials) < total_trials:
-        return start_trial(study, folder, settings, space, len(trials))
+        return start_trial(search, len(trials))
     if any(is_resumable(trial) and is_claimed(folder, trial.number) for trial in trials):
         return "wait"
     for trial in trials:
@@ -128,15 +125,16 @@ def is_resumable(trial: Any) -> bool:
     return trial.state == TrialState.RUNNING and trial.user_attrs.get("status") == RUNNING_STATUS
 
 
-def start_trial(study: Any, folder: StudyFolder, settings: SearchSettings, space: Any, count: int) -> Work:
+def start_trial(search: Search, count: int) -> Work:
     """Ask Optuna for trial number `count`, claim it, draw its parameters and record it."""
-    study.sampler = make_sampler(settings, space, count)
+    study = search.study
+    study.sampler = make_sampler(search.settings, search.space, count)
     trial = study.ask()
     # Nobody else can hold the claim of a trial created under the scheduler lock.
-    claim = try_claim(folder, trial.number)
-    space.sample(trial)
-    target = settings.rungs[0] if settings.pruner == "asha" else settings.max_epochs
-    trial.set_user_attr("experiment", folder.trial_name(trial.number))
+    claim = try_claim(search.folder, trial.number)
+    search.space.sample(trial)
+    target = search.pruner.first_target()
+    trial.set_user_attr("experiment", search.folder.trial_name(trial.number))
     mark_running(study, trial._trial_id, target)
     return Work(trial.number, trial._trial_id, "new", target, claim)
 

@@ -27,9 +27,10 @@ import math
 import os
 from typing import Any
 
-from torchexp.config import apply_overrides, check_key_declared, convert_integral_floats, fill_defaults, load_config_file, validate_config
+from torchexp.config import check_key_declared, load_config_file, make_config
 from torchexp.errors import ConfigError
 from torchexp.files import read_json
+from torchexp.search.options import flag
 
 MAX_SPACE_BYTES = 1024 * 1024  # a space is a few hundred bytes; larger is a mistake
 SPACE_KEYS = ("config", "fixed", "parameters")
@@ -85,7 +86,7 @@ class Parameter:
             return list(range(self.low, self.high + 1, self.step or 1))
         raise ConfigError(
             f"the grid sampler needs choices or int ranges with a step, but parameter {self.key} is a "
-            f"{'log ' if self.log else ''}{self.kind} range: make it a choice, or use --sampler tpe or random"
+            f"{'log ' if self.log else ''}{self.kind} range: make it a choice, or use {flag('sampler')} tpe or random"
         )
 
     def suggest(self, trial: Any) -> Any:
@@ -131,10 +132,7 @@ class SearchSpace:
         Raises:
             ConfigError: the result does not fit the schema.
         """
-        overrides = [f"{key}={json.dumps(value)}" for key, value in {**self.fixed, **values}.items()]
-        conf = fill_defaults(apply_overrides(self.base, schema, overrides), schema)
-        validate_config(conf, schema)
-        return convert_integral_floats(conf, schema)
+        return make_config(self.base, schema, {**self.fixed, **values})
 
     def grid(self) -> dict[str, list[Any]]:
         """The grid sampler's search space: every parameter's values."""

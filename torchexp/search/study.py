@@ -14,82 +14,65 @@ Optuna study with its sampler and pruner.
 
 import dataclasses
 import datetime
+import logging
 import os
 from typing import Any
 
 import optuna
 
 from torchexp.errors import ConfigError, ExperimentError
-from torchexp.folder import Experiment, validate_name
-from torchexp.search.asha import make_rungs
 from torchexp.files import read_json, write_json_atomic
+from torchexp.folder import Experiment, validate_name
+from torchexp.project import Project
+from torchexp.search.options import RunOptions, StudyOptions, declared_fields, flag
+from torchexp.search.pruners import TrialPruner
 
 SETTINGS_FILE = "study.json"
 SETTINGS_FORMAT = 1
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("asha", "median", "none")
-# How each setting is named on the command line, for messages about a changed one.
-OPTION_NAMES = {
-    "space": "--space",
-    "metric": "--metric",
-    "direction": "--direction",
-    "sampler": "--sampler",
-    "pruner": "--pruner",
-    "seed": "--seed",
-    "max_epochs": "--max-epochs",
-    "min_epochs": "--min-epochs",
-    "reduction_factor": "--reduction-factor",
-    "startup_trials": "--startup-trials",
-    "storage": "--storage",
-}
 
 
-@dataclasses.dataclass(frozen=True)
-class SearchSettings:
-    """What a study is: fixed when it is created, checked on every later run.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchSettings(StudyOptions):
+    """What a study is: its `StudyOptions` resolved (max_epochs set, direction "minimize" or
+    "maximize"), with its name, space and storage. Fixed when the study is created, checked
+    on every later run; study.json records them as flat keys.
 
     Attributes:
         name: the study's name (its folder, and its name in the storage).
         space: the space's record (`SearchSpace.as_record`).
-        metric: "split.name", e.g. "validation.loss".
-        direction: "minimize" or "maximize".
-        sampler: "tpe", "random" or "grid".
-        pruner: "asha", "median" or "none".
-        seed: the seed of every trial and of the sampler.
-        max_epochs: epochs a trial trains at most.
-        min_epochs: the first ASHA rung; epochs before the median pruner may stop a trial.
-        reduction_factor: ASHA's eta: a rung promotes its best 1/eta.
-        startup_trials: trials the median pruner lets finish before it prunes any.
         storage: `torchexp.search.storage.describe_storage`'s record.
     """
 
     name: str
     space: dict
-    metric: str
-    direction: str
-    sampler: str
-    pruner: str
-    seed: int
-    max_epochs: int
-    min_epochs: int
-    reduction_factor: int
-    startup_trials: int
     storage: dict
 
-    @property
-    def rungs(self) -> list[int]:
-        """Epochs at which ASHA pauses a trial, the last being max_epochs."""
-        return make_rungs(self.min_epochs, self.reduction_factor, self.max_epochs)
+    @classmethod
+    def from_record(cls, record: dict[str, Any], where: str) -> "SearchSettings":
+        """The settings study.json records.
+
+        Raises:
+            ExperimentError: a setting is missing; `where` names the file.
+        """
+        missing = [field.name for field in dataclasses.fields(cls) if field.name not in record]
+        if missing:
+            raise ExperimentError(f"{where} lacks the setting {missing[0]!r}: it was not written by torchexp's search")
+        return cls(**{field.name: record[field.name] for field in dataclasses.fields(cls)})
 
     def as_record(self) -> dict[str, Any]:
-        """study.json's content, less its creation time."""
-        return {"format": SETTINGS_FORMAT, **dataclasses.asdict(self)}
+        """study.json's content, less its creation time, its keys in the order of earlier versions."""
+        record = dataclasses.asdict(self)
+        return {"format": SETTINGS_FORMAT, "name": record.pop("name"), "space": record.pop("space"), **record}
+
+
+# The settings a later run must repeat, in the order a changed one is looked for.
+CHECKED_SETTINGS = ("space", *(field.name for field in declared_fields(StudyOptions)), "storage")
 
 
 def check_rungs(min_epochs: int, max_epochs: int) -> None:
     """Raise ConfigError when the first rung lies beyond the last epoch."""
     if min_epochs > max_epochs:
-        raise ConfigError(f"--min-epochs {min_epochs} is more than --max-epochs {max_epochs}")
+        raise ConfigError(f"{flag('min_epochs')} {min_epochs} is more than {flag('max_epochs')} {max_epochs}")
 
 
 class StudyFolder:
@@ -116,7 +99,7 @@ class StudyFolder:
         """Raise ExperimentError when no search has created this study yet."""
         if not self.exists():
             raise ExperimentError(
-                f"study {self.name!r} does not exist in {self.experiments_path}: start it with search --space FILE --trials N"
+                f"study {self.name!r} does not exist in {self.experiments_path}: start it with search {flag('space')} FILE {flag('trials')} N"
             )
 
     def check_usable(self) -> None:
@@ -140,9 +123,14 @@ class StudyFolder:
         """The global options that address trial `number`, as the user typed the experiments path."""
         return f"--experiments-path {os.path.join(self.experiments_path, self.name)} --experiment-name {self.trial_name(number)}"
 
-    def read_settings(self) -> dict[str, Any]:
-        """study.json's content."""
-        return read_json(self.settings_path, f"settings of study {self.name!r}", ExperimentError)
+    def read_settings(self) -> SearchSettings:
+        """The settings study.json records.
+
+        Raises:
+            ExperimentError: study.json is unreadable or lacks a setting.
+        """
+        where = f"settings of study {self.name!r}"
+        return SearchSettings.from_record(read_json(self.settings_path, where, ExperimentError), f"{where} ({self.settings_path})")
 
     def write_or_check_settings(self, settings: SearchSettings) -> None:
         """Record `settings` in a new study, or check that they are the existing study's.
@@ -157,15 +145,43 @@ class StudyFolder:
             write_json_atomic(self.settings_path, {**settings.as_record(), "created_at": created})
             return
         recorded = self.read_settings()
-        for field, option in OPTION_NAMES.items():
-            old, new = recorded.get(field), getattr(settings, field)
+        for field in CHECKED_SETTINGS:
+            old, new = getattr(recorded, field), getattr(settings, field)
             if field == "space":
                 old, new = comparable_space(old), comparable_space(new)
             if old != new:
                 raise ConfigError(
-                    f"study {self.name!r} was created with {describe_setting(field, recorded.get(field))}, not "
-                    f"{describe_setting(field, getattr(settings, field))}: run it with the same {option}, or choose another --experiment-name"
+                    f"study {self.name!r} was created with {describe_setting(field, getattr(recorded, field))}, not "
+                    f"{describe_setting(field, getattr(settings, field))}: run it with the same {flag(field)}, "
+                    "or choose another --experiment-name"
                 )
+
+
+@dataclasses.dataclass
+class Search:
+    """An open study, what its trials are made from, and the options of this process.
+
+    Attributes:
+        project: the project whose experiments the trials are.
+        folder: the study's folder.
+        settings: its settings.
+        pruner: the pruner its settings name.
+        space: the SearchSpace trials are drawn from.
+        schema: the project's schema.
+        study: the Optuna study.
+        run: this process's options.
+        logger: the search's logger.
+    """
+
+    project: Project
+    folder: StudyFolder
+    settings: SearchSettings
+    pruner: TrialPruner
+    space: Any
+    schema: dict
+    study: Any
+    run: RunOptions
+    logger: logging.Logger
 
 
 def comparable_space(record: Any) -> Any:
@@ -176,13 +192,13 @@ def comparable_space(record: Any) -> Any:
 
 
 def describe_setting(field: str, value: Any) -> str:
-    """A setting as a phrase: `--metric validation.loss`, `another search space (configs/a.json)`."""
+    """A setting as a phrase: `--metric validation.loss`, `the search space of configs/a.json`."""
     if field == "space":
         return f"the search space of {value.get('file') if isinstance(value, dict) else value}"
     if field == "storage":
         storage = value or {}
         return f"the database {storage['url']}" if storage.get("kind") == "database" else "its journal file"
-    return f"{OPTION_NAMES[field]} {value}"
+    return f"{flag(field)} {value}"
 
 
 def derive_seed(seed: int, count: int) -> int:
@@ -210,15 +226,7 @@ def make_sampler(settings: SearchSettings, space: Any, count: int) -> Any:
     return optuna.samplers.TPESampler(seed=derive_seed(settings.seed, count))
 
 
-def make_pruner(settings: SearchSettings) -> Any:
-    """Optuna's MedianPruner for "median"; ASHA is the scheduler's, so Optuna's pruner stays idle."""
-    if settings.pruner == "median":
-        # Steps are epochs from 1: a trial may be stopped from epoch min_epochs on.
-        return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=settings.min_epochs)
-    return optuna.pruners.NopPruner()
-
-
-def load_study(storage: Any, settings: SearchSettings, space: Any) -> Any:
+def load_study(storage: Any, settings: SearchSettings, space: Any, pruner: TrialPruner) -> Any:
     """Create the Optuna study, or load it when another run created it.
 
     Raises:
@@ -229,7 +237,7 @@ def load_study(storage: Any, settings: SearchSettings, space: Any) -> Any:
         study_name=settings.name,
         direction=settings.direction,
         sampler=make_sampler(settings, space, 0),
-        pruner=make_pruner(settings),
+        pruner=pruner.optuna_pruner(),
         load_if_exists=True,
     )
     stored = study.direction.name.lower()

@@ -7,18 +7,18 @@ exactly as they do there.
 """
 
 import dataclasses
-import logging
 import math
 from typing import Any
 
 from torchexp import checkpoints
-from torchexp.errors import ConfigError, TorchexpError, first_line
 from torchexp.creation import init_experiment
+from torchexp.errors import ConfigError, TorchexpError, first_line
 from torchexp.folder import Experiment
-from torchexp.project import Project
+from torchexp.metrics import find_best, is_number, parse_metric
+from torchexp.search.options import flag
+from torchexp.search.pruners import TrialPruner
 from torchexp.search.scheduler import PAUSED_STATUS, Work
-from torchexp.metrics import find_best, parse_metric
-from torchexp.search.study import SearchSettings, StudyFolder
+from torchexp.search.study import Search
 from torchexp.training import train_experiment
 
 
@@ -33,42 +33,42 @@ class Outcome:
 
 class EpochReporter:
     """The epoch observer of a trial: reports each epoch's metric to Optuna, and stops the
-    trial when the metric is not finite or the median pruner says so.
+    trial when the metric is not finite or the pruner says so.
 
     Args:
         trial: the `optuna.trial.Trial`.
-        settings: the study's settings.
+        metric: the study's metric, "split.name".
+        pruner: the study's pruner.
         reported: the epochs the study already holds a value of.
     """
 
-    def __init__(self, trial: Any, settings: SearchSettings, reported: set[int]):
+    def __init__(self, trial: Any, metric: str, pruner: TrialPruner, reported: set[int]):
         self.trial = trial
-        self.settings = settings
+        self.metric = metric
+        self.pruner = pruner
         self.reported = set(reported)
         self.outcome: Outcome | None = None
 
     def __call__(self, epoch: int, metrics: dict[str, dict[str, float]]) -> str | None:
-        self.outcome = self.report(epoch, read_metric(metrics, self.settings.metric, epoch))
+        self.outcome = self.report(epoch, read_metric(metrics, self.metric, epoch))
         return self.outcome.reason if self.outcome else None
 
     def report(self, epoch: int, value: float | None) -> Outcome | None:
         """Report epoch `epoch`'s metric (None: not a number); return a reason to stop, if any."""
         if value is None or not math.isfinite(value):
-            return Outcome("failed", f"{self.settings.metric} is {'nan' if value is None else value} at epoch {epoch}")
+            return Outcome("failed", f"{self.metric} is {'nan' if value is None else value} at epoch {epoch}")
         # An epoch reported before a kill is not reported again (Optuna would ignore it, warning).
         if epoch not in self.reported:
             self.trial.report(value, epoch)
             self.reported.add(epoch)
-        if self.settings.pruner == "median" and self.trial.should_prune():
-            return Outcome("pruned", f"{self.settings.metric} {value:.4g} at epoch {epoch} is worse than the median of earlier trials")
-        return None
+        reason = self.pruner.stop_reason(self.trial, epoch, value)
+        return None if reason is None else Outcome("pruned", reason)
 
     def catch_up(self, experiment: Experiment) -> Outcome | None:
         """Report the epochs whose checkpoints exist but whose reports were lost with a killed
         process, from the checkpoints' records; return a reason to stop, if any."""
         for info in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",)):
-            metrics = info.metrics
-            outcome = self.report(info.epoch, read_metric(metrics, self.settings.metric, info.epoch))
+            outcome = self.report(info.epoch, read_metric(info.metrics, self.metric, info.epoch))
             if outcome is not None:
                 return outcome
         return None
@@ -87,39 +87,28 @@ def read_metric(metrics: dict[str, dict[str, Any]], metric: str, epoch: int) -> 
         found = sorted(f"{split_name}.{key}" for split_name, split_values in metrics.items() for key in (split_values or {}))
         raise ConfigError(
             f"metric {metric} is not among the metrics of epoch {epoch} ({', '.join(found) or 'none'}): choose one of them "
-            "with --metric and another --experiment-name (a study's metric cannot change)"
+            f"with {flag('metric')} and another --experiment-name (a study's metric cannot change)"
         )
     value = values[name]
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if is_number(value) else None
 
 
-def create_trial_experiment(project: Project, folder: StudyFolder, settings: SearchSettings, space: Any, schema: dict, frozen: Any) -> Experiment:
+def create_trial_experiment(search: Search, frozen: Any) -> Experiment:
     """Create a trial's experiment unless it exists: the space's configuration with the
     trial's parameters, trained to the study's max epochs, seeded with the study's seed (so
     every trial shares one validation split)."""
-    experiment = folder.trial_experiment(frozen.number)
+    settings = search.settings
+    experiment = search.folder.trial_experiment(frozen.number)
     if not experiment.exists():
-        conf = space.build_config(schema, {**frozen.params, "trainer.max_epochs": settings.max_epochs})
+        conf = search.space.build_config(search.schema, {**frozen.params, "trainer.max_epochs": settings.max_epochs})
         extra = {"search": {"study": settings.name, "trial": frozen.number, "parameters": frozen.params}}
-        init_experiment(project, experiment, conf, settings.seed, extra)
+        init_experiment(search.project, experiment, conf, settings.seed, extra)
     return experiment
 
 
-def train_trial(
-    project: Project, folder: StudyFolder, study: Any, settings: SearchSettings, space: Any, schema: dict, work: Work, training: dict, logger: logging.Logger
-) -> Outcome:
-    """Create (when new) and train the claimed trial of `work` to its target epochs.
-
-    Args:
-        project: the project whose experiments the trials are.
-        folder: the study's folder.
-        study: the Optuna study.
-        settings: the study's settings.
-        space: the SearchSpace.
-        schema: the project's schema.
-        work: the claimed trial and its target.
-        training: device, num_workers and log_period, as `train_experiment` takes them.
-        logger: the search's logger.
+def train_trial(search: Search, work: Work) -> Outcome:
+    """Create (when new) and train the claimed trial of `work` to its target epochs, on the
+    device, workers and log period of the search's run options.
 
     Raises:
         TorchexpError: a mistake every trial would make (missing data, a bad device) or a
@@ -127,30 +116,30 @@ def train_trial(
     """
     import optuna
 
-    frozen = get_trial(study, work.number)
-    experiment = create_trial_experiment(project, folder, settings, space, schema, frozen)
-    reporter = EpochReporter(optuna.trial.Trial(study, work.trial_id), settings, set(frozen.intermediate_values))
+    frozen = get_trial(search.study, work.number)
+    experiment = create_trial_experiment(search, frozen)
+    trial = optuna.trial.Trial(search.study, work.trial_id)
+    reporter = EpochReporter(trial, search.settings.metric, search.pruner, set(frozen.intermediate_values))
     outcome = reporter.catch_up(experiment)
     if outcome is not None:
         return outcome
+    run = search.run
     try:
-        train_experiment(
-            project, experiment, training["device"], training["num_workers"], work.target_epochs,
-            training["log_period"], epoch_observers=(reporter,),
-        )
+        train_experiment(search.project, experiment, run.device, run.num_workers, work.target_epochs, run.log_period, epoch_observers=(reporter,))
     except TorchexpError:
         raise
     except Exception as error:  # the trial's own failure (a bug, a numerical error): the study goes on
-        logger.debug(f"trial {work.number} failed", exc_info=True)
+        search.logger.debug(f"trial {work.number} failed", exc_info=True)
         return Outcome("failed", f"{type(error).__name__}: {first_line(error)}")
     return reporter.outcome or Outcome("trained")
 
 
-def record_outcome(study: Any, folder: StudyFolder, settings: SearchSettings, work: Work, outcome: Outcome) -> str:
-    """Tell Optuna how the trial ended, or pause it at its rung; call it holding the
-    scheduler lock. Returns what happened, for the log."""
+def record_outcome(search: Search, work: Work, outcome: Outcome) -> str:
+    """Tell Optuna how the trial ended, or pause it at a rung of the pruner; call it holding
+    the scheduler lock. Returns what happened, for the log."""
     import optuna
 
+    study, settings = search.study, search.settings
     state = optuna.trial.TrialState
     trial = optuna.trial.Trial(study, work.trial_id)
     if outcome.kind == "failed":
@@ -161,9 +150,9 @@ def record_outcome(study: Any, folder: StudyFolder, settings: SearchSettings, wo
         trial.set_user_attr("stopped", outcome.reason)
         study.tell(work.number, state=state.PRUNED)
         return f"pruned: {outcome.reason}"
-    epochs = trained_epochs(folder.trial_experiment(work.number))
-    if settings.pruner == "asha" and epochs >= work.target_epochs and work.target_epochs < settings.max_epochs:
-        rung = settings.rungs.index(work.target_epochs)
+    epochs = trained_epochs(search.folder.trial_experiment(work.number))
+    rung = search.pruner.pause_rung(work.target_epochs, epochs)
+    if rung is not None:
         trial.set_user_attr("rung", rung)
         trial.set_user_attr("status", PAUSED_STATUS)
         return f"paused at rung {rung}, after epoch {epochs}"
