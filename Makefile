@@ -7,12 +7,12 @@ NAME ?= mnist
 EPOCHS ?= 10
 DEVICE ?= auto
 
-.PHONY: main test browser venv benchmarks gpu-check compare-architectures docs clean
+.PHONY: main test test-slow browser venv benchmarks gpu-check compare-architectures docs clean
 
 $(BIN)/activate: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[all,docs,test]'
 	touch $(BIN)/activate
 
 venv: $(BIN)/activate
@@ -29,6 +29,11 @@ main: venv
 # otherwise the test says why it skips (and fails under TORCHEXP_REQUIRE_BROWSER=1, as in CI).
 test: venv browser
 	$(BIN)/python -m pytest -q
+
+# The tests marked slow (torchrun's --max-restarts recovery, the 12-kill resume): CI runs
+# them after the default suite.
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow
 
 browser:
 	@if ! { command -v chromium && command -v chromedriver; } > /dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \

@@ -6,6 +6,30 @@ from setuptools import find_packages, setup
 with open("torchexp/version.py", encoding="utf-8") as file:
     VERSION = re.search(r'__version__ = "([^"]+)"', file.read()).group(1)
 
+EXTRAS = {
+    "search": [
+        "optuna",
+        "optuna-dashboard",  # search --dashboard
+        "psycopg2-binary",  # search --storage postgresql://...
+    ],
+    "serve": [
+        "fastapi",
+        "uvicorn[standard]",  # httptools and uvloop parse and loop in C
+        "prometheus-client",  # /metrics
+        "pillow",  # PNG instances of the MNIST classifier
+    ],
+    "export": [
+        "onnx",
+        "onnxscript",  # torch.onnx.export(dynamo=True) builds the ONNX graph with it
+        "onnxruntime",  # export's check, serve --runtime onnx
+        "safetensors",
+    ],
+    "plots": ["matplotlib"],  # compare --plot, the confusion matrix image
+    "docs": ["mkdocs-material", "mkdocstrings[python]"],
+}
+EXTRAS["all"] = sorted({package for extra in ("search", "serve", "export", "plots") for package in EXTRAS[extra]})
+EXTRAS["test"] = ["pytest", "hypothesis", "httpx", "selenium", "schemathesis"]
+
 setup(
     name="torchexp",
     version=VERSION,
@@ -16,28 +40,9 @@ setup(
         "mnist_classifier": ["page/*"],  # the drawing page its Runner's serve_page names
     },
     python_requires=">=3.10",
-    install_requires=[
-        "torch",
-        "torchvision",
-        "tensorboard",
-        "jsonschema>=4.18",
-        "click>=8.1",
-        "tqdm",
-        "numpy",
-        "matplotlib",  # compare --plot, the confusion matrix image
-        "optuna",  # search
-        "optuna-dashboard",  # search --dashboard
-        "psycopg2-binary",  # search --storage postgresql://...
-        "fastapi",  # serve
-        "uvicorn[standard]",  # serve: httptools and uvloop parse and loop in C
-        "prometheus-client",  # serve's /metrics
-        "pillow",  # serve's PNG instances
-        "onnx",  # export --format onnx
-        "onnxscript",  # torch.onnx.export(dynamo=True) builds the ONNX graph with it
-        "onnxruntime",  # export's check, serve --runtime onnx
-        "safetensors",  # export --format safetensors
-    ],
-    extras_require={"test": ["pytest", "hypothesis", "httpx", "selenium", "schemathesis"]},
+    # What training needs; every service is an extra (torchexp/extras.py names what each brings).
+    install_requires=["torch", "torchvision", "tensorboard", "jsonschema>=4.18", "click>=8.1", "tqdm", "numpy"],
+    extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
             "torchexp=torchexp.cli:main",

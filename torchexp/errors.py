@@ -59,6 +59,12 @@ class DistributedError(TorchexpError):
     exit_code = 9
 
 
+class MissingExtraError(TorchexpError):
+    """A command needs an optional part of torchexp that is not installed."""
+
+    exit_code = 10
+
+
 class TrainingInterrupted(TorchexpError):
     """Training stopped on a signal after saving an interrupt checkpoint."""
 

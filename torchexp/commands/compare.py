@@ -8,6 +8,7 @@ import click
 from torchexp.commands.context import App
 from torchexp.compare import build_table, format_csv, format_json, format_markdown, format_text, plot_table, sort_table
 from torchexp.errors import ConfigError
+from torchexp.extras import require_extra
 from torchexp.experiments import Experiments
 
 FORMATS = {"json": format_json, "csv": format_csv, "md": format_markdown}
@@ -61,6 +62,7 @@ def compare(
         from torchexp.plots import check_plot_path
 
         check_plot_path(plot_path)
+        require_extra("plots", "compare --plot")
     table = build_table(Experiments(experiments_path), names, all_keys)
     if sort_by is not None:
         sort_table(table, sort_by, descending=sort_order == "desc")

@@ -3,6 +3,7 @@
 import click
 
 from torchexp.commands.context import App, pass_app
+from torchexp.extras import require_extra
 from torchexp.export import DEFAULT_CHECK_SAMPLES, FORMATS
 from torchexp.tracking import close_logger, make_logger
 
@@ -25,6 +26,7 @@ def export(app: App, fmt: str, epoch: int | None, check_samples: int) -> None:
     test samples, and is not written unless their outputs agree; a safetensors export
     must load back equal to the release.
     """
+    require_extra("export", "export")
     from torchexp.export import export_experiment
 
     experiment = app.open_experiment()

@@ -14,6 +14,7 @@ import click
 
 from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import with_device, with_workers
+from torchexp.extras import require_extra
 from torchexp.search.options import OPTION, Option, RunOptions, StudyOptions, declared_fields, split_options, value_type
 
 # Options that other commands share carry their click declaration from there.
@@ -64,6 +65,7 @@ def search(app: App, status: bool, dashboard: bool, host: str, port: int, **valu
     study's trials in all. The options from --metric on define the study: its first run
     records them, and a later run must give the same.
     """
+    require_extra("search", "search")
     from torchexp.search.report import summarize
     from torchexp.search.run import open_study, run_search
 

@@ -4,6 +4,7 @@ import click
 
 from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import with_device
+from torchexp.extras import require_extra
 from torchexp.serving.options import DEFAULTS, RUNTIMES, ServeOptions
 
 MAX_BODY_HELP = (
@@ -71,6 +72,9 @@ def serve(
     thread. This is one process; to scale out, run more of them (on more machines, each
     with its own --threads) behind a load balancer or KServe.
     """
+    require_extra("serve", "serve")
+    if runtime == "onnx":
+        require_extra("export", "serve --runtime onnx")
     from torchexp.serving.server import serve_release
 
     options = ServeOptions(epoch, host, port, runtime, device, max_batch_size, max_delay_ms, max_queue, max_body_bytes, threads)
