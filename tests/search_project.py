@@ -1,8 +1,8 @@
 """A project for the search tests: the MNIST classifier whose validation loss a parameter sets.
 
 The validation loss of epoch e is `training.momentum + 1 / e` (Adam ignores momentum), so a
-test knows how trials rank at every rung. Momentum FAIL_NAN makes the loss NaN, and
-FAIL_RAISE makes training raise. SEARCH_TEST_GATE in the environment names a gate folder:
+test knows how trials rank at every rung. Momentum FAIL_NAN makes the loss NaN, FAIL_RAISE
+makes training raise, and FLAT keeps the loss at FLAT every epoch (early stopping ends it). SEARCH_TEST_GATE in the environment names a gate folder:
 before every epoch after the first, a trial writes `<trial>-epoch-<N>` there and waits
 until the test creates `open` in it, so that a test can signal a trial at a known point
 instead of racing a timer.
@@ -26,6 +26,7 @@ from torchexp import make_cli
 
 FAIL_NAN = 0.99
 FAIL_RAISE = 0.98
+FLAT = 0.97
 GATE_SECONDS = 120  # a trial waits this long at a gate the test never opens, then fails
 OPEN = "open"
 
@@ -46,7 +47,7 @@ class SearchTestRunner(MNISTClassifierRunner):
     def validation_step(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         metrics = super().validation_step(batch, device)
         momentum = self.get_conf("training", "momentum")
-        loss = math.nan if momentum == FAIL_NAN else momentum + 1 / (self.counters["epoch"] + 1)
+        loss = {FAIL_NAN: math.nan, FLAT: FLAT}.get(momentum, momentum + 1 / (self.counters["epoch"] + 1))
         return {**metrics, "loss": torch.tensor(loss)}
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import search_project
 from conftest import CONFIG, assert_identical, snapshot
 from mnist_classifier.__main__ import cli as mnist_cli
-from search_project import FAIL_NAN, FAIL_RAISE, search_args, write_space
+from search_project import FAIL_NAN, FAIL_RAISE, FLAT, search_args, write_space
 
 MOMENTA = {"training.momentum": {"choice": [0.1, 0.3, 0.5]}}
 
@@ -136,6 +136,18 @@ def test_asha_pauses_promotes_from_the_checkpoint_and_prunes_the_rest(run, tmp_p
     epochs = sum(len(trial.intermediate_values) for trial in trials.values())
     assert epochs < 6 * 3
     assert f"{epochs} epochs trained" in result.output
+
+
+def test_a_trial_its_early_stopping_ended_on_a_rung_completes_instead_of_pausing(run, tmp_path):
+    # Rungs at epochs 2 and 4; the loss stays flat, so patience 1 stops the trial after epoch 2.
+    space = write_space(str(tmp_path), {"training.momentum": {"choice": [FLAT]}}, {"trainer.early_stopping_patience": 1})
+    options = ("--trials", "1", "--max-epochs", "4", "--min-epochs", "2", "--sampler", "grid", "--pruner", "asha", "--reduction-factor", "2")
+    result = run(*search_args(space, *options))
+    assert result.exit_code == 0, result.output
+    (trial,) = load_study(tmp_path).trials
+    assert trial.state.name == "COMPLETE" and sorted(trial.intermediate_values) == [1, 2] and trial.value == pytest.approx(FLAT)
+    log = (tmp_path / "experiments" / "study" / "search.log").read_text()
+    assert "trial 0 complete after 2 epochs (stopped early): validation.loss 0.97" in log
 
 
 def test_a_promoted_trial_is_bit_identical_to_one_trained_straight_through(run, tmp_path):

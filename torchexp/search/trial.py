@@ -14,7 +14,7 @@ from torchexp import checkpoints
 from torchexp.creation import init_experiment
 from torchexp.errors import ConfigError, TorchexpError, first_line
 from torchexp.folder import Experiment
-from torchexp.metrics import find_best, is_number, parse_metric
+from torchexp.metrics import EARLY_STOPPING, find_best, is_number, parse_metric, read_last_stop
 from torchexp.search.options import flag
 from torchexp.search.pruners import TrialPruner
 from torchexp.search.scheduler import PAUSED_STATUS, Work
@@ -150,8 +150,12 @@ def record_outcome(search: Search, work: Work, outcome: Outcome) -> str:
         trial.set_user_attr("stopped", outcome.reason)
         study.tell(work.number, state=state.PRUNED)
         return f"pruned: {outcome.reason}"
-    epochs = trained_epochs(search.folder.trial_experiment(work.number))
-    rung = search.pruner.pause_rung(work.target_epochs, epochs)
+    experiment = search.folder.trial_experiment(work.number)
+    epochs = trained_epochs(experiment)
+    # The config's early stopping may end a trial on a rung: it would train no further there.
+    stop = read_last_stop(experiment.metrics_path)
+    stopped_early = stop is not None and stop.reason == EARLY_STOPPING and stop.epoch == epochs
+    rung = None if stopped_early else search.pruner.pause_rung(work.target_epochs, epochs)
     if rung is not None:
         trial.set_user_attr("rung", rung)
         trial.set_user_attr("status", PAUSED_STATUS)
@@ -163,7 +167,7 @@ def record_outcome(search: Search, work: Work, outcome: Outcome) -> str:
         return f"failed: no epoch reported {settings.metric}"
     value = best_value(values, settings.direction)
     study.tell(work.number, value, state=state.COMPLETE)
-    return f"complete after {epochs} epochs: {settings.metric} {value:.4g}"
+    return f"complete after {epochs} epochs{' (stopped early)' if stopped_early else ''}: {settings.metric} {value:.4g}"
 
 
 def get_trial(study: Any, number: int) -> Any:
