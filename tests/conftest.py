@@ -110,3 +110,20 @@ def invoke(tmp_path, data_path):
 def init_args(*extra: str) -> list[str]:
     """Arguments of `init` with the repository's config and schema, small batches."""
     return ["init", "--config-path", CONFIG, "--schema-path", SCHEMA, "--set", "data.batch_size=16", "--set", "data.test_batch_size=20", *extra]
+
+
+def read_package_data() -> dict[str, list[str]]:
+    """The package data files setup.py installs, by package, as setuptools' build_py lists them."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, distutils.core\n"
+        "build_py = distutils.core.run_setup('setup.py', stop_after='init').get_command_obj('build_py')\n"
+        "build_py.ensure_finalized()\n"
+        "print(json.dumps({package: files for package, _, _, files in build_py.data_files if files}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])

@@ -154,10 +154,10 @@ def test_every_file_the_framework_writes_is_fsynced_then_renamed_into_place(tmp_
 
     logs = {"metrics.jsonl", "verbose.log", ".lock"}
     found = []
-    for folder, _, files in os.walk(lab.path()):
+    for folder, _, names in os.walk(lab.path()):
         if os.path.basename(folder) == "tensorboard":
             continue  # TensorBoard's own event files
-        found += [os.path.join(folder, file) for file in files if file not in logs]
+        found += [os.path.join(folder, name) for name in names if name not in logs]
     # config, data, 2 checkpoints and a release with their 3 records, 1 test report
     assert len(found) == 9, found
     for path in found:

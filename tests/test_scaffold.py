@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import torchexp.scaffold
-from conftest import REPO, snapshot
+from conftest import REPO, read_package_data, snapshot
 from torchexp.cli import main
 
 TEMPLATES = os.path.join(REPO, "torchexp", "templates")
@@ -75,15 +75,7 @@ def test_the_project_builds_a_wheel_holding_its_configuration(project, tmp_path)
 
 
 def test_the_templates_are_installed_as_package_data():
-    script = (
-        "import json, setuptools, distutils.core\n"
-        "build_py = distutils.core.run_setup('setup.py', stop_after='init').get_command_obj('build_py')\n"
-        "build_py.ensure_finalized()\n"
-        "print(json.dumps([files for package, _, _, files in build_py.data_files if package == 'torchexp']))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    (installed,) = json.loads(done.stdout.splitlines()[-1])
+    installed = read_package_data()["torchexp"]
     on_disk = [
         os.path.relpath(os.path.join(folder, name), os.path.join(REPO, "torchexp"))
         for folder, _, names in os.walk(TEMPLATES)

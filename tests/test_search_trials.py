@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import search_project
-from conftest import CONFIG, assert_identical, snapshot
+from conftest import assert_identical, snapshot
 from mnist_classifier.__main__ import cli as mnist_cli
 from search_project import FAIL_NAN, FAIL_RAISE, FLAT, search_args, write_space
 

@@ -9,12 +9,9 @@ files ship with mnist_classifier, whose Runner's serve_page names them.
 
 import base64
 import io
-import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 
@@ -23,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import REPO
+from conftest import REPO, read_package_data
 from mnist_classifier.data import MNISTClassifierData, read_mnist
 from serve_fixtures import NAME, build_app, make_release
 from torchexp.serving.server import GracefulServer, bind_socket, make_uvicorn_config
@@ -194,14 +191,6 @@ def test_drawing_a_real_mnist_digit_shows_its_label(server_url, browser):
 def test_the_page_is_installed_with_mnist_classifier():
     """setup.py ships the page's files as package data of mnist_classifier, beside the
     Runner whose serve_page names them."""
-    script = (
-        "import json, distutils.core\n"
-        "build_py = distutils.core.run_setup('setup.py', stop_after='init').get_command_obj('build_py')\n"
-        "build_py.ensure_finalized()\n"
-        "print(json.dumps({package: files for package, _, _, files in build_py.data_files if files}))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    installed = json.loads(done.stdout.splitlines()[-1])
+    installed = read_package_data()
     assert sorted(installed["mnist_classifier"]) == sorted(f"page/{name}" for name in os.listdir(PAGE_FOLDER))
     assert "torchexp.serving" not in installed

@@ -21,7 +21,6 @@ A search study is a folder holding `study.json` and one experiment per trial; it
 are named `STUDY/trial-0003`.
 """
 
-import dataclasses
 import difflib
 import fnmatch
 import os
@@ -31,7 +30,7 @@ from typing import Any, Iterator
 
 from torchexp import checkpoints
 from torchexp.config import fill_trainer_defaults
-from torchexp.errors import CheckpointError, ExperimentError, TorchexpError
+from torchexp.errors import ExperimentError, TorchexpError
 from torchexp.folder import NAME_PATTERN, Experiment
 from torchexp.files import read_json
 from torchexp.locks import is_locked

@@ -10,7 +10,7 @@ from typing import Any
 
 from torchexp import checkpoints
 from torchexp.config import Config, fill_trainer_defaults
-from torchexp.errors import CheckpointError, ExperimentError
+from torchexp.errors import ExperimentError
 from torchexp.folder import Experiment
 from torchexp.project import load_class
 from torchexp.releases import Epoch, find_weights

@@ -46,7 +46,7 @@ def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:
     found = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",))
     if not found:
         raise CheckpointError(f"experiment {experiment.name!r} has no standard checkpoint yet: train it first")
-    best = find_best([(info.epoch, loss) for info in found if is_number(loss := validation_loss(info))], "min")
+    best = find_best([(info.epoch, loss) for info in found if is_number(loss := validation_loss(info))], MINIMIZE)
     if best is None:
         return found[-1].epoch, "the latest: no epoch was validated"
     epoch, loss = best
