@@ -104,7 +104,8 @@ def train(runner: Runner, device: torch.device, max_epochs: int, log_period: int
                 save_training_checkpoint(runner, precision, signals, "standard", epoch)
                 if signals.requested(runner.world, device):
                     raise TrainingInterrupted(f"training stopped by {signals.name} after epoch {epoch}, which is saved")
-                reason = next((reason for observer in observers if (reason := observer(epoch, {"train": train_metrics, "validation": validation_metrics}))), None)
+                reasons = [observer(epoch, {"train": train_metrics, "validation": validation_metrics}) for observer in observers]
+                reason = next((reason for reason in reasons if reason is not None), None)
                 if reason is not None:
                     runner.logger.info(f"training stopped after epoch {epoch}: {reason}")
                     return Stop(OBSERVER, epoch, max_epochs, reason)
