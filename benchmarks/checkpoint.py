@@ -1,7 +1,7 @@
 """Seconds to save and to load a training checkpoint, against the time of an epoch.
 
 For each configuration (the default: pytorch/examples' CNN with Adadelta), a runner trains
-a short epoch through `Runner.train`, so its state holds everything a real checkpoint
+a short epoch through `torchexp.loop.train`, so its state holds everything a real checkpoint
 holds (model, optimizer state, scheduler, RNG states, history). Then, `--repeats` times,
 interleaved:
 

@@ -2,7 +2,7 @@
 building experiments and runners through torchexp's own API.
 
 Experiments are created with the real `init` command (click's CliRunner) and trained with
-the real `Runner.train`, built the way `train` builds it (`App.make_runner`), so what the
+the real `torchexp.loop.train`, built the way `train` builds it (`Project.make_runner`), so what the
 benchmarks time is the loop users run.
 """
 
@@ -102,7 +102,7 @@ def create_experiment(experiments_path: str, name: str, data_path: str, config_p
 
 
 def make_runner(experiments_path: str, name: str, data_path: str, runner_class: type, data_class: type | None = None) -> Any:
-    """Build a runner the way `train` does (`App.make_runner`), with quiet console logs.
+    """Build a runner the way `train` does (`Project.make_runner`), with quiet console logs.
 
     Args:
         runner_class: the project's Runner or a subclass adding timing hooks.

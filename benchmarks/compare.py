@@ -1,7 +1,7 @@
 """Seconds `compare` takes over 100 experiments, as a whole process and as a library call.
 
 The experiments are real ones, as the framework writes them: one experiment is created by
-`init` (the default config, `trainer.max_epochs=10`), trained 10 epochs by `Runner.train`
+`init` (the default config, `trainer.max_epochs=10`), trained 10 epochs by `torchexp.loop.train`
 on the first --train-samples images (10 iteration lines per epoch in metrics.jsonl, where
 a real default epoch of 48,000 images logs 7 at `train --log-period 100`), released at its
 best epoch and tested. It is then copied 100 times as a learning-rate sweep would leave

@@ -7,7 +7,7 @@ batch 64, fp32, the same seed and the same first `--samples` training images:
                       ToTensor + Normalize per image, a DataLoader (num_workers 0, as
                       that script uses on the CPU), loss.item() every 10 batches
     plain_in_memory   the same loop fed by slicing one normalized float tensor held in memory
-    torchexp          `init` (config.default.json, data.val_split=0) then Runner.train for one
+    torchexp          `init` (config.default.json, data.val_split=0) then torchexp.loop.train for one
                       epoch, as `train` runs it: uint8 tensors normalized per batch, metrics,
                       logs, the epoch's checkpoint
     torchexp_returning_memory
@@ -28,7 +28,7 @@ figures are medians over rounds, and `median_of_round_ratios` compares variants 
 to back, which holds best when other work comes and goes. Process start, imports and data
 loading are not timed. torchexp's epoch is timed from its first
 iteration to the end of its checkpoint; `torchexp_iterations` counts the iterations only,
-and `train_call` the whole Runner.train call (model build and checkpoint included).
+and `train_call` the whole torchexp.loop.train call (model build and checkpoint included).
 
     .venv/bin/python benchmarks/throughput.py
 """
@@ -164,7 +164,7 @@ def run_plain_in_memory(args, samples: int) -> dict:
 def make_torchexp(overrides: list[str], epochs: int = 1):
     """A torchexp variant; the figures are its last epoch's, `first_epoch_seconds` holds the
     first's (with epochs=2, a one-off cost such as compiling shows as their difference),
-    and `train_call_seconds` the whole Runner.train call over every epoch."""
+    and `train_call_seconds` the whole torchexp.loop.train call over every epoch."""
 
     def run_torchexp(args, samples: int) -> dict:
         import torch

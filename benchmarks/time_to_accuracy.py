@@ -9,7 +9,7 @@ with its per-image transforms and DataLoader, then its 10,000-image test pass
 (benchmarks/reference_mnist.py). The ratio is train seconds / reference seconds; the goal
 for the fast preset is at most 0.4 with at least 99.2 % test accuracy.
 
-With --per-epoch, configurations are trained in this process with `Runner.train`, and the
+With --per-epoch, configurations are trained in this process with `torchexp.loop.train`, and the
 test accuracy is measured after every epoch's checkpoint, outside the timed part: seconds
 of training until each target accuracy is first reached. Training seconds of an epoch run
 from the start of its first iteration to the end of its checkpoint; start-up and the test
@@ -115,7 +115,7 @@ def run_config(name: str, config_path: str, args, experiments_path: str) -> None
 
     TimedRunner.targets, TimedRunner.stop_at_targets, TimedRunner.report = args.targets, not args.full, report
     try:
-        # Start-up: Runner.train builds the model before the first epoch_started.
+        # Start-up: torchexp.loop.train builds the model before the first epoch_started.
         loop.train(runner, torch.device("cpu"), epochs, log_period=100)
     finally:
         common.close_runner(runner)
