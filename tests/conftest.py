@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny MNIST IDX files and a CLI runner rooted in tmp_path."""
+"""Shared fixtures: tiny MNIST IDX files, a CLI runner rooted in tmp_path, and no MNIST
+download."""
 
 import os
 import socket
@@ -9,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import mnist_classifier.data
 from mnist_classifier.__main__ import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +42,18 @@ def write_mnist(root: str, train_size: int = 96, test_size: int = 40, seed: int 
         write_idx(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), images)
         write_idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), labels)
     return root
+
+
+MNIST_DOWNLOADS: list[str] = []  # the data paths an MNIST download was asked for
+
+
+def refuse_mnist_download(data_path: str) -> None:
+    """Stand in for `mnist_classifier.data.download_mnist` and fail as torchvision's
+    download fails without network: it makes MNIST/raw, then raises RuntimeError. A test
+    thus never downloads, whether or not the machine reaches the internet."""
+    MNIST_DOWNLOADS.append(data_path)
+    os.makedirs(os.path.join(data_path, "MNIST", "raw"), exist_ok=True)
+    raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: the tests download nothing")
 
 
 def snapshot(root: str) -> dict[str, bytes]:
@@ -89,6 +103,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_mnist_download():
+    """Replace MNIST's download for the whole session, module fixtures included."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mnist_classifier.data, "download_mnist", refuse_mnist_download)
+        yield
+
+
+@pytest.fixture
+def mnist_downloads() -> list[str]:
+    """The data paths MNIST's download is asked for during the test."""
+    MNIST_DOWNLOADS.clear()
+    return MNIST_DOWNLOADS
 
 
 @pytest.fixture
