@@ -1,9 +1,10 @@
-"""Shared fixtures: tiny MNIST IDX files, a CLI runner rooted in tmp_path, and no MNIST
-download."""
+"""Shared fixtures: tiny MNIST IDX files, a CLI runner rooted in tmp_path, no MNIST
+download, and a line read from a process that cannot hang a test."""
 
 import os
 import socket
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -54,6 +55,32 @@ def refuse_mnist_download(data_path: str) -> None:
     MNIST_DOWNLOADS.append(data_path)
     os.makedirs(os.path.join(data_path, "MNIST", "raw"), exist_ok=True)
     raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: the tests download nothing")
+
+
+def read_line(pipe, timeout: float, prefix: str = "") -> str:
+    """Return the first line of a process's text pipe that starts with `prefix`, or fail
+    the test if none comes within `timeout` seconds or before the output ends: a silent
+    or crashed process fails the test with what it printed instead of hanging it.
+
+    A reader thread does the blocking reads, so that a partial line or text buffered in
+    the pipe's file object cannot block the test as `select` plus `readline` could.
+    """
+    found, seen = [], []
+
+    def read() -> None:
+        while line := pipe.readline():
+            seen.append(line)
+            if line.startswith(prefix):
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found:
+        why = f"within {timeout} s" if reader.is_alive() else "before the output ended"
+        pytest.fail(f"no line starting with {prefix!r} {why}; read: {''.join(seen)!r}")
+    return found[0]
 
 
 def snapshot(root: str) -> dict[str, bytes]:

@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import torchexp
 import torchexp.commands.tensorboard
 import mnist_classifier.data
-from conftest import REPO, init_args, refuse_mnist_download, snapshot, write_mnist
+from conftest import REPO, init_args, read_line, refuse_mnist_download, snapshot, write_mnist
 from mnist_classifier.__main__ import cli
 
 README = os.path.join(REPO, "docs", "errors.md")
@@ -297,8 +297,7 @@ def test_tensorboard_stopped_with_sigterm_stops_tensorboard_too(env):
     command = subprocess.Popen([sys.executable, "-c", TENSORBOARD_STAND_IN_SCRIPT, env], stdout=subprocess.PIPE, text=True, cwd=REPO)
     served = None
     try:
-        lines = iter(command.stdout.readline, "")
-        served = int(next(line for line in lines if line.startswith("serving")).split()[1])
+        served = int(read_line(command.stdout, 60, prefix="serving").split()[1])
         command.terminate()
         assert command.wait(timeout=30) == 0
         with pytest.raises(ProcessLookupError):
@@ -483,7 +482,7 @@ def hold_the_lock(root):
         [sys.executable, "-c", HOLD_LOCK, os.path.join(root, "experiments")], stdout=subprocess.PIPE, text=True, cwd=REPO
     )
     HOLDERS.append(holder)
-    assert holder.stdout.readline().strip() == "locked"
+    assert read_line(holder.stdout, 60).strip() == "locked"
     return {"pid": holder.pid}
 
 

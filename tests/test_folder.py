@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import snapshot
+from conftest import read_line, snapshot
 from torchexp.errors import ExperimentError, LockError
 from torchexp.folder import MAX_NAME_LENGTH, Experiment, validate_name
 
@@ -163,7 +163,7 @@ def start_holder(experiment: Experiment) -> subprocess.Popen:
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, experiment.experiments_path], stdout=subprocess.PIPE, text=True, cwd=REPO
     )
-    assert holder.stdout.readline().strip() == "locked"
+    assert read_line(holder.stdout, 60).strip() == "locked"
     return holder
 
 
