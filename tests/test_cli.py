@@ -300,7 +300,7 @@ def test_tensorboard_stopped_with_sigterm_stops_tensorboard_too(env):
         served = int(read_line(command.stdout, 60, prefix="serving").split()[1])
         command.terminate()
         assert command.wait(timeout=30) == 0
-        with pytest.raises(ProcessLookupError):
+        with pytest.raises(ProcessLookupError, match="No such process"):
             os.kill(served, 0)
     finally:
         command.kill()
