@@ -30,17 +30,29 @@ def ensure_mnist(data_path: str) -> None:
     missing = [name for name in RAW_FILES if not os.path.isfile(os.path.join(folder, name))]
     if not missing:
         return
-    from torchvision.datasets import MNIST
-
     created = not os.path.exists(data_path)
     try:
-        MNIST(data_path, train=True, download=True)
+        download_mnist(data_path)
     except Exception as error:  # torchvision raises bare RuntimeError/URLError subclasses
         remove_empty_folders(folder, data_path if created else os.path.join(data_path, "MNIST"))
         raise DataError(
             f"MNIST is not in {folder} and could not be downloaded ({type(error).__name__}): "
             f"put {', '.join(RAW_FILES)} there, or point --data-path at a folder that has MNIST/raw"
         ) from error
+
+
+def download_mnist(data_path: str) -> None:
+    """Download MNIST's four raw files into `data_path`/MNIST/raw with torchvision.
+
+    The one place that reaches the network: the tests replace it, so that no test downloads.
+
+    Raises:
+        Exception: whatever torchvision raises when the download fails (RuntimeError once
+            every mirror failed, URLError...).
+    """
+    from torchvision.datasets import MNIST
+
+    MNIST(data_path, train=True, download=True)
 
 
 def remove_empty_folders(folder: str, stop: str) -> None:

@@ -1,14 +1,17 @@
-"""Shared fixtures: tiny MNIST IDX files and a CLI runner rooted in tmp_path."""
+"""Shared fixtures: tiny MNIST IDX files, a CLI runner rooted in tmp_path, no MNIST
+download, and a line read from a process that cannot hang a test."""
 
 import os
 import socket
 import struct
+import threading
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+import mnist_classifier.data
 from mnist_classifier.__main__ import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +43,44 @@ def write_mnist(root: str, train_size: int = 96, test_size: int = 40, seed: int 
         write_idx(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), images)
         write_idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), labels)
     return root
+
+
+MNIST_DOWNLOADS: list[str] = []  # the data paths an MNIST download was asked for
+
+
+def refuse_mnist_download(data_path: str) -> None:
+    """Stand in for `mnist_classifier.data.download_mnist` and fail as torchvision's
+    download fails without network: it makes MNIST/raw, then raises RuntimeError. A test
+    thus never downloads, whether or not the machine reaches the internet."""
+    MNIST_DOWNLOADS.append(data_path)
+    os.makedirs(os.path.join(data_path, "MNIST", "raw"), exist_ok=True)
+    raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: the tests download nothing")
+
+
+def read_line(pipe, timeout: float, prefix: str = "") -> str:
+    """Return the first line of a process's text pipe that starts with `prefix`, or fail
+    the test if none comes within `timeout` seconds or before the output ends: a silent
+    or crashed process fails the test with what it printed instead of hanging it.
+
+    A reader thread does the blocking reads, so that a partial line or text buffered in
+    the pipe's file object cannot block the test as `select` plus `readline` could.
+    """
+    found, seen = [], []
+
+    def read() -> None:
+        while line := pipe.readline():
+            seen.append(line)
+            if line.startswith(prefix):
+                found.append(line)
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found:
+        why = f"within {timeout} s" if reader.is_alive() else "before the output ended"
+        pytest.fail(f"no line starting with {prefix!r} {why}; read: {''.join(seen)!r}")
+    return found[0]
 
 
 def snapshot(root: str) -> dict[str, bytes]:
@@ -89,6 +130,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_mnist_download():
+    """Replace MNIST's download for the whole session, module fixtures included."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mnist_classifier.data, "download_mnist", refuse_mnist_download)
+        yield
+
+
+@pytest.fixture
+def mnist_downloads() -> list[str]:
+    """The data paths MNIST's download is asked for during the test."""
+    MNIST_DOWNLOADS.clear()
+    return MNIST_DOWNLOADS
 
 
 @pytest.fixture

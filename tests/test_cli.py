@@ -19,7 +19,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import torchexp
 import torchexp.commands.tensorboard
-from conftest import REPO, init_args, snapshot, write_mnist
+import mnist_classifier.data
+from conftest import REPO, init_args, read_line, refuse_mnist_download, snapshot, write_mnist
 from mnist_classifier.__main__ import cli
 
 README = os.path.join(REPO, "docs", "errors.md")
@@ -296,11 +297,10 @@ def test_tensorboard_stopped_with_sigterm_stops_tensorboard_too(env):
     command = subprocess.Popen([sys.executable, "-c", TENSORBOARD_STAND_IN_SCRIPT, env], stdout=subprocess.PIPE, text=True, cwd=REPO)
     served = None
     try:
-        lines = iter(command.stdout.readline, "")
-        served = int(next(line for line in lines if line.startswith("serving")).split()[1])
+        served = int(read_line(command.stdout, 60, prefix="serving").split()[1])
         command.terminate()
         assert command.wait(timeout=30) == 0
-        with pytest.raises(ProcessLookupError):
+        with pytest.raises(ProcessLookupError, match="No such process"):
             os.kill(served, 0)
     finally:
         command.kill()
@@ -482,7 +482,7 @@ def hold_the_lock(root):
         [sys.executable, "-c", HOLD_LOCK, os.path.join(root, "experiments")], stdout=subprocess.PIPE, text=True, cwd=REPO
     )
     HOLDERS.append(holder)
-    assert holder.stdout.readline().strip() == "locked"
+    assert read_line(holder.stdout, 60).strip() == "locked"
     return {"pid": holder.pid}
 
 
@@ -564,13 +564,15 @@ MISTAKES = [
     ),
     Mistake(
         "missing-data-init", "init without the data set (and no network)", ("init",), 5,
-        ("MNIST is not in {root}/empty/MNIST/raw and could not be downloaded",
-         "put train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte there"),
+        ("MNIST is not in {root}/empty/MNIST/raw and could not be downloaded (RuntimeError)",
+         "put train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte there, "
+         "or point --data-path at a folder that has MNIST/raw"),
         name="new", data="empty", setup=make_empty_data,
     ),
     Mistake(
         "missing-data-train", "train without the data set", ("train", "--max-epochs", "4"), 5,
-        ("MNIST is not in {root}/nowhere/MNIST/raw and could not be downloaded",), data="nowhere",
+        ("MNIST is not in {root}/nowhere/MNIST/raw and could not be downloaded (RuntimeError): put train-images-idx3-ubyte",),
+        data="nowhere",
     ),
     Mistake(
         "data-path-is-a-file", "--data-path naming a file", ("init",), 5,
@@ -619,6 +621,30 @@ def test_mistakes_are_explained_in_one_sentence_and_change_nothing(env, mistake)
     assert snapshot(env) == before
 
 
+MISSING_DATA = (
+    "Error: MNIST is not in {folder}/MNIST/raw and could not be downloaded (RuntimeError): put train-images-idx3-ubyte, "
+    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte there, or point --data-path at a folder that has MNIST/raw\n"
+)
+
+
+@pytest.mark.parametrize("command", ["init", "train"])
+def test_missing_data_asks_the_download_seam_and_never_torchvision(env, mnist_downloads, monkeypatch, command):
+    import torchvision.datasets
+
+    started = []
+    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda *args, **kwargs: started.append(args))
+    empty = os.path.join(env, "empty")
+    os.mkdir(empty)
+    before = snapshot(env)
+    args = init_args(*MLP) if command == "init" else ["train", "--max-epochs", "4"]
+    result = run(env, *args, name="new" if command == "init" else "x", data=empty)
+    assert result.exit_code == 5, result.output
+    assert result.output == MISSING_DATA.format(folder=empty)
+    assert mnist_downloads == [empty]  # conftest's stand-in was asked, once, for this folder
+    assert started == []  # torchvision's MNIST, which downloads, was never reached
+    assert snapshot(env) == before  # the MNIST/raw the failed download made is gone
+
+
 def test_errors_table_documents_every_mistake():
     with open(README) as file:
         table = file.read().split(ERRORS_START)[1].split(ERRORS_END)[0]
@@ -639,7 +665,9 @@ def write_errors_table(readme: str) -> None:
     import tempfile
 
     rows = ["| mistake | example command | what the user sees | exit code |", "| --- | --- | --- | --- |"]
-    with tempfile.TemporaryDirectory() as folder:
+    # The download fails as on a machine without network, as in the tests, wherever the table is made.
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mnist_classifier.data, "download_mnist", refuse_mnist_download)
         template = build_template(os.path.join(folder, "template"))
         for mistake in MISTAKES:
             root = os.path.join(folder, mistake.id)

@@ -1,6 +1,8 @@
 """Configuration: loading, overrides, defaults, validation and lookups."""
 
 import json
+import re
+import urllib.request
 
 import pytest
 
@@ -77,6 +79,42 @@ def test_validate_refuses_non_finite_numbers_that_pass_every_bound(value):
 
 def test_validate_accepts_a_valid_config():
     validate_config({"training": {"lr": 0.5, "epochs": 2}}, SMALL_SCHEMA)
+
+
+def test_validate_follows_references_inside_the_schema_and_to_the_meta_schema():
+    schema = {
+        "$id": "https://example.com/root.json",
+        "$defs": {"rate": {"type": "number", "exclusiveMinimum": 0}, "named": {"$id": "named.json", "type": "string"}},
+        "properties": {"lr": {"$ref": "#/$defs/rate"}, "name": {"$ref": "named.json"}, "nested": {"$ref": "https://json-schema.org/draft/2020-12/schema"}},
+    }
+    validate_config({"lr": 0.5, "name": "run", "nested": {"type": "integer"}}, schema)
+    with pytest.raises(ConfigError, match=r"^config is invalid:\n  lr: -1 is less than or equal to the minimum of 0\n  name: 3 is not of type 'string'$"):
+        validate_config({"lr": -1, "name": 3}, schema)
+
+
+@pytest.mark.parametrize("reference", ["https://example.com/schema.json", "file:///etc/hostname", "other.json"])
+def test_validate_refuses_a_reference_outside_the_schema_without_fetching_it(monkeypatch, reference):
+    fetched = []
+
+    def refuse(request, *args, **kwargs):
+        fetched.append(request)
+        raise OSError("the tests reach no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    message = (
+        f"the config schema's $ref '{reference}' is not in the schema: torchexp fetches no schema from files or the network; "
+        "copy what it refers to under $defs"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        validate_config({"data": {}}, {"properties": {"data": {"$ref": reference}}})
+    assert fetched == []
+
+
+@pytest.mark.parametrize("reference", ["#/$defs/missing", "#/properties/data/items", "#missing"])
+def test_validate_names_a_reference_to_nothing_in_the_schema(reference):
+    message = f"the config schema's $ref '{reference}' points to nothing in the schema"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        validate_config({"data": {}}, {"$defs": {"rate": {}}, "properties": {"data": {"$ref": reference}}})
 
 
 def test_fill_defaults_fills_missing_keys_and_nested_sections():

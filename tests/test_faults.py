@@ -21,7 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import CONFIG, REPO, SCHEMA, write_mnist
+from conftest import CONFIG, REPO, SCHEMA, read_line, write_mnist
 from mnist_classifier.__main__ import cli
 from torchexp import checkpoints, files, sidecar
 from torchexp.sidecar import sidecar_path
@@ -299,7 +299,7 @@ def test_a_second_trainer_is_refused_naming_the_holder_and_a_dead_holder_is_take
         [sys.executable, "-c", HOLD_LOCK, lab.experiments, lab.name], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert holder.stdout.readline() == "locked\n"
+        assert read_line(holder.stdout, 60) == "locked\n"
         before = sorted(os.listdir(lab.path("checkpoints")))
         result = lab.invoke("train", "--max-epochs", "3", "--device", "cpu")
         assert_clean_error(result, 7, f"experiment 'x' is in use by process {holder.pid}")

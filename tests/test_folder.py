@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import snapshot
+from conftest import read_line, snapshot
 from torchexp.errors import ExperimentError, LockError
 from torchexp.folder import MAX_NAME_LENGTH, Experiment, validate_name
 
@@ -93,7 +93,7 @@ def test_create_refuses_an_experiments_path_that_is_a_file(tmp_path):
 
 
 def test_create_leaves_nothing_when_a_write_fails(tmp_path):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^Object of type object is not JSON serializable$"):
         Experiment(str(tmp_path / "experiments"), "x").create({"not json": object()}, {})
     assert os.listdir(tmp_path / "experiments") == []
 
@@ -163,7 +163,7 @@ def start_holder(experiment: Experiment) -> subprocess.Popen:
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, experiment.experiments_path], stdout=subprocess.PIPE, text=True, cwd=REPO
     )
-    assert holder.stdout.readline().strip() == "locked"
+    assert read_line(holder.stdout, 60).strip() == "locked"
     return holder
 
 
@@ -214,7 +214,7 @@ def test_a_refused_lock_fails_at_once_instead_of_waiting(tmp_path):
     experiment = created(tmp_path)
     with experiment.lock():
         started = time.perf_counter()
-        with pytest.raises(LockError):
+        with pytest.raises(LockError, match=rf"^experiment 'x' is in use by process {os.getpid()}; wait for it or stop it$"):
             with Experiment(experiment.experiments_path, "x").lock():
                 pass
         assert time.perf_counter() - started < 1

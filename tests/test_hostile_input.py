@@ -9,6 +9,8 @@ import copy
 import itertools
 import json
 import os
+import socket
+import urllib.request
 
 import pytest
 from click.testing import CliRunner
@@ -111,21 +113,21 @@ BAD_CONFIGS = {
     "a string": (b'"config"', "must hold a JSON object, not str"),
     "null": (b"null", "must hold a JSON object, not NoneType"),
     "huge": (b'{"data": {"x": "' + b"a" * 2_000_000 + b'"}}', "more than the 1048576 allowed"),
-    "deeply nested list": (b"[" * 100_000 + b"]" * 100_000, "nested"),
-    "deeply nested object": (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "nested"),
+    "deeply nested list": (b"[" * 100_000 + b"]" * 100_000, "is nested too deeply to read"),
+    "deeply nested object": (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "is nested too deeply to read"),
     "string for an integer": (b'{"data": {"batch_size": "16"}}', "data.batch_size: '16' is not of type 'integer'"),
     "float for an integer": (b'{"data": {"batch_size": 16.5}}', "data.batch_size: 16.5 is not of type 'integer'"),
     "boolean for a number": (b'{"training": {"lr": true}}', "training.lr: True is not of type 'number'"),
     "list for a section": (b'{"training": [1, 2]}', "training: [1, 2] is not of type 'object'"),
     "zero batch": (b'{"data": {"batch_size": 0}}', "data.batch_size: 0 is less than the minimum of 1"),
     "unknown model": (b'{"model": {"name": "resnet"}}', "model.name: 'resnet' is not one of"),
-    "unknown key": (b'{"data": {"batch_sise": 16}}', "batch_sise"),
-    "unknown section": (b'{"optimiser": {}}', "optimiser"),
-    "NaN": (b'{"data": {"val_split": NaN}}', "not a finite number"),
-    "Infinity": (b'{"training": {"lr": Infinity}}', "not a finite number"),
-    "overflowing float": (b'{"training": {"lr": 1e999}}', "not a finite number"),
+    "unknown key": (b'{"data": {"batch_sise": 16}}', "data: Additional properties are not allowed ('batch_sise' was unexpected)"),
+    "unknown section": (b'{"optimiser": {}}', "(top level): Additional properties are not allowed ('optimiser' was unexpected)"),
+    "NaN": (b'{"data": {"val_split": NaN}}', "data.val_split: nan is not a finite number"),
+    "Infinity": (b'{"training": {"lr": Infinity}}', "training.lr: inf is not a finite number"),
+    "overflowing float": (b'{"training": {"lr": 1e999}}', "training.lr: inf is not a finite number"),
     "huge integer": (b'{"data": {"batch_size": ' + b"9" * 5000 + b"}}", "is not valid JSON"),
-    "trainer option of the wrong type": (b'{"trainer": {"grad_accumulation": "2"}}', "trainer.grad_accumulation"),
+    "trainer option of the wrong type": (b'{"trainer": {"grad_accumulation": "2"}}', "trainer.grad_accumulation: '2' is not of type 'integer'"),
 }
 
 
@@ -154,15 +156,22 @@ def test_config_and_schema_paths_that_are_folders_or_missing_are_refused(unchang
         assert_clean_error(result, f"{message} {path} {kind}")
 
 
+REMOTE = (
+    "Error: the config schema's $ref '{ref}' is not in the schema: torchexp fetches no schema from files or the network; "
+    "copy what it refers to under $defs\n"
+)
 BAD_SCHEMAS = {
     "not JSON": (b"{", "is not valid JSON"),
     "a list": (b"[]", "must hold a JSON object"),
     "bad type keyword": (b'{"type": 12}', "is not a valid JSON schema"),
     "properties not an object": (b'{"properties": []}', "is not a valid JSON schema"),
     "bad regex": (b'{"properties": {"data": {"pattern": "("}}}', "is not a valid JSON schema"),
-    "deeply nested": (b'{"not": ' * 50_000 + b"{}" + b"}" * 50_000, "nested"),
-    "local reference to nowhere": (b'{"$ref": "#/$defs/missing"}', "schema"),
-    "remote reference": (b'{"$ref": "https://example.com/schema.json"}', "schema"),
+    "deeply nested": (b'{"not": ' * 50_000 + b"{}" + b"}" * 50_000, "is nested too deeply to read"),
+    "local reference to nowhere": (b'{"$ref": "#/$defs/missing"}', "Error: the config schema's $ref '#/$defs/missing' points to nothing in the schema\n"),
+    "anchor to nowhere": (b'{"$ref": "#missing"}', "Error: the config schema's $ref '#missing' points to nothing in the schema\n"),
+    "remote reference": (b'{"$ref": "https://example.com/schema.json"}', REMOTE.format(ref="https://example.com/schema.json")),
+    "file reference": (b'{"$ref": "file:///etc/hostname"}', REMOTE.format(ref="file:///etc/hostname")),
+    "relative reference": (b'{"properties": {"data": {"$ref": "data.json"}}}', REMOTE.format(ref="data.json")),
 }
 @pytest.mark.parametrize("case", BAD_SCHEMAS)
 def test_invalid_schema_files_are_refused(unchanged, case):
@@ -175,6 +184,37 @@ def test_invalid_schema_files_are_refused(unchanged, case):
     finally:
         os.remove(path)
     assert_clean_error(result, message)
+
+
+@pytest.fixture
+def connections(monkeypatch) -> list:
+    """Every connection attempted through urllib (jsonschema's way to a remote $ref) or a
+    socket, each refused: the list stays empty when nothing reaches for the network."""
+    attempted = []
+
+    def refuse(*args, **kwargs):
+        attempted.append(args[0] if args else kwargs)
+        raise OSError("the tests reach no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", lambda self, *args: refuse(*args))
+    return attempted
+
+
+@pytest.mark.parametrize("case", ["remote reference", "file reference", "relative reference"])
+def test_references_outside_the_schema_are_refused_without_being_fetched(unchanged, connections, case):
+    content, message = BAD_SCHEMAS[case]
+    path = os.path.join(os.path.dirname(unchanged), "schema-remote.json")
+    with open(path, "wb") as file:
+        file.write(content)
+    try:
+        result = invoke(unchanged, "init", "--config-path", CONFIG, "--schema-path", path, name="new")
+    finally:
+        os.remove(path)
+    assert connections == []
+    assert_clean_error(result, message)
+    assert result.output == message and result.exit_code == 2
 
 
 def test_an_integral_float_for_an_integer_trains_or_is_refused_at_init(tmp_path):

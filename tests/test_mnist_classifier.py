@@ -89,6 +89,39 @@ def test_augment_keeps_shapes_and_the_background_value():
     assert torch.allclose(moved, plain, atol=1e-5)  # a blank image stays blank after any affine move
 
 
+def centroid(images: torch.Tensor) -> torch.Tensor:
+    """The (row, column) of each N x 1 x 28 x 28 normalized image's ink."""
+    ink = (images[:, 0] * 0.3081 + 0.1307).clamp(min=0)  # undo normalize: 0 where black
+    rows, columns = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    mass = ink.sum((1, 2))
+    return torch.stack([(ink * rows).sum((1, 2)) / mass, (ink * columns).sum((1, 2)) / mass], 1)
+
+
+def test_augment_moves_each_image_differently_by_a_small_amount_and_repeats_with_the_seed():
+    # One image with an off-centre bar and a dot, eight times: only the random move tells them apart.
+    image = torch.zeros(28, 28, dtype=torch.uint8)
+    image[8:12, 6:20] = 255
+    image[18:21, 16:19] = 200
+    images, labels = image.expand(8, 28, 28).clone(), torch.arange(8)
+    plain, _ = normalize((images, labels))
+    torch.manual_seed(7)
+    first, _ = augment((images, labels))
+    second, _ = augment((images, labels))
+    moved = (first - plain).abs().amax((1, 2, 3))
+    assert (moved > 0.5).all(), moved  # every image moved (one grey level is 0.013 here)
+    for draw in (first, second):
+        for a in range(8):
+            for b in range(a + 1, 8):
+                assert (draw[a] - draw[b]).abs().max() > 0.5, f"images {a} and {b} moved the same"
+    assert ((first - second).abs().amax((1, 2, 3)) > 0.5).all()  # each draw moves them anew
+    # At most 10 degrees and 10 % of scale about the centre, 1.4 pixels of shift on each axis:
+    # this ink, 4 pixels from the centre, moves less than 3 pixels (a flip or a big turn, more).
+    assert (centroid(first) - centroid(plain)).norm(dim=1).max() < 3.5
+    torch.manual_seed(7)
+    again, _ = augment((images, labels))
+    assert torch.equal(again, first)
+
+
 def test_training_images_of_another_size_are_refused(data_path, tmp_path):
     data = data_for(data_path)
     other = write_mnist(str(tmp_path / "other"), train_size=50)

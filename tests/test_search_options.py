@@ -91,7 +91,7 @@ def test_options_made_in_python_are_checked_as_the_command_line_checks_them(make
 
 
 def test_options_are_frozen():
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match=r"^cannot assign to field 'metric'$"):
         StudyOptions().metric = "train.loss"
 
 

@@ -8,10 +8,13 @@ documented the same way.
 import copy
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchexp.errors import ConfigError
 from torchexp.files import read_json
+
+if TYPE_CHECKING:
+    from referencing.exceptions import Unresolvable
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a configuration is a few KiB; larger is a mistake
 
@@ -226,18 +229,44 @@ def validate_config(conf: dict, schema: dict) -> None:
         ConfigError: one line per error, e.g. `training.lr: -1 is less than the minimum of 0`.
     """
     from jsonschema import Draft202012Validator
+    from referencing import Registry
     from referencing.exceptions import Unresolvable
 
+    # Without a registry of its own, jsonschema fetches a `$ref` it does not hold from the
+    # network (or a file URL): a schema refers only to itself, and to the JSON Schema
+    # meta-schemas jsonschema ships.
+    validator = Draft202012Validator(schema, registry=Registry(retrieve=refuse_retrieval))
     try:
-        errors = sorted(Draft202012Validator(schema).iter_errors(conf), key=lambda e: list(map(str, e.absolute_path)))
+        errors = sorted(validator.iter_errors(conf), key=lambda e: list(map(str, e.absolute_path)))
     except Unresolvable as error:
-        raise ConfigError(f"the config schema has a reference that cannot be resolved: {error}") from error
+        raise ConfigError(describe_unresolvable(error)) from error
     lines = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
     # NaN and infinities pass every minimum and maximum (comparisons with NaN are false)
     # and are not JSON, so they are refused whatever the schema says.
     lines += [f"{path}: {value} is not a finite number" for path, value in find_non_finite(conf)]
     if lines:
         raise ConfigError("config is invalid:\n  " + "\n  ".join(lines))
+
+
+def refuse_retrieval(uri: str):
+    """The schema registry's retrieve function: nothing outside the schema is fetched.
+
+    Raises:
+        LookupError: always; referencing turns it into Unresolvable.
+    """
+    raise LookupError(f"{uri} is not in the schema")
+
+
+def describe_unresolvable(error: "Unresolvable") -> str:
+    """The sentence for a `$ref` that resolves to nothing, naming it as the schema writes it."""
+    anchor = getattr(error, "anchor", None)  # NoSuchAnchor's; its ref is the resource's URI
+    if anchor is not None or hasattr(error, "resource"):  # an anchor or a JSON pointer into the schema
+        reference = f"#{anchor if anchor is not None else error.ref}"
+        return f"the config schema's $ref '{reference}' points to nothing in the schema"
+    return (
+        f"the config schema's $ref '{error.ref}' is not in the schema: torchexp fetches no schema "
+        f"from files or the network; copy what it refers to under $defs"
+    )
 
 
 def find_non_finite(node: Any, path: str = "") -> list[tuple[str, float]]:
