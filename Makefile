@@ -31,9 +31,10 @@ test: venv browser
 	$(BIN)/python -m pytest -q
 
 # The tests marked slow (torchrun's --max-restarts recovery, the 12-kill resume): CI runs
-# them after the default suite.
+# them after the default suite, one at a time (-n 0): a restart's Gloo connections need
+# the cores to themselves.
 test-slow: venv
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow -n 0
 
 browser:
 	@if ! { command -v chromium && command -v chromedriver; } > /dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
