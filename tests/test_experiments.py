@@ -324,6 +324,24 @@ def test_load_model_of_an_experiment_without_recorded_classes_says_what_to_pass(
     assert all(torch.equal(model.state_dict()[key], expected[key]) for key in expected)
 
 
+def test_load_model_of_a_project_not_importable_here_names_its_root_and_the_fix(root, tmp_path, monkeypatch):
+    config = os.path.join(root, "experiments", "x", "config.json")
+    definition = read_json(config)
+    assert definition["project_root"] == REPO  # recorded at init: where mnist_classifier came from
+    definition["classes"]["runner"] = "digits.runner:DigitsRunner"
+    definition["project_root"] = str(tmp_path / "digits")
+    write_json(config, definition)
+    (tmp_path / "digits" / "digits").mkdir(parents=True)  # the project's root, seen from above it
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ExperimentError) as caught:
+        experiments_of(root)["x"].load_model()
+    assert str(caught.value) == (
+        f"the project classes of experiment 'x' cannot be imported: digits.runner:DigitsRunner cannot be imported "
+        f"(No module named 'digits.runner'): Python took the folder {tmp_path / 'digits'} for the package 'digits'; "
+        f"the project is in {tmp_path / 'digits'}: install it with pip install -e {tmp_path / 'digits'}, or run from that folder"
+    )
+
+
 def test_load_model_refuses_a_corrupt_checkpoint(root):
     flip_a_byte(os.path.join(root, "experiments", "x", "checkpoints", "2.checkpoint.pt"))
     with pytest.raises(CheckpointError, match="checkpoint 2.checkpoint.pt does not match its SHA-256"):

@@ -93,10 +93,10 @@ def test_a_trial_that_fails_or_diverges_is_failed_with_its_error_and_the_study_g
     assert states == {
         0.1: ("COMPLETE", None),
         FAIL_NAN: ("FAIL", "validation.loss is nan at epoch 1"),
-        FAIL_RAISE: ("FAIL", "RuntimeError: the model blew up"),
+        FAIL_RAISE: ("FAIL", "SearchTestRunner.train_step failed: RuntimeError: the model blew up"),
     }
     assert "failed: validation.loss is nan at epoch 1" in result.output
-    assert "failed: RuntimeError: the model blew up" in result.output
+    assert "failed: SearchTestRunner.train_step failed: RuntimeError: the model blew up" in result.output
     summary = next(line for line in result.output.splitlines() if line.startswith("study study: 3 trials ("))
     assert "1 complete" in summary and "2 failed" in summary
 

@@ -7,6 +7,7 @@ and an exit code here, and nowhere else.
 
 import atexit
 import gc
+import traceback
 from typing import Any
 
 import click
@@ -43,6 +44,9 @@ class TorchexpGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TorchexpError as error:
+            if getattr(ctx.obj, "debug", False):
+                # The cause's traceback too: a ProjectError's is the project's own code.
+                click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
             click.echo(f"Error: {error}", err=True)
             ctx.exit(error.exit_code)
 
@@ -82,12 +86,14 @@ def make_cli(
     @click.option("--experiments-path", default="experiments", show_default=True, help="Folder holding the experiments.")
     @click.option("--data-path", default="data", show_default=True, help="Folder holding (or receiving) the data sets.")
     @click.option("--verbose/--quiet", default=None, help="Show debug logs, or only warnings and errors.  [default: neither]")
+    @click.option("--debug", is_flag=True, help="On an error, show its traceback above its one sentence (verbose.log keeps it anyway).")
     @click.version_option(__version__, prog_name="torchexp")
     @click.pass_context
-    def cli(ctx: click.Context, experiment_name: str | None, experiments_path: str, data_path: str, verbose: bool | None) -> None:
+    def cli(ctx: click.Context, experiment_name: str | None, experiments_path: str, data_path: str, verbose: bool | None, debug: bool) -> None:
         """Experiments with validated configs, exact-resume checkpoints, releases and TensorBoard."""
         verbosity = {None: "normal", True: "verbose", False: "quiet"}[verbose]
         ctx.obj = App(data_class, runner_class, experiment_name, experiments_path, data_path, verbosity)
+        ctx.obj.debug = debug
 
     for command in PROJECT_COMMANDS:
         cli.add_command(command)

@@ -5,7 +5,8 @@ A search creates its trials here too, so that a trial is an experiment like any 
 
 from torchexp.config import Config
 from torchexp.folder import Experiment
-from torchexp.project import Project, check_data_path, check_json_data, load_class, record_versions
+from torchexp.hooks import project_errors
+from torchexp.project import Project, check_data_path, check_json_data, find_project_root, import_project_class, record_versions
 from torchexp.tracking import close_logger, make_logger
 
 
@@ -21,13 +22,21 @@ def init_experiment(project: Project, experiment: Experiment, conf: dict, seed: 
         extra: more JSON data for config.json beside "seed", "versions", "classes" and
             "config" (a search keeps its trial there).
     """
-    definition = {"seed": seed, "versions": record_versions(), "classes": project.classes(), "config": conf, **(extra or {})}
+    definition = {
+        "seed": seed,
+        "versions": record_versions(),
+        "classes": project.classes(),
+        "project_root": find_project_root(project.runner_class),
+        "config": conf,
+        **(extra or {}),
+    }
     check_json_data(definition, "the experiment's definition")
     logger = make_logger(experiment.name, None, project.verbosity)
     try:
         check_data_path(project.data_path)
-        data = load_class(project.data_class)(Config(conf), seed, logger)
-        state = data.create(project.data_path)
+        with project_errors():
+            data = import_project_class(project.data_class)(Config(conf), seed, logger)
+            state = data.create(project.data_path)
         check_json_data(state, "Data.create")
         experiment.create(definition, state)
     finally:

@@ -14,6 +14,13 @@ class Data(abc.ABC):
     experiment's data.json (JSON data only). Every later command finds it in
     `self.state` before calling `load_datasets` and `load_loaders`.
 
+    The inference contract: outside training (`serve`, `export`, `Experiments.load_model`)
+    there is no data set, and torchexp builds Data with `self.state` alone: `load_datasets`
+    and `load_loaders` are not called. Whatever the Runner's `init_model` and serving hooks
+    need from Data must therefore be decided in `create` and kept in the state (a class
+    list, normalization statistics computed once from the training set), or kept in the
+    model's buffers. A hook that reads anything else there gets one sentence naming it.
+
     Attributes:
         config: the experiment's validated configuration.
         seed: the experiment's seed.

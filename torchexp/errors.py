@@ -65,6 +65,12 @@ class MissingExtraError(TorchexpError):
     exit_code = 10
 
 
+class ProjectError(TorchexpError):
+    """One of the project's hooks (its Data's or its Runner's code) raised an exception."""
+
+    exit_code = 11
+
+
 class TrainingInterrupted(TorchexpError):
     """Training stopped on a signal after saving an interrupt checkpoint."""
 

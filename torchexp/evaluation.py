@@ -13,6 +13,7 @@ import torch
 from torchexp import checkpoints
 from torchexp.files import write_json_atomic
 from torchexp.folder import Experiment
+from torchexp.hooks import project_errors
 from torchexp.hparams import write_hparams
 from torchexp.loaders import position_loader, prepare_loaders
 from torchexp.memory import keep_freed_memory_when_configured
@@ -110,7 +111,8 @@ def evaluate_experiment(project: Project, experiment: Experiment, epoch: int | N
     torch_device = resolve_device(device)
     runner = project.make_runner(experiment, experiment.read_definition(), num_workers)
     try:
-        return run_test(runner, torch_device, epoch, release)
+        with project_errors(runner.logger):
+            return run_test(runner, torch_device, epoch, release)
     finally:
         runner.tracker.close()
         close_logger(runner.logger)

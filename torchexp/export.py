@@ -24,8 +24,9 @@ import time
 from typing import Any, Iterable
 
 from torchexp import checkpoints, sidecar
-from torchexp.errors import CheckpointError, DataError, TorchexpError, first_line
+from torchexp.errors import CheckpointError, DataError, ProjectError, TorchexpError, first_line
 from torchexp.folder import Experiment
+from torchexp.hooks import project_errors
 from torchexp.inference import load_runner
 from torchexp.project import Project
 from torchexp.releases import find_release
@@ -68,7 +69,8 @@ def export_experiment(project: Project, experiment: Experiment, epoch: int | Non
     """
     release = find_release(experiment, epoch)
     batches = load_check_batches(project, experiment, check_samples, logger) if fmt == "onnx" else []
-    return export_release(experiment, release, fmt, batches, logger)
+    with project_errors(logger, inference=True):
+        return export_release(experiment, release, fmt, batches, logger)
 
 
 def load_check_batches(project: Project, experiment: Experiment, samples: int, logger: Any) -> list[Any]:
@@ -82,9 +84,10 @@ def load_check_batches(project: Project, experiment: Experiment, samples: int, l
     import torch
 
     try:
-        data = project.make_data(experiment, experiment.read_definition(), logger)
-        data.load_loaders(project.data_path, 0)
-    except DataError as error:
+        with project_errors(logger):
+            data = project.make_data(experiment, experiment.read_definition(), logger)
+            data.load_loaders(project.data_path, 0)
+    except (DataError, ProjectError) as error:
         logger.warning(f"the ONNX check runs on the example instance only: the test set cannot be loaded ({error})")
         return []
     batches, taken = [], 0
@@ -160,7 +163,12 @@ def make_onnx(runner: Any, name: str, release: checkpoints.Checkpoint, check_bat
     except Exception as error:  # the exporter raises many types of its own and of torch.export's
         raise TorchexpError(f"the model of epoch {release.epoch}'s release cannot be exported to ONNX: {first_line(error)}") from error
     content = proto.SerializeToString()
+    check_batches = list(check_batches)
     check = check_onnx(runner.model, make_session(content, torch.get_num_threads()), [example, *check_batches])
+    test_samples = sum(len(batch) for batch in check_batches)
+    # An export is often made where the release is and the data set is not: the sidecar says
+    # what the check could run on.
+    check["inputs"] = f"the example instance and {test_samples} test samples" if test_samples else "the example instance only: no test set"
     if check["tolerance_used"] > 1:
         raise TorchexpError(
             f"the ONNX export of epoch {release.epoch}'s release does not reproduce the model: onnxruntime's outputs differ "
@@ -212,17 +220,23 @@ def check_onnx(model: Any, session: Any, batches: list[Any]) -> dict:
                 used = np.where(same, 0.0, np.nan_to_num(difference / (CHECK_ATOL + CHECK_RTOL * np.abs(expected)), nan=np.inf, posinf=np.inf))
             max_difference = max(max_difference, float(difference.max(initial=0.0)))
             tolerance_used = max(tolerance_used, float(used.max(initial=0.0)))
-            if expected.ndim == 2:
+            if is_class_scores(expected):
                 agree += int((actual.argmax(1) == expected.argmax(1)).sum())
             samples += len(inputs)
     return {
         "samples": samples,
         "max_abs_difference": max_difference,
         "tolerance_used": tolerance_used,
-        "argmax_agreement": agree / samples if expected.ndim == 2 else None,
+        "argmax_agreement": agree / samples if is_class_scores(expected) else None,
         "atol": CHECK_ATOL,
         "rtol": CHECK_RTOL,
     }
+
+
+def is_class_scores(outputs: Any) -> bool:
+    """Whether a batch of outputs holds a score per class (N x classes, more than one class),
+    for which the highest one, the label, is worth comparing."""
+    return outputs.ndim == 2 and outputs.shape[1] > 1
 
 
 def make_safetensors(runner: Any, name: str, release: checkpoints.Checkpoint, state: dict) -> tuple[bytes, dict]:
@@ -275,8 +289,8 @@ def describe_check(check: dict) -> str:
     """Say in a few words what an export's check found."""
     if "round_trip" in check:
         return f"{check['tensors']} tensors load back equal"
-    agreement = "" if check["argmax_agreement"] is None else f", same argmax on {check['argmax_agreement']:.2%}"
-    return f"onnxruntime matches torch on {check['samples']} samples: max |difference| {check['max_abs_difference']:.2g}{agreement}"
+    agreement = "" if check["argmax_agreement"] is None else f", the same label on {check['argmax_agreement']:.2%}"
+    return f"onnxruntime matches torch on {check['inputs']}: max |difference| {check['max_abs_difference']:.2g}{agreement}"
 
 
 def open_onnx_session(path: str, threads: int) -> Any:

@@ -12,18 +12,20 @@ from torchexp import checkpoints
 from torchexp.config import Config, fill_trainer_defaults
 from torchexp.errors import ExperimentError
 from torchexp.folder import Experiment
-from torchexp.project import load_class
+from torchexp.hooks import project_errors
+from torchexp.project import class_spec, describe_import_failure, load_class
 from torchexp.releases import Epoch, find_weights
 from torchexp.tracking import Tracker, make_logger
 
 
-def resolve_classes(experiment: Experiment, record: dict, runner_class: Any, data_class: Any) -> tuple[type, type | None]:
+def resolve_classes(experiment: Experiment, definition: dict, runner_class: Any, data_class: Any) -> tuple[type, type | None]:
     """Return the project's Runner and Data classes: those given, else those `init` recorded.
 
     Raises:
-        ExperimentError: none are given and the experiment predates recorded classes.
+        ExperimentError: none are given and the experiment predates recorded classes, or
+            they cannot be imported here; the message names the project's root and the fix.
     """
-    recorded = record.get("classes") or {}
+    recorded = definition.get("classes") or {}
     runner_class = runner_class or recorded.get("runner")
     data_class = data_class or recorded.get("data")
     if runner_class is None:
@@ -31,31 +33,48 @@ def resolve_classes(experiment: Experiment, record: dict, runner_class: Any, dat
             f"experiment {experiment.name!r} was created before torchexp recorded its project's classes: "
             "pass load_model(runner_class=YourRunner, data_class=YourData)"
         )
+    return import_class(experiment, definition, runner_class), import_class(experiment, definition, data_class) if data_class is not None else None
+
+
+def import_class(experiment: Experiment, definition: dict, spec: Any) -> type:
+    """Import one of the project's classes; say where the project is when it cannot be.
+
+    Raises:
+        ExperimentError: it cannot be imported here.
+    """
     try:
-        return load_class(runner_class), load_class(data_class) if data_class is not None else None
+        return load_class(spec)
     except (ImportError, AttributeError) as error:
-        raise ExperimentError(f"the project classes of experiment {experiment.name!r} cannot be imported: {error}") from error
+        reason = describe_import_failure(class_spec(spec), definition.get("project_root"), error)
+        raise ExperimentError(f"the project classes of experiment {experiment.name!r} cannot be imported: {reason}") from error
 
 
-def make_inference_runner(experiment: Experiment, record: dict, runner_class: Any = None, data_class: Any = None) -> Any:
+def make_inference_runner(experiment: Experiment, definition: dict, runner_class: Any = None, data_class: Any = None) -> Any:
     """Build the project's Runner for inference: no data set loaded, nothing written.
+
+    Its Data holds the state `init` saved (data.json) and nothing else: the inference
+    contract of `torchexp.Data`.
 
     Args:
         experiment: the experiment, which must exist.
-        record: the configuration record the weights were trained with (config.json, or
-            the one a release carries).
+        definition: the definition the weights were trained with (config.json, or the one
+            a release carries).
         runner_class: the Runner class or "module:Class"; default: the one `init` recorded.
         data_class: likewise for Data; None leaves the runner without Data.
+
+    Raises:
+        ProjectError: the project's constructors failed; the message names the one.
     """
-    runner_type, data_type = resolve_classes(experiment, record, runner_class, data_class)
+    runner_type, data_type = resolve_classes(experiment, definition, runner_class, data_class)
     logger = make_logger(f"{experiment.name}.inference", None, "quiet")
-    config = Config(fill_trainer_defaults(record["config"]))
-    data = None
-    if data_type is not None:
-        data = data_type(config, record["seed"], logger)
-        data.state = experiment.read_data_state()
+    config = Config(fill_trainer_defaults(definition["config"]))
     tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path, enabled=False)
-    return runner_type(experiment, config, record["seed"], data, logger, tracker, quiet=True)
+    with project_errors(inference=True):
+        data = None
+        if data_type is not None:
+            data = data_type(config, definition["seed"], logger)
+            data.state = experiment.read_data_state()
+        return runner_type(experiment, config, definition["seed"], data, logger, tracker, quiet=True)
 
 
 def load_inference_runner(
@@ -95,8 +114,8 @@ def load_runner(experiment: Experiment, info: checkpoints.Checkpoint, device: An
     from torchexp.training_state import load_weights
 
     state = info.load()
-    record = state if info.kind == "release" else experiment.read_definition()
-    runner = make_inference_runner(experiment, record, runner_class, data_class)
-    with torch.random.fork_rng(devices=[]):
+    definition = state if info.kind == "release" else experiment.read_definition()
+    runner = make_inference_runner(experiment, definition, runner_class, data_class)
+    with torch.random.fork_rng(devices=[]), project_errors(inference=True):
         load_weights(runner, device, state, info.name)
     return runner, state

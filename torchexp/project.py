@@ -8,14 +8,16 @@ classes are imported from "module:Class" on first use.
 import dataclasses
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
 from typing import Any
 
 from torchexp.config import Config, fill_trainer_defaults
-from torchexp.errors import DataError
+from torchexp.errors import DataError, ProjectError, first_line
 from torchexp.folder import Experiment
+from torchexp.hooks import project_errors
 from torchexp.tracking import Tracker, close_logger, make_logger
 from torchexp.version import __version__
 
@@ -50,7 +52,7 @@ class Project:
             definition: its config.json.
             logger: the experiment's logger.
         """
-        data = load_class(self.data_class)(Config(definition["config"]), definition["seed"], logger)
+        data = import_project_class(self.data_class)(Config(definition["config"]), definition["seed"], logger)
         data.state = experiment.read_data_state()
         check_data_path(self.data_path)
         data.load_datasets(self.data_path)
@@ -73,12 +75,13 @@ class Project:
         log_path, verbosity = (experiment.log_path, self.verbosity) if world.is_main else (None, "quiet")
         logger = make_logger(experiment.name, log_path, verbosity)
         try:
-            data = self.make_data(experiment, definition, logger)
-            data.load_loaders(self.data_path, num_workers)
-            tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path, enabled=world.is_main)
-            config = Config(fill_trainer_defaults(definition["config"]))
-            runner_class = load_class(self.runner_class)
-            return runner_class(experiment, config, definition["seed"], data, logger, tracker, verbosity == "quiet", world=world)
+            with project_errors(logger):
+                data = self.make_data(experiment, definition, logger)
+                data.load_loaders(self.data_path, num_workers)
+                tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path, enabled=world.is_main)
+                config = Config(fill_trainer_defaults(definition["config"]))
+                runner_class = import_project_class(self.runner_class)
+                return runner_class(experiment, config, definition["seed"], data, logger, tracker, verbosity == "quiet", world=world)
         except BaseException:
             # The caller only closes the logger of a runner it got.
             close_logger(logger)
@@ -93,11 +96,65 @@ def load_class(spec: ClassSpec) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def import_project_class(spec: ClassSpec) -> type:
+    """Return a project's class, importing it from "module:Class" on first use.
+
+    Raises:
+        ProjectError: the project's module fails to import (a syntax error, a missing
+            dependency), or has no such class; the message names both.
+    """
+    try:
+        return load_class(spec)
+    except Exception as error:  # a module's top-level code may raise anything
+        raise ProjectError(f"the project's class {class_spec(spec)} cannot be imported: {type(error).__name__}: {first_line(error)}") from error
+
+
 def class_spec(spec: ClassSpec) -> str:
     """Return "module:Class" for a class or a spec, as config.json and releases record it."""
     if isinstance(spec, str):
         return spec
     return f"{spec.__module__}:{spec.__qualname__}"
+
+
+def find_project_root(spec: ClassSpec) -> str | None:
+    """The folder that holds the top-level package of a class's module: the project's root
+    (where its pyproject.toml is, for a project `torchexp create` wrote), or None when
+    Python cannot find it. The package is located, not imported."""
+    module = spec.__module__ if isinstance(spec, type) else spec.partition(":")[0]
+    top = module.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    locations = list(found.submodule_search_locations or []) if found is not None else []
+    path = locations[0] if locations else getattr(found, "origin", None)
+    if not path or not os.path.exists(path):
+        return None
+    return os.path.dirname(os.path.abspath(path))
+
+
+def describe_import_failure(spec: str, project_root: str | None, error: Exception) -> str:
+    """Why a project's class cannot be imported, and what to do, in one sentence.
+
+    Args:
+        spec: the class, "module:Class".
+        project_root: where the project was at init (`find_project_root`), if known.
+        error: the ImportError or AttributeError.
+    """
+    top = spec.partition(":")[0].split(".")[0]
+    reason = f"{spec} cannot be imported ({error})"
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    if found is not None and found.origin is None and found.submodule_search_locations:
+        # A folder named like the package, without __init__.py, is taken for a namespace
+        # package: the project's own root, when a script runs from the folder above it.
+        shadow = list(found.submodule_search_locations)[0]
+        reason += f": Python took the folder {shadow} for the package {top!r}"
+    if project_root:
+        return f"{reason}; the project is in {project_root}: install it with pip install -e {project_root}, or run from that folder"
+    return f"{reason}: install the project's package, or run from the folder that holds it"
 
 
 def check_data_path(data_path: str) -> None:

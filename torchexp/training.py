@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 from torchexp import checkpoints
 from torchexp.errors import CheckpointError, LockError, TrainingInterrupted, first_line
 from torchexp.folder import Experiment
+from torchexp.hooks import project_errors
 from torchexp.metrics import FAILED, INTERRUPTED, Stop
 from torchexp.project import Project
 from torchexp.tracking import close_logger
@@ -104,7 +105,8 @@ def train_recording_stop(runner: Any, device: Any, max_epochs: int, log_period: 
     from torchexp.loop import train
 
     try:
-        stop = train(runner, device, max_epochs, log_period, epoch, observers)
+        with project_errors(runner.logger):
+            stop = train(runner, device, max_epochs, log_period, epoch, observers)
     except TrainingInterrupted as error:
         runner.tracker.log_stop(Stop(INTERRUPTED, runner.counters["epoch"], max_epochs, str(error)))
         raise

@@ -33,6 +33,7 @@ class App:
         self.project = Project(data_class, runner_class, data_path, verbosity)
         self.experiment_name = experiment_name
         self.experiments_path = experiments_path
+        self.debug = False  # --debug: an error's traceback above its sentence
 
     @property
     def data_path(self) -> str:

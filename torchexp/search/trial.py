@@ -12,7 +12,7 @@ from typing import Any
 
 from torchexp import checkpoints
 from torchexp.creation import init_experiment
-from torchexp.errors import ConfigError, TorchexpError, first_line
+from torchexp.errors import ConfigError, ProjectError, TorchexpError, first_line
 from torchexp.folder import Experiment
 from torchexp.metrics import EARLY_STOPPING, find_best, is_number, parse_metric, read_last_stop
 from torchexp.search.options import flag
@@ -126,9 +126,12 @@ def train_trial(search: Search, work: Work) -> Outcome:
     run = search.run
     try:
         train_experiment(search.project, experiment, run.device, run.num_workers, work.target_epochs, run.log_period, epoch_observers=(reporter,))
+    except ProjectError as error:  # the trial's own failure (a bug, a numerical error): the study goes on
+        search.logger.debug(f"trial {work.number} failed", exc_info=True)
+        return Outcome("failed", str(error))
     except TorchexpError:
         raise
-    except Exception as error:  # the trial's own failure (a bug, a numerical error): the study goes on
+    except Exception as error:  # torchexp's own bug, in this trial only: the study goes on
         search.logger.debug(f"trial {work.number} failed", exc_info=True)
         return Outcome("failed", f"{type(error).__name__}: {first_line(error)}")
     return reporter.outcome or Outcome("trained")

@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable
 
 from torchexp.errors import first_line
+from torchexp.hooks import describe_failure
 from torchexp.serving.metrics import ServerMetrics
 from torchexp.serving.pipeline import Pipeline, RequestError
 
@@ -200,8 +201,9 @@ class Batcher:
         """Return a RequestError for `error`; anything else than one is a server fault, logged."""
         if isinstance(error, RequestError):
             return error
-        self.logger.error(f"{what}: {type(error).__name__}: {first_line(error)}", exc_info=error)
-        return RequestError(500, f"{what}: {first_line(error)}")
+        hook = describe_failure(error, inference=True)
+        self.logger.error(f"{what}: {hook or f'{type(error).__name__}: {first_line(error)}'}", exc_info=error)
+        return RequestError(500, f"{what}: {hook or first_line(error)}")
 
     def resolve(self, job: Job, result: bytes | None = None, error: RequestError | None = None) -> None:
         """Hand a job's answer to its event loop; a client that went away is skipped."""
@@ -221,7 +223,7 @@ class Batcher:
 
     def refuse_all(self, error: Exception) -> None:
         """After a failed warm-up: report it, then answer every request with 503 until STOP."""
-        self.failure = f"warm-up with the project's serve_example failed: {first_line(error)}"
+        self.failure = f"warm-up with the project's serve_example failed: {describe_failure(error, inference=True) or first_line(error)}"
         self.logger.error(self.failure, exc_info=error)
         if self.on_failure is not None:
             self.on_failure(self.failure)

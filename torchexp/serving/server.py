@@ -65,6 +65,20 @@ def serve_release(experiment: Experiment, options: ServeOptions, announce: Calla
         raise TorchexpError(f"serve stopped: {server.failure}")
 
 
+def make_app(experiment: Experiment, options: ServeOptions = ServeOptions(), logger: logging.Logger | None = None) -> Any:
+    """Return the FastAPI app `serve` runs on the experiment's release (`options.epoch`'s, or
+    the latest), not started: FastAPI's TestClient starts it, which is how a project's tests
+    ask its release for predictions, and an application of your own may mount it.
+
+    Raises:
+        CheckpointError: the release (or its ONNX export) is missing or corrupt.
+        ProjectError: the project's hooks failed to build the model.
+    """
+    release = find_release(experiment, options.epoch)
+    logger = logger or make_logger(f"{experiment.name}.serve", None, "quiet")
+    return load_app(experiment, release, options, choose_threads(options.threads), logger)
+
+
 def load_app(experiment: Experiment, release: checkpoints.Checkpoint, options: ServeOptions, threads: int, logger: logging.Logger) -> Any:
     """Load the release and return the FastAPI app serving it; its batcher is `app.state.batcher`.
 
