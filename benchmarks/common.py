@@ -51,11 +51,11 @@ def machine() -> dict[str, Any]:
     """What the figures depend on: the CPU and its vector extensions, load, threads, versions."""
     import torch
 
-    from torchexp.precision import describe_cpu
+    from torchexp.precision import describe_cpu, read_cpu_model
 
     load = os.getloadavg()
     return {
-        "cpu": cpu_model(),
+        "cpu": read_cpu_model(),
         "cpu_flags": describe_cpu(),
         "cpus": os.cpu_count(),
         "load_avg_1_5_15": [round(value, 2) for value in load],
@@ -64,18 +64,6 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "cuda": torch.cuda.is_available(),
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def median(values: list[float]) -> float:

@@ -177,7 +177,8 @@ def imports_torch(command: list[str]) -> bool:
 def time_library(experiments: str, repeats: int) -> None:
     """In this (fresh) process: time the imports, then `build_table` with each format."""
     started = time.perf_counter()
-    from torchexp.compare import build_table, format_json, format_text
+    from torchexp.compare import build_table
+    from torchexp.tables import format_json, format_text
     from torchexp.experiments import Experiments
 
     import_seconds = time.perf_counter() - started

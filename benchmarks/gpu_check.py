@@ -205,10 +205,12 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from torchexp.precision import read_cpu_model
+
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(json.dumps({"benchmark": "gpu_check", "skipped": "this machine has no CUDA device: nothing to check"}))
         return
-    device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else common.cpu_model()
+    device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else read_cpu_model()
     common.emit({"benchmark": "gpu_check", "device": device_name, "machine": common.machine()})
     with tempfile.TemporaryDirectory(prefix="torchexp-gpu-check-") as experiments_path:
         check = Check(args, experiments_path)

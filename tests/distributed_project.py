@@ -45,6 +45,13 @@ class ProjectRunner(torchexp.Runner):
 
     def train_step(self, batch, device):
         inputs, targets, indexes = batch
+        # TORCHEXP_TEST_DIE_AT_STEP=S: the step before S takes 0.1 s on every rank, so that
+        # a short checkpoint clock falls due there; then rank 1 kills itself at step S, once.
+        step = self.counters["step"] + 1
+        if step + 1 == int(os.environ.get("TORCHEXP_TEST_DIE_AT_STEP", "0")):
+            time.sleep(0.1)
+        if os.environ.get("RANK") == "1" and step == int(os.environ.get("TORCHEXP_TEST_DIE_AT_STEP", "0")):
+            self.die_once()
         self.record_seen(indexes)
         rank = float(os.environ.get("RANK", "0"))
         return {"loss": F.mse_loss(self.model(inputs), targets), "rank": torch.tensor(rank)}
@@ -59,14 +66,19 @@ class ProjectRunner(torchexp.Runner):
         epoch = self.counters["epoch"] + 1
         if os.environ.get("RANK") != "1":
             return
+        if epoch == int(os.environ.get("TORCHEXP_TEST_DIE_AT", "0")):
+            self.die_once()
+        if epoch == int(os.environ.get("TORCHEXP_TEST_HANG_AT", "0")):
+            signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(1))  # when torchrun stops the run
+            while True:
+                time.sleep(0.05)
+
+    def die_once(self) -> None:
+        """SIGKILL this process, unless an earlier run of the test died already."""
         marker = os.path.join(self.experiment.experiments_path, "died")
-        if epoch == int(os.environ.get("TORCHEXP_TEST_DIE_AT", "0")) and not os.path.exists(marker):
+        if not os.path.exists(marker):
             open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
-        if epoch == int(os.environ.get("TORCHEXP_TEST_HANG_AT", "0")):
-            while self.stop_signal is None:  # until torchrun stops the run
-                time.sleep(0.05)
-            os._exit(1)
 
     def record_seen(self, indexes: torch.Tensor) -> None:
         path = os.path.join(self.experiment.experiments_path, f"seen-{os.environ.get('RANK', '0')}.txt")

@@ -15,7 +15,8 @@ import torchexp
 from conftest import REPO, init_args, snapshot, write_mnist
 from mnist_classifier.__main__ import cli as project_cli
 from torchexp.cli import main
-from torchexp.compare import build_table, format_text
+from torchexp.compare import build_table
+from torchexp.tables import format_text
 
 LOSSES = {"lr-0.1": [0.9, 0.3, 0.5], "lr-1": [0.8, 0.6, 0.4], "lr-10": [2.0, 2.5]}
 
@@ -84,22 +85,24 @@ def test_the_table_shows_the_keys_that_differ_and_each_experiments_metrics(exper
     output = compare(experiments).stdout
     header = output.split("─")[0]
     assert header.splitlines() == [  # not a terminal: no width limit, only the long metric headers wrap
-        "                                   best        best",
-        "                             validation  validation                 train       test",
-        "name    training.lr  epochs        loss    accuracy  train loss  accuracy   accuracy  test loss  state",
+        "                                            best        best",
+        "                                      validation  validation                 train       test",
+        "name    training.lr  epochs  disk MB        loss    accuracy  train loss  accuracy   accuracy  test loss  state",
     ]
     assert "model" not in header and "max_epochs" not in header  # the same everywhere
     rows = table_rows(output)
     assert list(rows) == ["lr-0.1", "lr-1", "lr-10"]
-    assert rows["lr-0.1"].split()[:3] == ["lr-0.1", "0.1", "3"]
+    assert rows["lr-0.1"].split()[:4] == ["lr-0.1", "0.1", "3", "0"]  # under 0.05 MB of JSON
     assert "0.3 @2" in rows["lr-0.1"] and "0.9 @2" in rows["lr-0.1"]  # best loss and accuracy, at epoch 2
     assert "0.4 @3" in rows["lr-1"]
     assert rows["lr-0.1"].endswith("finished") and rows["lr-10"].endswith("interrupted")
     assert "0.8857 @3" in rows["lr-1"] and "0.44 @3" in rows["lr-1"]  # test accuracy 1 - 0.4 / 3.5, loss 0.4 * 1.1
 
 
-def test_all_shows_every_config_key(experiments):
-    assert set(compare_json(experiments, "--all")[0]["config"]) == {"model.name", "training.lr", *(f"trainer.{key}" for key in torchexp.config.TRAINER_SCHEMA["properties"])}
+def test_all_shows_every_config_key_and_the_provenance(experiments):
+    provenance = {f"provenance.{key}" for key in ("code", "data", "python", "torch", "cuda", "cpu", "gpu")}
+    trainer = {f"trainer.{key}" for key in torchexp.config.TRAINER_SCHEMA["properties"]}
+    assert set(compare_json(experiments, "--all")[0]["config"]) == {"model.name", "training.lr", *trainer, *provenance}
     assert list(compare_json(experiments)[0]["config"]) == ["training.lr"]
 
 
@@ -107,7 +110,9 @@ def test_json_rows_hold_name_config_epochs_best_train_test_and_state(experiments
     rows = compare_json(experiments)
     assert [row["name"] for row in rows] == ["lr-0.1", "lr-1", "lr-10"]
     first = rows[0]
-    assert set(first) == {"name", "state", "epochs", "max_epochs", "config", "best", "train", "test", "problem"}
+    assert set(first) == {"name", "state", "epochs", "max_epochs", "disk_bytes", "config", "best", "train", "test", "problem"}
+    folder = os.path.join(experiments, "lr-0.1")
+    assert first["disk_bytes"] == sum(os.path.getsize(os.path.join(path, name)) for path, _, names in os.walk(folder) for name in names)
     assert first["config"] == {"training.lr": 0.1} and first["epochs"] == 3 and first["max_epochs"] == 3
     assert first["best"] == {"validation": {"loss": {"value": 0.3, "epoch": 2}, "accuracy": {"value": 0.9, "epoch": 2}}}
     assert first["train"] == {"loss": 0.25, "accuracy": 0.875, "lr": 0.1}  # the last epoch's
@@ -128,9 +133,9 @@ def test_csv_has_full_precision_numbers_and_an_epoch_column_per_metric(experimen
 def test_markdown_is_a_github_table_with_numbers_aligned_right(experiments):
     write_experiment(experiments, "odd", 1.0, [0.5], model="a|b")
     lines = compare(experiments, "--md").stdout.splitlines()
-    assert lines[0].startswith("| name | model.name | training.lr | epochs | best validation loss |")
-    assert lines[1].startswith("|---|---|---:|---:|---:|")
-    assert lines[2].startswith("| lr-0.1 | cnn | 0.1 | 3 | 0.3 @2 |")
+    assert lines[0].startswith("| name | model.name | training.lr | epochs | disk MB | best validation loss |")
+    assert lines[1].startswith("|---|---|---:|---:|---:|---:|")
+    assert lines[2].startswith("| lr-0.1 | cnn | 0.1 | 3 | 0 | 0.3 @2 |")
     assert any(line.startswith("| odd | a\\|b |") for line in lines)
     assert all(line.count(" | ") == lines[0].count(" | ") for line in lines[2:] if "a\\|b" not in line)
 
@@ -150,7 +155,7 @@ def test_the_text_table_wraps_headers_and_cuts_text_to_fit_a_terminal(experiment
     assert [line.split() for line in header] == [
         ["best", "best"],
         ["validation", "validation", "train", "test"],
-        ["name", "model.name", "training.lr", "epochs", "loss", "accuracy", "train", "loss", "accuracy", "accuracy", "test", "loss", "state"],
+        ["name", "model.name", "training.lr", "epochs", "disk", "MB", "loss", "accuracy", "train", "loss", "accuracy", "accuracy", "test", "loss", "state"],
     ]
 
 

@@ -208,6 +208,8 @@ def test_load_schema_adds_the_trainer_section(tmp_path):
         "grad_clip_norm": None,
         "keep_freed_memory": True,
         "early_stopping_patience": None,
+        "checkpoint_every_minutes": 30,
+        "keep_checkpoints": None,
         "max_epochs": 10,
         "deterministic": False,
     }

@@ -14,26 +14,27 @@ import torch.distributed as dist
 from click.testing import CliRunner
 
 import torchexp.distributed
+from conftest import assert_identical
 from torchexp.distributed import World, any_across, join, leave, map_device, read_world, sum_across
 from torchexp.errors import DeviceError, DistributedError
 
 PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_project.py")
 
 
-def run_project(tmp_path, *args: str, processes: int = 0, restarts: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_project(tmp_path, *args: str, processes: int = 0, restarts: int = 0, env: dict | None = None, name: str = "d") -> subprocess.CompletedProcess:
     """Run the test project, under torchrun with `processes` workers when it is non-zero."""
     launcher = [sys.executable]
     if processes:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", f"--max-restarts={restarts}"]
-    command = [*launcher, PROJECT, "--experiments-path", str(tmp_path / "experiments"), "--experiment-name", "d", *args]
+    command = [*launcher, PROJECT, "--experiments-path", str(tmp_path / "experiments"), "--experiment-name", name, *args]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHEXP_TIMEOUT_S": "60", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
 
 
-def init_project(tmp_path) -> None:
+def init_project(tmp_path, *settings: str, name: str = "d") -> None:
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "schema.json").write_text('{"type": "object"}')
-    result = run_project(tmp_path, "init", "--config-path", str(tmp_path / "config.json"), "--schema-path", str(tmp_path / "schema.json"))
+    result = run_project(tmp_path, "init", "--config-path", str(tmp_path / "config.json"), "--schema-path", str(tmp_path / "schema.json"), *settings, name=name)
     assert result.returncode == 0, result.stderr
 
 
@@ -76,7 +77,6 @@ def test_two_gloo_processes_shard_reduce_write_once_and_resume(tmp_path):
     assert [entry["epoch"] for entry in read_metrics(tmp_path, "train")] == [1, 2, 3]
 
 
-@pytest.mark.slow  # a restart re-forms the Gloo mesh, whose connect retries can run out on a loaded 2-core machine
 def test_a_dead_rank_is_restarted_by_torchrun_from_the_last_checkpoint(tmp_path):
     init_project(tmp_path)
     result = run_project(tmp_path, "train", "--max-epochs", "3", "--device", "cpu", processes=2, restarts=1, env={"TORCHEXP_TEST_DIE_AT": "2"})
@@ -84,6 +84,22 @@ def test_a_dead_rank_is_restarted_by_torchrun_from_the_last_checkpoint(tmp_path)
     assert (tmp_path / "experiments" / "died").exists()
     assert "resumed from 1.checkpoint.pt" in result.stderr
     assert (tmp_path / "experiments" / "d" / "checkpoints" / "3.checkpoint.pt").exists()
+
+
+def test_a_rank_killed_mid_epoch_is_restarted_from_the_mid_epoch_checkpoint_and_ends_bit_identical(tmp_path):
+    """torchrun --max-restarts restarts both ranks when one is SIGKILLed; with the checkpoint
+    clock on, they resume mid-epoch, and the end equals a run that never failed."""
+    clock = ("--set", "trainer.checkpoint_every_minutes=0.0005")  # 30 ms: a mid-epoch checkpoint most steps
+    init_project(tmp_path, *clock)
+    init_project(tmp_path, *clock, name="straight")
+    result = run_project(tmp_path, "train", "--max-epochs", "3", "--device", "cpu", processes=2, restarts=3, env={"TORCHEXP_TEST_DIE_AT_STEP": "11"})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "experiments" / "died").exists()
+    assert "resumed from 3.checkpoint.interrupt.pt: 2 epochs done" in result.stderr  # step 11 of 12: epoch 3, mid-way
+    straight = run_project(tmp_path, "train", "--max-epochs", "3", "--device", "cpu", processes=2, name="straight")
+    assert straight.returncode == 0, straight.stderr
+    final = [torch.load(tmp_path / "experiments" / name / "checkpoints" / "3.checkpoint.pt", weights_only=True) for name in ("d", "straight")]
+    assert_identical(final[0], final[1])
 
 
 def test_a_dead_rank_without_restarts_ends_the_run_and_the_next_resumes(tmp_path):
@@ -176,7 +192,7 @@ def test_failing_to_join_the_group_is_a_distributed_error(monkeypatch):
     def time_out(*args, **kwargs):
         raise dist.DistStoreError("wait timeout after 10000ms, keys: /default_pg/0//cpu//0")
 
-    monkeypatch.setattr(dist, "init_process_group", time_out)
+    monkeypatch.setattr(dist, "rendezvous", time_out)  # where the store's wait times out
     monkeypatch.setenv("TORCHEXP_TIMEOUT_S", "10")
     with pytest.raises(DistributedError, match=r"^rank 1 could not join the other 3 training processes within 10 s: wait timeout"):
         join(World(rank=1, local_rank=1, size=4), torch.device("cpu"))

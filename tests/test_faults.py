@@ -152,7 +152,7 @@ def test_every_file_the_framework_writes_is_fsynced_then_renamed_into_place(tmp_
             target = target.replace(stage, final)
         written[target] = True
 
-    logs = {"metrics.jsonl", "verbose.log", ".lock"}
+    logs = {"metrics.jsonl", "provenance.jsonl", "verbose.log", ".lock"}  # appended logs, and the lock
     found = []
     for folder, _, names in os.walk(lab.path()):
         if os.path.basename(folder) == "tensorboard":

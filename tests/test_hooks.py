@@ -8,7 +8,6 @@ from click.testing import CliRunner
 
 import torchexp
 from torchexp.cli import make_cli
-from torchexp.errors import ProjectError
 
 SCHEMA = {"type": "object", "properties": {"training": {"type": "object", "default": {}, "properties": {"lr": {"type": "number", "default": 0.5}}}}}
 

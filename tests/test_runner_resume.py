@@ -55,8 +55,8 @@ def invoke(world: World, name: str, *args: str):
     return CliRunner().invoke(cli, [*base_args(world, name), *args], catch_exceptions=False)
 
 
-def init(world: World, name: str) -> None:
-    settings = [item for setting in INIT_SETTINGS for item in ("--set", setting)]
+def init(world: World, name: str, *extra: str) -> None:
+    settings = [item for setting in (*INIT_SETTINGS, *extra) for item in ("--set", setting)]
     result = invoke(world, name, "init", "--config-path", CONFIG, "--schema-path", SCHEMA, "--seed", "3", *settings)
     assert result.exit_code == 0, result.output
 
@@ -450,3 +450,76 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(world,
     with open(metrics, encoding="utf-8") as file:
         epochs = [entry["epoch"] for entry in map(json.loads, file) if entry["kind"] == "train"]
     assert epochs == list(range(1, EPOCHS + 1))
+
+
+def test_sigkill_after_a_clock_checkpoint_resumes_from_it_and_ends_as_the_uninterrupted_run(world, tmp_path):
+    """trainer.checkpoint_every_minutes writes mid-epoch checkpoints; a SIGKILL mid-epoch 2
+    then costs only the steps since the last one, and the end is bit-identical."""
+    name = "clocked"
+    init(world, name, "trainer.checkpoint_every_minutes=0.002")  # every 0.12 s: several per epoch
+    folder = experiment_path(world, name, "checkpoints")
+    interrupt = os.path.join(folder, checkpoints.make_filename(2, "interrupt"))
+    args = ["train", "--max-epochs", str(EPOCHS), "--log-period", "1", "--device", "cpu"]
+    process = subprocess.Popen(command(world, name, *args), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (read_sidecar(interrupt) or {}).get("iteration", 0) >= 10:
+        assert process.poll() is None and time.monotonic() < deadline, "no mid-epoch checkpoint of epoch 2 came"
+        time.sleep(0.001)
+    process.kill()
+    process.wait()
+    saved = checkpoints.find_resume_checkpoint(folder)[0]
+    assert saved.kind == "interrupt" and saved.epoch == 2 and saved.sidecar["iteration"] >= 10
+    result = run_cli(world, name, *args)
+    assert result.returncode == 0, result.stderr
+    assert f"resumed from 2.checkpoint.interrupt.pt: 1 epochs done" in result.stderr
+    assert checkpoints.list_checkpoints(folder, ("interrupt",)) == []  # retired by the epoch's own
+    assert_same_as_reference(world, name)
+
+
+def test_sigkill_across_saves_removals_and_verify_loses_nothing_and_every_checkpoint_verifies(world):
+    """trainer.keep_checkpoints=2 removes a checkpoint after every epoch from the third, and
+    the clock saves mid-epoch ones: kills land in writes and removals (seeded moments), and
+    one in verify."""
+    name = "kept"
+    init(world, name, "trainer.keep_checkpoints=2", "trainer.checkpoint_every_minutes=0.003")
+    folder = experiment_path(world, name, "checkpoints")
+    metrics = experiment_path(world, name, "metrics.jsonl")
+    rng = random.Random(17)
+    args = ["train", "--max-epochs", str(EPOCHS), "--log-period", "1", "--device", "cpu"]
+    progress = (0, 0)
+    for attempt in range(4):
+        process = subprocess.Popen(command(world, name, *args), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_and_kill(process, "random", 0, (rng.randint(PER_EPOCH // 2, PER_EPOCH * 2), rng.uniform(0, 0.05)), folder, {}, metrics):
+            break
+        listed = checkpoints.list_checkpoints(folder)
+        for item in listed:
+            if item.sidecar is not None:
+                item.verify()  # what is listed with its sidecar is whole
+        resume, _ = checkpoints.find_resume_checkpoint(folder)
+        assert resume is not None or progress == (0, 0), f"kill {attempt + 1} left no checkpoint to resume from: {os.listdir(folder)}"
+        if resume is not None:
+            assert resume.progress >= progress, "a kill took the last good checkpoint"
+            progress = resume.progress
+    verifying = subprocess.Popen(command(world, name, "verify", "--device", "cpu"), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(1.0, 3.0))  # somewhere in start-up or the re-run: verify writes only its own line
+    verifying.kill()
+    verifying.wait()
+    result = run_cli(world, name, *args)
+    assert result.returncode == 0, result.stderr
+    assert_same_as_reference_at_the_end(world, name)
+    names = os.listdir(folder)
+    losses = [entry["metrics"]["loss"] for entry in map(json.loads, open(metrics, encoding="utf-8")) if entry["kind"] == "validation"]
+    best = min(range(EPOCHS), key=lambda index: (losses[index], index)) + 1
+    assert {item.epoch for item in checkpoints.list_checkpoints(folder)} == {3, 4, best}
+    assert not [name for name in names if name.startswith(".")], names
+    for item in checkpoints.list_checkpoints(folder):
+        item.verify()
+    verified = run_cli(world, name, "verify", "--device", "cpu")
+    assert verified.returncode == 0 and verified.stdout.startswith("epoch 4: bit-identical ("), verified.stdout + verified.stderr
+
+
+def assert_same_as_reference_at_the_end(world: World, name: str) -> None:
+    """The run's final checkpoint equals the reference's, and so do the epochs' metrics."""
+    final = checkpoints.make_filename(EPOCHS, "standard")
+    assert_identical(load_checkpoint_file(world, name, final), load_checkpoint_file(world, "straight", final))
+    assert iteration_metrics(world, name) == iteration_metrics(world, "straight")

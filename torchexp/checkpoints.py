@@ -28,8 +28,9 @@ KINDS = ("standard", "release", "interrupt")
 # No leading zeros: every name parse_filename accepts is the one make_filename writes.
 FILENAME_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.checkpoint(?:\.(?P<kind>release|interrupt))?\.pt")
 
-# What storage.write_atomic names its temporary file: .<target>.<random>.tmp
+# What files.write_atomic names its temporary file: .<target>.<random>.tmp
 TEMPORARY_PATTERN = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]+\.tmp")
+REMOVING_SUFFIX = ".removing"  # Checkpoint.remove renames the file .<name>.removing before it goes
 
 
 @dataclasses.dataclass
@@ -112,10 +113,16 @@ class Checkpoint:
         return state
 
     def remove(self) -> None:
-        """Delete the checkpoint: its sidecar first, so that a kill in between leaves a file
-        that is refused rather than trusted."""
+        """Delete the checkpoint, crash-safe: the file is renamed out of the listing first,
+        then its sidecar and the renamed file go. A kill at any moment leaves the checkpoint
+        whole or not listed at all; what is left of it `remove_temporaries` sweeps."""
+        doomed = os.path.join(os.path.dirname(self.path), f".{self.name}{REMOVING_SUFFIX}")
+        try:
+            os.replace(self.path, doomed)
+        except FileNotFoundError:
+            pass
         remove_quietly(sidecar.sidecar_path(self.path))
-        remove_quietly(self.path)
+        remove_quietly(doomed)
 
 
 def make_filename(epoch: int, kind: str) -> str:
@@ -221,7 +228,8 @@ def find_training_checkpoint(folder: str, epoch: int) -> Checkpoint:
 
 
 def remove_temporaries(folder: str, kinds: tuple[str, ...] = ("standard", "interrupt")) -> list[str]:
-    """Remove the temporary files that killed saves of these kinds left in `folder`.
+    """Remove what killed saves and removals of these kinds left in `folder`: temporary
+    files, renamed files of removed checkpoints, and sidecars whose checkpoint is gone.
 
     Only for a process that holds the experiment's lock: a save in progress has the
     same kind of temporary file. Release checkpoints are written without the lock, so
@@ -230,10 +238,19 @@ def remove_temporaries(folder: str, kinds: tuple[str, ...] = ("standard", "inter
     Returns:
         The names removed.
     """
+    names = os.listdir(folder) if os.path.isdir(folder) else []
     removed = []
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+    for name in names:
         match = TEMPORARY_PATTERN.fullmatch(name)
-        parsed = parse_filename(match["target"].removesuffix(".json")) if match else None
+        if match is not None:
+            target = match["target"]
+        elif name.startswith(".") and name.endswith(REMOVING_SUFFIX):
+            target = name[1 : -len(REMOVING_SUFFIX)]
+        elif name.endswith(".json") and name.removesuffix(".json") not in names:
+            target = name  # a sidecar whose checkpoint a killed removal took
+        else:
+            continue
+        parsed = parse_filename(target.removesuffix(".json"))
         if parsed is not None and parsed[1] in kinds:
             remove_quietly(os.path.join(folder, name))
             removed.append(name)

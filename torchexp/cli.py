@@ -22,10 +22,11 @@ from torchexp.commands.search import search
 from torchexp.commands.serve import serve
 from torchexp.commands.tensorboard import tensorboard
 from torchexp.commands.training import create_release, test, train
+from torchexp.commands.verify import verify
 from torchexp.errors import TorchexpError
 from torchexp.version import __version__
 
-PROJECT_COMMANDS = (init, info, train, test, create_release, tensorboard, serve, compare, export, search)
+PROJECT_COMMANDS = (init, info, train, test, create_release, verify, tensorboard, serve, compare, export, search)
 
 
 class TorchexpGroup(click.Group):

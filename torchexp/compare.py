@@ -4,11 +4,8 @@ and the table as text, JSON, CSV or Markdown (and a plot, through `torchexp.plot
 Only JSON files are read: no torch import, and matplotlib only for a plot.
 """
 
-import csv
 import dataclasses
-import io
 import json
-import re
 from typing import Any, Callable
 
 from torchexp.config import fill_trainer_defaults
@@ -19,9 +16,6 @@ from torchexp.states import CORRUPT, NOT_AN_EXPERIMENT
 from torchexp.files import replace_non_finite
 
 MISSING = "-"  # a cell without a value, in text and Markdown
-MIN_TEXT_WIDTH = 8  # text columns are cut to no less than this to fit the terminal
-COLUMN_GAP = "  "
-SHORT_HEADER = 12  # headers up to this long stay on one line
 HIDDEN_TRAIN_METRICS = ("lr",)  # logged beside train metrics by torchexp; a setting, not a result
 
 
@@ -34,7 +28,8 @@ class Summary:
     problem: str | None = None  # why it is corrupt or not an experiment
     epochs: int | None = None
     max_epochs: int | None = None
-    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # every key, dotted
+    disk_bytes: int | None = None
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # every key, dotted (and provenance.*, with --all)
     best: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # split -> metric -> {"value", "epoch"}
     train: dict[str, float] = dataclasses.field(default_factory=dict)  # the last epoch's
     test: dict | None = None  # {"epoch", "kind", "results"} of the latest test
@@ -48,6 +43,7 @@ class Summary:
                 "state": self.state,
                 "epochs": self.epochs,
                 "max_epochs": self.max_epochs,
+                "disk_bytes": self.disk_bytes,
                 "config": {key: self.config.get(key) for key in keys},
                 "best": self.best,
                 "train": self.train,
@@ -78,9 +74,10 @@ class Table:
     keys: list[str]
 
 
-def summarize(experiments: Experiments, name: str) -> Summary:
-    """Read what `compare` shows of the experiment (or folder) `name`; never raises for a
-    broken experiment, which becomes a summary that says what is wrong."""
+def summarize(experiments: Experiments, name: str, with_provenance: bool = False) -> Summary:
+    """Read what `compare` shows of the experiment (or folder) `name`, with what produced its
+    last run among its config keys when asked; never raises for a broken experiment, which
+    becomes a summary that says what is wrong."""
     if name not in experiments:
         return Summary(name, NOT_AN_EXPERIMENT, problem="the folder has no config.json")
     view = experiments[name]
@@ -100,12 +97,16 @@ def summarize(experiments: Experiments, name: str) -> Summary:
     test = view.latest_test
     if test is not None:
         test["results"] = {key: value for key, value in test["results"].items() if is_number(value)}
+    flat = flatten_config(fill_trainer_defaults(config))
+    if with_provenance:
+        flat.update(flatten_provenance(view.provenance or {}))
     return Summary(
         name,
         view.state,
         epochs=view.epochs,
         max_epochs=max_epochs,
-        config=flatten_config(fill_trainer_defaults(config)),
+        disk_bytes=view.disk_bytes,
+        config=flat,
         best={"validation": best} if best else {},
         train=history[-1]["train"] if history else {},
         test=test,
@@ -124,7 +125,7 @@ def build_table(experiments: Experiments, patterns: tuple[str, ...] = (), all_ke
     names = experiments.select(patterns)
     if not names:
         raise ExperimentError(f"no experiments to compare in {experiments.path}")
-    summaries = [summarize(experiments, name) for name in names]
+    summaries = [summarize(experiments, name, all_keys) for name in names]
     keys = list_config_keys(summaries, all_keys)
     return Table(summaries, make_columns(summaries, keys), keys)
 
@@ -137,6 +138,18 @@ def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
             flat.update(flatten_config(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def flatten_provenance(provenance: dict) -> dict[str, Any]:
+    """The provenance fields that tell runs apart, as `provenance.*` columns: the code's
+    commit and dirtiness, the data's digest, the versions, the CPU and GPU, the settings."""
+    code, data, environment = provenance.get("code") or {}, provenance.get("data") or {}, provenance.get("environment") or {}
+    flat = {
+        "provenance.code": (code.get("commit") or code.get("source_sha256") or "")[:12] + (" (dirty)" if code.get("dirty") else ""),
+        "provenance.data": (data.get("sha256") or "")[:12],
+    }
+    flat.update({f"provenance.{key}": environment.get(key) for key in ("python", "torch", "cuda", "cpu", "gpu")})
     return flat
 
 
@@ -158,6 +171,7 @@ def make_columns(summaries: list[Summary], keys: list[str]) -> list[Column]:
         numeric = all(is_number(s.config[key]) for s in summaries if s.config.get(key) is not None)
         columns.append(Column(key, lambda s, key=key: s.config.get(key), numeric=numeric, cuttable=not numeric))
     columns.append(Column("epochs", lambda s: s.epochs))
+    columns.append(Column("disk MB", lambda s: None if s.disk_bytes is None else round(s.disk_bytes / 1e6, 1)))
     for metric in collect_names(s.best.get("validation", {}) for s in summaries):
         columns.append(
             Column(
@@ -225,123 +239,6 @@ def format_cell(column: Column, summary: Summary) -> str:
     text = format_value(column.value(summary))
     epoch = column.epoch(summary) if column.epoch else None
     return f"{text} @{epoch}" if epoch is not None and text != MISSING else text
-
-
-def format_json(table: Table) -> str:
-    """`compare --json`: an array of rows (the schema is in the README)."""
-    return json.dumps([summary.to_json(table.keys) for summary in table.summaries], indent=2, allow_nan=False)
-
-
-def format_csv(table: Table) -> str:
-    """`compare --csv`: one row per experiment, full-precision numbers, and a column
-    `<metric> epoch` after each metric that comes from an epoch."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    header = []
-    for column in table.columns:
-        header += [column.name, f"{column.name} epoch"] if column.epoch else [column.name]
-    writer.writerow(header)
-    for summary in table.summaries:
-        cells = []
-        for column in table.columns:
-            cells.append(csv_value(column.value(summary)))
-            if column.epoch:
-                cells.append(csv_value(column.epoch(summary)))
-        writer.writerow(cells)
-    return out.getvalue()
-
-
-def csv_value(value: Any) -> str:
-    """A CSV cell: empty for a missing value, repr for numbers, JSON for lists and booleans."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if is_number(value):
-        return repr(value)
-    return json.dumps(value)
-
-
-def format_markdown(table: Table) -> str:
-    """`compare --md`: a GitHub table, numbers aligned right."""
-    lines = [
-        "| " + " | ".join(escape_markdown(c.name) for c in table.columns) + " |",
-        "|" + "|".join("---:" if c.numeric else "---" for c in table.columns) + "|",
-    ]
-    for summary in table.summaries:
-        lines.append("| " + " | ".join(escape_markdown(format_cell(c, summary)) for c in table.columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def escape_markdown(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-def format_text(table: Table, width: int | None = None) -> str:
-    """The aligned table for a terminal, `dvc exp show` style: headers wrapped over a few
-    lines at spaces and dots, names and text config values cut with "…" until the table
-    fits `width` (None: no limit), and a note under it for each folder that is broken.
-    """
-    cells = [[format_cell(c, s) for s in table.summaries] for c in table.columns]
-    widths = [max(map(len, column_cells), default=0) for column_cells in cells]
-    widths = [max(w, header_width(c.name)) for c, w in zip(table.columns, widths)]
-    if width is not None:
-        fit_widths(widths, [c.cuttable for c in table.columns], width)
-    headers = [wrap_header(c.name, w) for c, w in zip(table.columns, widths)]
-    height = max(map(len, headers))
-    lines = []
-    for line in range(height):
-        # Headers sit on the bottom lines, next to the rule.
-        parts = [(h[line - height + len(h)] if line >= height - len(h) else "") for h in headers]
-        lines.append(join_cells(parts, widths, table.columns))
-    lines.append(COLUMN_GAP.join("─" * w for w in widths))
-    for row in range(len(table.summaries)):
-        lines.append(join_cells([cut(column_cells[row], w) for column_cells, w in zip(cells, widths)], widths, table.columns))
-    notes = [f"{s.name}: {s.problem}" for s in table.summaries if s.problem]
-    return "\n".join([line.rstrip() for line in lines] + notes) + "\n"
-
-
-def join_cells(parts: list[str], widths: list[int], columns: list[Column]) -> str:
-    return COLUMN_GAP.join(part.rjust(w) if c.numeric else part.ljust(w) for part, w, c in zip(parts, widths, columns))
-
-
-def header_width(name: str) -> int:
-    """The least width of a header's column: the header itself when short, else its
-    longest piece, so that long headers wrap rather than widen their column."""
-    if len(name) <= SHORT_HEADER:
-        return len(name)
-    return max(len(piece.rstrip()) for piece in split_header(name))
-
-
-def split_header(name: str) -> list[str]:
-    """A header's pieces, each ending at a space or after a dot: where it may wrap."""
-    return re.findall(r"[^ .]*(?:\.| |$)", name)[:-1] or [name]
-
-
-def wrap_header(name: str, width: int) -> list[str]:
-    """A header over as few lines as fit `width`, broken only at spaces and after dots."""
-    lines = [""]
-    for piece in split_header(name):
-        if lines[-1] and len((lines[-1] + piece).rstrip()) > width:
-            lines.append("")
-        lines[-1] += piece
-    return [cut(line.rstrip(), width) for line in lines]
-
-
-def fit_widths(widths: list[int], cuttable: list[bool], limit: int) -> None:
-    """Narrow the widest cuttable columns, one character at a time, until the table fits
-    `limit` or each is down to MIN_TEXT_WIDTH."""
-    while sum(widths) + len(COLUMN_GAP) * (len(widths) - 1) > limit:
-        candidates = [i for i, w in enumerate(widths) if cuttable[i] and w > MIN_TEXT_WIDTH]
-        if not candidates:
-            return
-        widest = max(candidates, key=lambda i: widths[i])
-        widths[widest] -= 1
-
-
-def cut(text: str, width: int) -> str:
-    """`text`, cut to `width` characters with "…" when longer."""
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def plot_table(table: Table, split: str, path: str) -> None:

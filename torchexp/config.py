@@ -68,6 +68,21 @@ TRAINER_SCHEMA: dict = {
             "description": "Keep memory freed between batches of train and test instead of returning it to the OS "
             "(glibc only): fewer page faults, faster CPU epochs; the process keeps its peak memory until it exits.",
         },
+        "checkpoint_every_minutes": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "default": 30,
+            "description": "Minutes between mid-epoch checkpoints, written at the next optimizer step in the interrupt "
+            "checkpoint's format, so that a kill loses at most this much training; null writes checkpoints at epoch "
+            "ends only. 30 minutes costs well under 1 % of the time for models of up to a few GB.",
+        },
+        "keep_checkpoints": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "default": None,
+            "description": "Standard checkpoints kept: the last this many, and the one with the lowest validation loss "
+            "(releases always stay); null keeps them all. verify needs an epoch's previous checkpoint.",
+        },
         "early_stopping_patience": {
             "type": ["integer", "null"],
             "minimum": 1,

@@ -6,6 +6,7 @@ A search creates its trials here too, so that a trial is an experiment like any 
 from torchexp.config import Config
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
+from torchexp.provenance import append_record, collect, watching_reads
 from torchexp.project import Project, check_data_path, check_json_data, find_project_root, import_project_class, record_versions
 from torchexp.tracking import close_logger, make_logger
 
@@ -34,13 +35,15 @@ def init_experiment(project: Project, experiment: Experiment, conf: dict, seed: 
     logger = make_logger(experiment.name, None, project.verbosity)
     try:
         check_data_path(project.data_path)
-        with project_errors():
+        with project_errors(), watching_reads() as reads:
             data = import_project_class(project.data_class)(Config(conf), seed, logger)
             state = data.create(project.data_path)
+            files = data.data_files(project.data_path) or reads
         check_json_data(state, "Data.create")
         experiment.create(definition, state)
     finally:
         close_logger(logger)
+    append_record(experiment.provenance_path, "init", collect(definition, files, project.data_path))
     logger = make_logger(experiment.name, experiment.log_path, project.verbosity)
     logger.info(f"created experiment {experiment.name!r} in {experiment.path} (seed {seed})")
     close_logger(logger)

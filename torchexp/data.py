@@ -37,6 +37,7 @@ class Data(abc.ABC):
         self.state: dict[str, Any] = {}
         self.datasets: dict[str, Any] = {}
         self.loaders: dict[str, Any] = {}
+        self.read_files: list[str] = []  # set by torchexp: the files the data set was read from
 
     def get_conf(self, *keys: str) -> Any:
         """Return a configuration value, e.g. `get_conf("data", "batch_size")`."""
@@ -56,6 +57,13 @@ class Data(abc.ABC):
     @abc.abstractmethod
     def load_datasets(self, data_path: str) -> None:
         """Fill `self.datasets` with the "train", "validation" and "test" sets."""
+
+    def data_files(self, data_path: str) -> list[str] | None:
+        """Return the files the data set is read from, whose digest the experiment's
+        provenance records; None (the default) records the files `create` and
+        `load_datasets` opened under `data_path` through Python (numpy and torch.load
+        included). Override it for files read by native code or listed elsewhere."""
+        return None
 
     @abc.abstractmethod
     def load_loaders(self, data_path: str, num_workers: int) -> None:

@@ -73,8 +73,13 @@ def join(world: World, device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=timeout_s)
     try:
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        store, rank, size = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun keeps its store across the restarts of --max-restarts: without a prefix of
+        # its own, a restarted group would read the dead group's addresses and fail to connect.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"torchexp/attempt-{attempt}", store), rank=rank, world_size=size, timeout=timeout)
     except RuntimeError as error:  # DistStoreError and Gloo's connection errors among them
         raise DistributedError(
             f"rank {world.rank} could not join the other {world.size - 1} training processes within {timeout_s:g} s: {first_line(error)}"

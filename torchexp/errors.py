@@ -71,6 +71,12 @@ class ProjectError(TorchexpError):
     exit_code = 11
 
 
+class VerificationError(TorchexpError):
+    """verify re-ran training and did not reproduce a checkpoint bit for bit."""
+
+    exit_code = 12
+
+
 class TrainingInterrupted(TorchexpError):
     """Training stopped on a signal after saving an interrupt checkpoint."""
 

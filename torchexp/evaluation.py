@@ -5,13 +5,11 @@ metrics by the number of samples. A test's results are saved to results/, logged
 TensorBoard and metrics.jsonl, and a square `confusion_matrix` among them is drawn.
 """
 
-import os
 from typing import Any
 
 import torch
 
 from torchexp import checkpoints
-from torchexp.files import write_json_atomic
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
 from torchexp.hparams import write_hparams
@@ -20,6 +18,7 @@ from torchexp.memory import keep_freed_memory_when_configured
 from torchexp.precision import Precision
 from torchexp.project import Project
 from torchexp.releases import find_weights
+from torchexp.results import write_report
 from torchexp.rng import seed_everything
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
 from torchexp.tracking import close_logger, format_metrics, progress_bar
@@ -63,7 +62,7 @@ def run_test(runner: Any, device: torch.device, epoch: int, release: bool) -> di
     with torch.no_grad():
         results = runner.test(epoch, device)
     report = {"epoch": epoch, "checkpoint": checkpoint.name, "results": results}
-    write_json_atomic(os.path.join(runner.experiment.results_path, f"{epoch}.{checkpoint.kind}.test.json"), report)
+    write_report(runner.experiment, epoch, checkpoint.kind, report)
     numbers = {key: value for key, value in results.items() if isinstance(value, (int, float))}
     runner.tracker.log_scalars("test", epoch, {key: float(value) for key, value in numbers.items()}, epoch=epoch, checkpoint=checkpoint.name)
     if is_square(results.get("confusion_matrix")):

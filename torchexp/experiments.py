@@ -24,21 +24,21 @@ are named `STUDY/trial-0003`.
 import difflib
 import fnmatch
 import os
-import re
 import warnings
 from typing import Any, Iterator
 
 from torchexp import checkpoints
 from torchexp.config import fill_trainer_defaults
-from torchexp.errors import ExperimentError, TorchexpError
+from torchexp.errors import ExperimentError
 from torchexp.folder import NAME_PATTERN, Experiment
-from torchexp.files import read_json
 from torchexp.locks import is_locked
+from torchexp.files import read_json_lines
 from torchexp.metrics import Stop, find_best, guess_direction, is_number, read_last_stop, read_metric_lines
+from torchexp.provenance import read_last
+from torchexp.results import read_reports
 from torchexp.states import CORRUPT, read_state, scan_checkpoint_names
 
 STUDY_FILE = "study.json"
-RESULTS_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.(?P<kind>standard|release)\.test\.json")
 
 
 class ExperimentView:
@@ -132,35 +132,34 @@ class ExperimentView:
     def results(self) -> dict[tuple[int, str], dict]:
         """Test results by (epoch, kind), kind "standard" or "release", oldest first: what
         `test` returned (accuracy, loss...). Unreadable result files are left out."""
-        return {key: report["results"] for key, report in self.read_reports()}
+        return {key: report["results"] for key, report, _ in read_reports(self.experiment)}
 
     @property
     def latest_test(self) -> dict | None:
         """The latest test report, `{"epoch", "kind", "results"}`: highest epoch, then most
         recently written; None when the experiment was never tested."""
-        reports = [(key, os.path.getmtime(path), report) for key, report, path in self.read_reports(with_paths=True)]
+        reports = [(key, os.path.getmtime(path), report) for key, report, path in read_reports(self.experiment)]
         if not reports:
             return None
         (epoch, kind), _, report = max(reports, key=lambda found: (found[0][0], found[1]))
         return {"epoch": epoch, "kind": kind, "results": report["results"]}
 
-    def read_reports(self, with_paths: bool = False) -> list[tuple]:
-        """Return ((epoch, kind), report[, path]) of every readable results file, oldest first."""
-        folder = self.experiment.results_path
-        found = []
-        for name in os.listdir(folder) if os.path.isdir(folder) else []:
-            match = RESULTS_PATTERN.fullmatch(name)
-            if match is None:
-                continue
-            path = os.path.join(folder, name)
-            try:
-                report = read_json(path, "test results")
-            except TorchexpError:
-                continue
-            if isinstance(report, dict) and isinstance(report.get("results"), dict):
-                key = (int(match["epoch"]), match["kind"])
-                found.append((key, report, path) if with_paths else (key, report))
-        return sorted(found, key=lambda item: (item[0][0], checkpoints.KINDS.index(item[0][1])))
+    @property
+    def provenance(self) -> dict | None:
+        """What produced the experiment, as its last `init` or `train` recorded it: code,
+        data, environment, settings (`torchexp.provenance`); None before any was recorded."""
+        return read_last(self.experiment.provenance_path)
+
+    @property
+    def verifications(self) -> list[dict]:
+        """What each `verify` found, oldest first: {"time", "epoch", "iteration",
+        "checkpoint", "identical", "tensors", ...}."""
+        return list(read_json_lines(self.experiment.verifications_path))
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes the experiment's files take on disk."""
+        return self.experiment.disk_bytes()
 
     @property
     def checkpoints(self) -> list[checkpoints.Checkpoint]:

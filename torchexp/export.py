@@ -129,7 +129,8 @@ def export_release(
         content, summary = make_onnx(runner, experiment.name, release, check_batches)
     else:
         content, summary = make_safetensors(runner, experiment.name, release, state)
-    write_export(path, content, {"format": fmt, "epoch": release.epoch, "release_sha256": release.sidecar["sha256"], **summary})
+    fields = {"format": fmt, "epoch": release.epoch, "release_sha256": release.sidecar["sha256"], "provenance": release.sidecar.get("provenance")}
+    write_export(path, content, {**fields, **summary})
     if logger is not None:
         logger.info(f"exported the release of epoch {release.epoch} as {fmt} to {path} ({describe_check(summary['check'])})")
     return path
@@ -158,7 +159,8 @@ def make_onnx(runner: Any, name: str, release: checkpoints.Checkpoint, check_bat
             verbose=False,
         )
         proto = program.model_proto
-        onnx.helper.set_model_props(proto, {"torchexp_experiment": name, "torchexp_epoch": str(release.epoch), "torchexp": __version__})
+        properties = {"torchexp_experiment": name, "torchexp_epoch": str(release.epoch), "torchexp": __version__}
+        onnx.helper.set_model_props(proto, {**properties, "torchexp_provenance": json.dumps(release.sidecar.get("provenance"))})
         onnx.checker.check_model(proto)
     except Exception as error:  # the exporter raises many types of its own and of torch.export's
         raise TorchexpError(f"the model of epoch {release.epoch}'s release cannot be exported to ONNX: {first_line(error)}") from error
@@ -259,6 +261,7 @@ def make_safetensors(runner: Any, name: str, release: checkpoints.Checkpoint, st
         "seed": json.dumps(state.get("seed")),
         "classes": json.dumps(state.get("classes")),
         "versions": json.dumps(state.get("versions")),
+        "provenance": json.dumps(state.get("provenance")),
         "torchexp": __version__,
     }
     content = save(tensors, metadata)

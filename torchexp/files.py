@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from torchexp.errors import StorageError, TorchexpError
 
@@ -194,3 +194,23 @@ def remove_quietly(path: str) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def read_json_lines(path: str, skip_prefix: str | None = None) -> Iterator[dict]:
+    """The JSON objects of a JSON-lines file (metrics.jsonl, provenance.jsonl...), oldest
+    first; a torn line (a kill mid-write) and lines starting with `skip_prefix` (left
+    unparsed, for speed) are skipped, and a missing file has none."""
+    try:
+        file = open(path, encoding="utf-8")
+    except OSError:
+        return
+    with file:
+        for line in file:
+            if skip_prefix is not None and line.startswith(skip_prefix):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                yield entry

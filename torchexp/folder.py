@@ -7,7 +7,9 @@
   checkpoints/    <epoch>.checkpoint.pt (+ .json record), releases, interrupts
   tensorboard/    event files
   results/        test reports
-  metrics.jsonl   one line per logged epoch or test
+  metrics.jsonl   one line per logged epoch or test, and why each train stopped
+  provenance.jsonl  what produced it: code, data, environment, settings (at init and every train)
+  verifications.jsonl  what verify found
   verbose.log     everything the experiment logged
 ```
 """
@@ -65,6 +67,8 @@ class Experiment:
         self.metrics_path = os.path.join(self.path, "metrics.jsonl")
         self.log_path = os.path.join(self.path, "verbose.log")
         self.lock_path = os.path.join(self.path, ".lock")
+        self.provenance_path = os.path.join(self.path, "provenance.jsonl")
+        self.verifications_path = os.path.join(self.path, "verifications.jsonl")
 
     def exists(self) -> bool:
         """Whether the experiment folder has been created."""
@@ -121,6 +125,16 @@ class Experiment:
         """Return config.json, the experiment's definition: {"seed", "versions", "classes", "config"}."""
         self.check_exists()
         return read_json(self.config_path, f"config of experiment {self.name!r}", ExperimentError)
+
+    def disk_bytes(self) -> int:
+        """Bytes of every file in the experiment folder (a file removed meanwhile, by a
+        training that goes on, counts for nothing)."""
+        total = 0
+        for folder, _, names in os.walk(self.path):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    total += os.path.getsize(os.path.join(folder, name))
+        return total
 
     def read_data_state(self) -> dict:
         """Return data.json, what Data.create() decided at init."""

@@ -17,11 +17,12 @@ from torchexp.evaluation import validate
 from torchexp.hparams import recording_hparams
 from torchexp.loaders import position_loader, prepare_loaders
 from torchexp.memory import keep_freed_memory_when_configured
-from torchexp.metrics import EARLY_STOPPING, MAX_EPOCHS, OBSERVER, Stop
+from torchexp.metrics import EARLY_STOPPING, ITERATION, MAX_EPOCHS, OBSERVER, Stop
 from torchexp.precision import Precision, PrecisionChoice, choose_precision
 from torchexp.rng import deterministic_algorithms, seed_everything
 from torchexp.runner import Runner
-from torchexp.signals import catching_stop_signals
+from torchexp.retention import retain_checkpoints
+from torchexp.signals import CheckpointClock, catching_stop_signals
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
 from torchexp.tracking import progress_bar
 from torchexp.training_state import build_model, restore_training, save_training_checkpoint
@@ -31,12 +32,33 @@ from torchexp.training_state import build_model, restore_training, save_training
 EpochObserver = Callable[[int, dict[str, dict[str, float]]], str | None]
 
 
-def train(runner: Runner, device: torch.device, max_epochs: int, log_period: int, epoch: int | None = None, observers: tuple[EpochObserver, ...] = ()) -> Stop:
+def train(
+    runner: Runner,
+    device: torch.device,
+    max_epochs: int,
+    log_period: int,
+    epoch: int | None = None,
+    observers: tuple[EpochObserver, ...] = (),
+    provenance: dict | None = None,
+    stop_at: tuple[int, int] | None = None,
+) -> Stop:
     """Train until `max_epochs` epochs are done, resuming from the furthest checkpoint (or
     the standard one of `epoch`); return why training stopped.
 
     The hooks are called in the order `torchexp.Runner`'s docstring lists. With
-    trainer.deterministic, all of it runs with deterministic algorithms only.
+    trainer.deterministic, all of it runs with deterministic algorithms only. A mid-epoch
+    checkpoint is saved every trainer.checkpoint_every_minutes, and after each epoch's
+    checkpoint only trainer.keep_checkpoints of them stay (`torchexp.retention`).
+
+    Args:
+        runner: the project's Runner, its Data loaded.
+        device: where to train.
+        max_epochs: the epochs to reach, counting those done.
+        log_period: optimizer steps between iteration logs.
+        epoch: resume from this standard checkpoint instead of the furthest one.
+        observers: called after each epoch's checkpoint; the first reason one returns stops.
+        provenance: what produced this run, kept in every checkpoint's sidecar.
+        stop_at: (epoch, iteration): save a mid-epoch checkpoint there and stop (verify).
 
     Raises:
         TrainingInterrupted: SIGINT or SIGTERM arrived; an interrupt checkpoint was saved.
@@ -55,6 +77,7 @@ def train(runner: Runner, device: torch.device, max_epochs: int, log_period: int
         accumulation = runner.get_conf("trainer", "grad_accumulation")
         clip_norm = runner.get_conf("trainer", "grad_clip_norm")
         channels_last = runner.get_conf("trainer", "channels_last")
+        clock = CheckpointClock(runner.get_conf("trainer", "checkpoint_every_minutes"))
         with catching_stop_signals(runner.logger) as signals:
             while runner.counters["epoch"] < max_epochs:
                 epoch = runner.counters["epoch"] + 1
@@ -64,7 +87,7 @@ def train(runner: Runner, device: torch.device, max_epochs: int, log_period: int
                 loader = runner.data.loaders["train"]
                 start, total = runner.counters["iteration"], len(loader)
                 position_loader(loader, epoch, start)
-                sums, partial = MetricSums(partial), None
+                sums, partial = MetricSums(partial, runner.world), None
                 runner.model.train()
                 for batch in progress_bar(loader, total - start, f"epoch {epoch}", runner.quiet):
                     index = runner.counters["iteration"]
@@ -86,12 +109,18 @@ def train(runner: Runner, device: torch.device, max_epochs: int, log_period: int
                     runner.counters["step"] += 1
                     if runner.counters["step"] % log_period == 0:
                         runner.train_iteration_log({name: value.item() for name, value in mean_across(metrics, runner.world).items()})
-                    if index + 1 == group_end and signals.requested(runner.world, device):
-                        save_training_checkpoint(runner, precision, signals, "interrupt", epoch, sums.to_state(runner.world, device))
-                        raise TrainingInterrupted(
-                            f"training stopped by {signals.name} at epoch {epoch}, iteration {index + 1}; "
-                            f"saved {checkpoints.make_filename(epoch, 'interrupt')}: run train again to resume"
-                        )
+                    if index + 1 == group_end:
+                        stopping, due = signals.poll(runner.world, device, clock)
+                        if stopping or due or stop_at == (epoch, index + 1):
+                            save_training_checkpoint(runner, precision, signals, "interrupt", epoch, sums.to_state(runner.world, device), provenance)
+                            clock.restart()
+                        if stopping:
+                            raise TrainingInterrupted(
+                                f"training stopped by {signals.name} at epoch {epoch}, iteration {index + 1}; "
+                                f"saved {checkpoints.make_filename(epoch, 'interrupt')}: run train again to resume"
+                            )
+                        if stop_at == (epoch, index + 1):
+                            return Stop(ITERATION, epoch - 1, max_epochs, f"stopped at epoch {epoch}, iteration {index + 1}, as asked")
                 train_metrics = sums.average(runner.world, device)
                 validation_metrics = validate(runner, precision)
                 runner.counters.update(epoch=epoch, iteration=0)
@@ -101,7 +130,9 @@ def train(runner: Runner, device: torch.device, max_epochs: int, log_period: int
                 runner.train_after_epoch_tasks(device)
                 if runner.scheduler is not None and runner.scheduler_interval == "epoch":
                     runner.scheduler.step()
-                save_training_checkpoint(runner, precision, signals, "standard", epoch)
+                save_training_checkpoint(runner, precision, signals, "standard", epoch, provenance=provenance)
+                clock.restart()
+                retain_checkpoints(runner)
                 if signals.requested(runner.world, device):
                     raise TrainingInterrupted(f"training stopped by {signals.name} after epoch {epoch}, which is saved")
                 reasons = [observer(epoch, {"train": train_metrics, "validation": validation_metrics}) for observer in observers]

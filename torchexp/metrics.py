@@ -10,10 +10,10 @@ test, and end of a `train` ("stop": why it stopped, a `Stop`), each with "kind" 
 """
 
 import dataclasses
-import json
 from typing import Any, Iterable, Iterator
 
 from torchexp.errors import ConfigError
+from torchexp.files import read_json_lines
 
 MINIMIZE = "minimize"
 MAXIMIZE = "maximize"
@@ -72,6 +72,7 @@ EARLY_STOPPING = "early_stopping"  # train_early_stopping said so
 OBSERVER = "observer"  # an epoch observer (a search's pruner) said so
 INTERRUPTED = "interrupted"  # SIGINT or SIGTERM; an interrupt checkpoint was saved
 FAILED = "failed"  # an error ended it
+ITERATION = "iteration"  # it reached the iteration it was asked to stop at (verify re-runs part of an epoch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Stop:
     """Why a `train` ended.
 
     Attributes:
-        reason: one of MAX_EPOCHS, EARLY_STOPPING, OBSERVER, INTERRUPTED, FAILED.
+        reason: one of MAX_EPOCHS, EARLY_STOPPING, OBSERVER, INTERRUPTED, FAILED, ITERATION.
         epoch: the epochs done when it ended.
         max_epochs: the epochs that run was to reach.
         detail: one sentence: the observer's reason, the signal, the error.
@@ -96,21 +97,8 @@ class Stop:
 
 def read_metric_lines(path: str, iterations: bool = False) -> Iterator[dict]:
     """The JSON lines of a metrics.jsonl, skipping torn lines, and iteration lines unless asked."""
-    try:
-        file = open(path, encoding="utf-8")
-    except OSError:
-        return
-    with file:
-        for line in file:
-            # Iteration lines are most of the file, and are skipped unparsed: Tracker writes "kind" first.
-            if not iterations and line.startswith('{"kind": "iteration"'):
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict):
-                yield entry
+    # Iteration lines are most of the file, and are skipped unparsed: Tracker writes "kind" first.
+    return read_json_lines(path, None if iterations else '{"kind": "iteration"')
 
 
 def read_last_stop(path: str) -> Stop | None:

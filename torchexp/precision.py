@@ -15,6 +15,7 @@ the precision.
 import contextlib
 import dataclasses
 import os
+import platform
 from typing import Any, Iterable
 
 import torch
@@ -97,6 +98,18 @@ def read_cpu_flags(path: str = CPUINFO_PATH) -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def read_cpu_model(path: str = CPUINFO_PATH) -> str:
+    """Return the CPU's model name from /proc/cpuinfo, or the platform's processor string."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def cpu_native_bf16(flags: set[str]) -> str | None:

@@ -18,6 +18,7 @@ from torchexp.config import Config, fill_trainer_defaults
 from torchexp.errors import DataError, ProjectError, first_line
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
+from torchexp.provenance import watching_reads
 from torchexp.tracking import Tracker, close_logger, make_logger
 from torchexp.version import __version__
 
@@ -55,7 +56,9 @@ class Project:
         data = import_project_class(self.data_class)(Config(definition["config"]), definition["seed"], logger)
         data.state = experiment.read_data_state()
         check_data_path(self.data_path)
-        data.load_datasets(self.data_path)
+        with watching_reads() as reads:
+            data.load_datasets(self.data_path)
+        data.read_files = data.data_files(self.data_path) or reads
         return data
 
     def make_runner(self, experiment: Experiment, definition: dict, num_workers: int, world: Any = None) -> Any:

@@ -29,9 +29,9 @@ def create_release(experiment: Experiment, epoch: int, definition: dict) -> str:
     """
     info = checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
     state = info.load()
-    metrics = info.metrics
-    release = {"format": checkpoints.CHECKPOINT_FORMAT, "model": state["model"], "epoch": epoch, "metrics": metrics, **definition}
-    return checkpoints.save_checkpoint(experiment.checkpoints_path, epoch, "release", release, {"metrics": metrics})
+    summary = {"metrics": info.metrics, "provenance": info.sidecar.get("provenance")}
+    release = {"format": checkpoints.CHECKPOINT_FORMAT, "model": state["model"], "epoch": epoch, **summary, **definition}
+    return checkpoints.save_checkpoint(experiment.checkpoints_path, epoch, "release", release, summary)
 
 
 def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:

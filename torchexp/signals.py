@@ -1,17 +1,23 @@
-"""Stopping on SIGINT and SIGTERM at a safe point: after the current optimizer step.
+"""Saving at a safe point, after an optimizer step: on SIGINT or SIGTERM, and on a clock.
 
-While training, the first Ctrl-C or SIGTERM only asks for a stop; the loop checks
-`requested()` between steps, saves an interrupt checkpoint and ends. A second signal
-says what is being waited for instead of killing a save half way.
+While training, the first Ctrl-C or SIGTERM only asks for a stop; the loop checks between
+steps, saves an interrupt checkpoint and ends. A second signal says what is being waited
+for instead of killing a save half way. The checkpoint clock (trainer.checkpoint_every_minutes)
+makes the loop save a mid-epoch checkpoint of the same format and train on, so that a
+SIGKILL, an out-of-memory kill or a power cut loses minutes, not the epoch.
 """
 
 import contextlib
 import logging
+import math
 import os
 import signal
+import time
 from typing import Any, Iterator
 
-from torchexp.distributed import World, any_across
+import torch
+
+from torchexp.distributed import World, any_across, sum_across
 
 
 class StopSignals:
@@ -39,6 +45,15 @@ class StopSignals:
             return self.received is not None
         return any_across(self.received is not None, device)
 
+    def poll(self, world: World, device: Any, clock: "CheckpointClock") -> tuple[bool, bool]:
+        """(a stop signal arrived, the checkpoint clock is due), on any rank when
+        distributed: one reduction for both, at every optimizer step."""
+        flags = (self.received is not None, clock.due())
+        if not world.distributed:
+            return flags
+        totals = sum_across(torch.tensor([float(flag) for flag in flags], device=device))
+        return bool(totals[0] > 0), bool(totals[1] > 0)
+
     def handle(self, signum: int, frame: Any) -> None:
         # Data loader workers are forked with this handler; a terminal's Ctrl-C reaches
         # them too. They keep serving batches until the trainer shuts them down.
@@ -51,6 +66,25 @@ class StopSignals:
             self.logger.warning("already stopping: the checkpoint is being saved, please wait")
         else:
             self.logger.warning("already stopping: finishing the current step, then saving")
+
+
+class CheckpointClock:
+    """When a mid-epoch checkpoint is due: `minutes` after the last checkpoint.
+
+    Args:
+        minutes: trainer.checkpoint_every_minutes; None never.
+    """
+
+    def __init__(self, minutes: float | None):
+        self.seconds = None if minutes is None else minutes * 60
+        self.restart()
+
+    def restart(self) -> None:
+        """Count from now: a checkpoint was just written."""
+        self.deadline = math.inf if self.seconds is None else time.monotonic() + self.seconds
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.deadline
 
 
 @contextlib.contextmanager

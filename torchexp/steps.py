@@ -42,12 +42,16 @@ class MetricSums:
     """Metrics summed over samples (each batch's means times its size), and the sample count.
 
     Args:
-        state: an interrupted epoch's sums as a checkpoint keeps them, {"sums", "count"}.
+        state: an interrupted epoch's sums as its checkpoint keeps them, {"sums", "count"}:
+            their totals over every rank. When distributed, rank 0 resumes from them and the
+            others from zero, so that the epoch's sum comes out whole.
+        world: this process's place among the training processes.
     """
 
-    def __init__(self, state: dict[str, Any] | None = None):
-        self.sums: dict[str, Any] = dict(state["sums"]) if state else {}
-        self.count: int = state["count"] if state else 0
+    def __init__(self, state: dict[str, Any] | None = None, world: World = World()):
+        resumed = state is not None and world.is_main
+        self.sums: dict[str, Any] = dict(state["sums"]) if resumed else {}
+        self.count: int = state["count"] if resumed else 0
 
     def add(self, metrics: dict[str, torch.Tensor], size: int) -> None:
         """Add a batch's metrics, weighted by its `size` samples."""
@@ -60,11 +64,8 @@ class MetricSums:
         return average_metrics(self.sums, self.count, world, device)
 
     def to_state(self, world: World, device: torch.device) -> dict[str, Any]:
-        """The sums for an interrupt checkpoint; when distributed, rank 0 keeps every rank's
-        total and the others start again from zero, so the epoch's sum comes out whole."""
+        """The sums so far over every rank, for a mid-epoch checkpoint."""
         if not world.distributed:
             return {"sums": self.sums, "count": self.count}
         sums, count = sum_metrics(self.sums, self.count, device)
-        if world.is_main:
-            return {"sums": sums, "count": count}
-        return {"sums": {name: torch.zeros_like(value) for name, value in sums.items()}, "count": 0}
+        return {"sums": sums, "count": count}

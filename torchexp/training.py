@@ -13,6 +13,7 @@ from torchexp.errors import CheckpointError, LockError, TrainingInterrupted, fir
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
 from torchexp.metrics import FAILED, INTERRUPTED, Stop
+from torchexp.provenance import append_record, collect, describe_changes, read_last
 from torchexp.project import Project
 from torchexp.tracking import close_logger
 
@@ -92,21 +93,40 @@ def train_held(
             if max_epochs is None:
                 max_epochs, source = runner.get_conf("trainer", "max_epochs"), "trainer.max_epochs"
             runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to epoch {max_epochs} ({source})")
-            stop = train_recording_stop(runner, device, max_epochs, log_period, epoch, epoch_observers)
+            provenance = record_provenance(runner, project.data_path, device)
+            stop = train_recording_stop(runner, device, max_epochs, log_period, epoch, epoch_observers, provenance)
         finally:
             runner.tracker.close()
             close_logger(runner.logger)
     return stop
 
 
-def train_recording_stop(runner: Any, device: Any, max_epochs: int, log_period: int, epoch: int | None, observers: tuple[Callable, ...]) -> Stop:
+def record_provenance(runner: Any, data_path: str, device: Any) -> dict | None:
+    """Append this run's provenance to provenance.jsonl (rank 0 only, which returns it for
+    the checkpoints' sidecars); a resume whose provenance differs from the last run's warns
+    once, naming what changed."""
+    if not runner.world.is_main:
+        return None
+    experiment = runner.experiment
+    known = read_last(experiment.provenance_path)
+    provenance = collect(experiment.read_definition(), runner.data.read_files, data_path, device, known)
+    changes = describe_changes(known, provenance)
+    if changes and checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard", "interrupt")):
+        runner.logger.warning("this run's provenance differs from the last one's: " + "; ".join(changes))
+    append_record(experiment.provenance_path, "train", provenance)
+    return provenance
+
+
+def train_recording_stop(
+    runner: Any, device: Any, max_epochs: int, log_period: int, epoch: int | None, observers: tuple[Callable, ...], provenance: dict | None
+) -> Stop:
     """Run the loop and record in metrics.jsonl why it ended: its own `Stop`, an interrupt,
     or the error that ended it (which is raised on)."""
     from torchexp.loop import train
 
     try:
         with project_errors(runner.logger):
-            stop = train(runner, device, max_epochs, log_period, epoch, observers)
+            stop = train(runner, device, max_epochs, log_period, epoch, observers, provenance)
     except TrainingInterrupted as error:
         runner.tracker.log_stop(Stop(INTERRUPTED, runner.counters["epoch"], max_epochs, str(error)))
         raise

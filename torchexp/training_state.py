@@ -49,13 +49,26 @@ def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | N
     }
 
 
-def save_training_checkpoint(runner: Any, precision: Precision, signals: StopSignals, kind: str, epoch: int, partial: dict | None = None) -> None:
-    """Save a standard or interrupt checkpoint (rank 0 writes it); a standard one retires
-    the interrupt one. Every rank takes part, and every rank fails if the save does."""
+def save_training_checkpoint(
+    runner: Any, precision: Precision, signals: StopSignals, kind: str, epoch: int, partial: dict | None = None, provenance: dict | None = None
+) -> None:
+    """Save a standard or interrupt (mid-epoch) checkpoint, rank 0 writing it; a standard one
+    retires the interrupt one. Every rank takes part, and every rank fails if the save does.
+
+    Args:
+        runner: the project's Runner.
+        precision: the run's precision.
+        signals: told that a save is under way, for a second Ctrl-C's message.
+        kind: "standard" or "interrupt".
+        epoch: the epoch the checkpoint belongs to.
+        partial: an interrupted epoch's metric sums.
+        provenance: what produced the run, kept in the sidecar.
+    """
     summary = {
         "iteration": runner.counters["iteration"],
         "precision": precision.choice.used,
         "metrics": {split: (entries[-1] if entries else {}) for split, entries in runner.history.items()},
+        "provenance": provenance,
     }
     state = collect_state(runner, precision, partial)
     failure: StorageError | None = None

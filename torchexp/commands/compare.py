@@ -6,7 +6,8 @@ import sys
 import click
 
 from torchexp.commands.context import App
-from torchexp.compare import build_table, format_csv, format_json, format_markdown, format_text, plot_table, sort_table
+from torchexp.compare import build_table, plot_table, sort_table
+from torchexp.tables import format_csv, format_json, format_markdown, format_text
 from torchexp.errors import ConfigError
 from torchexp.extras import require_extra
 from torchexp.experiments import Experiments

@@ -1,0 +1,208 @@
+"""verify: re-run a stored epoch and compare every tensor with the stored outcome.
+
+To verify checkpoint N (the end of epoch N, or a mid-epoch checkpoint of epoch N at
+iteration k), torchexp copies the experiment's definition, its data state and the
+checkpoint of epoch N - 1 (none for epoch 1: training starts from the seed) into a scratch
+folder, trains there to the same point, and compares every tensor and value of the
+model, optimizer, scheduler, gradient scaler, random generators, counters and logged
+metrics with the stored checkpoint N. The experiment itself gets nothing but an appended
+line in verifications.jsonl.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Iterator
+
+import torch
+
+from torchexp import checkpoints
+from torchexp.errors import CheckpointError
+from torchexp.folder import Experiment
+from torchexp.hooks import project_errors
+from torchexp.project import Project
+from torchexp.provenance import collect, describe_changes
+from torchexp.tracking import close_logger
+
+
+@dataclasses.dataclass
+class Verification:
+    """What re-running one checkpoint's training found."""
+
+    epoch: int
+    iteration: int  # 0 for the end of the epoch
+    checkpoint: str
+    identical: bool
+    tensors: int
+    difference: str  # "" when identical: "first at fc1.weight, max |diff| 3.1e-07 in 812 of 1,199,882 values"
+    provenance_changes: list[str]
+    device: str
+    seconds: float
+
+    def describe(self) -> str:
+        """`epoch 3: bit-identical (14 tensors)`, or `epoch 3: differs: first at ...`."""
+        where = f"epoch {self.epoch}" + (f", iteration {self.iteration}" if self.iteration else "")
+        verdict = f"bit-identical ({self.tensors:,} tensors)" if self.identical else f"differs: {self.difference}"
+        lines = [f"{where}: {verdict}"]
+        lines += [f"  provenance: {change}" for change in self.provenance_changes]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **dataclasses.asdict(self)}
+
+
+def choose_targets(experiment: Experiment, epoch: int | None, last: int | None, every: bool) -> list[checkpoints.Checkpoint]:
+    """The checkpoints to verify: the one of `epoch`, the last `last`, every one, or by
+    default the latest; epoch ends and mid-epoch checkpoints alike, in training order.
+
+    Raises:
+        CheckpointError: `epoch` has no training checkpoint (only a release, or none).
+    """
+    found = sorted(checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard", "interrupt")), key=lambda item: item.progress)
+    if epoch is not None:
+        for kind in ("standard", "interrupt"):
+            matching = [item for item in found if item.epoch == epoch and item.kind == kind]
+            if matching:
+                return matching
+        checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)  # raises, naming what there is
+    if not found:
+        raise CheckpointError(f"experiment {experiment.name!r} has no checkpoint to verify yet: train it first")
+    return found if every else found[-(last or 1) :]
+
+
+def find_start(experiment: Experiment, target: checkpoints.Checkpoint) -> checkpoints.Checkpoint | None:
+    """The checkpoint training to `target` starts from: epoch N - 1's (None for epoch 1).
+
+    Raises:
+        CheckpointError: it is not there (trainer.keep_checkpoints removed it, say).
+    """
+    if target.epoch == 1:
+        return None
+    previous = [item for item in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",)) if item.epoch == target.epoch - 1]
+    if not previous:
+        kept = checkpoints.describe_epochs(checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",)))
+        raise CheckpointError(
+            f"epoch {target.epoch} cannot be verified: training to it starts from the checkpoint of epoch {target.epoch - 1}, "
+            f"which is not there (standard checkpoints: {kept})"
+        )
+    return previous[0]
+
+
+def verify_checkpoint(project: Project, experiment: Experiment, target: checkpoints.Checkpoint, device: torch.device, quiet: bool) -> Verification:
+    """Re-run the training that produced `target` in a scratch folder and compare.
+
+    Raises:
+        CheckpointError: the target or its starting checkpoint is missing or corrupt.
+    """
+    from torchexp.loop import train
+
+    started = time.perf_counter()
+    start = find_start(experiment, target)
+    target.verify()
+    if start is not None:
+        start.verify()
+    definition = experiment.read_definition()
+    with tempfile.TemporaryDirectory(prefix="torchexp-verify-") as scratch:
+        copy = make_scratch_copy(experiment, scratch, start)
+        # The re-run's own logs stay in the scratch folder; its progress bar shows.
+        runner = dataclasses.replace(project, verbosity="quiet").make_runner(copy, definition, num_workers=0)
+        runner.quiet = quiet
+        try:
+            stop_at = (target.epoch, int(target.sidecar.get("iteration", 0))) if target.kind == "interrupt" else None
+            with project_errors(runner.logger):
+                train(runner, device, target.epoch, log_period=2**62, epoch=None if start is None else start.epoch, stop_at=stop_at)
+            provenance = collect(definition, runner.data.read_files, project.data_path, device, target.sidecar.get("provenance"))
+        finally:
+            runner.tracker.close()
+            close_logger(runner.logger)
+        produced = checkpoints.find_checkpoint(copy.checkpoints_path, target.epoch, (target.kind,))
+        tensors, difference = compare_states(produced.load(), target.load())
+    return Verification(
+        epoch=target.epoch,
+        iteration=int(target.sidecar.get("iteration", 0)) if target.kind == "interrupt" else 0,
+        checkpoint=target.name,
+        identical=not difference,
+        tensors=tensors,
+        difference=difference,
+        provenance_changes=describe_changes(target.sidecar.get("provenance"), provenance),
+        device=str(device),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def make_scratch_copy(experiment: Experiment, scratch: str, start: checkpoints.Checkpoint | None) -> Experiment:
+    """An experiment in `scratch` with the definition, data state and starting checkpoint
+    of `experiment`, and nothing else."""
+    copy = Experiment(scratch, experiment.name)
+    os.makedirs(copy.checkpoints_path)
+    for folder in (copy.tensorboard_path, copy.results_path):
+        os.makedirs(folder)
+    shutil.copy(experiment.config_path, copy.config_path)
+    shutil.copy(experiment.data_state_path, copy.data_state_path)
+    if start is not None:
+        shutil.copy(start.path, copy.checkpoints_path)
+        shutil.copy(start.path + ".json", copy.checkpoints_path)
+    return copy
+
+
+def compare_states(actual: Any, expected: Any) -> tuple[int, str]:
+    """Compare two checkpoint states bit for bit; return the tensors compared and "" when
+    equal, else where they first differ and by how much."""
+    tensors = 0
+    for path, first, second in walk_pairs(actual, expected, "state"):
+        if isinstance(second, torch.Tensor):
+            tensors += 1
+            difference = describe_tensor_difference(path, first, second)
+        else:
+            same = first == second or (isinstance(first, float) and isinstance(second, float) and math.isnan(first) and math.isnan(second))
+            difference = "" if same else f"first at {path}: {short(first)} where the checkpoint has {short(second)}"
+        if difference:
+            return tensors, difference
+    return tensors, ""
+
+
+def walk_pairs(first: Any, second: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    """(path, value, expected value) of every leaf of two nested structures, in order; a
+    structure that differs in its keys or length is one leaf pair."""
+    if isinstance(second, dict) and isinstance(first, dict) and first.keys() == second.keys():
+        for key in second:
+            yield from walk_pairs(first[key], second[key], f"{path}[{key!r}]" if path != "state" else str(key))
+    elif isinstance(second, (list, tuple)) and isinstance(first, (list, tuple)) and len(first) == len(second):
+        for index, (item, expected) in enumerate(zip(first, second)):
+            yield from walk_pairs(item, expected, f"{path}[{index}]")
+    else:
+        yield path, first, second
+
+
+def describe_tensor_difference(path: str, actual: Any, expected: torch.Tensor) -> str:
+    """"" when two tensors are equal bit for bit (NaN equal to NaN), else how they differ."""
+    if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape or actual.dtype != expected.dtype:
+        return f"first at {path}: {short(actual)} where the checkpoint has a tensor of shape {list(expected.shape)}, {expected.dtype}"
+    if torch.equal(actual, expected):
+        return ""
+    if actual.is_floating_point() and torch.equal(actual.isnan(), expected.isnan()) and torch.equal(actual[~actual.isnan()], expected[~expected.isnan()]):
+        return ""  # NaN where the checkpoint has NaN: a diverged run reproduced
+    differing = actual != expected
+    if actual.is_floating_point() or actual.is_complex():
+        gap = (actual.double() - expected.double()).abs()
+        size = f"max |diff| {float(gap.max()):.2g} "
+    else:
+        size = ""
+    return f"first at {path}, {size}in {int(differing.sum()):,} of {expected.numel():,} values"
+
+
+def short(value: Any) -> str:
+    """A value for a message, cut to a readable length."""
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def append_verification(experiment: Experiment, verification: Verification) -> None:
+    """Append what verify found to the experiment's verifications.jsonl: the only thing
+    verify writes into an experiment."""
+    with open(experiment.verifications_path, "a", encoding="utf-8") as file:
+        file.write(json.dumps(verification.to_json()) + "\n")
