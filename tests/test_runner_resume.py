@@ -471,7 +471,7 @@ def test_sigkill_after_a_clock_checkpoint_resumes_from_it_and_ends_as_the_uninte
     assert saved.kind == "interrupt" and saved.epoch == 2 and saved.sidecar["iteration"] >= 10
     result = run_cli(world, name, *args)
     assert result.returncode == 0, result.stderr
-    assert f"resumed from 2.checkpoint.interrupt.pt: 1 epochs done" in result.stderr
+    assert "resumed from 2.checkpoint.interrupt.pt: 1 epochs done" in result.stderr
     assert checkpoints.list_checkpoints(folder, ("interrupt",)) == []  # retired by the epoch's own
     assert_same_as_reference(world, name)
 
