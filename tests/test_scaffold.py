@@ -4,9 +4,10 @@ import errno
 import json
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
-import zipfile
 
 import pytest
 from click.testing import CliRunner
@@ -22,10 +23,26 @@ def create(*args: str):
     return CliRunner().invoke(main, ["create", *args], catch_exceptions=False)
 
 
-def run_python(*args: str, cwd: str, project: str) -> subprocess.CompletedProcess:
-    """Run `python ARGS` in `cwd` with the project importable, one thread as in the suite."""
-    env = {**os.environ, "PYTHONPATH": project, "OMP_NUM_THREADS": "1"}
+def run_python(*args: str, cwd: str, path: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python ARGS` in `cwd`, one thread as in the suite.
+
+    Args:
+        args: python's arguments.
+        cwd: the working folder.
+        path: a folder to import the project from, put first on PYTHONPATH; None leaves the
+            project out. The suite's own PYTHONPATH stays, so that torchexp is this checkout's.
+    """
+    python_path = os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))
+    # No bytecode: the project's folder keeps the files create wrote, and nothing else.
+    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def edit(path: pathlib.Path, old: str, new: str) -> None:
+    """Replace the one occurrence of `old` in the file at `path` with `new`."""
+    text = path.read_text()
+    assert text.count(old) == 1, f"{path} holds {old!r} {text.count(old)} times"
+    path.write_text(text.replace(old, new))
 
 
 @pytest.fixture(scope="module")
@@ -37,41 +54,140 @@ def project(tmp_path_factory) -> str:
     return os.path.join(folder, "demo")
 
 
-def test_create_writes_the_package_its_configuration_and_its_tests(project):
+@pytest.fixture(scope="module")
+def elsewhere(project, tmp_path_factory) -> str:
+    """A folder outside the project in which its command line, run with the project on the
+    import path, inited, trained and tested experiment `x`: experiments/ and data/."""
+    folder = str(tmp_path_factory.mktemp("elsewhere"))
+    for command in ("init", "train", "test"):
+        done = run_python("-m", "demo", "--experiment-name", "x", command, cwd=folder, path=project)
+        assert done.returncode == 0, done.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def installed(project, tmp_path_factory) -> str:
+    """A folder pip installed the project in (built as a wheel, not editable), from a copy:
+    the build leaves files in the folder it builds from."""
+    copy = shutil.copytree(project, tmp_path_factory.mktemp("copy") / "demo")
+    target = str(tmp_path_factory.mktemp("installed"))
+    done = run_python(
+        "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", target, str(copy), cwd=target,
+    )
+    assert done.returncode == 0, done.stderr
+    return target
+
+
+# load_model from a folder outside the project: the model's class and where its Runner was
+# imported from, or torchexp's one sentence.
+LOAD_MODEL = """
+import sys
+
+import torchexp
+
+try:
+    model = torchexp.Experiments(sys.argv[1])["x"].load_model()
+except torchexp.TorchexpError as error:
+    sys.exit(f"Error: {error}")
+print(type(model).__name__, model.training, sys.modules["demo.runner"].__file__)
+"""
+
+
+def test_create_writes_the_package_its_configuration_its_tests_and_a_makefile(project):
     written = sorted(os.path.relpath(os.path.join(folder, name), project) for folder, _, names in os.walk(project) for name in names)
     package = ["__init__.py", "__main__.py", "config.default.json", "config.schema.json", "data.py", "model.py", "runner.py"]
-    assert written == sorted([".gitignore", "README.md", "pyproject.toml", "tests/test_demo.py", *(f"demo/{name}" for name in package)])
+    expected = [".gitignore", "Makefile", "README.md", "pyproject.toml", "tests/test_demo.py", *(f"demo/{name}" for name in package)]
+    assert written == sorted(expected)
     package_path = pathlib.Path(project, "demo")
     schema = json.loads((package_path / "config.schema.json").read_text())
-    assert schema["properties"]["data"]["properties"]["samples"]["description"]
+    keys = {f"{section}.{key}": value for section, spec in schema["properties"].items() for key, value in spec["properties"].items()}
+    assert keys and all(value["description"] and "default" in value for value in keys.values()), keys
     assert json.loads((package_path / "config.default.json").read_text())["trainer"]["max_epochs"] <= 5
     assert "class DemoRunner(torchexp.Runner)" in (package_path / "runner.py").read_text()
 
 
-def test_the_project_inits_trains_and_tests_from_another_folder(project, tmp_path):
-    for command in ("init", "train", "test"):
-        done = run_python("-m", "demo", "--experiment-name", "x", command, cwd=str(tmp_path), project=project)
-        assert done.returncode == 0, done.stderr
-    with open(tmp_path / "experiments" / "x" / "results" / "5.standard.test.json") as file:
+def test_the_makefile_installs_the_project_into_the_active_environment_and_runs_its_commands(project):
+    # A dry run (-n) prints what each target runs: the Makefile parses, and installs with the
+    # environment's own python.
+    done = subprocess.run(
+        ["make", "-n", "install", "test", "train", "PYTHON=python"], cwd=project, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "python -m pip install -e '.[test]'",
+        "python -m pytest -q",
+        "python -m demo --experiment-name first info > /dev/null 2>&1 || \\",
+        "  python -m demo --experiment-name first init",
+        "python -m demo --experiment-name first train --device auto",
+    ]
+    makefile = pathlib.Path(project, "Makefile").read_text()
+    targets = [line.split(":")[0] for line in makefile.splitlines() if re.match(r"^[a-z]+:", line)]
+    assert targets == ["install", "test", "train", "evaluate", "release", "serve", "export"]
+    # Each target has its comment above it, and its line in the README.
+    blocks = makefile.split("\n\n")
+    assert all(any(block.startswith("#") and f"\n{target}:" in block for block in blocks) for target in targets)
+    readme = pathlib.Path(project, "README.md").read_text()
+    assert all(f"`make {target}`" in readme for target in targets)
+
+
+def test_the_project_inits_trains_and_tests_from_another_folder(elsewhere):
+    with open(os.path.join(elsewhere, "experiments", "x", "results", "5.standard.test.json")) as file:
         results = json.load(file)["results"]
     assert results["accuracy"] > 0.8 and results["samples"] == 400
+    with open(os.path.join(elsewhere, "data", "points.csv")) as file:
+        assert next(file) == "x0,x1,class\n" and sum(1 for _ in file) == 2000
+
+
+def test_the_installed_project_holds_its_configuration(installed):
+    assert {"__main__.py", "config.default.json", "config.schema.json"} <= set(os.listdir(os.path.join(installed, "demo")))
+
+
+def test_load_model_works_from_any_folder_once_the_project_is_installed(elsewhere, installed, tmp_path):
+    done = run_python("-c", LOAD_MODEL, os.path.join(elsewhere, "experiments"), cwd=str(tmp_path), path=installed)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"Sequential False {os.path.join(installed, 'demo', 'runner.py')}\n"
+
+
+def test_load_model_of_a_project_not_installed_names_its_root_and_the_fix(project, elsewhere, tmp_path):
+    done = run_python("-c", LOAD_MODEL, os.path.join(elsewhere, "experiments"), cwd=str(tmp_path))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (
+        "Error: the project classes of experiment 'x' cannot be imported: demo.runner:DemoRunner cannot be imported "
+        f"(No module named 'demo'); the project is in {project}: install it with pip install -e {project}, or run from that folder\n"
+    )
 
 
 def test_the_projects_own_tests_pass(project):
-    done = run_python("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project, project=project)
+    done = run_python("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project, path=project)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 passed" in done.stdout
+    assert "6 passed" in done.stdout
 
 
-def test_the_project_builds_a_wheel_holding_its_configuration(project, tmp_path):
-    done = run_python(
-        "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(tmp_path), project,
-        cwd=str(tmp_path), project=project,
+def test_a_project_changed_as_a_user_would_passes_its_own_tests(tmp_path):
+    """3 classes of 5 features instead of 2 of 2, another network with a configuration key
+    of its own: the project's tests know nothing of the sizes, and pass unchanged."""
+    assert create("--name", "changed", "--path", str(tmp_path)).exit_code == 0
+    root = tmp_path / "changed"
+    package = root / "changed"
+    edit(package / "data.py", "CENTRES = ((-1.0, -1.0), (1.0, 1.0))", "CENTRES = ((2.0, 0, 0, 0, 0), (0, 2.0, 0, 0, 0), (0, 0, 2.0, 0, 0))")
+    (package / "model.py").write_text(
+        "from torch import nn\n\n\n"
+        "def build_model(features: int, classes: int, hidden: int, dropout: float) -> nn.Module:\n"
+        "    return nn.Sequential(\n"
+        "        nn.Linear(features, hidden), nn.BatchNorm1d(hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, classes)\n"
+        "    )\n"
     )
-    assert done.returncode == 0, done.stderr
-    (wheel,) = [name for name in os.listdir(tmp_path) if name.endswith(".whl")]
-    names = zipfile.ZipFile(tmp_path / wheel).namelist()
-    assert {"demo/__main__.py", "demo/config.default.json", "demo/config.schema.json"} <= set(names)
+    edit(package / "runner.py", 'self.get_conf("model", "hidden"))', 'self.get_conf("model", "hidden"), self.get_conf("model", "dropout"))')
+    edit(package / "config.default.json", '"hidden": 32', '"hidden": 16,\n    "dropout": 0.1')
+    edit(
+        package / "config.schema.json",
+        '"description": "Units in each of the two hidden layers."}',
+        '"description": "Units of the hidden layer."},\n'
+        '        "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.1, "description": "Dropout after the hidden layer."}',
+    )
+    done = run_python("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=str(root), path=str(root))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "6 passed" in done.stdout
 
 
 def test_the_templates_are_installed_as_package_data():
