@@ -2,6 +2,9 @@
 
 import os
 
+import click
+
+import torchexp
 from torchexp import make_cli
 
 # The JSON files travel with the package, so `init` finds them from any working folder.
@@ -14,6 +17,16 @@ cli = make_cli(
     config_path=os.path.join(HERE, "config.default.json"),
     schema_path=os.path.join(HERE, "config.schema.json"),
 )
+
+
+@cli.command("write-data")
+@torchexp.pass_app
+def write_data(app: torchexp.App) -> None:
+    """Write scikit-learn's breast cancer data set to --data-path/breast_cancer.csv, unless it
+    is there (init does it too)."""
+    from breast_cancer.data import write_data_file  # imports torch: not for --help
+
+    click.echo(f"the data set is in {write_data_file(app.data_path)}")
 
 
 def main() -> None:

@@ -1,18 +1,15 @@
-"""The model of breast_cancer: a small fully connected classifier of 2-D points."""
+"""The model of breast_cancer: a small fully connected network with one logit."""
 
 from torch import nn
 
-CLASSES = 2
-FEATURES = 2
 
-
-def build_model(hidden: int) -> nn.Module:
-    """Return a network mapping a batch of points (N x 2) to class scores (N x 2, logits)."""
+def build_model(features: int, hidden: int) -> nn.Module:
+    """Return a network mapping a batch of normalized features (N x features) to one logit
+    per tumour (N x 1): positive for malignant, its sigmoid the probability of malignancy."""
     return nn.Sequential(
-        nn.Linear(FEATURES, hidden),
+        nn.Linear(features, hidden),
         nn.ReLU(),
         nn.Linear(hidden, hidden),
         nn.ReLU(),
-        nn.Linear(hidden, CLASSES),
+        nn.Linear(hidden, 1),
     )
-

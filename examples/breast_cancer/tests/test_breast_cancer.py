@@ -1,32 +1,82 @@
-"""Tests of breast_cancer: its command line end to end, and its model."""
+"""Tests of breast_cancer: its command line end to end, its served predictions, its data
+file and its model."""
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from sklearn.datasets import load_breast_cancer
 
 from breast_cancer.__main__ import cli
-from breast_cancer.model import CLASSES, build_model
+from breast_cancer.data import FILE_NAME
+from breast_cancer.model import build_model
+from breast_cancer.runner import FIRST_TUMOUR
+from torchexp.folder import Experiment
+from torchexp.serving.server import make_app
 
 
-def run(tmp_path, *args: str):
-    """Run the command line on an experiment `x` under tmp_path; return click's result."""
-    base = ["--experiments-path", str(tmp_path / "experiments"), "--experiment-name", "x"]
+def run(root, *args: str):
+    """Run the command line on experiment `x` under `root`, its data in root/data; return click's result."""
+    base = ["--experiments-path", str(root / "experiments"), "--data-path", str(root / "data"), "--experiment-name", "x"]
     return CliRunner().invoke(cli, [*base, *args], catch_exceptions=False)
 
 
-def test_init_train_test(tmp_path):
-    assert run(tmp_path, "init").exit_code == 0
-    result = run(tmp_path, "train", "--max-epochs", "2", "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    result = run(tmp_path, "test", "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    with open(tmp_path / "experiments" / "x" / "results" / "2.standard.test.json") as file:
-        results = json.load(file)["results"]
-    # The clouds overlap: about 0.92 is the best a model can do, chance is 0.5.
-    assert results["accuracy"] > 0.8 and results["samples"] == 400
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A folder holding experiment `x`, trained 3 epochs and released, and its data file."""
+    root = tmp_path_factory.mktemp("trained")
+    assert run(root, "init").exit_code == 0
+    for command in (["train", "--max-epochs", "3", "--device", "cpu"], ["create_release"]):
+        result = run(root, *command)
+        assert result.exit_code == 0, result.output
+    return root
 
 
-def test_model_scores_every_class_of_every_point():
-    model = build_model(hidden=4)
-    assert model(torch.zeros(5, 2)).shape == (5, CLASSES)
+def test_init_writes_the_data_file_and_the_training_statistics(trained):
+    header = (trained / "data" / FILE_NAME).read_text().splitlines()[0].split(",")
+    assert header == [*load_breast_cancer().feature_names, "malignant"]
+    state = json.loads((trained / "experiments" / "x" / "data.json").read_text())
+    assert state["features"] == header[:-1] and state["samples"] == 569
+    assert len(state["mean"]) == len(state["std"]) == 30 and 10 < state["mean"][0] < 20  # mean radius, in mm
+
+
+def test_test_is_well_above_chance(trained):
+    result = run(trained, "test", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    results = json.loads((trained / "experiments" / "x" / "results" / "3.standard.test.json").read_text())["results"]
+    # 63 % of the tumours are benign: always answering benign scores 0.63.
+    assert results["accuracy"] > 0.9 and results["auc"] > 0.95 and results["samples"] == 114
+
+
+def test_the_release_serves_the_example_and_refuses_a_malformed_instance(trained):
+    app = make_app(Experiment(str(trained / "experiments"), "x"))
+    example = dict(zip(load_breast_cancer().feature_names, FIRST_TUMOUR))
+    with TestClient(app) as client:
+        answer = client.post("/v1/models/x:predict", json={"instances": [example, list(FIRST_TUMOUR)]})
+        assert answer.status_code == 200
+        named, listed = answer.json()["predictions"]
+        assert named == listed and named["label"] == "malignant" and named["malignant"] > 0.5
+        answer = client.post("/v1/models/x:predict", json={"instances": [{**example, "mean radius": "large"}]})
+        assert (answer.status_code, answer.json()) == (400, {"error": "instances[0]: feature 'mean radius' must be a number, not a string"})
+
+
+def test_a_missing_data_file_is_one_sentence_naming_it_and_the_fix(tmp_path, trained):
+    base = ["--experiments-path", str(trained / "experiments"), "--data-path", str(tmp_path), "--experiment-name", "x"]
+    result = CliRunner().invoke(cli, [*base, "test", "--device", "cpu"])
+    assert result.exit_code == 5
+    path = tmp_path / FILE_NAME
+    assert result.output == (
+        f"Error: the data file {path} is missing: pass the --data-path that init wrote it to, "
+        f"or write it there with `python -m breast_cancer --data-path {tmp_path} write-data`\n"
+    )
+
+
+def test_the_example_is_the_data_sets_first_tumour_a_malignant_one():
+    bundle = load_breast_cancer()
+    assert FIRST_TUMOUR == tuple(bundle.data[0]) and bundle.target_names[bundle.target[0]] == "malignant"
+
+
+def test_the_model_gives_one_logit_per_tumour():
+    assert build_model(features=30, hidden=4)(torch.zeros(5, 30)).shape == (5, 1)
