@@ -136,13 +136,18 @@ def check_number(name: str, value: Any) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"feature {name!r} must be a number, not {describe_json(value)}")
-    if not math.isfinite(value):
-        raise ValueError(f"feature {name!r} is {value}: a feature must be a finite number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"feature {name!r} must be a finite number, not {number}")
+    return number
 
 
 def name_features(names: list[str]) -> str:
-    """"feature 'a'", or "features 'a', 'b', 'c' and 2 more": the first three, and how many more."""
+    """Name features in a message, the first three and how many more: "feature 'a'", or
+    "features 'a', 'b', 'c' and 2 more"."""
     shown = ", ".join(repr(name) for name in names[:3])
     if len(names) > 3:
         shown += f" and {len(names) - 3} more"

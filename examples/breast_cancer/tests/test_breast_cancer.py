@@ -12,9 +12,11 @@ from sklearn.datasets import load_breast_cancer
 from breast_cancer.__main__ import cli
 from breast_cancer.data import FILE_NAME
 from breast_cancer.model import build_model
-from breast_cancer.runner import FIRST_TUMOUR
+from breast_cancer.runner import FIRST_TUMOUR, check_number
 from torchexp.folder import Experiment
 from torchexp.serving.server import make_app
+
+EXAMPLE = dict(zip(load_breast_cancer().feature_names, FIRST_TUMOUR))  # the runner's serve_example
 
 
 def run(root, *args: str):
@@ -50,16 +52,35 @@ def test_test_is_well_above_chance(trained):
     assert results["accuracy"] > 0.9 and results["auc"] > 0.95 and results["samples"] == 114
 
 
-def test_the_release_serves_the_example_and_refuses_a_malformed_instance(trained):
-    app = make_app(Experiment(str(trained / "experiments"), "x"))
-    example = dict(zip(load_breast_cancer().feature_names, FIRST_TUMOUR))
-    with TestClient(app) as client:
-        answer = client.post("/v1/models/x:predict", json={"instances": [example, list(FIRST_TUMOUR)]})
-        assert answer.status_code == 200
-        named, listed = answer.json()["predictions"]
-        assert named == listed and named["label"] == "malignant" and named["malignant"] > 0.5
-        answer = client.post("/v1/models/x:predict", json={"instances": [{**example, "mean radius": "large"}]})
-        assert (answer.status_code, answer.json()) == (400, {"error": "instances[0]: feature 'mean radius' must be a number, not a string"})
+@pytest.fixture(scope="module")
+def client(trained):
+    """A client of the release's server, not listening on any port."""
+    with TestClient(make_app(Experiment(str(trained / "experiments"), "x"))) as client:
+        yield client
+
+
+def test_the_release_serves_the_example_by_name_and_as_a_list(client):
+    answer = client.post("/v1/models/x:predict", json={"instances": [EXAMPLE, list(FIRST_TUMOUR)]})
+    assert answer.status_code == 200
+    named, listed = answer.json()["predictions"]
+    assert named == listed and named["label"] == "malignant" and named["malignant"] > 0.5
+
+
+@pytest.mark.parametrize(
+    "instance, sentence",
+    [
+        ({**EXAMPLE, "mean radius": "large"}, "feature 'mean radius' must be a number, not a string"),
+        ({**EXAMPLE, "mean radius": True}, "feature 'mean radius' must be a number, not true or false"),
+        ({**EXAMPLE, "radius": 1.0}, "unknown feature 'radius': an instance holds the 30 features of scikit-learn's load_breast_cancer, such as 'mean radius'"),
+        ({"mean radius": 1.0}, "the instance lacks the features 'mean texture', 'mean perimeter', 'mean area' and 26 more: it needs all 30"),
+        ([1.0] * 29, "an instance as a list must hold the 30 features' values, not 29"),
+        ([*FIRST_TUMOUR[:-1], None], "feature 'worst fractal dimension' must be a number, not null"),
+        ("benign?", 'an instance must be an object of the 30 named features, e.g. {"mean radius": 17.99, ...}, or a list of their 30 values, not a string'),
+    ],
+)
+def test_a_malformed_instance_is_refused_in_one_sentence(client, instance, sentence):
+    answer = client.post("/v1/models/x:predict", json={"instances": [instance]})
+    assert (answer.status_code, answer.json()) == (400, {"error": f"instances[0]: {sentence}"})
 
 
 def test_a_missing_data_file_is_one_sentence_naming_it_and_the_fix(tmp_path, trained):
@@ -80,3 +101,9 @@ def test_the_example_is_the_data_sets_first_tumour_a_malignant_one():
 
 def test_the_model_gives_one_logit_per_tumour():
     assert build_model(features=30, hidden=4)(torch.zeros(5, 30)).shape == (5, 1)
+
+
+def test_a_value_that_is_not_finite_is_refused():
+    # JSON has no NaN or infinity, but Python's parser (and FastAPI's) accepts them.
+    with pytest.raises(ValueError, match="^feature 'x' must be a finite number, not nan$"):
+        check_number("x", float("nan"))
