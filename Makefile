@@ -13,6 +13,7 @@ $(BIN)/activate: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[all,docs,test]'
+	$(BIN)/pip install --quiet -e examples/breast_cancer
 	touch $(BIN)/activate
 
 venv: $(BIN)/activate

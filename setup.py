@@ -28,7 +28,7 @@ EXTRAS = {
     "docs": ["mkdocs-material", "mkdocstrings[python]"],
 }
 EXTRAS["all"] = sorted({package for extra in ("search", "serve", "export", "plots") for package in EXTRAS[extra]})
-EXTRAS["test"] = ["pytest", "pytest-xdist", "hypothesis", "httpx", "selenium", "schemathesis"]
+EXTRAS["test"] = ["pytest", "pytest-xdist", "hypothesis", "httpx", "selenium", "schemathesis", "scikit-learn"]
 
 setup(
     name="torchexp",

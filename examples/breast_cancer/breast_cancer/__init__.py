@@ -1,0 +1,1 @@
+"""breast_cancer: a torchexp project. Run `python -m breast_cancer --help`."""
