@@ -51,6 +51,9 @@ def project(tmp_path_factory) -> str:
     folder = str(tmp_path_factory.mktemp("projects"))
     result = create("--name", "demo", "--path", folder)
     assert result.exit_code == 0, result.output
+    # What to do next starts with installing it; a folder above the working one is named whole.
+    steps = result.output.split("next:\n")[1].splitlines()
+    assert steps[0] == f"  cd {os.path.join(folder, 'demo')}" and steps[1].startswith("  make install")
     return os.path.join(folder, "demo")
 
 

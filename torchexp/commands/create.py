@@ -17,9 +17,11 @@ def create(name: str, folder: str) -> None:
     click.echo(f"created project {name} in {target}:")
     for path in files:
         click.echo(f"  {path}")
+    relative = os.path.relpath(target)
     click.echo("next:")
-    click.echo(f"  cd {os.path.relpath(target)}")
+    click.echo(f"  cd {os.path.abspath(target) if relative.startswith('..') else relative}")
+    click.echo("  make install    # pip install -e '.[test]': the project and its tests' needs, importable from anywhere")
     click.echo(f"  python -m {name} --experiment-name first init")
     click.echo(f"  python -m {name} --experiment-name first train")
     click.echo(f"  python -m {name} --experiment-name first test")
-    click.echo("  python -m pytest -q")
+    click.echo("  make test")
