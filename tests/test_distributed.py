@@ -77,6 +77,7 @@ def test_two_gloo_processes_shard_reduce_write_once_and_resume(tmp_path):
     assert [entry["epoch"] for entry in read_metrics(tmp_path, "train")] == [1, 2, 3]
 
 
+@pytest.mark.slow  # the default suite restarts a group in the mid-epoch test; this one, at an epoch start
 def test_a_dead_rank_is_restarted_by_torchrun_from_the_last_checkpoint(tmp_path):
     init_project(tmp_path)
     result = run_project(tmp_path, "train", "--max-epochs", "3", "--device", "cpu", processes=2, restarts=1, env={"TORCHEXP_TEST_DIE_AT": "2"})

@@ -487,7 +487,7 @@ def test_sigkill_across_saves_removals_and_verify_loses_nothing_and_every_checkp
     rng = random.Random(17)
     args = ["train", "--max-epochs", str(EPOCHS), "--log-period", "1", "--device", "cpu"]
     progress = (0, 0)
-    for attempt in range(4):
+    for attempt in range(3):
         process = subprocess.Popen(command(world, name, *args), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not wait_and_kill(process, "random", 0, (rng.randint(PER_EPOCH // 2, PER_EPOCH * 2), rng.uniform(0, 0.05)), folder, {}, metrics):
             break
