@@ -11,7 +11,9 @@ import contextlib
 import logging
 import math
 import os
+import queue
 import signal
+import threading
 import time
 from typing import Any, Iterator
 
@@ -33,6 +35,11 @@ class StopSignals:
         self.received: int | None = None
         self.saving = False
         self.owner = os.getpid()
+        # A handler runs between two bytecodes of the main thread, possibly inside a log
+        # record's write: logging from it can fail with a reentrant write to the stream.
+        # SimpleQueue.put is safe there; a thread of its own writes the messages.
+        self.messages: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.writer = threading.Thread(target=self.write_messages, name="torchexp-stop-messages", daemon=True)
 
     @property
     def name(self) -> str:
@@ -61,11 +68,15 @@ class StopSignals:
             return
         if self.received is None:
             self.received = signum
-            self.logger.warning(f"{signal.Signals(signum).name} received: finishing the current step, then saving")
+            self.messages.put(f"{signal.Signals(signum).name} received: finishing the current step, then saving")
         elif self.saving:
-            self.logger.warning("already stopping: the checkpoint is being saved, please wait")
+            self.messages.put("already stopping: the checkpoint is being saved, please wait")
         else:
-            self.logger.warning("already stopping: finishing the current step, then saving")
+            self.messages.put("already stopping: finishing the current step, then saving")
+
+    def write_messages(self) -> None:
+        while (message := self.messages.get()) is not None:
+            self.logger.warning(message)
 
 
 class CheckpointClock:
@@ -92,9 +103,12 @@ def catching_stop_signals(logger: logging.Logger) -> Iterator[StopSignals]:
     """Within the block, SIGINT and SIGTERM ask for a stop instead of ending the process;
     the handlers found are put back afterwards."""
     signals = StopSignals(logger)
+    signals.writer.start()
     previous = {signum: signal.signal(signum, signals.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield signals
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        signals.messages.put(None)
+        signals.writer.join()
