@@ -11,9 +11,10 @@ import json
 import os
 import socket
 import urllib.request
+from typing import Callable
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -131,16 +132,21 @@ BAD_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("case", BAD_CONFIGS)
-def test_bad_config_files_are_refused(unchanged, case):
-    content, message = BAD_CONFIGS[case]
-    path = os.path.join(os.path.dirname(unchanged), f"config-{abs(hash(case))}.json")
+def init_with_file(experiments: str, content: bytes, options: Callable[[str], list[str]]) -> Result:
+    """`init` of experiment "new" with `options(path)`, `content` written at path for the run only."""
+    path = os.path.join(os.path.dirname(experiments), "init-file.json")
     with open(path, "wb") as file:
         file.write(content)
     try:
-        result = invoke(unchanged, "init", "--config-path", path, "--schema-path", SCHEMA, name="new")
+        return invoke(experiments, "init", *options(path), name="new")
     finally:
         os.remove(path)
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_config_files_are_refused(unchanged, case):
+    content, message = BAD_CONFIGS[case]
+    result = init_with_file(unchanged, content, lambda path: ["--config-path", path, "--schema-path", SCHEMA])
     assert_clean_error(result, message)
     assert result.exit_code == 2
 
@@ -205,13 +211,7 @@ def connections(monkeypatch) -> list:
 @pytest.mark.parametrize("case", ["remote reference", "file reference", "relative reference"])
 def test_references_outside_the_schema_are_refused_without_being_fetched(unchanged, connections, case):
     content, message = BAD_SCHEMAS[case]
-    path = os.path.join(os.path.dirname(unchanged), "schema-remote.json")
-    with open(path, "wb") as file:
-        file.write(content)
-    try:
-        result = invoke(unchanged, "init", "--config-path", CONFIG, "--schema-path", path, name="new")
-    finally:
-        os.remove(path)
+    result = init_with_file(unchanged, content, lambda path: ["--config-path", CONFIG, "--schema-path", path])
     assert connections == []
     assert_clean_error(result, message)
     assert result.output == message and result.exit_code == 2
