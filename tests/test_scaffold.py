@@ -111,9 +111,11 @@ def test_create_writes_the_package_its_configuration_its_tests_and_a_makefile(pr
 
 def test_the_makefile_installs_the_project_into_the_active_environment_and_runs_its_commands(project):
     # A dry run (-n) prints what each target runs: the Makefile parses, and installs with the
-    # environment's own python.
+    # environment's own python. The suite itself may run under make (CI's `make test`), whose
+    # MAKEFLAGS and MAKELEVEL would make this make print "Entering directory" lines: drop them.
+    env = {name: value for name, value in os.environ.items() if name not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", "install", "test", "train", "PYTHON=python"], cwd=project, capture_output=True, text=True, timeout=60
+        ["make", "-n", "install", "test", "train", "PYTHON=python"], cwd=project, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
