@@ -24,6 +24,7 @@ from torchexp.commands.tensorboard import tensorboard
 from torchexp.commands.training import create_release, test, train
 from torchexp.commands.verify import verify
 from torchexp.errors import TorchexpError
+from torchexp.mirror.target import resolve_target
 from torchexp.version import __version__
 
 PROJECT_COMMANDS = (init, info, train, test, create_release, verify, tensorboard, serve, compare, export, search)
@@ -88,12 +89,18 @@ def make_cli(
     @click.option("--data-path", default="data", show_default=True, help="Folder holding (or receiving) the data sets.")
     @click.option("--verbose/--quiet", default=None, help="Show debug logs, or only warnings and errors.  [default: neither]")
     @click.option("--debug", is_flag=True, help="On an error, show its traceback above its one sentence (verbose.log keeps it anyway).")
+    @click.option(
+        "--mlflow-uri",
+        help="Mirror experiments to this MLflow tracking server (http://HOST:PORT).  [default: $MLFLOW_TRACKING_URI, or no mirror]",
+    )
     @click.version_option(__version__, prog_name="torchexp")
     @click.pass_context
-    def cli(ctx: click.Context, experiment_name: str | None, experiments_path: str, data_path: str, verbose: bool | None, debug: bool) -> None:
+    def cli(
+        ctx: click.Context, experiment_name: str | None, experiments_path: str, data_path: str, verbose: bool | None, debug: bool, mlflow_uri: str | None
+    ) -> None:
         """Experiments with validated configs, exact-resume checkpoints, releases and TensorBoard."""
         verbosity = {None: "normal", True: "verbose", False: "quiet"}[verbose]
-        ctx.obj = App(data_class, runner_class, experiment_name, experiments_path, data_path, verbosity)
+        ctx.obj = App(data_class, runner_class, experiment_name, experiments_path, data_path, verbosity, resolve_target(mlflow_uri))
         ctx.obj.debug = debug
 
     for command in PROJECT_COMMANDS:

@@ -77,6 +77,13 @@ class VerificationError(TorchexpError):
     exit_code = 12
 
 
+class TrackingError(TorchexpError):
+    """The MLflow tracking server cannot be reached, or refuses what is sent (a registered
+    model's name, say)."""
+
+    exit_code = 13
+
+
 class TrainingInterrupted(TorchexpError):
     """Training stopped on a signal after saving an interrupt checkpoint."""
 

@@ -15,6 +15,7 @@ from torchexp.hooks import project_errors
 from torchexp.hparams import write_hparams
 from torchexp.loaders import position_loader, prepare_loaders
 from torchexp.memory import keep_freed_memory_when_configured
+from torchexp.mirror.hooks import mirror_now
 from torchexp.precision import Precision
 from torchexp.project import Project
 from torchexp.releases import find_weights
@@ -111,7 +112,9 @@ def evaluate_experiment(project: Project, experiment: Experiment, epoch: int | N
     runner = project.make_runner(experiment, experiment.read_definition(), num_workers)
     try:
         with project_errors(runner.logger):
-            return run_test(runner, torch_device, epoch, release)
+            results = run_test(runner, torch_device, epoch, release)
+        mirror_now(project.tracking, experiment, runner.logger)
+        return results
     finally:
         runner.tracker.close()
         close_logger(runner.logger)

@@ -15,6 +15,7 @@ EXTRA_MODULES = {
     "serve": ("fastapi", "uvicorn", "prometheus_client", "PIL"),
     "export": ("onnx", "onnxscript", "onnxruntime", "safetensors"),
     "plots": ("matplotlib",),
+    "mlflow": ("mlflow",),
 }
 
 

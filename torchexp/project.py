@@ -18,6 +18,7 @@ from torchexp.config import Config, fill_trainer_defaults
 from torchexp.errors import DataError, ProjectError, first_line
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
+from torchexp.mirror.target import MlflowTarget
 from torchexp.provenance import watching_reads
 from torchexp.tracking import Tracker, close_logger, make_logger
 from torchexp.version import __version__
@@ -34,12 +35,14 @@ class Project:
         runner_class: the project's Runner subclass, or "module:Class".
         data_path: the folder holding (or receiving) the data sets.
         verbosity: "quiet", "normal" or "verbose" on the console.
+        tracking: the MLflow server its experiments are mirrored to, or None (`torchexp.mirror`).
     """
 
     data_class: ClassSpec
     runner_class: ClassSpec
     data_path: str = "data"
     verbosity: str = "normal"
+    tracking: MlflowTarget | None = None
 
     def classes(self) -> dict[str, str]:
         """{"data": "module:Class", "runner": "module:Class"}, as config.json records them."""

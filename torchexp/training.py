@@ -13,6 +13,7 @@ from torchexp.errors import CheckpointError, LockError, TrainingInterrupted, fir
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
 from torchexp.metrics import FAILED, INTERRUPTED, Stop
+from torchexp.mirror.hooks import mirroring_training
 from torchexp.provenance import append_record, collect, describe_changes, read_last
 from torchexp.project import Project
 from torchexp.tracking import close_logger
@@ -94,7 +95,9 @@ def train_held(
                 max_epochs, source = runner.get_conf("trainer", "max_epochs"), "trainer.max_epochs"
             runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to epoch {max_epochs} ({source})")
             provenance = record_provenance(runner, project.data_path, device)
-            stop = train_recording_stop(runner, device, max_epochs, log_period, epoch, epoch_observers, provenance)
+            tracking = project.tracking if world.is_main else None
+            with mirroring_training(tracking, experiment, runner.logger) as mirrors:
+                stop = train_recording_stop(runner, device, max_epochs, log_period, epoch, (*mirrors, *epoch_observers), provenance)
         finally:
             runner.tracker.close()
             close_logger(runner.logger)

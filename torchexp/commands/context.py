@@ -6,6 +6,7 @@ Nothing here imports torch: `--help`, `info` and the inspection commands answer 
 import click
 
 from torchexp.folder import Experiment
+from torchexp.mirror.target import MlflowTarget
 from torchexp.project import ClassSpec, Project
 
 
@@ -19,6 +20,7 @@ class App:
         experiments_path: --experiments-path.
         data_path: --data-path.
         verbosity: "quiet", "normal" or "verbose".
+        tracking: the MLflow server experiments are mirrored to, or None.
     """
 
     def __init__(
@@ -29,8 +31,9 @@ class App:
         experiments_path: str,
         data_path: str,
         verbosity: str,
+        tracking: MlflowTarget | None = None,
     ):
-        self.project = Project(data_class, runner_class, data_path, verbosity)
+        self.project = Project(data_class, runner_class, data_path, verbosity, tracking)
         self.experiment_name = experiment_name
         self.experiments_path = experiments_path
         self.debug = False  # --debug: an error's traceback above its sentence
