@@ -4,6 +4,7 @@ import click
 
 from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import with_device, with_workers
+from torchexp.mirror.hooks import check_registered_model, register_release_now
 from torchexp.tracking import close_logger, make_logger
 from torchexp.releases import choose_release_epoch, create_release as write_release
 from torchexp.training import train_experiment
@@ -48,14 +49,28 @@ def test(app: App, epoch: int | None, release: bool, device: str, num_workers: i
     type=click.IntRange(min=1),
     help="Epoch to release.  [default: the lowest validation loss, or the latest without validation]",
 )
+@click.option(
+    "--registered-model",
+    help="With MLflow tracking on, register the release as a version of this model.  [default: PROJECT-EXPERIMENT, e.g. mnist_classifier-fast]",
+)
 @pass_app
-def create_release(app: App, epoch: int | None) -> None:
-    """Write a release checkpoint: an epoch's weights and the metadata to use them."""
+def create_release(app: App, epoch: int | None, registered_model: str | None) -> None:
+    """Write a release checkpoint: an epoch's weights and the metadata to use them.
+
+    With MLflow tracking on, the release is also registered in MLflow's Model Registry from
+    its ONNX export.
+    """
     experiment = app.open_experiment()
     reason = "asked for"
     if epoch is None:
         epoch, reason = choose_release_epoch(experiment)
+    tracking = app.project.tracking
+    model_name = check_registered_model(tracking, experiment, epoch, registered_model)
     path = write_release(experiment, epoch, experiment.read_definition())
     logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
-    logger.info(f"released epoch {epoch} ({reason}) as {path}")
-    close_logger(logger)
+    try:
+        logger.info(f"released epoch {epoch} ({reason}) as {path}")
+        if model_name is not None:
+            register_release_now(tracking, app.project, experiment, epoch, model_name, logger)
+    finally:
+        close_logger(logger)

@@ -9,9 +9,10 @@ import contextlib
 import logging
 from typing import Iterator
 
-from torchexp.errors import TorchexpError
+from torchexp.errors import ConfigError, TorchexpError
 from torchexp.folder import Experiment
 from torchexp.mirror.target import MlflowTarget
+from torchexp.project import Project
 
 
 @contextlib.contextmanager
@@ -51,3 +52,43 @@ def mirror_now(target: MlflowTarget | None, experiment: Experiment, logger: logg
         make_run_mirror(client, target, experiment, experiment.read_definition()).sync()
     except TorchexpError as error:
         logger.warning(f"{error}; the experiment folder keeps everything, and sync sends it later")
+
+
+def check_registered_model(target: MlflowTarget | None, experiment: Experiment, epoch: int, asked: str | None) -> str | None:
+    """Before a release is written: the registered model it goes to, which MLflow has
+    accepted (and created when new); None when tracking is off.
+
+    Raises:
+        ConfigError: a name is asked for with tracking off.
+        TrackingError: MLflow cannot be reached, or refuses the name.
+    """
+    if target is None:
+        if asked is not None:
+            raise ConfigError("--registered-model needs MLflow tracking: pass --mlflow-uri or set MLFLOW_TRACKING_URI")
+        return None
+    from torchexp.mirror.registry import choose_model_name, ensure_registered_model
+    from torchexp.mirror.runs import connect
+
+    name = choose_model_name(experiment, epoch, asked)
+    ensure_registered_model(connect(target), target, name)
+    return name
+
+
+def register_release_now(target: MlflowTarget, project: Project, experiment: Experiment, epoch: int, name: str, logger: logging.Logger) -> None:
+    """Register the release of `epoch` as a version of `name`, and send its run what it lacks.
+
+    Raises:
+        TrackingError: MLflow cannot be reached or refuses the model.
+        TorchexpError: the release cannot be exported to ONNX.
+    """
+    from torchexp.mirror.registry import register_release, remember_model_name
+    from torchexp.mirror.runs import connect
+    from torchexp.mirror.studies import make_run_mirror
+    from torchexp.releases import find_release
+
+    remember_model_name(experiment, epoch, name)
+    client = connect(target)
+    mirror = make_run_mirror(client, target, experiment, experiment.read_definition())
+    version, _ = register_release(client, mirror, project, find_release(experiment, epoch), name, logger)
+    mirror.sync()
+    logger.info(f"registered the release of epoch {epoch} in MLflow as {name!r} version {version.version}")
