@@ -20,6 +20,7 @@ from torchexp.commands.info import info
 from torchexp.commands.init import init
 from torchexp.commands.search import search
 from torchexp.commands.serve import serve
+from torchexp.commands.sync import sync
 from torchexp.commands.tensorboard import tensorboard
 from torchexp.commands.training import create_release, test, train
 from torchexp.commands.verify import verify
@@ -27,7 +28,7 @@ from torchexp.errors import TorchexpError
 from torchexp.mirror.target import resolve_target
 from torchexp.version import __version__
 
-PROJECT_COMMANDS = (init, info, train, test, create_release, verify, tensorboard, serve, compare, export, search)
+PROJECT_COMMANDS = (init, info, train, test, create_release, verify, tensorboard, serve, compare, export, search, sync)
 
 
 class TorchexpGroup(click.Group):

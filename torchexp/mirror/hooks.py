@@ -7,7 +7,7 @@ the command's own work is done and kept in the experiment folder, for `sync` to 
 
 import contextlib
 import logging
-from typing import Iterator
+from typing import Any, Iterator
 
 from torchexp.errors import ConfigError, TorchexpError
 from torchexp.folder import Experiment
@@ -92,3 +92,37 @@ def register_release_now(target: MlflowTarget, project: Project, experiment: Exp
     version, _ = register_release(client, mirror, project, find_release(experiment, epoch), name, logger)
     mirror.sync()
     logger.info(f"registered the release of epoch {epoch} in MLflow as {name!r} version {version.version}")
+
+
+class SearchMirror:
+    """Mirrors a search from its process: the study's run, and each trial's state as the
+    search records it (the trials' epochs are mirrored by their own `train`).
+
+    Args:
+        target: the MLflow server, or None (then every call does nothing).
+        study_path: the study's folder.
+        logger: the search's logger; a server that cannot be reached is said once.
+    """
+
+    def __init__(self, target: MlflowTarget | None, study_path: str, logger: logging.Logger):
+        self.target = target
+        self.study_path = study_path
+        self.logger = logger
+        self.warned = False
+        self.mirror = None
+        if target is not None:
+            from torchexp.mirror.runs import connect
+            from torchexp.mirror.studies import StudyMirror
+
+            self.mirror = StudyMirror(connect(target), target, study_path)
+
+    def sync(self, study: Any, settings: dict, status: str | None = None, trials: tuple[int, ...] | None = None) -> None:
+        """Send the study's run and the runs of `trials` (None: all) what they lack."""
+        if self.mirror is None:
+            return
+        try:
+            self.mirror.sync(study, settings, status, trials)
+        except TorchexpError as error:
+            if not self.warned:
+                self.logger.warning(f"{error}; the search goes on, and sync sends the study later")
+            self.warned = True

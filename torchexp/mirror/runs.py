@@ -52,7 +52,23 @@ def calling_mlflow(target: MlflowTarget, what: str) -> Iterator[None]:
     except TrackingError:
         raise
     except Exception as error:
+        unreachable = describe_unreachable(str(error))
+        if unreachable is not None:
+            raise TrackingError(f"MLflow at {target.uri} cannot be reached ({unreachable}) to {what}: is the server running there?") from error
         raise TrackingError(f"MLflow at {target.uri} failed to {what}: {first_line(error)}") from error
+
+
+def describe_unreachable(message: str) -> str | None:
+    """Why a request never reached the server, in a few words; None when it did."""
+    reasons = {
+        "Connection refused": "connection refused",
+        "Name or service not known": "unknown host",
+        "Temporary failure in name resolution": "unknown host",
+        "timed out": f"no answer within {REQUEST_TIMEOUT_S} s",
+        "Connection reset": "connection reset",
+        "RemoteDisconnected": "the connection closed",
+    }
+    return next((reason for text, reason in reasons.items() if text in message), None)
 
 
 def find_experiment_id(client: Any, target: MlflowTarget, name: str) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 from torchexp.config import load_schema, parse_overrides
 from torchexp.errors import ConfigError, ExperimentError, TorchexpError, TrainingInterrupted
 from torchexp.metrics import normalize_direction, parse_metric
+from torchexp.mirror.hooks import SearchMirror
+from torchexp.mirror.records import FINISHED, KILLED, RUNNING
 from torchexp.project import Project
 from torchexp.search.options import RunOptions, StudyOptions, flag
 from torchexp.search.pruners import make_trial_pruner
@@ -68,11 +70,17 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
     try:
         pruner = make_trial_pruner(settings)
         study = load_study(database or open_journal(folder.path), settings, space, pruner)
-        search = Search(project, folder, settings, pruner, space, schema, study, run, logger)
+        search = Search(project, folder, settings, pruner, space, schema, study, run, logger, SearchMirror(project.tracking, folder.path, logger))
         if total < run.trials:
             logger.info(f"the grid has {total} points: {flag('trials')} {run.trials} is capped at {total}")
         logger.info(f"search {folder.name!r} (pid {os.getpid()}): {total} trials, {settings.sampler} sampler, {settings.pruner} pruner, {settings.direction} {settings.metric}")
-        work_until_done(search, total)
+        search.mirror.sync(study, settings.as_record(), RUNNING, trials=())
+        try:
+            done = work_until_done(search, total)
+        except BaseException:
+            search.mirror.sync(study, settings.as_record(), KILLED)
+            raise
+        search.mirror.sync(study, settings.as_record(), FINISHED if done else KILLED)
         return search
     except KeyboardInterrupt:
         raise TrainingInterrupted("search stopped by SIGINT between trials; nothing was lost: run the same command to continue") from None
@@ -104,19 +112,20 @@ def count_trials(settings: SearchSettings, space: SearchSpace, trials: int) -> i
     return min(trials, space.grid_size())
 
 
-def work_until_done(search: Search, total: int) -> None:
-    """Pick and train trials until the scheduler says the search is done or the timeout passes."""
+def work_until_done(search: Search, total: int) -> bool:
+    """Pick and train trials until the scheduler says the search is done (True) or the
+    timeout passes (False)."""
     timeout = search.run.timeout
     started = time.monotonic()
     waiting = False
     while True:
         if timeout is not None and time.monotonic() - started >= timeout:
             search.logger.info(f"{flag('timeout')} {timeout:g} s reached: starting nothing more (the same command continues the study)")
-            return
+            return False
         with hold_scheduler_lock(search.folder):
             work = pick_work(search, total)
         if work == "done":
-            return
+            return True
         if work == "wait":
             if not waiting:
                 search.logger.info("every trial is taken: waiting for the other search processes")
@@ -143,6 +152,7 @@ def do_work(search: Search, work: Work) -> None:
             message = record_outcome(search, work, outcome)
             work.claim.release()
         search.logger.info(f"trial {work.number} {message}")
+        search.mirror.sync(search.study, search.settings.as_record(), RUNNING, trials=(work.number,))
     finally:
         work.claim.release()
 

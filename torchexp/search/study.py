@@ -23,6 +23,7 @@ import optuna
 from torchexp.errors import ConfigError, ExperimentError
 from torchexp.files import read_json, write_json_atomic
 from torchexp.folder import Experiment, validate_name
+from torchexp.mirror.hooks import SearchMirror
 from torchexp.project import Project
 from torchexp.search.options import RunOptions, StudyOptions, declared_fields, flag
 from torchexp.search.pruners import TrialPruner
@@ -171,6 +172,7 @@ class Search:
         study: the Optuna study.
         run: this process's options.
         logger: the search's logger.
+        mirror: sends the study to MLflow when tracking is on.
     """
 
     project: Project
@@ -182,6 +184,7 @@ class Search:
     study: Any
     run: RunOptions
     logger: logging.Logger
+    mirror: SearchMirror
 
 
 def comparable_space(record: Any) -> Any:
