@@ -48,7 +48,7 @@ def ensure_registered_model(client: Any, target: MlflowTarget, name: str) -> Non
         return
     except MlflowException as error:
         if error.error_code == "INVALID_PARAMETER_VALUE":
-            raise TrackingError(f"MLflow refuses the registered model name {name!r}: {first_line(error)}") from error
+            raise TrackingError(f"MLflow refuses the registered model name {name!r}: {describe_refusal(error)}") from error
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise TrackingError(f"MLflow at {target.uri} failed to find the registered model {name!r}: {first_line(error)}") from error
     except Exception as error:
@@ -57,9 +57,14 @@ def ensure_registered_model(client: Any, target: MlflowTarget, name: str) -> Non
         client.create_registered_model(name)
     except MlflowException as error:
         if error.error_code == "INVALID_PARAMETER_VALUE":
-            raise TrackingError(f"MLflow refuses the registered model name {name!r}: {first_line(error)}") from error
+            raise TrackingError(f"MLflow refuses the registered model name {name!r}: {describe_refusal(error)}") from error
         if error.error_code != "RESOURCE_ALREADY_EXISTS":  # another process created it meanwhile
             raise TrackingError(f"MLflow at {target.uri} failed to create the registered model {name!r}: {first_line(error)}") from error
+
+
+def describe_refusal(error: Any) -> str:
+    """An MlflowException's first line without the error code a server puts in front."""
+    return first_line(error).removeprefix(f"{error.error_code}: ")
 
 
 def remember_model_name(experiment: Experiment, epoch: int, name: str) -> None:
@@ -129,4 +134,6 @@ def save_onnx_model(experiment: Experiment, release: checkpoints.Checkpoint, onn
     example = example_input(runner).numpy()
     output = open_onnx_session(onnx_path, 1).run(None, {"input": example})[0]
     model = onnx.load(onnx_path)
-    mlflow.onnx.save_model(model, folder, signature=infer_signature(example, output), input_example=example)
+    # Named as in the ONNX graph, so that /invocations takes {"inputs": {"input": [...]}}.
+    signature = infer_signature({"input": example}, {"output": output})
+    mlflow.onnx.save_model(model, folder, signature=signature, input_example={"input": example})

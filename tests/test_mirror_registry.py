@@ -1,0 +1,148 @@
+"""Releases in MLflow's Model Registry from their ONNX export, served by `mlflow models
+serve` with the labels torchexp's `serve` gives on real MNIST test digits; the MLflow UI
+shows a trained run's validation-loss chart; a PostgreSQL-backed server works the same."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from conftest import REPO, free_port, init_args, snapshot
+from mlflow_browser import open_browser, wait_for_metric_chart, wait_for_registered_model
+from mlflow_server import is_healthy, start_mlflow_server
+from mnist_classifier.__main__ import cli
+from postgres_server import postgres_server
+from serve_fixtures import NAME, build_app, pixels_body
+
+pytest.importorskip("mlflow")
+from mlflow import MlflowClient  # noqa: E402
+
+MNIST_TEST_IMAGES = os.path.join(REPO, "..", "shared", "datasets", "MNIST", "raw", "t10k-images-idx3-ubyte")
+SERVE_TIMEOUT = 180  # seconds for `mlflow models serve` to answer /ping on a busy machine
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with start_mlflow_server(str(tmp_path_factory.mktemp("mlflow"))) as running:
+        yield running
+
+
+def run_cli(tmp_path, data_path, *args: str, code: int = 0, name: str = "x"):
+    base = ["--experiments-path", str(tmp_path / "experiments"), "--data-path", data_path, "--experiment-name", name]
+    result = CliRunner().invoke(cli, [*base, *args], catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return result
+
+
+def read_real_digits(count: int) -> list[list[list[int]]]:
+    """The first `count` images of MNIST's real test set, 28 x 28 values 0-255."""
+    with open(MNIST_TEST_IMAGES, "rb") as file:
+        file.seek(16)
+        pixels = np.frombuffer(file.read(count * 28 * 28), dtype=np.uint8)
+    return pixels.reshape(count, 28, 28).tolist()
+
+
+def test_a_release_is_a_registered_onnx_model_that_mlflow_serves_with_serves_labels(server, tmp_path, data_path):
+    uri = ("--mlflow-uri", server.url)
+    run_cli(tmp_path, data_path, *init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=1"), name=NAME)
+    run_cli(tmp_path, data_path, *uri, "train", "--device", "cpu", name=NAME)
+    before = snapshot(str(tmp_path / "experiments"))
+    refused = run_cli(tmp_path, data_path, *uri, "create_release", "--registered-model", "a/b", code=13, name=NAME)
+    assert refused.output.strip().startswith("Error: MLflow refuses the registered model name 'a/b': Invalid model name 'a/b'")
+    assert snapshot(str(tmp_path / "experiments")) == before  # nothing written
+    output = run_cli(tmp_path, data_path, *uri, "create_release", name=NAME).output
+    assert "registered the release of epoch 1 in MLflow as 'mnist_classifier-served' version 1" in output
+    client = MlflowClient(server.url)
+    (version,) = client.search_model_versions("name = 'mnist_classifier-served'")
+    release_sidecar = json.loads((tmp_path / "experiments" / NAME / "checkpoints" / "1.checkpoint.release.pt.json").read_text())
+    assert version.tags["epoch"] == "1" and version.tags["checkpoint_sha256"] == release_sidecar["sha256"]
+    run_id = json.loads((tmp_path / "experiments" / NAME / "mlflow.json").read_text())["runs"][server.url]["run_id"]
+    assert version.run_id == run_id
+    model_files = {info.path for info in client.list_artifacts(run_id, "release-1")}
+    assert {"release-1/MLmodel", "release-1/model.onnx", "release-1/input_example.json"} <= model_files
+    assert not any(path.endswith((".pkl", ".pickle")) for path in model_files)
+    mlmodel = open(client.download_artifacts(run_id, "release-1/MLmodel")).read()
+    assert "onnx:" in mlmodel and "signature:" in mlmodel
+    assert run_cli(tmp_path, data_path, *uri, "sync", name=NAME).output.strip() == f"experiment {NAME}: nothing new"  # registered once
+
+    digits = read_real_digits(8)
+    with TestClient(build_app(str(tmp_path / "experiments"))) as served:
+        expected = [prediction["label"] for prediction in served.post(f"/v1/models/{NAME}:predict", json=pixels_body(*digits)).json()["predictions"]]
+    assert labels_from_mlflow(server.url, "mnist_classifier-served", 1, digits, tmp_path) == expected
+
+
+def labels_from_mlflow(tracking_uri: str, name: str, version: int, digits: list, tmp_path) -> list[int]:
+    """Serve models:/name/version with `mlflow models serve` and return its labels for the digits."""
+    from mnist_classifier.runner import MNISTClassifierRunner
+
+    inputs = [MNISTClassifierRunner.serve_preprocess(None, digit).tolist() for digit in digits]
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}/{version}", "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    with open(tmp_path / "models-serve.log", "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(process, url, tmp_path / "models-serve.log")
+        request = urllib.request.Request(f"{url}/invocations", json.dumps({"inputs": {"input": inputs}}).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.load(response)["predictions"]
+    finally:
+        os.killpg(process.pid, 9)
+        process.wait(timeout=30)
+    scores = predictions["output"] if isinstance(predictions, dict) else predictions
+    return [int(np.argmax(row)) for row in scores]
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, log_path) -> None:
+    import time
+
+    deadline = time.monotonic() + SERVE_TIMEOUT
+    while True:
+        assert process.poll() is None, f"mlflow models serve exited: {open(log_path).read()}"
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"mlflow models serve did not answer within {SERVE_TIMEOUT} s: {open(log_path).read()}"
+        time.sleep(0.3)
+
+
+def test_the_mlflow_ui_shows_a_trained_runs_validation_loss_chart(server, tmp_path, data_path):
+    run_cli(tmp_path, data_path, *init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=2"))
+    run_cli(tmp_path, data_path, "--mlflow-uri", server.url, "train", "--device", "cpu")
+    state = json.loads((tmp_path / "experiments" / "x" / "mlflow.json").read_text())["runs"][server.url]
+    try:
+        browser = open_browser()
+        driver = browser.__enter__()
+    except Exception as error:  # no Chromium here: a skip, or under CI a failure
+        if os.environ.get("TORCHEXP_REQUIRE_BROWSER") == "1":
+            raise
+        pytest.skip(f"no headless Chromium: {error}")
+    try:
+        card = wait_for_metric_chart(driver, server.url, state["experiment_id"], state["run_id"], "validation/loss", timeout=90)
+        assert "validation/loss" in card.get_attribute("innerHTML")
+    finally:
+        browser.__exit__(None, None, None)
+
+
+def test_a_postgresql_backed_server_mirrors_the_same_run(tmp_path, data_path):
+    run_cli(tmp_path, data_path, *init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=1"))
+    with postgres_server(database="mlflow") as database:
+        folder = tmp_path / "mlflow"
+        folder.mkdir()
+        with start_mlflow_server(str(folder), backend_store_uri=database) as server:
+            assert is_healthy(server.url)
+            run_cli(tmp_path, data_path, "--mlflow-uri", server.url, "train", "--device", "cpu")
+            state = json.loads((tmp_path / "experiments" / "x" / "mlflow.json").read_text())["runs"][server.url]
+            run = MlflowClient(server.url).get_run(state["run_id"])
+            assert run.info.status == "FINISHED" and set(run.data.metrics) >= {"train/loss", "validation/loss"}
+            assert run_cli(tmp_path, data_path, "--mlflow-uri", server.url, "sync").output.strip() == "experiment x: nothing new"
