@@ -336,7 +336,7 @@ def test_help_of_every_command_shows_the_defaults():
     output = " ".join(result.output.split())  # help wraps lines
     assert "[default: experiments]" in output and "[default: data]" in output
     assert set(cli.commands) == {
-        "init", "info", "train", "test", "create_release", "verify", "tensorboard", "serve", "compare", "export", "search"
+        "init", "info", "train", "test", "create_release", "verify", "tensorboard", "serve", "compare", "export", "search", "sync"
     }
     for name, command in cli.commands.items():
         result = CliRunner().invoke(cli, [name, "--help"])

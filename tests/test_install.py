@@ -96,7 +96,7 @@ def lean(tmp_path_factory) -> str:
 def test_the_wheel_requires_only_the_core_and_keeps_the_services_out_of_reach(lean, tmp_path):
     requires = run([lean, "-c", "import importlib.metadata as m; print('\\n'.join(m.requires('torchexp')))"], tmp_path).stdout.splitlines()
     assert sorted(Requirement(text).name for text in requires if "extra ==" not in text) == sorted(CORE)
-    missing = run([lean, "-c", "import importlib.util as u; print([m for m in ('optuna', 'fastapi', 'onnx', 'matplotlib') if u.find_spec(m)])"], tmp_path)
+    missing = run([lean, "-c", "import importlib.util as u; print([m for m in ('optuna', 'fastapi', 'onnx', 'matplotlib', 'mlflow') if u.find_spec(m)])"], tmp_path)
     assert missing.stdout.strip() == "[]"
 
 
@@ -118,3 +118,11 @@ def test_a_command_whose_extra_is_missing_says_which_to_install_and_its_help_wor
     done = run([*base, *arguments], tmp_path)
     assert done.returncode == 10
     assert done.stderr.strip() == f"Error: {EXTRA_SENTENCES[arguments]}"
+
+
+def test_tracking_without_mlflow_says_which_extra_to_install(lean, tmp_path):
+    base = [lean, "-m", "mnist_classifier", "--experiments-path", str(tmp_path), "--mlflow-uri", "http://127.0.0.1:5000"]
+    done = run([*base, "sync"], tmp_path)
+    assert done.returncode == 10
+    expected = "mirroring to MLflow (--mlflow-uri or MLFLOW_TRACKING_URI) needs mlflow, which is not installed: pip install 'torchexp[mlflow]'"
+    assert done.stderr.strip() == f"Error: {expected}"

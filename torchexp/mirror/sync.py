@@ -35,13 +35,13 @@ def sync_folders(project: Project, experiments_path: str, name: str | None, stor
     target = project.tracking
     if target is None:
         raise ConfigError("sync needs an MLflow server: pass --mlflow-uri or set MLFLOW_TRACKING_URI")
+    client = connect(target)  # mlflow must be installed; nothing is sent yet
     names = [name] if name is not None else list_folders(experiments_path)
     for found in names:
         if kind_of(experiments_path, found) is None:
             raise ExperimentError(f"{found!r} in {os.path.abspath(experiments_path)} is neither an experiment nor a study: there is nothing to sync")
     if not names:
         raise ExperimentError(f"{os.path.abspath(experiments_path)} holds no experiment or study to sync")
-    client = connect(target)
     for found in names:
         if kind_of(experiments_path, found) == "study":
             yield f"study {found}: {sync_study(client, project, experiments_path, found, storage_url)}"
