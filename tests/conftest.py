@@ -140,6 +140,16 @@ def no_mnist_download():
         yield
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite store) shared by the MLflow tests of one test process:
+    each starts in about 10 s. Tests find their runs by the ids their experiments keep."""
+    from mlflow_server import start_mlflow_server
+
+    with start_mlflow_server(str(tmp_path_factory.mktemp("mlflow"))) as server:
+        yield server
+
+
 @pytest.fixture
 def mnist_downloads() -> list[str]:
     """The data paths MNIST's download is asked for during the test."""

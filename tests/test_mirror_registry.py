@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from conftest import REPO, free_port, init_args, snapshot
-from mlflow_browser import open_browser, wait_for_metric_chart, wait_for_registered_model
+from mlflow_browser import open_browser, wait_for_metric_chart
 from mlflow_server import is_healthy, start_mlflow_server
 from mnist_classifier.__main__ import cli
 from postgres_server import postgres_server
@@ -27,10 +27,9 @@ MNIST_TEST_IMAGES = os.path.join(REPO, "..", "shared", "datasets", "MNIST", "raw
 SERVE_TIMEOUT = 180  # seconds for `mlflow models serve` to answer /ping on a busy machine
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with start_mlflow_server(str(tmp_path_factory.mktemp("mlflow"))) as running:
-        yield running
+@pytest.fixture
+def server(mlflow_server):
+    return mlflow_server
 
 
 def run_cli(tmp_path, data_path, *args: str, code: int = 0, name: str = "x"):

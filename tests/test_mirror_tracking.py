@@ -22,10 +22,9 @@ from mlflow import MlflowClient  # noqa: E402
 EPOCH_KEYS = ("train/loss", "train/accuracy", "validation/loss", "validation/accuracy")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with start_mlflow_server(str(tmp_path_factory.mktemp("mlflow"))) as running:
-        yield running
+@pytest.fixture
+def server(mlflow_server):
+    return mlflow_server
 
 
 @pytest.fixture
