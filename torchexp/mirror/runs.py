@@ -9,6 +9,7 @@ server's truth again: a request that reached the server before it died is not re
 
 import contextlib
 import dataclasses
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -40,6 +41,10 @@ def connect(target: MlflowTarget) -> Any:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", REQUEST_TIMEOUT_S)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", REQUEST_RETRIES)
     from mlflow import MlflowClient
+
+    # MLflow's own INFO lines ("Waiting up to 300 seconds for model version...") are not the
+    # command's to say; its warnings still show.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
     return MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
 
