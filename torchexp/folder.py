@@ -10,6 +10,7 @@
   metrics.jsonl   one line per logged epoch or test, and why each train stopped
   provenance.jsonl  what produced it: code, data, environment, settings (at init and every train)
   verifications.jsonl  what verify found
+  mlflow.json     the MLflow run mirroring it, per tracking URI (only with tracking on)
   verbose.log     everything the experiment logged
 ```
 """
