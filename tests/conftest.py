@@ -151,6 +151,21 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture
+def cli_in(tmp_path, data_path):
+    """Run the MNIST CLI on tmp_path's experiments (an MLflow experiment named after the test's folder)."""
+
+    def run(*args: str, name: str = "x", uri: str | None = None, code: int = 0):
+        base = ["--experiments-path", str(tmp_path / "experiments"), "--data-path", data_path, "--experiment-name", name]
+        if uri is not None:
+            base += ["--mlflow-uri", uri]
+        result = CliRunner().invoke(cli, [*base, *args], catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result
+
+    return run
+
+
+@pytest.fixture
 def mnist_downloads() -> list[str]:
     """The data paths MNIST's download is asked for during the test."""
     MNIST_DOWNLOADS.clear()

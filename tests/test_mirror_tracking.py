@@ -1,58 +1,23 @@
 """The MLflow mirror against a real `mlflow server` (SQLite store): one experiment is one
-run, resumed in place after a kill; a server down at the start or killed mid-run costs
-training nothing, and `sync` then sends every epoch exactly once; bad input is one sentence."""
+run, resumed in place after a kill; bad input is one sentence; no mlflow without tracking."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from click.testing import CliRunner
 
 from conftest import REPO, free_port, init_args, snapshot
-from mlflow_server import start_mlflow_server
-from mnist_classifier.__main__ import cli
 
 pytest.importorskip("mlflow")
+from mirror_helpers import EPOCH_KEYS, has_step, read_run, read_steps, start_training, wait_for  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-EPOCH_KEYS = ("train/loss", "train/accuracy", "validation/loss", "validation/accuracy")
 
-
-@pytest.fixture
-def server(mlflow_server):
-    return mlflow_server
-
-
-@pytest.fixture
-def cli_in(tmp_path, data_path):
-    """Run the MNIST CLI on tmp_path's experiments (an MLflow experiment named after the test's folder)."""
-
-    def run(*args: str, name: str = "x", uri: str | None = None, code: int = 0):
-        base = ["--experiments-path", str(tmp_path / "experiments"), "--data-path", data_path, "--experiment-name", name]
-        if uri is not None:
-            base += ["--mlflow-uri", uri]
-        result = CliRunner().invoke(cli, [*base, *args], catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    return run
-
-
-def read_run(server, tmp_path, name: str = "x"):
-    state = json.loads((tmp_path / "experiments" / name / "mlflow.json").read_text())
-    run_id = state["runs"][server.url]["run_id"]
-    return MlflowClient(server.url).get_run(run_id)
-
-
-def read_steps(server, run_id: str, key: str) -> list[int]:
-    return sorted(metric.step for metric in MlflowClient(server.url).get_metric_history(run_id, key))
-
-
-def test_an_experiment_is_one_run_with_its_config_epochs_tests_provenance_and_artifacts(server, cli_in, tmp_path):
+def test_an_experiment_is_one_run_with_its_config_epochs_tests_provenance_and_artifacts(mlflow_server, cli_in, tmp_path):
+    server = mlflow_server
     cli_in(*init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=2"))
     cli_in("train", "--max-epochs", "1", "--device", "cpu", uri=server.url)
     first = read_run(server, tmp_path)
@@ -83,29 +48,8 @@ def test_an_experiment_is_one_run_with_its_config_epochs_tests_provenance_and_ar
     assert {"config.json", "confusion_matrix/2.standard.png"} <= artifacts
 
 
-def start_training(tmp_path, data_path, uri: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "mnist_classifier", "--experiments-path", str(tmp_path / "experiments"), "--data-path", data_path]
-    command += ["--experiment-name", "x", "--mlflow-uri", uri, "train", "--device", "cpu"]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"training ended before {what}: {process.communicate()[0]}"
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.1)
-
-
-def has_step(server, tmp_path, key: str, step: int) -> bool:
-    path = tmp_path / "experiments" / "x" / "mlflow.json"
-    if not path.exists():
-        return False
-    run_id = json.loads(path.read_text())["runs"][server.url]["run_id"]
-    return step in read_steps(server, run_id, key)
-
-
-def test_a_killed_run_is_resumed_in_place_and_every_epoch_is_logged_once(server, cli_in, tmp_path, data_path):
+def test_a_killed_run_is_resumed_in_place_and_every_epoch_is_logged_once(mlflow_server, cli_in, tmp_path, data_path):
+    server = mlflow_server
     cli_in(*init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=3"))
     training = start_training(tmp_path, data_path, server.url)
     try:
@@ -124,44 +68,8 @@ def test_a_killed_run_is_resumed_in_place_and_every_epoch_is_logged_once(server,
         assert read_steps(server, run.info.run_id, key) == [1, 2, 3], key
 
 
-def test_a_server_killed_mid_training_then_restarted_gets_every_epoch_once_from_sync(cli_in, tmp_path, data_path):
-    cli_in(*init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=3"))
-    folder = str(tmp_path / "mlflow")
-    os.makedirs(folder)
-    with start_mlflow_server(folder) as server:
-        training = start_training(tmp_path, data_path, server.url)
-        try:
-            wait_for(lambda: has_step(server, tmp_path, "validation/loss", 1), training, "epoch 1 reached MLflow")
-            server.kill()
-            output = training.communicate(timeout=300)[0]
-        finally:
-            training.kill()
-    assert training.returncode == 0, output  # training went on
-    assert output.count("cannot be reached") == 1 and "epoch 3:" in output, output
-    with start_mlflow_server(folder, port=server.port) as restarted:
-        assert "FINISHED" in cli_in("sync", uri=restarted.url).output
-        run = read_run(restarted, tmp_path)
-        for key in EPOCH_KEYS:
-            assert read_steps(restarted, run.info.run_id, key) == [1, 2, 3], key
-        assert cli_in("sync", uri=restarted.url).output.strip() == "experiment x: nothing new"
-
-
-def test_a_server_down_at_the_start_costs_training_nothing_and_sync_sends_it_all_once(server, cli_in, tmp_path):
-    cli_in(*init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=2"))
-    down = f"http://127.0.0.1:{free_port()}"
-    result = cli_in("train", "--device", "cpu", uri=down)
-    assert result.output.count("cannot be reached (connection refused)") == 1, result.output
-    assert not (tmp_path / "experiments" / "x" / "mlflow.json").exists()
-    first = cli_in("sync", uri=server.url).output
-    assert "status FINISHED" in first and "config.json" not in first, first
-    run = read_run(server, tmp_path)
-    for key in EPOCH_KEYS:
-        assert read_steps(server, run.info.run_id, key) == [1, 2], key
-    assert {info.path for info in MlflowClient(server.url).list_artifacts(run.info.run_id)} == {"config.json"}
-    assert cli_in("sync", uri=server.url).output.strip() == "experiment x: nothing new"  # twice changes nothing
-
-
-def test_bad_uris_and_folders_are_one_sentence_and_change_nothing(server, cli_in, tmp_path):
+def test_bad_uris_and_folders_are_one_sentence_and_change_nothing(mlflow_server, cli_in, tmp_path):
+    server = mlflow_server
     cli_in(*init_args("--set", "model.name=mlp"))
     (tmp_path / "experiments" / "notes").mkdir()
     before = snapshot(str(tmp_path / "experiments"))
