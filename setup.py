@@ -10,6 +10,7 @@ EXTRAS = {
     "search": [
         "optuna",
         "optuna-dashboard",  # search --dashboard
+        "scipy",  # the Sobol sequence of the search's first trials
         "psycopg2-binary",  # search --storage postgresql://...
     ],
     "serve": [

@@ -17,6 +17,10 @@ types it; the best trial (lowest validation loss, at its best epoch) is then tes
   (every trial trains every epoch) and once with ASHA (rungs 1, 3, 9 for 9 epochs, eta 3).
   Goal: ASHA's best test accuracy within 0.1 points of random search's, with at most a
   third of its epochs.
+- `--part samplers`: TPE+ASHA against random+ASHA, each with --sampler-seeds seeds, on the
+  same space and a fixed small budget (--sampler-trials trials, rungs at 1, 3 and 9 epochs);
+  the best validation loss of each search (its best COMPLETE trial) and each sampler's
+  mean. Goal: TPE's mean lower (better) than random search's.
 
 Every line is JSON; the first and the summaries carry the machine (CPU model and flags).
 `--train-size N` trains on the first N training images (a copy in the temporary folder),
@@ -24,6 +28,7 @@ for a short run that shows the script works.
 
     .venv/bin/python benchmarks/search.py --part budget --budget-minutes 20   # ~21 min
     .venv/bin/python benchmarks/search.py --part compare                      # ~13 min
+    .venv/bin/python benchmarks/search.py --part samplers --train-size 10000  # ~15 min
     .venv/bin/python benchmarks/search.py --budget-minutes 1 --compare-trials 3 --compare-epochs 3 --train-size 2000
 """
 
@@ -63,10 +68,10 @@ def write_subset(data_path: str, folder: str, train_size: int) -> str:
     return folder
 
 
-def run_search(experiments: str, study: str, data_path: str, options: list[str]) -> dict[str, Any]:
-    """Run one `search` process on a new study, test its best trial at its best epoch, and
-    return the figures: trials by state, epochs trained, seconds, the best trial's test
-    accuracy."""
+def run_search(experiments: str, study: str, data_path: str, options: list[str], test: bool = True) -> dict[str, Any]:
+    """Run one `search` process on a new study, test its best trial at its best epoch
+    (unless not `test`), and return the figures: trials by state, epochs trained, seconds,
+    the best trial's validation loss and test accuracy."""
     import optuna
 
     from torchexp.search.asha import is_paused
@@ -94,6 +99,9 @@ def run_search(experiments: str, study: str, data_path: str, options: list[str])
     best = loaded.best_trial
     epoch = best_epoch(best.intermediate_values, loaded.direction.name.lower())
     name = folder.trial_name(best.number)
+    if not test:
+        figures["best"] = {"trial": best.number, "parameters": best.params, "epoch": epoch, "validation_loss": round(best.value, 5)}
+        return {**figures, "seconds": figures["search_seconds"]}
     test_seconds, _ = common.time_process(common.cli_command(folder.path, name, data_path, "test", "--epoch", str(epoch), "--device", "cpu"))
     figures["best"] = {
         "trial": best.number,
@@ -160,9 +168,30 @@ def run_compare(args, experiments: str, data_path: str) -> None:
     )
 
 
+def run_samplers(args, experiments: str, data_path: str) -> None:
+    """(c) TPE and random search under ASHA, the same budget, several seeds each."""
+    options = ["--space", args.space, "--trials", str(args.sampler_trials), "--pruner", "asha", "--min-epochs", "1", "--reduction-factor", "3"]
+    losses: dict[str, list[float | None]] = {"tpe": [], "random": []}
+    for seed in range(args.seed, args.seed + args.sampler_seeds):
+        for sampler in losses:
+            figures = run_search(experiments, f"samplers-{sampler}-{seed}", data_path, [*options, "--sampler", sampler, "--seed", str(seed)], test=False)
+            losses[sampler].append(figures["best"]["validation_loss"] if figures["best"] else None)
+            common.emit({"benchmark": "search", "part": "samplers", "sampler": sampler, "seed": seed, **figures, "load_avg_1": round(os.getloadavg()[0], 2)})
+    means = {sampler: round(sum(values) / len(values), 5) if None not in values else None for sampler, values in losses.items()}
+    common.emit(
+        {
+            "benchmark": "search", "part": "samplers", "summary": True, "space": os.path.relpath(args.space, common.REPO),
+            "trials": args.sampler_trials, "train_size": args.train_size, "best_validation_loss": losses,
+            "mean_best_validation_loss": means,
+            "goal": {"tpe_mean_lower": True, "met": None not in means.values() and means["tpe"] < means["random"]},
+            "machine": common.machine(),
+        }  # fmt: skip
+    )
+
+
 def main() -> None:
     parser = common.make_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("budget", "compare", "both"), default="both", help="which benchmark to run (default: %(default)s)")
+    parser.add_argument("--part", choices=("budget", "compare", "samplers", "both"), default="both", help="which benchmark to run; both is budget and compare (default: %(default)s)")
     parser.add_argument("--space", default=SPACE, help="search space file (default: configs/search.json)")
     parser.add_argument("--budget-minutes", type=float, default=20, help="budget: minutes of search and test (default: %(default)s)")
     parser.add_argument("--reserve-seconds", type=float, help="budget: seconds kept for the last trial slice and the test (default: 5 %% of the budget, 60 s of 20 min)")
@@ -171,6 +200,8 @@ def main() -> None:
     parser.add_argument("--compare-trials", type=int, default=9, help="compare: trials of each search (default: %(default)s)")
     parser.add_argument("--compare-epochs", type=int, default=9, help="compare: epochs of a fully trained trial (default: %(default)s)")
     parser.add_argument("--reduction-factor", type=int, default=3, help="compare: ASHA's eta (default: %(default)s)")
+    parser.add_argument("--sampler-trials", type=int, default=20, help="samplers: trials of each search (default: %(default)s)")
+    parser.add_argument("--sampler-seeds", type=int, default=3, help="samplers: searches per sampler, seeds --seed, --seed + 1, ... (default: %(default)s)")
     parser.add_argument("--train-size", type=int, help="train on the first N training images (default: all 60,000)")
     args = parser.parse_args()
     args.space = os.path.abspath(args.space)
@@ -183,6 +214,8 @@ def main() -> None:
             run_budget(args, experiments, data_path)
         if args.part in ("compare", "both"):
             run_compare(args, experiments, data_path)
+        if args.part == "samplers":
+            run_samplers(args, experiments, data_path)
         common.emit({"benchmark": "search", "part": args.part, "wall_seconds": round(time.perf_counter() - started, 1)})
 
 

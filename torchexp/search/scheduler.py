@@ -20,7 +20,8 @@ from typing import Any
 
 from torchexp.locks import FileLock, is_locked
 from torchexp.search.asha import is_paused
-from torchexp.search.study import Search, StudyFolder, make_sampler
+from torchexp.search.samplers import make_sampler
+from torchexp.search.study import Search, StudyFolder
 
 RUNNING_STATUS = "running"
 PAUSED_STATUS = "paused"

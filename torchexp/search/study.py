@@ -27,6 +27,7 @@ from torchexp.mirror.hooks import SearchMirror
 from torchexp.project import Project
 from torchexp.search.options import RunOptions, StudyOptions, declared_fields, flag
 from torchexp.search.pruners import TrialPruner
+from torchexp.search.samplers import make_sampler
 
 SETTINGS_FILE = "study.json"
 SETTINGS_FORMAT = 1
@@ -202,31 +203,6 @@ def describe_setting(field: str, value: Any) -> str:
         storage = value or {}
         return f"the database {storage['url']}" if storage.get("kind") == "database" else "its journal file"
     return f"{flag(field)} {value}"
-
-
-def derive_seed(seed: int, count: int) -> int:
-    """The sampler's seed for the study's trial number `count`: every trial draws from its
-    own generator, so that workers sharing one seed do not draw the same values, and a
-    study's draws do not depend on which process made them."""
-    return (seed * 1_000_003 + count) % 2**32
-
-
-class GridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler, except that telling the grid's last trial does not call
-    `study.stop()`, which only works inside `optimize()`: the search caps --trials at the
-    grid's size instead."""
-
-    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-        pass
-
-
-def make_sampler(settings: SearchSettings, space: Any, count: int) -> Any:
-    """The Optuna sampler that draws trial number `count`."""
-    if settings.sampler == "grid":
-        return GridSampler(space.grid(), seed=settings.seed)
-    if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=derive_seed(settings.seed, count))
-    return optuna.samplers.TPESampler(seed=derive_seed(settings.seed, count))
 
 
 def load_study(storage: Any, settings: SearchSettings, space: Any, pruner: TrialPruner) -> Any:
