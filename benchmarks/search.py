@@ -98,19 +98,14 @@ def run_search(experiments: str, study: str, data_path: str, options: list[str],
         return {**figures, "best": None, "seconds": figures["search_seconds"]}
     best = loaded.best_trial
     epoch = best_epoch(best.intermediate_values, loaded.direction.name.lower())
-    name = folder.trial_name(best.number)
-    if not test:
-        figures["best"] = {"trial": best.number, "parameters": best.params, "epoch": epoch, "validation_loss": round(best.value, 5)}
-        return {**figures, "seconds": figures["search_seconds"]}
-    test_seconds, _ = common.time_process(common.cli_command(folder.path, name, data_path, "test", "--epoch", str(epoch), "--device", "cpu"))
-    figures["best"] = {
-        "trial": best.number,
-        "parameters": best.params,
-        "epoch": epoch,
-        "validation_loss": round(best.value, 5),
-        "test_accuracy": common.read_test_accuracy(folder.path, name),
-    }
-    figures["seconds"] = round(search_seconds + test_seconds, 1)
+    figures["best"] = {"trial": best.number, "parameters": best.params, "epoch": epoch, "validation_loss": round(best.value, 5)}
+    figures["seconds"] = search_seconds
+    if test:
+        name = folder.trial_name(best.number)
+        test_seconds, _ = common.time_process(common.cli_command(folder.path, name, data_path, "test", "--epoch", str(epoch), "--device", "cpu"))
+        figures["best"]["test_accuracy"] = common.read_test_accuracy(folder.path, name)
+        figures["seconds"] += test_seconds
+    figures["seconds"] = round(figures["seconds"], 1)
     return figures
 
 

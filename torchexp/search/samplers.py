@@ -73,6 +73,11 @@ class SobolStart:
     """Point `index` of a scrambled Sobol sequence over the search space, one dimension per
     parameter in the space's order.
 
+    Not Optuna's QMCSampler: it draws the first trial at random (it learns the search space
+    from the trials), and counts its points in a study attribute that several processes
+    may read and write at once (Optuna's own note: each point is drawn "at least once").
+    The search knows its space before the first trial, and a trial's number is unique.
+
     Args:
         names: the parameters' names, in the space's order.
         seed: the study's seed: one sequence for the whole study.
@@ -118,6 +123,11 @@ def place_in(distribution: BaseDistribution, u: float) -> Any:
 
 class PausedAwareTPESampler(optuna.samplers.TPESampler):
     """Optuna's TPE that sees paused trials as pruned ones and starts on a Sobol sequence.
+
+    Optuna's TPE is multivariate by default for one objective: once it has enough
+    observations it draws all parameters at once (`sample_relative`); before that, and for
+    parameters outside the joint space, one at a time (`sample_independent`). Each entry
+    point sees the study through `PausedAsPruned`.
 
     Args:
         start: the trial's Sobol point, used while the study has fewer than
