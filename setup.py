@@ -16,6 +16,7 @@ EXTRAS = {
     "serve": [
         "fastapi",
         "uvicorn[standard]",  # httptools and uvloop parse and loop in C
+        "orjson",  # reads predict bodies several times faster than the json module
         "prometheus-client",  # /metrics
         "pillow",  # PNG instances of the MNIST classifier
     ],

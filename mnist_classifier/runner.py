@@ -129,7 +129,7 @@ def read_pixel_instance(instance: Any) -> np.ndarray:
         raise ValueError(f'an instance must be {SIDE} x {SIDE} numbers from 0 to 255, or {{"b64": "<base64 PNG>"}}')
     if pixels.shape != (SIDE, SIDE):
         raise ValueError(f"an instance must be {SIDE} x {SIDE} pixel values, not an array of shape {list(pixels.shape)}")
-    if not np.isfinite(pixels).all():
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():  # integers are always finite
         raise ValueError("an instance holds NaN or infinite values; pixel values go from 0 to 255")
     low, high = pixels.min(), pixels.max()
     if low < 0 or high > 255:

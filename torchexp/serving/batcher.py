@@ -35,6 +35,9 @@ class Job:
     arrived: float  # time.perf_counter() when enqueued
 
 
+Answer = tuple[Job, bytes | None, RequestError | None]  # a job, and its body or its error
+
+
 class Batcher:
     """A bounded queue of requests and the one thread that runs them in batches.
 
@@ -154,6 +157,7 @@ class Batcher:
     def run(self, jobs: list[Job]) -> None:
         """Preprocess, predict and answer a batch of jobs; a bad job fails alone."""
         started = time.perf_counter()
+        answers: list[Answer] = []
         prepared = []
         for job in jobs:
             self.metrics.queue_depth.dec()
@@ -161,27 +165,31 @@ class Batcher:
             try:
                 prepared.append((job, self.pipeline.prepare(job.instances)))
             except Exception as error:
-                self.resolve(job, error=self.as_request_error(error, "preprocessing failed"))
-        if not prepared:
-            return
+                answers.append((job, None, self.as_request_error(error, "preprocessing failed")))
+        if prepared:
+            answers += self.answer(prepared)
+        hand_back(answers)
+
+    def answer(self, prepared: list[tuple[Job, list[Any]]]) -> list[Answer]:
+        """Run the prepared jobs' tensors through the model as one batch; return each job's answer."""
         tensors = [tensor for _, job_tensors in prepared for tensor in job_tensors]
         try:
             outputs = self.predict(tensors)
         except Exception as error:
             failure = self.as_request_error(error, "the model failed on this batch")
-            for job, _ in prepared:
-                self.resolve(job, error=failure)
-            return
+            return [(job, None, failure) for job, _ in prepared]
+        answers: list[Answer] = []
         offset = 0
         for job, job_tensors in prepared:
             count = len(job_tensors)
             try:
                 body = self.pipeline.answer(outputs[offset : offset + count], job_tensors, job.instances)
             except Exception as error:
-                self.resolve(job, error=self.as_request_error(error, "postprocessing failed"))
+                answers.append((job, None, self.as_request_error(error, "postprocessing failed")))
             else:
-                self.resolve(job, result=body)
+                answers.append((job, body, None))
             offset += count
+        return answers
 
     def predict(self, tensors: list[Any]) -> Any:
         """Run the model on `tensors` in chunks of at most `max_batch_size` (a request may
@@ -205,22 +213,6 @@ class Batcher:
         self.logger.error(f"{what}: {hook or f'{type(error).__name__}: {first_line(error)}'}", exc_info=error)
         return RequestError(500, f"{what}: {hook or first_line(error)}")
 
-    def resolve(self, job: Job, result: bytes | None = None, error: RequestError | None = None) -> None:
-        """Hand a job's answer to its event loop; a client that went away is skipped."""
-
-        def settle() -> None:
-            if job.future.done():
-                return
-            if error is None:
-                job.future.set_result(result)
-            else:
-                job.future.set_exception(error)
-
-        try:
-            job.loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # the loop is closed: nobody waits for this answer any more
-            pass
-
     def refuse_all(self, error: Exception) -> None:
         """After a failed warm-up: report it, then answer every request with 503 until STOP."""
         self.failure = f"warm-up with the project's serve_example failed: {describe_failure(error, inference=True) or first_line(error)}"
@@ -229,4 +221,29 @@ class Batcher:
             self.on_failure(self.failure)
         while (job := self.queue.get()) is not STOP:
             self.metrics.queue_depth.dec()
-            self.resolve(job, error=RequestError(503, f"the model is not available: {self.failure}"))
+            hand_back([(job, None, RequestError(503, f"the model is not available: {self.failure}"))])
+
+
+
+def hand_back(answers: list[Answer]) -> None:
+    """Settle each job's future on its event loop, with one wake-up per loop for the whole
+    batch rather than one per request; a client that went away is skipped."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Answer]] = {}
+    for answer in answers:
+        by_loop.setdefault(answer[0].loop, []).append(answer)
+    for loop, loop_answers in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(settle, loop_answers)
+        except RuntimeError:  # the loop is closed: nobody waits for these answers any more
+            pass
+
+
+def settle(answers: list[Answer]) -> None:
+    """Set each future's result or exception, on its event loop's thread."""
+    for job, body, error in answers:
+        if job.future.done():
+            continue
+        if error is None:
+            job.future.set_result(body)
+        else:
+            job.future.set_exception(error)

@@ -6,7 +6,8 @@
                                     a redirect to /docs
     GET  /static/<file>             the files of the project's page, when it has one
     GET  /v1/models/<name>          {"name", "ready", ...}: the model's metadata and readiness
-    POST /v1/models/<name>:predict  {"instances": [...]} -> {"predictions": [...]}
+    POST /v1/models/<name>:predict  {"instances": [...]} -> {"predictions": [...]}, answered in
+                                    front of FastAPI (predict_route.py)
     GET  /livez, /readyz            liveness (the process answers) apart from readiness
                                     (warmed up and not stopping), for probes and load balancers
     GET  /metrics                   Prometheus text format
@@ -22,7 +23,6 @@ Every error is answered as `{"error": "<one sentence>"}` with a 4xx or 5xx statu
 import asyncio
 import contextlib
 import dataclasses
-import json
 import time
 from typing import Any, AsyncIterator, Literal
 
@@ -33,15 +33,12 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from torchexp.version import __version__
-from torchexp.errors import first_line
 from torchexp.serving.batcher import Batcher
 from torchexp.serving.metrics import ServerMetrics
 from torchexp.serving.page import PAGE_POLICY, load_page, prefers_html
 from torchexp.serving.pipeline import RequestError
+from torchexp.serving.predict_route import PredictRoute
 
-# Bodies above this size are parsed on a worker thread, so that one large request does not
-# hold up every other request on the event loop.
-PARSE_ON_LOOP_BYTES = 256 * 1024
 DESCRIPTION = (
     "A torchexp release served with the KServe V1 / TF Serving REST protocol.\n\n"
     'GET / is the server\'s liveness as KServe V1 defines it, `{"status": "alive"}`, for every '
@@ -128,14 +125,16 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
     )
     app.state.stopping = False  # set at shutdown, and by the server when a stop is asked for
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Added last, so outermost: predictions skip the metrics middleware and record their own.
+    app.add_middleware(PredictRoute, name=card.name, batcher=batcher, metrics=metrics, max_body_bytes=max_body_bytes)
     add_error_handlers(app)
-    add_model_routes(app, card, batcher, max_body_bytes)
+    add_model_routes(app, card, batcher)
     add_health_routes(app, batcher, metrics)
     add_root(app, card, batcher.pipeline.runner)
     return app
 
 
-def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher, max_body_bytes: int) -> None:
+def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher) -> None:
     """The KServe V1 routes: metadata/readiness and predict."""
     example = batcher.pipeline.runner.serve_example()
     instances_schema = {
@@ -171,12 +170,12 @@ def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher, max_body_b
         responses=ERRORS,
         openapi_extra={"parameters": name_parameter, "requestBody": request_body},
     )
-    async def predict(name: str, request: Request) -> Response:
+    async def predict(name: str) -> Response:
         """Predict: `{"instances": [...]}` in, `{"predictions": [...]}` out, one per instance, in order."""
+        # PredictRoute answers the served model's predictions before routing (predict_route.py);
+        # a request that gets here names another model.
         check_name(name, card)
-        body = await read_body(request, max_body_bytes)
-        instances = await asyncio.to_thread(parse_instances, body) if len(body) > PARSE_ON_LOOP_BYTES else parse_instances(body)
-        return Response(await batcher.submit(instances), media_type="application/json")
+        raise RuntimeError(f"PredictRoute did not answer a predict request for {name!r}")
 
 
 def add_health_routes(app: FastAPI, batcher: Batcher, metrics: ServerMetrics) -> None:
@@ -252,42 +251,6 @@ def check_name(name: str, card: ModelCard) -> None:
 
 def is_ready(app: FastAPI, batcher: Batcher) -> bool:
     return batcher.ready.is_set() and batcher.failure is None and not app.state.stopping
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """Return the request's body, refusing (413) one over `limit` bytes before reading it whole."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the request body is {int(declared)} bytes, over this server's limit of {limit} (--max-body-bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"the request body is over this server's limit of {limit} bytes (--max-body-bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_instances(body: bytes) -> list[Any]:
-    """Return the `instances` list of a predict request's body.
-
-    Raises:
-        RequestError: 400 when the body is not JSON or has no non-empty `instances` list.
-    """
-    try:
-        document = json.loads(body)
-    except RecursionError:
-        raise RequestError(400, "the request body is JSON nested too deeply to read") from None
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
-        raise RequestError(400, f"the request body is not JSON: {first_line(error)}") from None
-    if not isinstance(document, dict) or "instances" not in document:
-        raise RequestError(400, 'the request body must be a JSON object with "instances": a list of instances')
-    instances = document["instances"]
-    if not isinstance(instances, list):
-        raise RequestError(400, f'"instances" must be a list, not {type(instances).__name__}')
-    if not instances:
-        raise RequestError(400, '"instances" is empty: send at least one instance')
-    return instances
 
 
 class MetricsMiddleware:
