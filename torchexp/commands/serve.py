@@ -47,7 +47,14 @@ MAX_BODY_HELP = (
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="Threads for inference.  [default: the cores this process may use: its CPU affinity, capped by a container's CPU quota]",
+    help="Threads for inference, per worker.  [default: the cores this process may use (its CPU affinity, capped by a container's CPU quota), divided among the workers]",
+)
+@click.option(
+    "--workers",
+    default=DEFAULTS.workers,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes answering on the one port, each with its own copy of the model and its own batcher; SIGTERM or Ctrl-C stops them all.",
 )
 @pass_app
 def serve(
@@ -62,6 +69,7 @@ def serve(
     max_queue: int,
     max_body_bytes: int,
     threads: int | None,
+    workers: int,
 ) -> None:
     """Serve a release over HTTP until Ctrl-C or SIGTERM.
 
@@ -69,13 +77,14 @@ def serve(
     {"instances": [...]}, GET / for liveness), /livez, /readyz, /metrics (Prometheus) and
     /docs; a browser opening / gets the project's page (its Runner's serve_page), or /docs
     when it has none. Requests that arrive together run as one batch on one worker
-    thread. This is one process; to scale out, run more of them (on more machines, each
-    with its own --threads) behind a load balancer or KServe.
+    thread. --workers N runs N such processes on the one port, for machines with more
+    cores than one process keeps busy; to scale out further, run more servers (on more
+    machines) behind a load balancer or KServe.
     """
     require_extra("serve", "serve")
     if runtime == "onnx":
         require_extra("export", "serve --runtime onnx")
     from torchexp.serving.server import serve_release
 
-    options = ServeOptions(epoch, host, port, runtime, device, max_batch_size, max_delay_ms, max_queue, max_body_bytes, threads)
+    options = ServeOptions(epoch, host, port, runtime, device, max_batch_size, max_delay_ms, max_queue, max_body_bytes, threads, workers)
     serve_release(app.open_experiment(), options, click.echo, app.verbosity)

@@ -19,7 +19,8 @@ class ServeOptions:
     max_queue: int = 256  # requests waiting; more get 503
     # 16 MiB: about 5,000 28x28 instances as JSON, between TorchServe's 6.5 MB and Triton's 64 MiB.
     max_body_bytes: int = 16 * 1024 * 1024
-    threads: int | None = None  # None: the cores this process may use
+    threads: int | None = None  # per process; None: the cores this process may use, divided among the workers
+    workers: int = 1  # processes serving on the one port, each with its own model and batcher
 
 
 DEFAULTS = ServeOptions()

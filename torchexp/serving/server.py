@@ -6,6 +6,7 @@ stops gracefully: /readyz answers 503 at once, the listening socket closes, requ
 flight and in the queue finish, and the process exits with 0.
 """
 
+import dataclasses
 import errno
 import logging
 import signal
@@ -41,25 +42,39 @@ def serve_release(experiment: Experiment, options: ServeOptions, announce: Calla
         TorchexpError: the address cannot be listened on, the project's page cannot be
             read, or the model failed to warm up.
     """
-    release = find_release(experiment, options.epoch)
-    release.verify()
+    find_release(experiment, options.epoch).verify()
     sock = bind_socket(options.host, options.port)
-    logger = make_logger(f"{experiment.name}.serve", None, verbosity)
     try:
-        threads = choose_threads(options.threads)
-        apply_threads(threads)
-        app = load_app(experiment, release, options, threads, logger)
-        server = GracefulServer(make_uvicorn_config(app, verbosity), app)
-        app.state.batcher.on_failure = server.stop_for
-        host, port = sock.getsockname()[:2]
-        card = app.state.card
-        announce(
-            f"serving {card.name} (release of epoch {card.epoch}, {card.runtime} on {card.device}, {threads} threads) "
-            f"at http://{format_host(host)}:{port}/ (Ctrl-C to stop)"
-        )
-        run_until_stopped(server, sock)
+        if options.workers > 1:
+            from torchexp.serving.workers import serve_with_workers
+
+            serve_with_workers(experiment, options, sock, announce, verbosity)
+        else:
+            threads = choose_threads(options.threads)
+            serve_on(sock, experiment, options, threads, lambda card: announce(describe_serving(card, f"{threads} threads", sock)), verbosity)
     finally:
         sock.close()
+
+
+def serve_on(
+    sock: socket.socket, experiment: Experiment, options: ServeOptions, threads: int, on_loaded: Callable[[dict], None], verbosity: str
+) -> None:
+    """Load the release and serve it on the listening `sock`, in this process, until a
+    signal or a failure stops it; `on_loaded` gets the model's card (a dict) once loaded.
+
+    Raises:
+        CheckpointError, DeviceError, ProjectError: from loading the release.
+        TorchexpError: the model failed to warm up.
+    """
+    logger = make_logger(f"{experiment.name}.serve", None, verbosity)
+    try:
+        apply_threads(threads)
+        app = load_app(experiment, find_release(experiment, options.epoch), options, threads, logger)
+        server = GracefulServer(make_uvicorn_config(app, verbosity), app)
+        app.state.batcher.on_failure = server.stop_for
+        on_loaded(dataclasses.asdict(app.state.card))
+        run_until_stopped(server, sock)
+    finally:
         close_logger(logger)
     if server.failure is not None:
         raise TorchexpError(f"serve stopped: {server.failure}")
@@ -130,6 +145,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
             raise TorchexpError(f"port {port} on {host} is in use: stop what listens there or pass another --port") from error
         raise TorchexpError(f"cannot listen on {host} port {port}: {error.strerror}") from error
     return sock
+
+
+def describe_serving(card: dict, processes: str, sock: socket.socket) -> str:
+    """The line `serve` prints once the release is loaded: the model, how it runs, its URL."""
+    host, port = sock.getsockname()[:2]
+    return (
+        f"serving {card['name']} (release of epoch {card['epoch']}, {card['runtime']} on {card['device']}, {processes}) "
+        f"at http://{format_host(host)}:{port}/ (Ctrl-C to stop)"
+    )
 
 
 def format_host(host: str) -> str:

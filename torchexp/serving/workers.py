@@ -1,0 +1,203 @@
+"""`serve --workers N`: N processes answering on one port, each with its own model and batcher.
+
+One process's event loop and batch thread share one interpreter lock, so on a machine
+with more cores than one process can keep busy, more processes serve more. The parent
+binds the port (its errors stay one sentence, before anything is loaded), then starts the
+workers with Python's "spawn" (a fresh interpreter: no copy of a parent's thread pools),
+each inheriting the listening socket, so that the kernel hands each new connection to
+one of them. The cores are divided among the workers unless --threads says how many each
+takes.
+
+SIGTERM or Ctrl-C to the parent is passed to every worker, which stops gracefully; the
+parent exits once all have. A worker that fails or dies stops the others, and the parent
+reports it in one sentence. A worker whose parent is killed outright gets SIGTERM from
+the kernel, so no orphan keeps the port.
+"""
+
+import contextlib
+import ctypes
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+from typing import Any, Callable
+
+from torchexp.errors import TorchexpError, first_line
+from torchexp.folder import Experiment
+from torchexp.serving.options import ServeOptions
+from torchexp.serving.server import describe_serving, serve_on
+from torchexp.serving.threads import count_usable_cores
+
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies (Linux)
+STOP_TIMEOUT_S = 60  # longest wait for the workers after a stop: their graceful 30 s, and a margin
+
+
+class Worker:
+    """One worker process and the pipe on which it reports.
+
+    Args:
+        index: the worker's number, from 1.
+        process: the started process.
+        reports: the parent's end of its pipe: ("loaded", model card) once loaded,
+            ("failed", sentence) when it cannot serve.
+    """
+
+    def __init__(self, index: int, process: Any, reports: multiprocessing.connection.Connection):
+        self.index = index
+        self.process = process
+        self.reports = reports
+        self.failure: str | None = None
+
+    def read_report(self) -> tuple[str, Any] | None:
+        """Return the worker's next report, or None when it exited without one."""
+        try:
+            kind, text = self.reports.recv()
+        except (EOFError, OSError):
+            return None
+        if kind == "failed":
+            self.failure = text
+        return kind, text
+
+    def wait_until_loaded(self) -> dict | None:
+        """Return the worker's model card once its release is loaded, or None when it
+        failed or exited first."""
+        report = self.read_report()
+        if report is None or report[0] != "loaded":
+            self.process.join()
+            return None
+        return report[1]
+
+    def describe_exit(self) -> str:
+        """One sentence on why the worker stopped."""
+        if self.failure is not None:
+            return f"worker {self.index} stopped: {self.failure}"
+        code = self.process.exitcode
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return f"worker {self.index} (process {self.process.pid}) stopped unexpectedly ({how}); its log is above"
+
+
+def divide_threads(options: ServeOptions) -> int:
+    """Threads per worker: --threads, or the usable cores divided among the workers."""
+    return options.threads if options.threads is not None else max(1, count_usable_cores() // options.workers)
+
+
+def serve_with_workers(experiment: Experiment, options: ServeOptions, sock: socket.socket, announce: Callable[[str], None], verbosity: str) -> None:
+    """Serve the release with `options.workers` processes on the listening `sock` until a
+    signal stops them, or one of them fails.
+
+    Raises:
+        TorchexpError: a worker could not load the release, failed to warm up, or died;
+            the sentence names it and why.
+    """
+    threads = divide_threads(options)
+    context = multiprocessing.get_context("spawn")
+    workers: list[Worker] = []
+    stopping = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            with contextlib.suppress(OSError):  # already gone
+                worker.process.terminate()
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for index in range(1, options.workers + 1):
+            reports, report_to = context.Pipe(duplex=False)
+            process = context.Process(
+                target=run_worker,
+                args=(experiment.experiments_path, experiment.name, options, threads, sock, report_to, verbosity),
+                name=f"torchexp-serve-{index}",
+            )
+            process.start()
+            report_to.close()  # the child holds its own copy; the parent's must go for EOF to show its exit
+            workers.append(Worker(index, process, reports))
+        cards = [worker.wait_until_loaded() for worker in workers]
+        if stopping:  # a stop asked for while the workers loaded
+            return
+        failed = next((worker for worker, card in zip(workers, cards) if card is None), None)
+        if failed is None:
+            announce(describe_serving(cards[0], f"{options.workers} workers x {threads} threads", sock))
+            failed = watch(workers, lambda: stopping)
+    finally:
+        stop_all(workers)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if failed is not None:
+        raise TorchexpError(failed.describe_exit())
+
+
+def watch(workers: list[Worker], stopping: Callable[[], bool]) -> Worker | None:
+    """Wait until every worker has exited; return the first that stopped on its own (a
+    failure), after asking the others to stop, or None when all stopped on request."""
+    running = {worker.process.sentinel: worker for worker in workers}
+    readers = {worker.reports: worker for worker in workers}
+    failed = None
+    while running:
+        ready = multiprocessing.connection.wait([*running, *readers], timeout=1.0)
+        for handle in ready:
+            if handle in readers:
+                if readers[handle].read_report() is None:
+                    del readers[handle]
+                continue
+            worker = running.pop(handle)
+            worker.process.join()
+            if failed is None and not stopping():
+                failed = worker
+                for other in running.values():
+                    with contextlib.suppress(OSError):
+                        other.process.terminate()
+    return failed
+
+
+def stop_all(workers: list[Worker]) -> None:
+    """Ask every worker still running to stop, wait for it, and kill what does not."""
+    for worker in workers:
+        if worker.process.is_alive():
+            with contextlib.suppress(OSError):
+                worker.process.terminate()
+    for worker in workers:
+        worker.process.join(STOP_TIMEOUT_S)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.reports.close()
+
+
+def run_worker(
+    experiments_path: str,
+    name: str,
+    options: ServeOptions,
+    threads: int,
+    sock: socket.socket,
+    reports: multiprocessing.connection.Connection,
+    verbosity: str,
+) -> None:
+    """A worker process: load the release and serve it on the inherited socket until
+    SIGTERM; report its model card once loaded, or the sentence of a failure, to the parent."""
+    # A process group of its own: Ctrl-C in a terminal reaches the parent alone, which
+    # stops the workers with SIGTERM, each once.
+    os.setpgid(0, 0)
+    stop_with_parent()
+    try:
+        serve_on(sock, Experiment(experiments_path, name), options, threads, lambda card: reports.send(("loaded", card)), verbosity)
+    except TorchexpError as error:
+        reports.send(("failed", first_line(error)))
+    finally:
+        reports.close()
+        sock.close()
+
+
+def stop_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (Linux; elsewhere a
+    killed parent leaves its workers to be stopped by hand)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the call: nobody will send the signal
+        os.kill(os.getpid(), signal.SIGTERM)
