@@ -432,3 +432,28 @@ def test_train_from_an_epoch_without_checkpoint_lists_the_standard_epochs(tmp_pa
         create_release(runner.experiment, 7, {"seed": 0})
     with pytest.raises(CheckpointError, match=r"epoch 7 has no standard checkpoint in .* \(available: 1-2\)"):
         train(tmp_path, max_epochs=9, epoch=7)
+
+
+@pytest.mark.parametrize(
+    "instance, expected",
+    [([[1, 2], [3, 4]], [[1.0, 2.0], [3.0, 4.0]]), ([0.5, True], [0.5, 1.0]), (7, 7.0)],
+)
+def test_default_serve_preprocess_makes_a_float32_tensor(instance, expected):
+    tensor = torchexp.Runner.serve_preprocess(None, instance)
+    assert tensor.dtype == torch.float32
+    assert tensor.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "instance, sentence",
+    [
+        ([["a", "b"]], "an instance must be an array of numbers, not of text"),
+        ([1, None], "an instance must be an array of numbers, not of null, objects or numbers mixed with other values"),
+        ([{"x": 1}], "an instance must be an array of numbers, not of null, objects or numbers mixed with other values"),
+        ([[1], [1, 2]], "an instance must be an array of numbers, in rows of equal length"),
+    ],
+)
+def test_default_serve_preprocess_refuses_what_is_not_numbers_in_one_sentence(instance, sentence):
+    with pytest.raises(ValueError) as raised:
+        torchexp.Runner.serve_preprocess(None, instance)
+    assert str(raised.value) == sentence

@@ -193,6 +193,21 @@ def test_body_over_the_limit_is_413_before_reading_it(experiments):
         assert client.post(PREDICT, json=pixels_body([[0] * 28] * 28)).status_code == 200
 
 
+def test_the_app_mounted_in_another_answers_predictions_under_its_prefix(experiments):
+    """The predict path is answered in front of FastAPI's router: it must see the path below
+    the mount point as the router does."""
+    from fastapi import FastAPI
+
+    outer = FastAPI()
+    served = build_app(experiments)
+    outer.mount("/api", served)
+    with TestClient(served), TestClient(outer) as client:  # the inner app's lifespan starts its batcher
+        assert served.state.batcher.ready.wait(10)
+        response = client.post("/api" + PREDICT, json=pixels_body(digit_image(0)))
+        assert response.status_code == 200
+        assert len(response.json()["predictions"]) == 1
+
+
 def test_metrics_count_requests_errors_and_batches(client):
     for seed in range(3):
         assert client.post(PREDICT, json=pixels_body(digit_image(seed))).status_code == 200

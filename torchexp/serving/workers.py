@@ -34,6 +34,14 @@ PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent 
 STOP_TIMEOUT_S = 60  # longest wait for the workers after a stop: their graceful 30 s, and a margin
 
 
+class WorkerError(TorchexpError):
+    """A worker's error, passed on by the parent with the worker's sentence and exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Worker:
     """One worker process and the pipe on which it reports.
 
@@ -41,14 +49,14 @@ class Worker:
         index: the worker's number, from 1.
         process: the started process.
         reports: the parent's end of its pipe: ("loaded", model card) once loaded,
-            ("failed", sentence) when it cannot serve.
+            ("failed", (sentence, exit code)) when it cannot serve.
     """
 
     def __init__(self, index: int, process: Any, reports: multiprocessing.connection.Connection):
         self.index = index
         self.process = process
         self.reports = reports
-        self.failure: str | None = None
+        self.failure: tuple[str, int] | None = None  # the worker's error: its sentence and exit code
 
     def read_report(self) -> tuple[str, Any] | None:
         """Return the worker's next report, or None when it exited without one."""
@@ -69,13 +77,14 @@ class Worker:
             return None
         return report[1]
 
-    def describe_exit(self) -> str:
-        """One sentence on why the worker stopped."""
+    def stop_error(self) -> TorchexpError:
+        """The error that stopped the worker: its own (the sentence and exit code one process
+        would give), or one saying that it died."""
         if self.failure is not None:
-            return f"worker {self.index} stopped: {self.failure}"
+            return WorkerError(*self.failure)
         code = self.process.exitcode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        return f"worker {self.index} (process {self.process.pid}) stopped unexpectedly ({how}); its log is above"
+        return TorchexpError(f"serve worker {self.index} (process {self.process.pid}) stopped unexpectedly ({how}); its log is above")
 
 
 def divide_threads(options: ServeOptions) -> int:
@@ -88,8 +97,8 @@ def serve_with_workers(experiment: Experiment, options: ServeOptions, sock: sock
     signal stops them, or one of them fails.
 
     Raises:
-        TorchexpError: a worker could not load the release, failed to warm up, or died;
-            the sentence names it and why.
+        TorchexpError: a worker could not load the release or failed to warm up (its own
+            sentence and exit code), or died (a sentence naming it).
     """
     threads = divide_threads(options)
     context = multiprocessing.get_context("spawn")
@@ -127,7 +136,7 @@ def serve_with_workers(experiment: Experiment, options: ServeOptions, sock: sock
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if failed is not None:
-        raise TorchexpError(failed.describe_exit())
+        raise failed.stop_error()
 
 
 def watch(workers: list[Worker], stopping: Callable[[], bool]) -> Worker | None:
@@ -185,7 +194,7 @@ def run_worker(
     try:
         serve_on(sock, Experiment(experiments_path, name), options, threads, lambda card: reports.send(("loaded", card)), verbosity)
     except TorchexpError as error:
-        reports.send(("failed", first_line(error)))
+        reports.send(("failed", (first_line(error), error.exit_code)))
     finally:
         reports.close()
         sock.close()
