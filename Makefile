@@ -7,7 +7,7 @@ NAME ?= mnist
 EPOCHS ?= 10
 DEVICE ?= auto
 
-.PHONY: main test test-slow browser venv benchmarks gpu-check compare-architectures docs clean
+.PHONY: main test test-slow browser hey venv benchmarks gpu-check compare-architectures docs clean
 
 $(BIN)/activate: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,16 @@ browser:
 	  echo "could not install chromium: the browser test will be skipped"; \
 	fi
 
-benchmarks: venv
+# hey (Debian's package), the compiled HTTP load generator of benchmarks/serve.py.
+hey:
+	@if ! command -v hey > /dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	  echo "installing hey from Debian's packages for benchmarks/serve.py"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey > /dev/null || \
+	  echo "could not install hey: benchmarks/serve.py will say so"; \
+	fi
+
+benchmarks: venv hey
 	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/checkpoint.py --data-path $(DATA)
 	$(BIN)/python benchmarks/throughput.py --data-path $(DATA)

@@ -1,32 +1,37 @@
-"""Requests per second and latency of `serve`, against a plain FastAPI endpoint, side by side.
+"""Requests per second and latency of `serve` under `hey`, against the model's own ceiling
+and a plain FastAPI endpoint, side by side.
 
-Three servers run the same release (the default config's CNN), one after the other, each
-in its own process on a free loopback port:
+For each runtime (torch, and onnx: the release's ONNX export in onnxruntime), on a release
+of the fast preset (configs/fast.json: its model, one short epoch; the arithmetic, and so
+the speed, does not depend on the weights' values), three columns:
 
-    plain        a FastAPI app with a synchronous `def` endpoint running the model on each
-                 request, batch 1, torch's default threads: how the Optuna MNIST project
-                 serves its model (written below, uvicorn, one process)
-    serve_torch  `serve` (dynamic batching, torch)
-    serve_onnx   `serve --runtime onnx` (dynamic batching, onnxruntime)
+    ceiling     the model alone, in a process of its own with the threads serve gives it:
+                images/s at batch 1 and at batch --max-batch (32, serve's default
+                --max-batch-size), a batch of real MNIST test digits run back to back
+    plain       a FastAPI app with a synchronous `def` endpoint running the model on each
+                request, batch 1: how the Optuna MNIST project and most FastAPI scripts
+                serve a model (written below, uvicorn, one process)
+    serve       `serve --runtime RUNTIME` (and with --workers 2 for torch), as a user runs it
 
-A separate load-generator process (asyncio, HTTP/1.1 keep-alive, loopback only) keeps 1, 8
-and 32 clients each sending single-image requests ({"instances": [28 x 28]}, real MNIST
-test digits) back to back, for a bounded time and count per level after a warm-up. Each
-level prints requests/s, p50 and p99 latency and errors; the summary gives the ratios
-against `plain` at each level and checks the goal: at 32 clients, serve at least 3x
-plain's requests/s with p99 <= 50 ms. The load generator shares the machine's cores with
-the server, as a client on the same host would.
+Load comes from `hey` (Debian's package: a compiled load generator, `make hey` installs
+it), on the loopback address only: 1 and 32 clients, each sending single-image requests
+({"instances": [28 x 28]}, one real MNIST test digit, 0-255) back to back for --duration
+seconds after --warmup unmeasured seconds. Every server runs alone, one after the other;
+hey shares the machine's cores with it, as a client on the same host would.
 
-The release's weights come from one epoch on the first --train-samples images: the
-arithmetic, and so the speed, does not depend on the weights' values (dense fp32 kernels).
+The summary gives, per runtime: serve's requests/s at 32 clients over the ceiling's
+images/s at the batch serve forms (goal at least 0.5) and its p99 (goal at most 50 ms),
+and serve's requests/s at 1 client over plain's (goal at least 1). Every line is JSON; the
+first and the summary carry the machine's CPU flags.
 
-    .venv/bin/python benchmarks/serve.py [--duration 10] [--rounds 1] [--concurrency 1,8,32]
+    .venv/bin/python benchmarks/serve.py [--duration 10] [--runtimes torch,onnx] [--rounds 1]
 """
 
 import argparse
-import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -39,9 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # after the path set-up above
 
 NAME = "served"
-VARIANTS = ("plain", "serve_torch", "serve_onnx")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-GOAL_RATIO, GOAL_P99_MS, GOAL_CLIENTS = 3.0, 50.0, 32
+GOAL_CEILING_RATIO, GOAL_P99_MS, GOAL_CLIENTS, GOAL_LONE_RATIO = 0.5, 50.0, 32, 1.0
 
 
 def prepare_release(experiments: str, args: argparse.Namespace) -> None:
@@ -52,7 +56,7 @@ def prepare_release(experiments: str, args: argparse.Namespace) -> None:
     from mnist_classifier.runner import MNISTClassifierRunner
     from torchexp.releases import create_release
 
-    common.create_experiment(experiments, NAME, args.data_path, common.DEFAULT_CONFIG, args.seed)
+    common.create_experiment(experiments, NAME, args.data_path, common.PRESETS["fast"], args.seed)
     runner = common.make_runner(experiments, NAME, args.data_path, MNISTClassifierRunner, common.subset_data_class(args.train_samples))
     try:
         loop.train(runner, torch.device("cpu"), max_epochs=1, log_period=1000)
@@ -62,20 +66,29 @@ def prepare_release(experiments: str, args: argparse.Namespace) -> None:
     common.time_process(common.cli_command(experiments, NAME, args.data_path, "export", "--format", "onnx", "--check-samples", "200"))
 
 
-def write_bodies(path: str, data_path: str, count: int = 256) -> None:
-    """The request bodies: one real MNIST test digit each, as MNIST's 0-255 pixel values."""
+def write_body(path: str, data_path: str) -> None:
+    """The request body: one real MNIST test digit, as MNIST's 0-255 pixel values."""
     from mnist_classifier.data import read_mnist
 
     images, _ = read_mnist(data_path, train=False)
     with open(path, "w", encoding="utf-8") as file:
-        json.dump([json.dumps({"instances": [image.tolist()]}) for image in images[:count]], file)
+        json.dump({"instances": [images[0].tolist()]}, file)
 
 
-def server_command(variant: str, experiments: str, args: argparse.Namespace) -> list[str]:
+def measure_ceiling(experiments: str, runtime: str, args: argparse.Namespace) -> dict:
+    """The model's own images/s at batch 1 and at --max-batch, in a process of its own."""
+    command = [sys.executable, os.path.abspath(__file__), "--ceiling", experiments, "--runtime", runtime, "--max-batch", str(args.max_batch),
+               "--data-path", args.data_path, "--duration", str(args.ceiling_seconds)]
+    _, output = common.time_process(command)
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def server_command(variant: str, experiments: str, runtime: str, args: argparse.Namespace) -> list[str]:
     if variant == "plain":
-        return [sys.executable, os.path.abspath(__file__), "--plain-server", experiments]
-    runtime = variant.removeprefix("serve_")
+        return [sys.executable, os.path.abspath(__file__), "--plain-server", experiments, "--runtime", runtime]
     extra = ["--runtime", runtime, "--device", "cpu", "--port", "0"] + args.serve_options.split()
+    if variant == "serve_workers":
+        extra += ["--workers", str(args.workers)]
     return common.cli_command(experiments, NAME, args.data_path, "serve", *extra)
 
 
@@ -108,84 +121,170 @@ def wait_until_ready(url: str, timeout: float = 120) -> None:
 def stop_server(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(30)
+        process.wait(60)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
 
 
-def run_load(url: str, bodies: str, clients: int, args: argparse.Namespace) -> dict:
-    """Run the load generator in its own process; return its figures."""
-    command = [
-        sys.executable, os.path.abspath(__file__), "--load", url, "--bodies", bodies, "--clients", str(clients),
-        "--duration", str(args.duration), "--warmup", str(args.warmup), "--max-requests", str(args.max_requests),
-    ]
-    _, output = common.time_process(command)
-    return json.loads(output.strip().splitlines()[-1])
+def run_hey(url: str, body: str, clients: int, seconds: float) -> dict:
+    """Run hey against the predict path for `seconds`; return requests/s, p50, p99 and errors.
+
+    Raises:
+        SystemExit: the URL is not on the loopback address.
+    """
+    from urllib.parse import urlsplit
+
+    if urlsplit(url).hostname not in LOOPBACK:
+        raise SystemExit(f"load is only sent to the loopback address, not {urlsplit(url).hostname}")
+    command = ["hey", "-z", f"{seconds}s", "-c", str(clients), "-m", "POST", "-T", "application/json", "-D", body,
+               f"{url}v1/models/{NAME}:predict"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    return read_hey(output)
 
 
-def measure_round(round_index: int, experiments: str, bodies: str, args: argparse.Namespace, results: dict) -> None:
-    order = VARIANTS if round_index % 2 == 0 else tuple(reversed(VARIANTS))
-    for variant in order:
-        process, url = start_server(server_command(variant, experiments, args))
-        try:
-            for clients in args.concurrency:
-                figures = run_load(url, bodies, clients, args)
-                results.setdefault((variant, clients), []).append(figures)
-                common.emit({"benchmark": "serve", "round": round_index, "variant": variant, "clients": clients, **figures})
-        finally:
-            stop_server(process)
+def read_hey(output: str) -> dict:
+    """The figures of hey's text summary."""
+    statuses = {code: int(count) for code, count in re.findall(r"\[(\d+)\]\s+(\d+) responses", output)}
+    errors = {code: count for code, count in statuses.items() if code != "200"}
+    errors.update({"connection": int(count) for count in re.findall(r"\[(\d+)\]\s+(?:Post|Get|dial)", output)})
+    return {
+        "requests_per_s": round(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), 1),
+        "p50_ms": round(1000 * float(re.search(r"50%+ in ([\d.]+) secs", output).group(1)), 2),
+        "p99_ms": round(1000 * float(re.search(r"99%+ in ([\d.]+) secs", output).group(1)), 2),
+        "responses": sum(statuses.values()),
+        "errors": errors,
+    }
+
+
+def measure_round(round_index: int, experiments: str, body: str, args: argparse.Namespace, results: dict) -> None:
+    for runtime in args.runtimes:
+        ceiling = measure_ceiling(experiments, runtime, args)
+        results.setdefault((runtime, "ceiling"), []).append(ceiling)
+        common.emit({"benchmark": "serve", "round": round_index, "runtime": runtime, "variant": "ceiling", **ceiling})
+        variants = ["plain", "serve"] + (["serve_workers"] if runtime == "torch" and args.workers > 1 else [])
+        for variant in variants if round_index % 2 == 0 else reversed(variants):
+            process, url = start_server(server_command(variant, experiments, runtime, args))
+            try:
+                for clients in args.concurrency:
+                    run_hey(url, body, clients, args.warmup)
+                    figures = run_hey(url, body, clients, args.duration)
+                    results.setdefault((runtime, f"{variant}@{clients}"), []).append(figures)
+                    common.emit({"benchmark": "serve", "round": round_index, "runtime": runtime, "variant": variant, "clients": clients, **figures})
+            finally:
+                stop_server(process)
 
 
 def summarize(results: dict, args: argparse.Namespace) -> dict:
-    """Medians over rounds, ratios against plain at each level, and the goal at 32 clients."""
+    """Medians over rounds, the ratios the goals are stated in, and whether each is met."""
     medians = {
-        f"{variant}@{clients}": {key: statistics.median(run[key] for run in runs) for key in ("requests_per_s", "p50_ms", "p99_ms")}
-        for (variant, clients), runs in results.items()
+        f"{runtime}/{column}": {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "errors"}
+        for (runtime, column), runs in results.items()
     }
-    ratios = {
-        f"{variant}@{clients}": round(medians[f"{variant}@{clients}"]["requests_per_s"] / medians[f"plain@{clients}"]["requests_per_s"], 2)
-        for variant, clients in results
-        if variant != "plain"
-    }
-    goals = {}
-    if GOAL_CLIENTS in args.concurrency:
-        for variant in VARIANTS[1:]:
-            key = f"{variant}@{GOAL_CLIENTS}"
-            goals[variant] = {
-                f">= {GOAL_RATIO}x plain requests/s": ratios[key] >= GOAL_RATIO,
-                f"p99 <= {GOAL_P99_MS} ms": medians[key]["p99_ms"] <= GOAL_P99_MS,
+    summary = {}
+    for runtime in args.runtimes:
+        ceiling = medians[f"{runtime}/ceiling"][f"batch_{args.max_batch}_images_per_s"]
+        for variant in ("serve", "serve_workers"):
+            busy, lone = medians.get(f"{runtime}/{variant}@{GOAL_CLIENTS}"), medians.get(f"{runtime}/{variant}@1")
+            plain = medians.get(f"{runtime}/plain@1")
+            if busy is None or lone is None or plain is None:
+                continue
+            ratio_ceiling = round(busy["requests_per_s"] / ceiling, 3)
+            ratio_plain = round(lone["requests_per_s"] / plain["requests_per_s"], 3)
+            summary[f"{runtime}/{variant}"] = {
+                f"@{GOAL_CLIENTS} requests/s / ceiling images/s at batch {args.max_batch}": ratio_ceiling,
+                f"@{GOAL_CLIENTS} p99 ms": busy["p99_ms"],
+                "@1 requests/s / plain's": ratio_plain,
+                "goals met": {
+                    f">= {GOAL_CEILING_RATIO} of the ceiling": ratio_ceiling >= GOAL_CEILING_RATIO,
+                    f"p99 <= {GOAL_P99_MS} ms": busy["p99_ms"] <= GOAL_P99_MS,
+                    ">= plain at 1 client": ratio_plain >= GOAL_LONE_RATIO,
+                },
             }
-    return {"benchmark": "serve", "summary": True, "medians": medians, "ratio_vs_plain": ratios, "goals": goals}
+    return {"benchmark": "serve", "summary": True, "machine": common.machine(), "medians": medians, "goals": summary}
 
 
 def main() -> None:
     parser = common.make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10, help="measured seconds per level (default: %(default)s)")
-    parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each level (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=1, help="rounds over the three servers, alternating their order (default: %(default)s)")
-    parser.add_argument("--concurrency", default="1,8,32", help="client counts (default: %(default)s)")
-    parser.add_argument("--max-requests", type=int, default=100_000, help="most requests per level (default: %(default)s)")
+    parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds of load before each level (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds over the servers, alternating their order (default: %(default)s)")
+    parser.add_argument("--concurrency", default="1,32", help="client counts (default: %(default)s)")
+    parser.add_argument("--runtimes", default="torch,onnx", help="runtimes served (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="serve --workers of the extra torch variant; 1 leaves it out (default: %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=32, help="the ceiling's large batch: serve's --max-batch-size (default: %(default)s)")
+    parser.add_argument("--ceiling-seconds", type=float, default=3, help="seconds per batch size of the ceiling (default: %(default)s)")
     parser.add_argument("--train-samples", type=int, default=2048, help="images of the release's one training epoch (default: %(default)s)")
     parser.add_argument("--serve-options", default="", help="extra options of serve, e.g. '--max-delay-ms 2 --threads 1'")
     args = parser.parse_args()
     args.concurrency = [int(value) for value in args.concurrency.split(",")]
+    args.runtimes = args.runtimes.split(",")
+    if shutil.which("hey") is None:
+        raise SystemExit("hey is not installed: `make hey` installs Debian's package (as root), or see https://github.com/rakyll/hey")
     common.emit({"benchmark": "serve", "machine": common.machine(), "duration_s": args.duration, "rounds": args.rounds,
                  "serve_options": args.serve_options})
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="torchexp-serve-") as folder:
         prepare_release(folder, args)
-        bodies = os.path.join(folder, "bodies.json")
-        write_bodies(bodies, args.data_path)
+        body = os.path.join(folder, "body.json")
+        write_body(body, args.data_path)
         for round_index in range(args.rounds):
-            measure_round(round_index, folder, bodies, args, results)
+            measure_round(round_index, folder, body, args, results)
     common.emit(summarize(results, args))
+
+
+# The model alone ---------------------------------------------------------------------------
+
+
+def load_model(experiments: str, runtime: str, threads: int):
+    """A function running the release's model on a float32 batch, as serve's predictors do."""
+    import torch
+
+    from torchexp.folder import Experiment
+    from torchexp.inference import load_inference_runner
+
+    experiment = Experiment(experiments, NAME)
+    if runtime == "onnx":
+        from torchexp.export import export_path, open_onnx_session
+        from torchexp.releases import find_release
+
+        session = open_onnx_session(export_path(experiment, find_release(experiment, None).epoch, "onnx"), threads)
+        return lambda batch: session.run(["output"], {"input": batch.numpy()})[0]
+    model = load_inference_runner(experiment, "release", "cpu").model
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(batch)
+
+    return run
+
+
+def run_ceiling(experiments: str, runtime: str, max_batch: int, data_path: str, seconds: float) -> None:
+    """Print the model's images/s at batch 1 and `max_batch`, with the threads serve would use."""
+    from mnist_classifier.data import read_mnist, normalize
+    from torchexp.serving.threads import apply_threads, count_usable_cores
+
+    threads = count_usable_cores()
+    apply_threads(threads)
+    predict = load_model(experiments, runtime, threads)
+    images, _ = read_mnist(data_path, train=False)
+    figures = {"threads": threads}
+    for size in (1, max_batch):
+        batch, _ = normalize((images[:size], None))
+        for _ in range(20):
+            predict(batch)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            predict(batch)
+            count += 1
+        figures[f"batch_{size}_images_per_s"] = round(count * size / (time.perf_counter() - started), 1)
+    print(json.dumps(figures), flush=True)
 
 
 # The plain server ------------------------------------------------------------------------
 
 
-def run_plain_server(experiments: str) -> None:
+def run_plain_server(experiments: str, runtime: str) -> None:
     """Serve the release the way a plain FastAPI project does, on a free loopback port."""
     import uvicorn
 
@@ -193,18 +292,16 @@ def run_plain_server(experiments: str) -> None:
 
     sock = bind_socket("127.0.0.1", 0)
     print(f"plain server at http://127.0.0.1:{sock.getsockname()[1]}/", flush=True)
-    uvicorn.Server(uvicorn.Config(make_plain_app(experiments), log_level="warning", access_log=False)).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(make_plain_app(experiments, runtime), log_level="warning", access_log=False)).run(sockets=[sock])
 
 
-def make_plain_app(experiments: str):
+def make_plain_app(experiments: str, runtime: str):
     import torch
     from fastapi import Body, FastAPI
 
     from mnist_classifier.data import MEAN, STD
-    from torchexp.folder import Experiment
-    from torchexp.inference import load_inference_runner
 
-    model = load_inference_runner(Experiment(experiments, NAME), "release", "cpu").model
+    predict_batch = load_model(experiments, runtime, torch.get_num_threads())
     app = FastAPI()
 
     @app.get("/readyz")
@@ -215,97 +312,28 @@ def make_plain_app(experiments: str):
     def predict(body: dict = Body(...)) -> dict:
         # A synchronous def: FastAPI runs it in its thread pool, one request at a time per thread.
         pixels = torch.tensor(body["instances"][0], dtype=torch.float32)
-        with torch.no_grad():
-            probabilities = model(pixels.div(255).sub(MEAN).div(STD).view(1, 1, 28, 28)).exp()[0]
+        output = torch.as_tensor(predict_batch(pixels.div(255).sub(MEAN).div(STD).view(1, 1, 28, 28)))
+        probabilities = torch.softmax(output[0], dim=0)
         return {"predictions": [{"label": int(probabilities.argmax()), "probabilities": probabilities.tolist()}]}
 
     return app
 
 
-# The load generator ----------------------------------------------------------------------
-
-
-def run_load_generator(url: str, bodies_path: str, clients: int, duration: float, warmup: float, max_requests: int) -> None:
-    """Keep `clients` connections busy with requests; print one JSON line of figures."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.hostname not in LOOPBACK:
-        raise SystemExit(f"the load generator only sends to the loopback address, not {parts.hostname}")
-    with open(bodies_path, encoding="utf-8") as file:
-        bodies = [body.encode() for body in json.load(file)]
-    path = f"/v1/models/{NAME}:predict"
-    figures = asyncio.run(generate_load(parts.hostname, parts.port, path, bodies, clients, duration, warmup, max_requests))
-    print(json.dumps(figures), flush=True)
-
-
-async def generate_load(host: str, port: int, path: str, bodies: list[bytes], clients: int, duration: float, warmup: float, max_requests: int) -> dict:
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    start = time.perf_counter() + warmup
-    deadline = start + duration
-    requests = [
-        b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-        % (path.encode(), host.encode(), port, len(body), body)
-        for body in bodies
-    ]
-
-    async def client(index: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        sent = index
-        while time.perf_counter() < deadline and len(latencies) < max_requests:
-            began = time.perf_counter()
-            writer.write(requests[sent % len(requests)])
-            sent += 1
-            status, close = await read_response(reader)
-            if began >= start:
-                latencies.append(time.perf_counter() - began)
-                if status != 200:
-                    errors[str(status)] = errors.get(str(status), 0) + 1
-            if close:
-                writer.close()
-                reader, writer = await asyncio.open_connection(host, port)
-        writer.close()
-
-    await asyncio.gather(*(client(index) for index in range(clients)))
-    measured = min(duration, max(time.perf_counter() - start, 1e-9))
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "requests_per_s": round(len(latencies) / measured, 1),
-        "p50_ms": round(1000 * percentile(latencies, 0.50), 2),
-        "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
-        "errors": errors,
-    }
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """Read one HTTP/1.1 response; return its status and whether the server closes the connection."""
-    head = (await reader.readuntil(b"\r\n\r\n")).lower()
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name == b"content-length":
-            length = int(value)
-    await reader.readexactly(length)
-    return int(head.split(b" ", 2)[1]), b"connection: close" in head
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """The `fraction` quantile of sorted values (nearest rank)."""
-    return values[min(len(values) - 1, int(fraction * len(values)))] if values else float("nan")
-
-
 def dispatch() -> None:
-    """The same file is the benchmark, the plain server and the load generator."""
-    if "--plain-server" in sys.argv:
-        run_plain_server(sys.argv[sys.argv.index("--plain-server") + 1])
-    elif "--load" in sys.argv:
+    """The same file is the benchmark, the model alone and the plain server."""
+    if "--plain-server" in sys.argv or "--ceiling" in sys.argv:
         parser = argparse.ArgumentParser()
-        for option, kind in (("--load", str), ("--bodies", str), ("--clients", int), ("--duration", float), ("--warmup", float), ("--max-requests", int)):
-            parser.add_argument(option, type=kind, required=True)
+        parser.add_argument("--plain-server")
+        parser.add_argument("--ceiling")
+        parser.add_argument("--runtime", required=True)
+        parser.add_argument("--max-batch", type=int, default=32)
+        parser.add_argument("--data-path")
+        parser.add_argument("--duration", type=float, default=3)
         args = parser.parse_args()
-        run_load_generator(args.load, args.bodies, args.clients, args.duration, args.warmup, args.max_requests)
+        if args.plain_server:
+            run_plain_server(args.plain_server, args.runtime)
+        else:
+            run_ceiling(args.ceiling, args.runtime, args.max_batch, args.data_path, args.duration)
     else:
         main()
 

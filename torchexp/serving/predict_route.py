@@ -1,13 +1,14 @@
 """The predict path, answered in front of FastAPI.
 
 A profile of `serve` under 32 clients put more than half of the event loop's time in
-FastAPI's layers (its middleware stack, routing, the endpoint's dependency resolution) and
-a quarter in the standard library's JSON parser; the model's own work ran on the batch
-thread. `PredictRoute` answers `POST /v1/models/<name>:predict` for the served model as
-plain ASGI: it reads the body, parses it with orjson, queues the instances and sends the
-batcher's JSON answer, recording the request's metrics itself. Every other request, a
-predict for another name included, goes on to FastAPI, whose predict route documents this
-one in the OpenAPI schema.
+FastAPI's layers (its telemetry check, which reads the environment on every request, its
+middleware stack, routing, the endpoint's dependency resolution) and a quarter in the
+standard library's JSON parser; the model's own work ran on the batch thread. The app is
+a `ServingApp`: FastAPI, whose first step hands `POST /v1/models/<name>:predict` for the
+served model to `PredictRoute`, plain ASGI that reads the body, parses it with orjson,
+queues the instances and sends the batcher's JSON answer, recording the request's metrics
+itself. Every other request, a predict for another name included, goes through FastAPI,
+whose predict route documents this one in the OpenAPI schema.
 """
 
 import asyncio
@@ -15,6 +16,8 @@ import json
 from typing import Any
 
 import orjson
+
+from fastapi import FastAPI
 
 from torchexp.errors import first_line
 from torchexp.serving.batcher import Batcher
@@ -32,28 +35,45 @@ class ClientGone(Exception):
     """The client disconnected before its body arrived: there is nobody to answer."""
 
 
+class ServingApp(FastAPI):
+    """FastAPI, answering the served model's predictions before its middleware stack.
+
+    Attributes:
+        predict_route: answers them; None (until `create_app` sets it) leaves every
+            request to FastAPI.
+    """
+
+    predict_route: "PredictRoute | None" = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if self.predict_route is not None and self.predict_route.matches(scope):
+            await self.predict_route.answer(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 class PredictRoute:
-    """ASGI middleware answering the served model's predict requests.
+    """Answers the served model's predict requests as plain ASGI.
 
     Args:
-        app: the FastAPI app, for every other request.
         name: the served model's name.
         batcher: runs the predictions.
         metrics: where the request is counted and timed.
         max_body_bytes: larger request bodies are refused with 413 before being read whole.
     """
 
-    def __init__(self, app: Any, name: str, batcher: Batcher, metrics: ServerMetrics, max_body_bytes: int):
-        self.app = app
+    def __init__(self, name: str, batcher: Batcher, metrics: ServerMetrics, max_body_bytes: int):
         self.path = PREDICT_ENDPOINT.format(name=name)
         self.batcher = batcher
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) != self.path:
-            await self.app(scope, receive, send)
-            return
+    def matches(self, scope: dict) -> bool:
+        """Whether the request is a prediction of the served model."""
+        return scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) == self.path
+
+    async def answer(self, scope: dict, receive: Any, send: Any) -> None:
+        """Read, parse and queue the request, and send its answer or its error."""
         started = asyncio.get_running_loop().time()
         try:
             body = await read_body(scope, receive, self.max_body_bytes)

@@ -37,7 +37,7 @@ from torchexp.serving.batcher import Batcher
 from torchexp.serving.metrics import ServerMetrics
 from torchexp.serving.page import PAGE_POLICY, load_page, prefers_html
 from torchexp.serving.pipeline import RequestError
-from torchexp.serving.predict_route import PredictRoute
+from torchexp.serving.predict_route import PredictRoute, ServingApp
 
 DESCRIPTION = (
     "A torchexp release served with the KServe V1 / TF Serving REST protocol.\n\n"
@@ -93,7 +93,7 @@ ERRORS = {
 }
 
 
-def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_body_bytes: int) -> FastAPI:
+def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_body_bytes: int) -> ServingApp:
     """Build the server's FastAPI app around a batcher.
 
     The batcher's worker starts with the app (lifespan startup) and, at shutdown, finishes
@@ -117,7 +117,7 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
         app.state.stopping = True
         await asyncio.to_thread(batcher.stop)
 
-    app = FastAPI(
+    app = ServingApp(
         title=f"torchexp: {card.name}",
         version=__version__,
         description=DESCRIPTION,
@@ -125,8 +125,7 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
     )
     app.state.stopping = False  # set at shutdown, and by the server when a stop is asked for
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # Added last, so outermost: predictions skip the metrics middleware and record their own.
-    app.add_middleware(PredictRoute, name=card.name, batcher=batcher, metrics=metrics, max_body_bytes=max_body_bytes)
+    app.predict_route = PredictRoute(card.name, batcher, metrics, max_body_bytes)  # records its own metrics
     add_error_handlers(app)
     add_model_routes(app, card, batcher)
     add_health_routes(app, batcher, metrics)
