@@ -2,11 +2,11 @@
 
 One process's event loop and batch thread share one interpreter lock, so on a machine
 with more cores than one process can keep busy, more processes serve more. The parent
-binds the port (its errors stay one sentence, before anything is loaded), then starts the
-workers with Python's "spawn" (a fresh interpreter: no copy of a parent's thread pools),
-each inheriting the listening socket, so that the kernel hands each new connection to
-one of them. The cores are divided among the workers unless --threads says how many each
-takes.
+holds the port (its errors stay one sentence, before anything is loaded), then starts the
+workers with Python's "spawn" (a fresh interpreter: no copy of a parent's thread pools);
+each listens on a socket of its own on that port (SO_REUSEPORT), and the kernel spreads
+new connections over them. The cores are divided among the workers unless --threads says
+how many each takes.
 
 SIGTERM or Ctrl-C to the parent is passed to every worker, which stops gracefully; the
 parent exits once all have. A worker that fails or dies stops the others, and the parent
@@ -27,7 +27,7 @@ from typing import Any, Callable
 from torchexp.errors import TorchexpError, first_line
 from torchexp.folder import Experiment
 from torchexp.serving.options import ServeOptions
-from torchexp.serving.server import describe_serving, serve_on
+from torchexp.serving.server import describe_serving, listen_beside, serve_on
 from torchexp.serving.threads import count_usable_cores
 
 PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies (Linux)
@@ -61,12 +61,12 @@ class Worker:
     def read_report(self) -> tuple[str, Any] | None:
         """Return the worker's next report, or None when it exited without one."""
         try:
-            kind, text = self.reports.recv()
+            kind, content = self.reports.recv()
         except (EOFError, OSError):
             return None
         if kind == "failed":
-            self.failure = text
-        return kind, text
+            self.failure = content
+        return kind, content
 
     def wait_until_loaded(self) -> dict | None:
         """Return the worker's model card once its release is loaded, or None when it
@@ -93,8 +93,8 @@ def divide_threads(options: ServeOptions) -> int:
 
 
 def serve_with_workers(experiment: Experiment, options: ServeOptions, sock: socket.socket, announce: Callable[[str], None], verbosity: str) -> None:
-    """Serve the release with `options.workers` processes on the listening `sock` until a
-    signal stops them, or one of them fails.
+    """Serve the release with `options.workers` processes on the port `sock` holds (from
+    `bind_socket(..., shared=True)`) until a signal stops them, or one of them fails.
 
     Raises:
         TorchexpError: a worker could not load the release or failed to warm up (its own
@@ -185,14 +185,15 @@ def run_worker(
     reports: multiprocessing.connection.Connection,
     verbosity: str,
 ) -> None:
-    """A worker process: load the release and serve it on the inherited socket until
+    """A worker process: load the release and serve it on the port the inherited socket holds until
     SIGTERM; report its model card once loaded, or the sentence of a failure, to the parent."""
     # A process group of its own: Ctrl-C in a terminal reaches the parent alone, which
     # stops the workers with SIGTERM, each once.
     os.setpgid(0, 0)
     stop_with_parent()
     try:
-        serve_on(sock, Experiment(experiments_path, name), options, threads, lambda card: reports.send(("loaded", card)), verbosity)
+        with listen_beside(sock) as own:
+            serve_on(own, Experiment(experiments_path, name), options, threads, lambda card: reports.send(("loaded", card)), verbosity)
     except TorchexpError as error:
         reports.send(("failed", (first_line(error), error.exit_code)))
     finally:
