@@ -74,6 +74,13 @@ class Batcher:
         self.held: Job | None = None  # taken from the queue but too big for the batch being built
         self.last_batch_size = 0  # instances in the batch gathered last
         self.thread: threading.Thread | None = None
+        # Read when /metrics is scraped: counting each request in and out took a lock twice
+        # per request, a sixth of the event loop's time under load.
+        metrics.queue_depth.set_function(self.count_waiting)
+
+    def count_waiting(self) -> int:
+        """Requests waiting for the model: queued, or taken but held for the next batch."""
+        return self.queue.qsize() + (self.held is not None)
 
     def start(self) -> None:
         """Start the worker: it warms the model up, then takes requests. An app stopped
@@ -100,11 +107,9 @@ class Batcher:
             raise RequestError(503, f"the model is not available: {self.failure}")
         loop = asyncio.get_running_loop()
         job = Job(instances, loop.create_future(), loop, time.perf_counter())
-        self.metrics.queue_depth.inc()
         try:
             self.queue.put_nowait(job)
         except queue.Full:
-            self.metrics.queue_depth.dec()
             raise RequestError(503, f"the server is busy: {self.max_queue} requests are already waiting (--max-queue); retry later") from None
         return await job.future
 
@@ -160,7 +165,6 @@ class Batcher:
         answers: list[Answer] = []
         prepared = []
         for job in jobs:
-            self.metrics.queue_depth.dec()
             self.metrics.queue_seconds.observe(started - job.arrived)
             try:
                 prepared.append((job, self.pipeline.prepare(job.instances)))
@@ -220,7 +224,6 @@ class Batcher:
         if self.on_failure is not None:
             self.on_failure(self.failure)
         while (job := self.queue.get()) is not STOP:
-            self.metrics.queue_depth.dec()
             hand_back([(job, None, RequestError(503, f"the model is not available: {self.failure}"))])
 
 

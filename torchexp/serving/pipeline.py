@@ -8,6 +8,7 @@ batch worker thread calls all of it, never the event loop.
 import json
 from typing import Any, Protocol
 
+import orjson
 import torch
 
 from torchexp.errors import first_line
@@ -78,11 +79,8 @@ class Pipeline:
         Raises:
             RequestError: 500 when a prediction is not JSON data (NaN, infinity, a tensor).
         """
-        predictions = [self.runner.serve_postprocess(*row) for row in zip(outputs, tensors, instances)]
-        try:
-            return json.dumps({"predictions": predictions}, allow_nan=False, separators=(",", ":")).encode()
-        except (TypeError, ValueError) as error:
-            raise RequestError(500, f"the prediction cannot be sent as JSON: {first_line(error)}") from error
+        document = {"predictions": [self.runner.serve_postprocess(*row) for row in zip(outputs, tensors, instances)]}
+        return encode_json(document)
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """Run the project's `serve_example` through every step at each batch size, so
@@ -100,3 +98,26 @@ class Pipeline:
         for size in batch_sizes:
             outputs = self.predict([tensor] * size)
             self.answer(outputs[:1], [tensor], [example])
+
+
+def encode_json(document: Any) -> bytes:
+    """Return `document` as compact JSON, refusing NaN and infinity.
+
+    orjson writes JSON several times faster than the standard library, but writes NaN and
+    infinity as null where the standard library refuses them. A body with a null in it, or
+    one orjson cannot write (a non-text key), is written again by the standard library,
+    which decides: a null of the project's own is kept, a NaN refused.
+
+    Raises:
+        RequestError: 500 when the document is not JSON data (NaN, infinity, a tensor).
+    """
+    try:
+        body = orjson.dumps(document)
+    except TypeError:
+        body = b"null"
+    if b"null" not in body:
+        return body
+    try:
+        return json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as error:
+        raise RequestError(500, f"the prediction cannot be sent as JSON: {first_line(error)}") from error
