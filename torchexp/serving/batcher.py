@@ -227,7 +227,6 @@ class Batcher:
             hand_back([(job, None, RequestError(503, f"the model is not available: {self.failure}"))])
 
 
-
 def hand_back(answers: list[Answer]) -> None:
     """Settle each job's future on its event loop, with one wake-up per loop for the whole
     batch rather than one per request; a client that went away is skipped."""

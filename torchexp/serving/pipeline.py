@@ -79,8 +79,7 @@ class Pipeline:
         Raises:
             RequestError: 500 when a prediction is not JSON data (NaN, infinity, a tensor).
         """
-        document = {"predictions": [self.runner.serve_postprocess(*row) for row in zip(outputs, tensors, instances)]}
-        return encode_json(document)
+        return encode_json({"predictions": [self.runner.serve_postprocess(*row) for row in zip(outputs, tensors, instances)]})
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """Run the project's `serve_example` through every step at each batch size, so
@@ -113,10 +112,10 @@ def encode_json(document: Any) -> bytes:
     """
     try:
         body = orjson.dumps(document)
+        if b"null" not in body:
+            return body
     except TypeError:
-        body = b"null"
-    if b"null" not in body:
-        return body
+        pass
     try:
         return json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
     except (TypeError, ValueError) as error:

@@ -42,7 +42,8 @@ def serve_release(experiment: Experiment, options: ServeOptions, announce: Calla
         TorchexpError: the address cannot be listened on, the project's page cannot be
             read, or the model failed to warm up.
     """
-    find_release(experiment, options.epoch).verify()
+    release = find_release(experiment, options.epoch)
+    release.verify()
     sock = bind_socket(options.host, options.port, shared=options.workers > 1)
     try:
         if options.workers > 1:
@@ -51,15 +52,21 @@ def serve_release(experiment: Experiment, options: ServeOptions, announce: Calla
             serve_with_workers(experiment, options, sock, announce, verbosity)
         else:
             threads = choose_threads(options.threads)
-            serve_on(sock, experiment, options, threads, lambda card: announce(describe_serving(card, f"{threads} threads", sock)), verbosity)
+            serve_on(sock, experiment, release, options, threads, lambda card: announce(describe_serving(card, f"{threads} threads", sock)), verbosity)
     finally:
         sock.close()
 
 
 def serve_on(
-    sock: socket.socket, experiment: Experiment, options: ServeOptions, threads: int, on_loaded: Callable[[dict], None], verbosity: str
+    sock: socket.socket,
+    experiment: Experiment,
+    release: checkpoints.Checkpoint,
+    options: ServeOptions,
+    threads: int,
+    on_loaded: Callable[[dict], None],
+    verbosity: str,
 ) -> None:
-    """Load the release and serve it on the listening `sock`, in this process, until a
+    """Load `release` and serve it on the listening `sock`, in this process, until a
     signal or a failure stops it; `on_loaded` gets the model's card (a dict) once loaded.
 
     Raises:
@@ -69,7 +76,7 @@ def serve_on(
     logger = make_logger(f"{experiment.name}.serve", None, verbosity)
     try:
         apply_threads(threads)
-        app = load_app(experiment, find_release(experiment, options.epoch), options, threads, logger)
+        app = load_app(experiment, release, options, threads, logger)
         server = GracefulServer(make_uvicorn_config(app, verbosity), app)
         app.state.batcher.on_failure = server.stop_for
         on_loaded(dataclasses.asdict(app.state.card))

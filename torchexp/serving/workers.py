@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from torchexp.errors import TorchexpError, first_line
 from torchexp.folder import Experiment
+from torchexp.releases import find_release
 from torchexp.serving.options import ServeOptions
 from torchexp.serving.server import describe_serving, listen_beside, serve_on
 from torchexp.serving.threads import count_usable_cores
@@ -140,26 +141,19 @@ def serve_with_workers(experiment: Experiment, options: ServeOptions, sock: sock
 
 
 def watch(workers: list[Worker], stopping: Callable[[], bool]) -> Worker | None:
-    """Wait until every worker has exited; return the first that stopped on its own (a
-    failure), after asking the others to stop, or None when all stopped on request."""
+    """Wait until every worker has exited on request (None), or return the first that
+    stopped on its own, with the failure it reported before exiting read (stop_all then
+    stops the others)."""
     running = {worker.process.sentinel: worker for worker in workers}
-    readers = {worker.reports: worker for worker in workers}
-    failed = None
     while running:
-        ready = multiprocessing.connection.wait([*running, *readers], timeout=1.0)
-        for handle in ready:
-            if handle in readers:
-                if readers[handle].read_report() is None:
-                    del readers[handle]
-                continue
-            worker = running.pop(handle)
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            worker = running.pop(sentinel)
             worker.process.join()
-            if failed is None and not stopping():
-                failed = worker
-                for other in running.values():
-                    with contextlib.suppress(OSError):
-                        other.process.terminate()
-    return failed
+            while worker.read_report() is not None:  # what it sent before exiting
+                pass
+            if not stopping():
+                return worker
+    return None
 
 
 def stop_all(workers: list[Worker]) -> None:
@@ -192,8 +186,10 @@ def run_worker(
     os.setpgid(0, 0)
     stop_with_parent()
     try:
+        experiment = Experiment(experiments_path, name)
+        release = find_release(experiment, options.epoch)  # verified by the parent
         with listen_beside(sock) as own:
-            serve_on(own, Experiment(experiments_path, name), options, threads, lambda card: reports.send(("loaded", card)), verbosity)
+            serve_on(own, experiment, release, options, threads, lambda card: reports.send(("loaded", card)), verbosity)
     except TorchexpError as error:
         reports.send(("failed", (first_line(error), error.exit_code)))
     finally:
