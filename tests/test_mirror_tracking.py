@@ -15,7 +15,7 @@ pytest.importorskip("mlflow")
 from mirror_helpers import EPOCH_KEYS, has_step, read_run, read_steps, start_training, wait_for  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from torchexp.states import scan_checkpoint_names  # noqa: E402
+from torchexp import Experiments  # noqa: E402
 
 
 def test_an_experiment_is_one_run_with_its_config_epochs_tests_provenance_and_artifacts(mlflow_server, cli_in, tmp_path):
@@ -65,7 +65,7 @@ def test_a_killed_run_is_resumed_in_place_and_every_epoch_is_logged_once(mlflow_
     assert read_run(server, tmp_path).info.status == "RUNNING"  # what a SIGKILL leaves
     assert "status KILLED" in cli_in("sync", uri=server.url).output  # sync corrects it
     assert read_run(server, tmp_path).info.status == "KILLED"
-    saved = max(scan_checkpoint_names(str(tmp_path / "experiments" / "x" / "checkpoints"))["standard"])
+    saved = Experiments(str(tmp_path / "experiments"))["x"].epochs  # the mirror logs an epoch after its checkpoint
     cli_in("train", "--max-epochs", str(saved + 2), "--device", "cpu", uri=server.url)
     run = read_run(server, tmp_path)
     assert run.info.status == "FINISHED"
