@@ -42,6 +42,19 @@ class SmallCNN(nn.Module):
         return F.log_softmax(self.fc2(x), dim=1)
 
 
+class ContiguousBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm computed on a contiguous (NCHW) copy of a channels-last input.
+
+    torch's channels-last batch norm kernels are 5x slower than the contiguous ones when a
+    tensor has fewer channels than a vector register holds (8 floats in AVX2, 16 in
+    AVX-512), in fp32 and bf16 alike: 5.8 ms against 1.1 ms forward and backward for
+    256x8x14x14. The copy costs far less, and the next convolution takes either layout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.contiguous())
+
+
 class FastCNN(nn.Module):
     """The fast preset's CNN: 16 then 32 channels of 5x5 convolutions and 128 hidden units.
 
@@ -49,19 +62,31 @@ class FastCNN(nn.Module):
     quarter of the pixels (pooling and ReLU commute), and the second convolution is not
     padded (14x14 to 10x10): half the step time of the conv-norm-ReLU-pool order on a
     CPU, for the same accuracy. Batch norm lets the one-cycle schedule's high learning
-    rate converge in 2 epochs.
+    rate converge in 2 epochs. `first_channels` and `first_norm` set the first
+    convolution's width and its batch norm's class (LeanCNN).
     """
 
-    def __init__(self):
+    def __init__(self, first_channels: int = 16, first_norm: type[nn.BatchNorm2d] = nn.BatchNorm2d):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 5, padding=2, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 5, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(1, first_channels, 5, padding=2, bias=False), nn.MaxPool2d(2), first_norm(first_channels), nn.ReLU(),
+            nn.Conv2d(first_channels, 32, 5, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(32), nn.ReLU(),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.classifier(self.features(x)), dim=1)
+
+
+class LeanCNN(FastCNN):
+    """The fast preset's CNN: FastCNN with 8 channels in its first convolution.
+
+    The first convolution's output, its pooling and their backward passes are the
+    largest tensors of a step, and halving them keeps 2-epoch accuracy above 99.2 %.
+    """
+
+    def __init__(self):
+        super().__init__(first_channels=8, first_norm=ContiguousBatchNorm2d)
 
 
 class BatchNormCNN(nn.Module):
@@ -101,7 +126,9 @@ class MLP(nn.Module):
         return F.log_softmax(self.layers(x), dim=1)
 
 
-MODELS = {"cnn": CNN, "small_cnn": SmallCNN, "fast_cnn": FastCNN, "cnn_bn": BatchNormCNN, "mlp": MLP}
+MODELS = {
+    "cnn": CNN, "small_cnn": SmallCNN, "fast_cnn": FastCNN, "lean_cnn": LeanCNN, "cnn_bn": BatchNormCNN, "mlp": MLP,
+}
 
 
 def build_model(name: str) -> nn.Module:

@@ -10,7 +10,7 @@ import torch
 
 from conftest import CONFIG, REPO, SCHEMA, init_args, write_mnist
 from mnist_classifier.data import MNISTClassifierData, augment, normalize, read_mnist
-from mnist_classifier.model import MODELS, build_model
+from mnist_classifier.model import MODELS, ContiguousBatchNorm2d, build_model
 from mnist_classifier.runner import MNISTClassifierRunner, one_cycle_factor
 from torchexp.config import Config, build_config
 from torchexp.errors import DataError
@@ -29,6 +29,30 @@ def test_models_give_log_probabilities_of_ten_classes(name):
     assert output.shape == (3, 10)
     assert torch.allclose(output.exp().sum(1), torch.ones(3), atol=1e-5)
     assert (output <= 0).all()
+
+
+def test_lean_cnn_is_fast_cnn_with_eight_channels_in_its_first_convolution():
+    shapes = {name: [tuple(t.shape) for t in build_model(name).state_dict().values()] for name in ("fast_cnn", "lean_cnn")}
+    # fast_cnn keeps its shapes, so its existing checkpoints and releases still load.
+    assert shapes["fast_cnn"][:2] == [(16, 1, 5, 5), (16,)] and (32, 16, 5, 5) in shapes["fast_cnn"]
+    assert shapes["lean_cnn"][:2] == [(8, 1, 5, 5), (8,)] and (32, 8, 5, 5) in shapes["lean_cnn"]
+    assert shapes["lean_cnn"][-4:] == shapes["fast_cnn"][-4:]  # the same classifier
+
+
+def test_contiguous_batch_norm_matches_batch_norm_on_channels_last_input():
+    torch.manual_seed(0)
+    x = (torch.randn(4, 8, 6, 6) * 3 + 1).to(memory_format=torch.channels_last).requires_grad_(True)
+    outputs, gradients, running_means = [], [], []
+    for norm in (torch.nn.BatchNorm2d(8), ContiguousBatchNorm2d(8)):
+        output = norm(x)
+        (output * torch.arange(8).view(1, 8, 1, 1)).sum().backward()
+        outputs.append(output.detach())
+        gradients.append(x.grad.clone())
+        running_means.append(norm.running_mean.clone())
+        x.grad = None
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    assert torch.allclose(gradients[0], gradients[1], atol=1e-5)
+    assert torch.allclose(running_means[0], running_means[1]) and running_means[0].abs().sum() > 0
 
 
 def test_cnn_applies_relu_after_conv2():
