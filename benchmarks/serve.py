@@ -5,7 +5,8 @@ For each runtime (torch, and onnx: the release's ONNX export in onnxruntime), on
 of the fast preset (configs/fast.json: its model, one short epoch; the arithmetic, and so
 the speed, does not depend on the weights' values), three columns:
 
-    ceiling     the model alone, in a process of its own with the threads serve gives it:
+    ceiling     the model alone, in a process of its own with every usable core (its best;
+                serve leaves torch one core less, for its event loop):
                 images/s at batch 1 and at batch --max-batch (32, serve's default
                 --max-batch-size), a batch of real MNIST test digits run back to back
     plain       a FastAPI app with a synchronous `def` endpoint running the model on each
@@ -260,7 +261,7 @@ def load_model(experiments: str, runtime: str, threads: int):
 
 
 def run_ceiling(experiments: str, runtime: str, max_batch: int, data_path: str, seconds: float) -> None:
-    """Print the model's images/s at batch 1 and `max_batch`, with the threads serve would use."""
+    """Print the model's images/s at batch 1 and `max_batch`, with every usable core."""
     from mnist_classifier.data import read_mnist, normalize
     from torchexp.serving.threads import apply_threads, count_usable_cores
 

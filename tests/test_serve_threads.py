@@ -28,8 +28,18 @@ def test_usable_cores_are_the_affinity_without_a_quota(cgroup_files, monkeypatch
     assert threads.count_usable_cores() == len(os.sched_getaffinity(0))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5, 7})
     assert threads.count_usable_cores() == 3
-    assert threads.choose_threads(None) == 3
-    assert threads.choose_threads(5) == 5
+
+
+def test_default_threads_leave_a_torch_worker_a_core_for_its_event_loop(cgroup_files, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert threads.choose_threads(None, "torch") == 7
+    assert threads.choose_threads(None, "onnx") == 8
+    assert threads.choose_threads(None, "torch", workers=2) == 3  # 4 cores each, one for the loop
+    assert threads.choose_threads(None, "onnx", workers=3) == 2
+    assert threads.choose_threads(5, "torch", workers=2) == 5  # --threads is per worker, as given
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert threads.choose_threads(None, "torch") == 1
+    assert threads.choose_threads(None, "torch", workers=4) == 1
 
 
 @pytest.mark.parametrize(

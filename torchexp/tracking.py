@@ -105,6 +105,8 @@ class Tracker:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            if self.purge_step is not None:
+                wait_for_a_later_second(self.tensorboard_path)
             self._writer = SummaryWriter(self.tensorboard_path, purge_step=self.purge_step)
         return self._writer
 
@@ -163,6 +165,23 @@ class Tracker:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def wait_for_a_later_second(directory: str) -> None:
+    """Sleep until the second after the newest TensorBoard event file's in `directory`.
+
+    TensorBoard reads a folder's event files in name order, and it names them
+    `events.out.tfevents.<second>.<host>.<pid>.<counter>` with a counter without leading
+    zeros. A file opened in the same second as an earlier one may then be read first
+    ("...10" before "...9"), and its purge step would not hide the earlier file's events.
+    """
+    seconds = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        fields = name.split(".")
+        if name.startswith("events.out.tfevents.") and len(fields) > 3 and fields[3].isdigit():
+            seconds.append(int(fields[3]))
+    if seconds:
+        time.sleep(max(0.0, max(seconds) + 1 - time.time()))
 
 
 def is_logged_after(line: str, step: int, epoch: int) -> bool:

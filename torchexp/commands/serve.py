@@ -47,7 +47,7 @@ MAX_BODY_HELP = (
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="Threads for inference, per worker.  [default: the cores this process may use (its CPU affinity, capped by a container's CPU quota), divided among the workers]",
+    help="Threads for inference, per worker.  [default: the cores this process may use (its CPU affinity, capped by a container's CPU quota), divided among the workers, less one per torch worker for its event loop]",
 )
 @click.option(
     "--workers",

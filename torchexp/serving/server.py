@@ -51,7 +51,7 @@ def serve_release(experiment: Experiment, options: ServeOptions, announce: Calla
 
             serve_with_workers(experiment, options, sock, announce, verbosity)
         else:
-            threads = choose_threads(options.threads)
+            threads = choose_threads(options.threads, options.runtime)
             serve_on(sock, experiment, release, options, threads, lambda card: announce(describe_serving(card, f"{threads} threads", sock)), verbosity)
     finally:
         sock.close()
@@ -98,7 +98,7 @@ def make_app(experiment: Experiment, options: ServeOptions = ServeOptions(), log
     """
     release = find_release(experiment, options.epoch)
     logger = logger or make_logger(f"{experiment.name}.serve", None, "quiet")
-    return load_app(experiment, release, options, choose_threads(options.threads), logger)
+    return load_app(experiment, release, options, choose_threads(options.threads, options.runtime), logger)
 
 
 def load_app(experiment: Experiment, release: checkpoints.Checkpoint, options: ServeOptions, threads: int, logger: logging.Logger) -> Any:

@@ -5,8 +5,8 @@ with more cores than one process can keep busy, more processes serve more. The p
 holds the port (its errors stay one sentence, before anything is loaded), then starts the
 workers with Python's "spawn" (a fresh interpreter: no copy of a parent's thread pools);
 each listens on a socket of its own on that port (SO_REUSEPORT), and the kernel spreads
-new connections over them. The cores are divided among the workers unless --threads says
-how many each takes.
+new connections over them. The cores are divided among the workers (less one for each
+torch worker's event loop) unless --threads says how many each takes.
 
 SIGTERM or Ctrl-C to the parent is passed to every worker, which stops gracefully; the
 parent exits once all have. A worker that fails or dies stops the others, and the parent
@@ -29,7 +29,7 @@ from torchexp.folder import Experiment
 from torchexp.releases import find_release
 from torchexp.serving.options import ServeOptions
 from torchexp.serving.server import describe_serving, listen_beside, serve_on
-from torchexp.serving.threads import count_usable_cores
+from torchexp.serving.threads import choose_threads
 
 PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies (Linux)
 STOP_TIMEOUT_S = 60  # longest wait for the workers after a stop: their graceful 30 s, and a margin
@@ -88,11 +88,6 @@ class Worker:
         return TorchexpError(f"serve worker {self.index} (process {self.process.pid}) stopped unexpectedly ({how}); its log is above")
 
 
-def divide_threads(options: ServeOptions) -> int:
-    """Threads per worker: --threads, or the usable cores divided among the workers."""
-    return options.threads if options.threads is not None else max(1, count_usable_cores() // options.workers)
-
-
 def serve_with_workers(experiment: Experiment, options: ServeOptions, sock: socket.socket, announce: Callable[[str], None], verbosity: str) -> None:
     """Serve the release with `options.workers` processes on the port `sock` holds (from
     `bind_socket(..., shared=True)`) until a signal stops them, or one of them fails.
@@ -101,7 +96,7 @@ def serve_with_workers(experiment: Experiment, options: ServeOptions, sock: sock
         TorchexpError: a worker could not load the release or failed to warm up (its own
             sentence and exit code), or died (a sentence naming it).
     """
-    threads = divide_threads(options)
+    threads = choose_threads(options.threads, options.runtime, options.workers)
     context = multiprocessing.get_context("spawn")
     workers: list[Worker] = []
     stopping = False
