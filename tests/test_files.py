@@ -85,6 +85,19 @@ def test_read_json_names_a_missing_file_and_uses_the_given_error_type(tmp_path):
         read_json(str(tmp_path / "absent.json"), "config file", ConfigError)
 
 
+def test_read_json_names_a_file_removed_between_its_check_and_its_read_as_missing(tmp_path, monkeypatch):
+    path = tmp_path / "gone.json"
+    path.write_text("{}")
+
+    def remove_then_size(name):
+        os.remove(name)
+        return os.stat(name).st_size
+
+    monkeypatch.setattr(os.path, "getsize", remove_then_size)
+    with pytest.raises(StorageError, match=r"sidecar .*gone.json is missing"):
+        read_json(str(path), "sidecar")
+
+
 def test_read_json_refuses_a_folder(tmp_path):
     with pytest.raises(StorageError, match=r"data file .* is a folder, not a file"):
         read_json(str(tmp_path), "data file")

@@ -134,7 +134,10 @@ def read_json(
     if not os.path.isfile(path):
         kind = "a folder, not a file" if os.path.isdir(path) else "missing"
         raise error(f"{what} {path} is {kind}")
-    size = os.path.getsize(path)
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:  # removed since the check above, as a replaced checkpoint's sidecar may be
+        raise error(f"{what} {path} is missing") from None
     if size > max_bytes:
         raise error(f"{what} {path} is {size} bytes, more than the {max_bytes} allowed")
     try:
