@@ -28,7 +28,7 @@ def start_workers(experiments: str, *arguments: str) -> tuple[subprocess.Popen, 
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     line = read_line(process.stdout, 120)
-    assert line.startswith(f"serving {NAME} (release of epoch 1, torch on cpu, 2 workers x 1 threads) at http://127.0.0.1:"), line
+    assert line.startswith(f"serving {NAME} (release of epoch 1, torch on cpu, 2 workers x 1 thread) at http://127.0.0.1:"), line
     url = line.split(" at ")[1].split()[0]
     with httpx.Client(base_url=url, timeout=30) as client:
         deadline = time.monotonic() + 120

@@ -52,7 +52,7 @@ def serve_release(experiment: Experiment, options: ServeOptions, announce: Calla
             serve_with_workers(experiment, options, sock, announce, verbosity)
         else:
             threads = choose_threads(options.threads, options.runtime)
-            serve_on(sock, experiment, release, options, threads, lambda card: announce(describe_serving(card, f"{threads} threads", sock)), verbosity)
+            serve_on(sock, experiment, release, options, threads, lambda card: announce(describe_serving(card, threads, sock)), verbosity)
     finally:
         sock.close()
 
@@ -188,9 +188,12 @@ def open_socket(family: int, kind: int, proto: int, address: tuple, listen: bool
     return sock
 
 
-def describe_serving(card: dict, processes: str, sock: socket.socket) -> str:
+def describe_serving(card: dict, threads: int, sock: socket.socket, workers: int = 1) -> str:
     """The line `serve` prints once the release is loaded: the model, how it runs, its URL."""
     host, port = sock.getsockname()[:2]
+    processes = f"{threads} thread{'' if threads == 1 else 's'}"
+    if workers > 1:
+        processes = f"{workers} workers x {processes}"
     return (
         f"serving {card['name']} (release of epoch {card['epoch']}, {card['runtime']} on {card['device']}, {processes}) "
         f"at http://{format_host(host)}:{port}/ (Ctrl-C to stop)"

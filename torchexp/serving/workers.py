@@ -125,7 +125,7 @@ def serve_with_workers(experiment: Experiment, options: ServeOptions, sock: sock
             return
         failed = next((worker for worker, card in zip(workers, cards) if card is None), None)
         if failed is None:
-            announce(describe_serving(cards[0], f"{options.workers} workers x {threads} threads", sock))
+            announce(describe_serving(cards[0], threads, sock, options.workers))
             failed = watch(workers, lambda: stopping)
     finally:
         stop_all(workers)
