@@ -175,11 +175,10 @@ def wait_for_a_later_second(directory: str) -> None:
     zeros. A file opened in the same second as an earlier one may then be read first
     ("...10" before "...9"), and its purge step would not hide the earlier file's events.
     """
-    seconds = []
-    for name in os.listdir(directory) if os.path.isdir(directory) else []:
-        fields = name.split(".")
-        if name.startswith("events.out.tfevents.") and len(fields) > 3 and fields[3].isdigit():
-            seconds.append(int(fields[3]))
+    if not os.path.isdir(directory):
+        return
+    names = [name.split(".") for name in os.listdir(directory) if name.startswith("events.out.tfevents.")]
+    seconds = [int(fields[3]) for fields in names if fields[3].isdigit()]
     if seconds:
         time.sleep(max(0.0, max(seconds) + 1 - time.time()))
 
