@@ -5,13 +5,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import CONFIG, REPO, SCHEMA, init_args, write_mnist
 from mnist_classifier.data import MNISTClassifierData, augment, normalize, read_mnist
 from mnist_classifier.model import MODELS, ContiguousBatchNorm2d, build_model
-from mnist_classifier.runner import MNISTClassifierRunner, one_cycle_factor
+from mnist_classifier.runner import NORMALIZED_BYTES, MNISTClassifierRunner, one_cycle_factor, read_byte_rows, read_pixel_instance
 from torchexp.config import Config, build_config
 from torchexp.errors import DataError
 from torchexp.folder import Experiment
@@ -275,3 +276,49 @@ def test_a_file_that_is_not_idx_is_a_data_error(data_path):
         file.write(b"<html>not found</html>")
     with pytest.raises(DataError, match=r"cannot be read: t10k-labels-idx1-ubyte is not an IDX file of unsigned bytes"):
         read_mnist(data_path, train=False)
+
+
+def test_the_byte_lookup_is_normalize_of_every_byte_value():
+    images, _ = normalize((torch.arange(256, dtype=torch.uint8).view(1, 16, 16), None))
+    assert torch.equal(torch.from_numpy(NORMALIZED_BYTES), images.flatten())
+
+
+def test_integer_pixels_are_read_as_bytes_and_give_the_tensor_of_the_general_path():
+    digit = digit_like_image()
+    pixels = read_pixel_instance(digit)
+    assert pixels.dtype == np.uint8 and pixels.tolist() == digit
+    served = MNISTClassifierRunner.serve_preprocess(None, digit)
+    expected, _ = normalize((torch.tensor([digit], dtype=torch.uint8), None))
+    assert served.dtype == torch.float32 and torch.equal(served, expected[0])
+    # Floats take numpy's path, and give the same values where they are whole.
+    floats = MNISTClassifierRunner.serve_preprocess(None, [[value + 0.0 for value in row] for row in digit])
+    assert torch.equal(floats, served)
+
+
+@pytest.mark.parametrize("instance", [
+    [[0.5] * 28] * 28,  # fractions
+    [[True] * 28] * 28,  # booleans, which bytes() would read as 1
+    [[0] * 28] * 27 + [[1] * 28],  # nothing above 1: may be booleans
+    [[0] * 28] * 27 + [[256] + [0] * 27],
+    [[0] * 28] * 27 + [[-1] + [0] * 27],
+    [[0] * 28] * 27 + [[0] * 27],  # ragged
+    [[0] * 28] * 27,
+    [[7] * 28] * 27 + [(7,) * 28],  # a tuple row: not what JSON gives
+    [["7"] * 28] * 28,
+    {"b64": ""},
+], ids=["fractions", "booleans", "zeros-and-ones", "256", "negative", "ragged", "27-rows", "tuple-row", "strings", "object"])
+def test_only_rows_of_integers_above_one_up_to_255_are_read_as_bytes(instance):
+    assert read_byte_rows(instance) is None
+
+
+def test_an_image_of_booleans_is_still_refused():
+    with pytest.raises(ValueError, match="an instance must be 28 x 28 numbers from 0 to 255"):
+        read_pixel_instance([[True, False] * 14] * 28)
+
+
+def digit_like_image() -> list[list[int]]:
+    """A digit-like 28 x 28 image of integers 0-255."""
+    image = [[0] * 28 for _ in range(28)]
+    for row in range(6, 22):
+        image[row][12:16] = [64, 255, 200, 17]
+    return image
