@@ -14,6 +14,12 @@ the speed, does not depend on the weights' values), three columns:
                 serve a model (written below, uvicorn, one process)
     serve       `serve --runtime RUNTIME` (and with --workers 2 for torch), as a user runs it
 
+and, once per round, whatever the runtime:
+
+    floor       uvicorn (one process, as serve runs it) answering every request with a
+                constant prediction, having read its body and nothing else: the most any
+                one-process Python server answers on this machine, with hey beside it
+
 Load comes from `hey` (Debian's package: a compiled load generator, `make hey` installs
 it), on the loopback address only: 1 and 32 clients, each sending single-image requests
 ({"instances": [28 x 28]}, one real MNIST test digit, 0-255) back to back for --duration
@@ -22,8 +28,9 @@ hey shares the machine's cores with it, as a client on the same host would.
 
 The summary gives, per runtime: serve's requests/s at 32 clients over the ceiling's
 images/s at the batch serve forms (goal at least 0.5) and its p99 (goal at most 50 ms),
-and serve's requests/s at 1 client over plain's (goal at least 1). Every line is JSON; the
-first and the summary carry the machine's CPU flags.
+and serve's requests/s at 1 client over plain's (goal at least 1); beside them, the requests/s
+the goal asks for against the floor's, and serve's share of the floor. Every line is JSON;
+the first and the summary carry the machine's CPU flags.
 
     .venv/bin/python benchmarks/serve.py [--duration 10] [--runtimes torch,onnx] [--rounds 1]
 """
@@ -85,6 +92,8 @@ def measure_ceiling(experiments: str, runtime: str, args: argparse.Namespace) ->
 
 
 def server_command(variant: str, experiments: str, runtime: str, args: argparse.Namespace) -> list[str]:
+    if variant == "floor":
+        return [sys.executable, os.path.abspath(__file__), "--floor-server"]
     if variant == "plain":
         return [sys.executable, os.path.abspath(__file__), "--plain-server", experiments, "--runtime", runtime]
     extra = ["--runtime", runtime, "--device", "cpu", "--port", "0"] + args.serve_options.split()
@@ -159,21 +168,27 @@ def read_hey(output: str) -> dict:
 
 
 def measure_round(round_index: int, experiments: str, body: str, args: argparse.Namespace, results: dict) -> None:
+    measure_server(round_index, "http", "floor", experiments, body, args, results)
     for runtime in args.runtimes:
         ceiling = measure_ceiling(experiments, runtime, args)
         results.setdefault((runtime, "ceiling"), []).append(ceiling)
         common.emit({"benchmark": "serve", "round": round_index, "runtime": runtime, "variant": "ceiling", **ceiling})
         variants = ["plain", "serve"] + (["serve_workers"] if runtime == "torch" and args.workers > 1 else [])
         for variant in variants if round_index % 2 == 0 else reversed(variants):
-            process, url = start_server(server_command(variant, experiments, runtime, args))
-            try:
-                for clients in args.concurrency:
-                    run_hey(url, body, clients, args.warmup)
-                    figures = run_hey(url, body, clients, args.duration)
-                    results.setdefault((runtime, f"{variant}@{clients}"), []).append(figures)
-                    common.emit({"benchmark": "serve", "round": round_index, "runtime": runtime, "variant": variant, "clients": clients, **figures})
-            finally:
-                stop_server(process)
+            measure_server(round_index, runtime, variant, experiments, body, args, results)
+
+
+def measure_server(round_index: int, runtime: str, variant: str, experiments: str, body: str, args: argparse.Namespace, results: dict) -> None:
+    """Start one server, load it with hey at each client count, and stop it."""
+    process, url = start_server(server_command(variant, experiments, runtime, args))
+    try:
+        for clients in args.concurrency:
+            run_hey(url, body, clients, args.warmup)
+            figures = run_hey(url, body, clients, args.duration)
+            results.setdefault((runtime, f"{variant}@{clients}"), []).append(figures)
+            common.emit({"benchmark": "serve", "round": round_index, "runtime": runtime, "variant": variant, "clients": clients, **figures})
+    finally:
+        stop_server(process)
 
 
 def summarize(results: dict, args: argparse.Namespace) -> dict:
@@ -183,8 +198,10 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         for (runtime, column), runs in results.items()
     }
     summary = {}
+    floor = medians[f"http/floor@{GOAL_CLIENTS}"]["requests_per_s"] if f"http/floor@{GOAL_CLIENTS}" in medians else None
     for runtime in args.runtimes:
         ceiling = medians[f"{runtime}/ceiling"][f"batch_{args.max_batch}_images_per_s"]
+        goal = round(GOAL_CEILING_RATIO * ceiling, 1)
         for variant in ("serve", "serve_workers"):
             busy, lone = medians.get(f"{runtime}/{variant}@{GOAL_CLIENTS}"), medians.get(f"{runtime}/{variant}@1")
             plain = medians.get(f"{runtime}/plain@1")
@@ -196,6 +213,10 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
                 f"@{GOAL_CLIENTS} requests/s / ceiling images/s at batch {args.max_batch}": ratio_ceiling,
                 f"@{GOAL_CLIENTS} p99 ms": busy["p99_ms"],
                 "@1 requests/s / plain's": ratio_plain,
+                f"@{GOAL_CLIENTS} requests/s the goal asks for": goal,
+                f"@{GOAL_CLIENTS} floor's requests/s": floor,
+                f"@{GOAL_CLIENTS} requests/s / floor's": round(busy["requests_per_s"] / floor, 3) if floor else None,
+                "goal within the floor": goal <= floor if floor else None,
                 "goals met": {
                     f">= {GOAL_CEILING_RATIO} of the ceiling": ratio_ceiling >= GOAL_CEILING_RATIO,
                     f"p99 <= {GOAL_P99_MS} ms": busy["p99_ms"] <= GOAL_P99_MS,
@@ -282,6 +303,33 @@ def run_ceiling(experiments: str, runtime: str, max_batch: int, data_path: str, 
     print(json.dumps(figures), flush=True)
 
 
+# The floor ---------------------------------------------------------------------------------
+
+# A prediction of serve's shape and size for one MNIST digit.
+FLOOR_ANSWER = b'{"predictions":[{"label":7,"probabilities":[' + b",".join([b"1.2345678901234567e-05"] * 10) + b"]}]}"
+
+
+def run_floor_server() -> None:
+    """Answer every request with FLOOR_ANSWER on a free loopback port, as serve runs uvicorn."""
+    import uvicorn
+
+    from torchexp.serving.server import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    print(f"floor server at http://127.0.0.1:{sock.getsockname()[1]}/", flush=True)
+    uvicorn.Server(uvicorn.Config(answer_constant, log_level="warning", access_log=False, lifespan="off")).run(sockets=[sock])
+
+
+async def answer_constant(scope: dict, receive, send) -> None:
+    """Read the request's body, then answer FLOOR_ANSWER: the least a server does."""
+    more_body = True
+    while more_body:
+        more_body = (await receive()).get("more_body", False)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(FLOOR_ANSWER))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": FLOOR_ANSWER})
+
+
 # The plain server ------------------------------------------------------------------------
 
 
@@ -321,8 +369,10 @@ def make_plain_app(experiments: str, runtime: str):
 
 
 def dispatch() -> None:
-    """The same file is the benchmark, the model alone and the plain server."""
-    if "--plain-server" in sys.argv or "--ceiling" in sys.argv:
+    """The same file is the benchmark, the model alone, the floor and the plain server."""
+    if "--floor-server" in sys.argv:
+        run_floor_server()
+    elif "--plain-server" in sys.argv or "--ceiling" in sys.argv:
         parser = argparse.ArgumentParser()
         parser.add_argument("--plain-server")
         parser.add_argument("--ceiling")

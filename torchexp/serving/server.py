@@ -19,6 +19,7 @@ from torchexp import checkpoints
 from torchexp.errors import TorchexpError, first_line
 from torchexp.folder import Experiment
 from torchexp.releases import find_release
+from torchexp.serving.collector import tune_garbage_collector
 from torchexp.serving.options import ServeOptions
 from torchexp.serving.threads import apply_threads, choose_threads
 from torchexp.tracking import close_logger, make_logger
@@ -77,6 +78,7 @@ def serve_on(
     try:
         apply_threads(threads)
         app = load_app(experiment, release, options, threads, logger)
+        tune_garbage_collector()
         server = GracefulServer(make_uvicorn_config(app, verbosity), app)
         app.state.batcher.on_failure = server.stop_for
         on_loaded(dataclasses.asdict(app.state.card))
