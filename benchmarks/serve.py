@@ -194,7 +194,7 @@ def measure_server(round_index: int, runtime: str, variant: str, experiments: st
 def summarize(results: dict, args: argparse.Namespace) -> dict:
     """Medians over rounds, the ratios the goals are stated in, and whether each is met."""
     medians = {
-        f"{runtime}/{column}": {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "errors"}
+        f"{runtime}/{column}": {key: round(statistics.median(run[key] for run in runs), 3) for key in runs[0] if key != "errors"}
         for (runtime, column), runs in results.items()
     }
     summary = {}
