@@ -160,8 +160,8 @@ def read_byte_rows(instance: Any) -> np.ndarray | None:
         pixels = np.frombuffer(b"".join(map(bytes, instance)), dtype=np.uint8).reshape(SIDE, SIDE)
     except (TypeError, ValueError):  # a value that is not an integer, or not 0-255
         return None
-    # bytes() reads true and false as 1 and 0: an image of nothing above 1 may be booleans,
-    # which numpy's reading refuses, so it goes that way.
+    # bytes() reads true and false as 1 and 0: an image with nothing above 1 may be
+    # booleans, which numpy's reading refuses, so it takes that path.
     return pixels if pixels.max() > 1 else None
 
 

@@ -5,9 +5,10 @@ Reference counting frees what a request makes (the parsed body's lists, the ASGI
 messages, a future, a task), but CPython also runs a young-generation collection every
 700 container allocations, a few dozen requests, and now and then a full one over every
 object the process holds: about 225,000 once a release is loaded, torch's, FastAPI's and
-pydantic's, none of which will ever be garbage. Freezing them leaves them out of every
-collection, and a young generation of 10,000 makes its collections 14 times rarer; the
-reference cycles a server makes (an exception's traceback) are still collected.
+pydantic's, which live as long as the process. Freezing them leaves them out of every
+collection (reference counting still frees any that is dropped), and a young generation
+of 10,000 makes its collections 14 times rarer; the reference cycles a server makes (an
+exception's traceback) are still collected.
 """
 
 import gc
