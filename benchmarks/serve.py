@@ -198,7 +198,7 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         for (runtime, column), runs in results.items()
     }
     summary = {}
-    floor = medians[f"http/floor@{GOAL_CLIENTS}"]["requests_per_s"] if f"http/floor@{GOAL_CLIENTS}" in medians else None
+    floor = medians.get(f"http/floor@{GOAL_CLIENTS}", {}).get("requests_per_s")
     for runtime in args.runtimes:
         ceiling = medians[f"{runtime}/ceiling"][f"batch_{args.max_batch}_images_per_s"]
         goal = round(GOAL_CEILING_RATIO * ceiling, 1)
@@ -303,21 +303,25 @@ def run_ceiling(experiments: str, runtime: str, max_batch: int, data_path: str, 
     print(json.dumps(figures), flush=True)
 
 
-# The floor ---------------------------------------------------------------------------------
-
-# A prediction of serve's shape and size for one MNIST digit.
-FLOOR_ANSWER = b'{"predictions":[{"label":7,"probabilities":[' + b",".join([b"1.2345678901234567e-05"] * 10) + b"]}]}"
+# The floor and plain servers' process -----------------------------------------------------
 
 
-def run_floor_server() -> None:
-    """Answer every request with FLOOR_ANSWER on a free loopback port, as serve runs uvicorn."""
+def run_on_loopback(app, name: str, **config) -> None:
+    """Run `app` in uvicorn, one process, on a free loopback port, after printing the first
+    line start_server reads its URL from."""
     import uvicorn
 
     from torchexp.serving.server import bind_socket
 
     sock = bind_socket("127.0.0.1", 0)
-    print(f"floor server at http://127.0.0.1:{sock.getsockname()[1]}/", flush=True)
-    uvicorn.Server(uvicorn.Config(answer_constant, log_level="warning", access_log=False, lifespan="off")).run(sockets=[sock])
+    print(f"{name} server at http://127.0.0.1:{sock.getsockname()[1]}/", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **config)).run(sockets=[sock])
+
+
+# The floor ---------------------------------------------------------------------------------
+
+# A prediction of serve's shape and size for one MNIST digit.
+FLOOR_ANSWER = b'{"predictions":[{"label":7,"probabilities":[' + b",".join([b"1.2345678901234567e-05"] * 10) + b"]}]}"
 
 
 async def answer_constant(scope: dict, receive, send) -> None:
@@ -331,17 +335,6 @@ async def answer_constant(scope: dict, receive, send) -> None:
 
 
 # The plain server ------------------------------------------------------------------------
-
-
-def run_plain_server(experiments: str, runtime: str) -> None:
-    """Serve the release the way a plain FastAPI project does, on a free loopback port."""
-    import uvicorn
-
-    from torchexp.serving.server import bind_socket
-
-    sock = bind_socket("127.0.0.1", 0)
-    print(f"plain server at http://127.0.0.1:{sock.getsockname()[1]}/", flush=True)
-    uvicorn.Server(uvicorn.Config(make_plain_app(experiments, runtime), log_level="warning", access_log=False)).run(sockets=[sock])
 
 
 def make_plain_app(experiments: str, runtime: str):
@@ -371,7 +364,7 @@ def make_plain_app(experiments: str, runtime: str):
 def dispatch() -> None:
     """The same file is the benchmark, the model alone, the floor and the plain server."""
     if "--floor-server" in sys.argv:
-        run_floor_server()
+        run_on_loopback(answer_constant, "floor", lifespan="off")  # a bare ASGI function has no lifespan
     elif "--plain-server" in sys.argv or "--ceiling" in sys.argv:
         parser = argparse.ArgumentParser()
         parser.add_argument("--plain-server")
@@ -382,7 +375,7 @@ def dispatch() -> None:
         parser.add_argument("--duration", type=float, default=3)
         args = parser.parse_args()
         if args.plain_server:
-            run_plain_server(args.plain_server, args.runtime)
+            run_on_loopback(make_plain_app(args.plain_server, args.runtime), "plain")
         else:
             run_ceiling(args.ceiling, args.runtime, args.max_batch, args.data_path, args.duration)
     else:
