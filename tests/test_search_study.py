@@ -121,3 +121,21 @@ def test_a_study_json_lacking_a_setting_is_refused_naming_it(tmp_path, study):
     path.write_text(json.dumps(record))
     with pytest.raises(ExperimentError, match=r"settings of study 'study' \(.*study.json\) lacks the setting 'startup_trials'"):
         StudyFolder(str(tmp_path / "experiments"), "study").read_settings()
+
+
+def test_a_folder_holding_only_the_scheduler_lock_is_a_study_being_created(tmp_path):
+    # A second search process started beside the first finds the folder the first made and
+    # the lock it holds while it writes study.json: it must wait and join, not refuse.
+    folder = StudyFolder(str(tmp_path), "study")
+    os.makedirs(folder.path)
+    open(folder.scheduler_lock_path, "w").close()
+    folder.check_usable()
+
+
+def test_a_folder_holding_anything_else_is_not_a_study(tmp_path):
+    folder = StudyFolder(str(tmp_path), "study")
+    os.makedirs(folder.path)
+    open(folder.scheduler_lock_path, "w").close()
+    open(os.path.join(folder.path, "notes.txt"), "w").close()
+    with pytest.raises(ExperimentError, match="exists and is not a study; choose another --experiment-name"):
+        folder.check_usable()

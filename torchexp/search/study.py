@@ -110,7 +110,9 @@ class StudyFolder:
             return
         if os.path.isfile(os.path.join(self.path, "config.json")):
             raise ExperimentError(f"{self.name!r} in {self.experiments_path} is an experiment, not a study; choose another --experiment-name")
-        if not os.path.isdir(self.path) or os.listdir(self.path):
+        # The scheduler lock alone is a study being created: its creator writes study.json
+        # holding that lock, and a process starting beside it waits for the lock, then joins.
+        if not os.path.isdir(self.path) or set(os.listdir(self.path)) - {os.path.basename(self.scheduler_lock_path)}:
             raise ExperimentError(f"{self.path} exists and is not a study; choose another --experiment-name")
 
     def trial_name(self, number: int) -> str:
