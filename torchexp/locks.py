@@ -4,12 +4,22 @@ The kernel releases an flock when its holder dies, so a lock left by a killed pr
 taken over at once instead of being obeyed forever (or broken after a timeout, as lock
 files are). Experiments (`.lock`), search claims (`.claims/trial-NNNN.lock`), a study's
 scheduler and its Optuna journal all use `FileLock`; `is_locked` asks without taking.
+
+An flock belongs to the open file, which a forked child (a DataLoader worker) shares: the
+lock would stay taken until the last orphaned worker exited, seconds after its trainer was
+killed. So a forked child closes its copies of the held locks' descriptors at once, and
+the lock stays with the process that took it. (Children started by exec never get them:
+Python opens descriptors non-inheritable.)
 """
 
 import fcntl
 import os
 import threading
+import weakref
 from typing import Any
+
+# Every FileLock of this process, for the fork handler below.
+LOCKS: "weakref.WeakSet[FileLock]" = weakref.WeakSet()
 
 
 class FileLock:
@@ -28,6 +38,7 @@ class FileLock:
         # each get it through their own descriptor, so they queue on this first.
         self.thread_lock = threading.Lock()
         self.fd: int | None = None
+        LOCKS.add(self)
 
     def acquire(self, blocking: bool = True) -> bool:
         """Take the lock, waiting for it unless `blocking` is False; return whether it was taken."""
@@ -71,6 +82,23 @@ class FileLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close the inherited descriptor without unlocking, which only
+        the parent's own descriptor (or its death) does, and hold nothing."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+        self.thread_lock = threading.Lock()
+
+
+def forget_locks_in_child() -> None:
+    """Run in every child forked by this process (os.register_at_fork)."""
+    for lock in list(LOCKS):
+        lock.forget_in_child()
+
+
+os.register_at_fork(after_in_child=forget_locks_in_child)
 
 
 def is_locked(path: str) -> bool:
