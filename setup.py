@@ -26,11 +26,12 @@ EXTRAS = {
         "onnxruntime",  # export's check, serve --runtime onnx
         "safetensors",
     ],
+    "loaders": ["torchdata"],  # StatefulDataLoader: a stream's position kept in checkpoints
     "plots": ["matplotlib"],  # compare --plot, the confusion matrix image
     "mlflow": ["mlflow"],  # --mlflow-uri / MLFLOW_TRACKING_URI: runs, the model registry, sync
     "docs": ["mkdocs-material", "mkdocstrings[python]"],
 }
-EXTRAS["all"] = sorted({package for extra in ("search", "serve", "export", "plots", "mlflow") for package in EXTRAS[extra]})
+EXTRAS["all"] = sorted({package for extra in ("search", "serve", "export", "loaders", "plots", "mlflow") for package in EXTRAS[extra]})
 EXTRAS["test"] = ["pytest", "pytest-xdist", "hypothesis", "httpx", "selenium", "schemathesis", "scikit-learn"]
 
 setup(

@@ -195,7 +195,7 @@ def test_train_from_an_epoch_with_overwrite_removes_the_later_checkpoints(env):
     ok(run(env, "create_release", "--epoch", "3"))
     result = ok(run(env, "train", "--epoch", "1", "--overwrite", "--max-epochs", "2", "--device", "cpu"))
     assert "--overwrite: removed the checkpoints of epochs 2-3" in result.output
-    assert "resumed from 1.checkpoint.pt: 1 epochs done" in result.output
+    assert "resumed from 1.checkpoint.pt: 1 epoch done" in result.output
     # The next plain train resumes from the new epoch 2, not from the old epoch 3.
     assert checkpoint_names(env) == ["1.checkpoint.pt", "2.checkpoint.pt", "3.checkpoint.release.pt"]
     result = ok(run(env, "train", "--max-epochs", "3", "--device", "cpu"))

@@ -211,8 +211,18 @@ def test_load_schema_adds_the_trainer_section(tmp_path):
         "checkpoint_every_minutes": 30,
         "keep_checkpoints": None,
         "max_epochs": 10,
+        "max_steps": None,
+        "validate_every_steps": None,
+        "checkpoint_every_steps": None,
         "deterministic": False,
     }
+
+
+def test_validating_every_steps_needs_a_budget_in_steps(tmp_path):
+    schema = load_schema(write_json(tmp_path / "schema.json", SMALL_SCHEMA))
+    with pytest.raises(ConfigError, match=r"trainer.validate_every_steps: 50 needs trainer.max_steps"):
+        validate_config(fill_defaults({"trainer": {"validate_every_steps": 50}}, schema), schema)
+    validate_config(fill_defaults({"trainer": {"validate_every_steps": 50, "max_steps": 200}}, schema), schema)
 
 
 def test_trainer_section_is_validated(tmp_path):

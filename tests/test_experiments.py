@@ -261,7 +261,7 @@ def test_a_train_below_the_planned_epochs_then_a_failed_one_show_as_such(root):
     result = CliRunner().invoke(cli, [*base, "train", "--device", "cpu"])
     assert result.exit_code == 2, result.output
     assert view.state == "failed"
-    assert view.stop.reason == "failed" and view.stop.epoch == 1 and view.stop.max_epochs == 2
+    assert view.stop.reason == "failed" and view.stop.done == 1 and view.stop.limit == 2
     assert view.stop.detail.startswith("ConfigError: trainer.precision fp16 needs a CUDA device")
 
 

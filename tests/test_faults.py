@@ -243,7 +243,7 @@ def test_train_skips_a_corrupt_newest_checkpoint_saying_which_and_why(lab, loads
     assert result.exit_code == 0, result.output
     skipped = [line for line in result.output.splitlines() if line.startswith("skipping checkpoint 2.checkpoint.pt ")]
     assert len(skipped) == 1 and CORRUPTIONS[how] in skipped[0], result.output
-    assert "resumed from 1.checkpoint.pt: 1 epochs done" in result.output
+    assert "resumed from 1.checkpoint.pt: 1 epoch done" in result.output
     assert loads == [sha256(lab.checkpoint(1))], "torch.load read something besides the checkpoint of epoch 1"
     # Epoch 2 trained again from epoch 1 gives back the checkpoint that was lost.
     retrained = lab.info(2).load()

@@ -140,7 +140,7 @@ def test_an_experiment_without_hparams_gets_them_when_it_trains_again_with_nothi
         assert run_cli(root, "x", "train", "--max-epochs", "1", "--device", "cpu").exit_code == 0
     assert read_hparams_tags(folder) == {}
     result = run_cli(root, "x", "train", "--max-epochs", "1", "--device", "cpu")
-    assert result.exit_code == 0 and "1 epochs are done already" in result.output
+    assert result.exit_code == 0 and "1 epoch is done already" in result.output
     assert "_hparams_/session_start_info" in read_hparams_tags(folder)
 
 

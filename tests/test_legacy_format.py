@@ -63,7 +63,7 @@ def test_one_resumes_exactly_where_0_1_left_it(experiments_path):
     assert "resumed from 2.checkpoint.pt: 2 epochs done" in result.output
     view = torchexp.Experiments(experiments_path)["killed"]
     assert view.state == "finished" and view.epochs == 3
-    assert view.stop.reason == "max_epochs" and view.stop.epoch == 3
+    assert view.stop.reason == "max_epochs" and view.stop.done == 3
     state = view.checkpoints[-1].load()
     assert state["counters"]["epoch"] == 3 and state["scheduler"]["last_epoch"] == 3
 

@@ -92,7 +92,7 @@ def test_sigkill_mid_trial_then_the_same_command_resumes_that_trial_from_its_che
     assert sorted(trials[0].intermediate_values) == [1, 2, 3]
     log = trial_log(tmp_path, 0)
     assert log.count("training from scratch") == 1
-    assert log.count("resumed from 1.checkpoint.pt: 1 epochs done") == 1
+    assert log.count("resumed from 1.checkpoint.pt: 1 epoch done") == 1
     assert trial_log(tmp_path, 1).count("training from scratch") == 1
 
 

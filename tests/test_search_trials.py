@@ -126,7 +126,7 @@ def test_asha_pauses_promotes_from_the_checkpoint_and_prunes_the_rest(run, tmp_p
     best = trials[0.1]
     assert best.state.name == "COMPLETE" and sorted(best.intermediate_values) == [1, 2, 3]
     log = read_log(tmp_path, f"trial-{best.number:04d}")
-    assert log.count("training from scratch") == 1 and "resumed from 1.checkpoint.pt: 1 epochs done" in log
+    assert log.count("training from scratch") == 1 and "resumed from 1.checkpoint.pt: 1 epoch done" in log
     for momentum in (0.4, 0.5, 0.6):
         assert trials[momentum].state.name == "PRUNED" and list(trials[momentum].intermediate_values) == [1]
         assert trials[momentum].user_attrs["stopped"] == "not promoted from rung 0"

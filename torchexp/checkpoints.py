@@ -63,11 +63,21 @@ class Checkpoint:
         return self.sidecar
 
     @property
-    def progress(self) -> tuple[int, int]:
-        """(completed epochs, iterations into the next one): orders resume points."""
-        if self.kind == "interrupt":
-            return self.epoch - 1, int((self.sidecar or {}).get("iteration", 0))
-        return self.epoch, 0
+    def unit(self) -> str:
+        """What the number in its name counts: "epoch", or "step" for an experiment trained by steps."""
+        return str((self.sidecar or {}).get("unit", "epoch"))
+
+    @property
+    def progress(self) -> tuple[int, int, int]:
+        """(completed epochs, iterations into the next one, 1 for a standard checkpoint):
+        orders resume points, a standard checkpoint after a mid-epoch one of the same place."""
+        standard = int(self.kind == "standard")
+        counters = (self.sidecar or {}).get("counters")
+        if isinstance(counters, dict):
+            return int(counters.get("epoch", 0)), int(counters.get("iteration", 0)), standard
+        if self.kind == "interrupt":  # saved before sidecars held the counters
+            return self.epoch - 1, int((self.sidecar or {}).get("iteration", 0)), standard
+        return self.epoch, 0, standard
 
     def verify(self) -> None:
         """Check the file against its sidecar.
@@ -257,8 +267,13 @@ def remove_temporaries(folder: str, kinds: tuple[str, ...] = ("standard", "inter
     return sorted(removed)
 
 
-def find_resume_checkpoint(folder: str) -> tuple[Checkpoint | None, list[tuple[Checkpoint, str]]]:
+def find_resume_checkpoint(folder: str, mid_epoch: bool = True) -> tuple[Checkpoint | None, list[tuple[Checkpoint, str]]]:
     """Return the furthest standard or interrupt checkpoint that verifies.
+
+    Args:
+        folder: the experiment's checkpoints folder.
+        mid_epoch: whether the train loader can resume in the middle of an epoch; if not,
+            only checkpoints at an epoch's end are candidates.
 
     Returns:
         The checkpoint (None when there is none to resume from) and the newer ones
@@ -267,6 +282,9 @@ def find_resume_checkpoint(folder: str) -> tuple[Checkpoint | None, list[tuple[C
     candidates = sorted(list_checkpoints(folder, ("standard", "interrupt")), key=lambda info: info.progress)
     skipped = []
     for checkpoint in reversed(candidates):
+        if not mid_epoch and checkpoint.progress[1] > 0:
+            skipped.append((checkpoint, f"checkpoint {checkpoint.name}: it is in the middle of an epoch, where the train loader cannot resume"))
+            continue
         problem = checkpoint.check()
         if problem is None:
             return checkpoint, skipped

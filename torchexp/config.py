@@ -28,7 +28,33 @@ TRAINER_SCHEMA: dict = {
             "type": "integer",
             "minimum": 1,
             "default": 10,
-            "description": "Epochs `train` trains to, counting those already done; `train --max-epochs` overrides it.",
+            "description": "Epochs `train` trains to, counting those already done; `train --max-epochs` overrides it. "
+            "Not used when trainer.max_steps is set.",
+        },
+        "max_steps": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "default": None,
+            "description": "Optimizer steps `train` trains to, counting those already done (a step is one group of "
+            "trainer.grad_accumulation batches); `train --max-steps` overrides it. When set, the experiment trains "
+            "by steps: validation, standard checkpoints and every record count steps, and the budget may end in the "
+            "middle of an epoch. null trains by epochs (trainer.max_epochs).",
+        },
+        "validate_every_steps": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "default": None,
+            "description": "With trainer.max_steps: steps between two validations, each followed by a standard "
+            "checkpoint (what an epoch's end is to an experiment trained by epochs); null validates at the last "
+            "step only.",
+        },
+        "checkpoint_every_steps": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "default": None,
+            "description": "Optimizer steps between mid-epoch checkpoints (in the interrupt checkpoint's format, "
+            "each replacing the last), beside trainer.checkpoint_every_minutes: whichever falls due first saves. "
+            "null: by the clock only.",
         },
         "precision": {
             "enum": ["fp32", "auto", "bf16", "fp16"],
@@ -259,8 +285,19 @@ def validate_config(conf: dict, schema: dict) -> None:
     # NaN and infinities pass every minimum and maximum (comparisons with NaN are false)
     # and are not JSON, so they are refused whatever the schema says.
     lines += [f"{path}: {value} is not a finite number" for path, value in find_non_finite(conf)]
+    lines += find_trainer_conflicts(conf.get("trainer") if isinstance(conf, dict) else None)
     if lines:
         raise ConfigError("config is invalid:\n  " + "\n  ".join(lines))
+
+
+def find_trainer_conflicts(trainer: Any) -> list[str]:
+    """Lines for trainer options that contradict each other, which the schema cannot say."""
+    if not isinstance(trainer, dict) or trainer.get("validate_every_steps") is None or trainer.get("max_steps") is not None:
+        return []
+    return [
+        f"trainer.validate_every_steps: {trainer['validate_every_steps']} needs trainer.max_steps "
+        "(an experiment trained by epochs validates at each epoch's end)"
+    ]
 
 
 def refuse_retrieval(uri: str):

@@ -38,6 +38,7 @@ class Data(abc.ABC):
         self.datasets: dict[str, Any] = {}
         self.loaders: dict[str, Any] = {}
         self.read_files: list[str] = []  # set by torchexp: the files the data set was read from
+        self.num_workers = 0  # set by torchexp: the loader worker processes `load_loaders` was given
 
     def get_conf(self, *keys: str) -> Any:
         """Return a configuration value, e.g. `get_conf("data", "batch_size")`."""

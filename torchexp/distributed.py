@@ -127,15 +127,32 @@ def gather_objects(value: Any) -> list[Any]:
     return values
 
 
+def average_gradients(parameters: list[torch.Tensor]) -> None:
+    """Replace each parameter's gradient by its mean over the ranks, as DDP's all-reduce does."""
+    if not dist.is_initialized():
+        return
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad)
+            parameter.grad.div_(dist.get_world_size())
+
+
+def all_across(flag: bool, device: torch.device) -> bool:
+    """Return True when `flag` is True on every rank."""
+    if not dist.is_initialized():
+        return flag
+    return bool(sum_across(torch.tensor(float(flag), device=device)).item() == dist.get_world_size())
+
+
 def barrier() -> None:
     """Wait for every rank."""
     if dist.is_initialized():
         dist.barrier()
 
 
-def sum_metrics(sums: dict[str, Any], count: int, device: torch.device) -> tuple[dict[str, torch.Tensor], int]:
-    """Return metric sums and their sample count totalled over every rank."""
-    total = int(sum_across(torch.tensor(float(count), device=device)).item())
+def sum_metrics(sums: dict[str, Any], count: Any, device: torch.device) -> tuple[dict[str, torch.Tensor], float]:
+    """Return metric sums and their sample count (or total weight) totalled over every rank."""
+    total = sum_across(torch.tensor(float(count), device=device)).item()
     return {name: sum_across(torch.as_tensor(value, device=device)) for name, value in sums.items()}, total
 
 

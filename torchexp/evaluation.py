@@ -23,23 +23,26 @@ from torchexp.results import write_report
 from torchexp.rng import seed_everything
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
 from torchexp.tracking import close_logger, format_metrics, progress_bar
+from torchexp.train_loader import length_of
 from torchexp.training_state import load_weights
 
 
 def validate(runner: Any, precision: Precision) -> dict[str, float]:
-    """Average `validation_step`'s metrics over the validation set's samples (every rank's);
-    {} without a validation set."""
+    """Average `validation_step`'s metrics over the validation set's samples (every rank's),
+    or over the weights it returns; {} without a validation set."""
     loader = runner.data.loaders.get("validation")
-    if loader is None or len(loader) == 0:
+    total = length_of(loader)
+    if loader is None or total == 0:
         return {}
     position_loader(loader, 1, 0)
     sums = MetricSums()
     channels_last = runner.get_conf("trainer", "channels_last")
     runner.model.eval()
     with torch.no_grad(), precision.autocast():
-        for batch in progress_bar(loader, len(loader), "validation", runner.quiet):
+        for batch in progress_bar(loader, total, "validation", runner.quiet):
             metrics = as_metrics(runner.validation_step(prepare_batch(batch, channels_last), runner.device), "validation_step")
-            sums.add(metrics, batch_size_of(batch))
+            weight = metrics.pop("weight", None)
+            sums.add(metrics, batch_size_of(batch) if weight is None else weight)
     runner.model.train()
     return sums.average(runner.world, runner.device)
 

@@ -14,6 +14,7 @@ EXTRA_MODULES = {
     "search": ("optuna", "optuna_dashboard", "scipy"),
     "serve": ("fastapi", "uvicorn", "orjson", "prometheus_client", "PIL"),
     "export": ("onnx", "onnxscript", "onnxruntime", "safetensors"),
+    "loaders": ("torchdata",),
     "plots": ("matplotlib",),
     "mlflow": ("mlflow",),
 }

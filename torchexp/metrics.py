@@ -68,6 +68,7 @@ def parse_metric(metric: str) -> tuple[str, str]:
 
 # Why a `train` ended, as a "stop" line of metrics.jsonl says.
 MAX_EPOCHS = "max_epochs"  # it reached the epochs it was asked for (trainer.max_epochs or --max-epochs)
+MAX_STEPS = "max_steps"  # it reached the steps it was asked for (trainer.max_steps or --max-steps)
 EARLY_STOPPING = "early_stopping"  # train_early_stopping said so
 OBSERVER = "observer"  # an epoch observer (a search's pruner) said so
 INTERRUPTED = "interrupted"  # SIGINT or SIGTERM; an interrupt checkpoint was saved
@@ -80,19 +81,40 @@ class Stop:
     """Why a `train` ended.
 
     Attributes:
-        reason: one of MAX_EPOCHS, EARLY_STOPPING, OBSERVER, INTERRUPTED, FAILED, ITERATION.
-        epoch: the epochs done when it ended.
-        max_epochs: the epochs that run was to reach.
+        reason: one of MAX_EPOCHS, MAX_STEPS, EARLY_STOPPING, OBSERVER, INTERRUPTED, FAILED, ITERATION.
+        done: the epochs (or steps) done when it ended.
+        limit: the epochs (or steps) that run was to reach.
         detail: one sentence: the observer's reason, the signal, the error.
+        unit: "epoch" or "step" (`torchexp.budget`).
     """
 
     reason: str
-    epoch: int
-    max_epochs: int
+    done: int
+    limit: int
     detail: str = ""
+    unit: str = "epoch"
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """{"reason", "epoch", "max_epochs", "detail"}; "step" and "max_steps" and "unit"
+        for an experiment trained by steps."""
+        line = {"reason": self.reason, self.unit: self.done, f"max_{self.unit}s": self.limit, "detail": self.detail}
+        return line if self.unit == "epoch" else {**line, "unit": self.unit}
+
+    @classmethod
+    def from_json(cls, line: dict[str, Any]) -> "Stop":
+        """Read what `to_json` wrote.
+
+        Raises:
+            KeyError, TypeError, ValueError: the line is not a stop line.
+        """
+        unit = str(line.get("unit", "epoch"))
+        return cls(str(line["reason"]), int(line[unit]), int(line[f"max_{unit}s"]), str(line.get("detail", "")), unit)
+
+
+def point_of(entry: dict[str, Any]) -> Any:
+    """The epoch, or the step for an experiment trained by steps, that a metrics.jsonl
+    train, validation or stop line belongs to."""
+    return entry.get(entry.get("unit", "epoch"))
 
 
 def read_metric_lines(path: str, iterations: bool = False) -> Iterator[dict]:
@@ -110,6 +132,6 @@ def read_last_stop(path: str) -> Stop | None:
     if last is None:
         return None
     try:
-        return Stop(str(last["reason"]), int(last["epoch"]), int(last["max_epochs"]), str(last.get("detail", "")))
+        return Stop.from_json(last)
     except (KeyError, TypeError, ValueError):
         return None

@@ -83,6 +83,7 @@ class Project:
         try:
             with project_errors(logger):
                 data = self.make_data(experiment, definition, logger)
+                data.num_workers = num_workers
                 data.load_loaders(self.data_path, num_workers)
                 tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path, enabled=world.is_main)
                 config = Config(fill_trainer_defaults(definition["config"]))

@@ -13,6 +13,36 @@ import numpy as np
 import torch
 
 
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed made from integers, e.g. (seed, epoch, index): a different tuple
+    gives, as far as the generators can tell, an unrelated stream."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + part + 1) % 2**63
+    return value
+
+
+def seed_globals(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's CPU global generators, cheaply (no CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_globals(seed: int) -> Iterator[None]:
+    """Within the block, Python's, NumPy's and torch's CPU global generators start from
+    `seed`; afterwards they are as they were, as if the block had drawn nothing."""
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    seed_globals(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators (every CUDA device included)."""
     random.seed(seed)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchexp.budget import unit_of
 from torchexp.config import Config
 from torchexp.data import Data
 from torchexp.distributed import World
@@ -27,9 +28,9 @@ class Runner(abc.ABC):
 
     Subclasses implement `init_model`, `init_optimizer`, `train_step` and `test`, and may
     override any other hook. Whatever `init_others` puts in `self.scheduler` is stepped
-    (each epoch, or each optimizer step when `scheduler_interval` is "iteration"), saved
-    and restored automatically; other state goes through `save_states_others` and
-    `load_states_others`.
+    (each epoch, or each optimizer step when `scheduler_interval` is "step", or
+    "iteration" as it was called first), saved and restored automatically; other state goes
+    through `save_states_others` and `load_states_others`.
 
     `train` calls the hooks in this order:
 
@@ -40,13 +41,17 @@ class Runner(abc.ABC):
             train_before_epoch_tasks        (not when resuming mid-epoch)
             for each batch:
                 train_step                  under autocast; torchexp runs backward and the optimizer
-                train_iteration_log         every --log-period iterations
+                train_iteration_log         every --log-period optimizer steps
             validation_step                 per validation batch, model in eval mode, no grad
             train_epoch_log
             train_after_epoch_tasks
             (the scheduler steps)
             save_states_others              into the epoch's checkpoint
             train_early_stopping
+
+    Trained by steps (trainer.max_steps), validation, `train_epoch_log` (given the step),
+    the checkpoint and `train_early_stopping` come every trainer.validate_every_steps steps
+    and at the last, mid-epoch if need be; `train_after_epoch_tasks` at each epoch's end.
 
     `test` calls `test` with the weights of an epoch loaded, the model in eval mode and
     gradients off; `serve` and `export` call `serve_example`, `serve_preprocess`,
@@ -62,8 +67,10 @@ class Runner(abc.ABC):
         world: this process's rank among torchrun's processes (a single one by default).
         device: the device the model runs on.
         model, optimizer, scheduler: set by the init hooks.
-        counters: "epoch" (completed), "iteration" (into the current epoch), "step" (global).
-        history: per-epoch "train" and "validation" metrics, each a list of dicts.
+        counters: "epoch" (completed), "iteration" (batches into the current epoch),
+            "step" (optimizer steps over the whole run).
+        history: "train" and "validation" metrics at each point (epoch end, or validation
+            step), each a list of dicts.
     """
 
     scheduler_interval = "epoch"
@@ -115,7 +122,8 @@ class Runner(abc.ABC):
 
         Returns:
             The loss, or a dict of metrics holding it under "loss". Metrics are averaged
-            over the epoch's samples.
+            over the epoch's samples, or by a "weight" the dict holds (the batch's tokens,
+            say), by which accumulated gradients weigh each batch's loss too (`torchexp.accumulation`).
         """
 
     def validation_step(self, batch: Any, device: torch.device) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -154,13 +162,15 @@ class Runner(abc.ABC):
         self.logger.debug(f"iteration {self.counters['step']}: {format_metrics(metrics)}")
 
     def train_epoch_log(self, epoch: int, train: dict[str, float], validation: dict[str, float], seconds: float) -> None:
-        """Log an epoch's train and validation metrics."""
-        learning_rate = self.optimizer.param_groups[0]["lr"]
-        self.tracker.log_scalars("train", epoch, {**train, "lr": learning_rate}, epoch=epoch, seconds=round(seconds, 3))
+        """Log an epoch's train and validation metrics (a step's, for an experiment trained
+        by steps: `epoch` is then the step)."""
+        learning_rate, unit = self.optimizer.param_groups[0]["lr"], unit_of(self.config.data)
+        where = {"epoch": epoch} if unit == "epoch" else {"unit": "step"}
+        self.tracker.log_scalars("train", epoch, {**train, "lr": learning_rate}, **where, seconds=round(seconds, 3))
         if validation:
-            self.tracker.log_scalars("validation", epoch, validation, epoch=epoch)
+            self.tracker.log_scalars("validation", epoch, validation, **where)
         self.tracker.flush()
-        line = f"epoch {epoch}: train {format_metrics(train)}"
+        line = f"{unit} {epoch}: train {format_metrics(train)}"
         if validation:
             line += f"; validation {format_metrics(validation)}"
         self.logger.info(f"{line}; lr {learning_rate:.4g}; {seconds:.1f} s")

@@ -4,7 +4,8 @@ While training, the first Ctrl-C or SIGTERM only asks for a stop; the loop check
 steps, saves an interrupt checkpoint and ends. A second signal says what is being waited
 for instead of killing a save half way. The checkpoint clock (trainer.checkpoint_every_minutes)
 makes the loop save a mid-epoch checkpoint of the same format and train on, so that a
-SIGKILL, an out-of-memory kill or a power cut loses minutes, not the epoch.
+SIGKILL, an out-of-memory kill or a power cut loses minutes, not the epoch;
+trainer.checkpoint_every_steps does the same every so many optimizer steps.
 """
 
 import contextlib
@@ -52,10 +53,10 @@ class StopSignals:
             return self.received is not None
         return any_across(self.received is not None, device)
 
-    def poll(self, world: World, device: Any, clock: "CheckpointClock") -> tuple[bool, bool]:
-        """(a stop signal arrived, the checkpoint clock is due), on any rank when
-        distributed: one reduction for both, at every optimizer step."""
-        flags = (self.received is not None, clock.due())
+    def poll(self, world: World, device: Any, clock: "CheckpointClock", step: int) -> tuple[bool, bool]:
+        """(a stop signal arrived, the checkpoint clock is due after optimizer step `step`),
+        on any rank when distributed: one reduction for both, at every optimizer step."""
+        flags = (self.received is not None, clock.due(step))
         if not world.distributed:
             return flags
         totals = sum_across(torch.tensor([float(flag) for flag in flags], device=device))
@@ -80,22 +81,26 @@ class StopSignals:
 
 
 class CheckpointClock:
-    """When a mid-epoch checkpoint is due: `minutes` after the last checkpoint.
+    """When a mid-epoch checkpoint is due: `minutes` after the last checkpoint, or at every
+    `steps`-th optimizer step.
 
     Args:
-        minutes: trainer.checkpoint_every_minutes; None never.
+        minutes: trainer.checkpoint_every_minutes; None: never by time.
+        steps: trainer.checkpoint_every_steps; None: never by steps.
     """
 
-    def __init__(self, minutes: float | None):
+    def __init__(self, minutes: float | None, steps: int | None = None):
         self.seconds = None if minutes is None else minutes * 60
+        self.steps = steps
         self.restart()
 
     def restart(self) -> None:
-        """Count from now: a checkpoint was just written."""
+        """Count the minutes from now: a checkpoint was just written."""
         self.deadline = math.inf if self.seconds is None else time.monotonic() + self.seconds
 
-    def due(self) -> bool:
-        return time.monotonic() >= self.deadline
+    def due(self, step: int) -> bool:
+        """Whether a checkpoint is due after optimizer step `step` (counted over the run)."""
+        return time.monotonic() >= self.deadline or (self.steps is not None and step % self.steps == 0)
 
 
 @contextlib.contextmanager

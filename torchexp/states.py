@@ -49,7 +49,7 @@ def read_state(experiment: Experiment, max_epochs: int) -> str:
     if done >= max_epochs:
         return FINISHED
     stop = metrics.read_last_stop(experiment.metrics_path)
-    if stop is not None and stop.epoch == done:
+    if stop is not None and stop.done == done:
         return STATES_OF_STOPS.get(stop.reason, INTERRUPTED)
     if done == 0:
         return NOT_STARTED

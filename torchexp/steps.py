@@ -1,5 +1,6 @@
 """What the loops do with each batch: its memory layout, its size, and its metrics, summed
-by sample so that an epoch's metrics are per-sample means whatever the batch sizes."""
+by sample (or by the weight a step returns) so that an epoch's metrics are per-sample means
+whatever the batch sizes."""
 
 from typing import Any
 
@@ -51,10 +52,11 @@ class MetricSums:
     def __init__(self, state: dict[str, Any] | None = None, world: World = World()):
         resumed = state is not None and world.is_main
         self.sums: dict[str, Any] = dict(state["sums"]) if resumed else {}
-        self.count: int = state["count"] if resumed else 0
+        self.count: Any = state["count"] if resumed else 0
 
-    def add(self, metrics: dict[str, torch.Tensor], size: int) -> None:
-        """Add a batch's metrics, weighted by its `size` samples."""
+    def add(self, metrics: dict[str, torch.Tensor], size: Any) -> None:
+        """Add a batch's metrics, weighted by its `size`: its samples, or the weight
+        `train_step` returned (its tokens, say)."""
         for name, value in metrics.items():
             self.sums[name] = self.sums.get(name, 0.0) + value.float() * size
         self.count += size

@@ -140,7 +140,8 @@ class Tracker:
 
         A run stopped after its last checkpoint has logged iterations, perhaps an epoch,
         that the run resuming from that checkpoint repeats. From metrics.jsonl go the
-        iteration lines after `step`, the train, validation and stop lines after `epoch`,
+        iteration lines after `step`, the train, validation and stop lines after `epoch`
+        (after `step`, for an experiment trained by steps),
         and a line cut short by a kill; test lines and a project's own kinds stay. The writer
         reopens with a purge step, so that TensorBoard hides the events logged after
         `step`. Epoch-level events have their epoch as step, below it: an epoch logged by
@@ -188,7 +189,7 @@ def is_logged_after(line: str, step: int, epoch: int) -> bool:
     try:
         entry = json.loads(line)
         kind = entry["kind"]
-        if kind == "iteration":
+        if kind == "iteration" or (kind in ("train", "validation", "stop") and entry.get("unit") == "step"):
             return entry["step"] > step
         if kind in ("train", "validation", "stop"):
             return entry["epoch"] > epoch

@@ -9,6 +9,7 @@ import contextlib
 from typing import Any, Callable, Iterator
 
 from torchexp import checkpoints
+from torchexp.budget import Budget, read_budget
 from torchexp.errors import CheckpointError, LockError, TrainingInterrupted, first_line
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
@@ -29,10 +30,11 @@ def train_experiment(
     epoch: int | None = None,
     overwrite: bool = False,
     epoch_observers: tuple[Callable, ...] = (),
+    max_steps: int | None = None,
 ) -> Stop:
     """Train `experiment` until `max_epochs` epochs are done (None: its trainer.max_epochs),
-    resuming from its furthest checkpoint (or `epoch`). Under torchrun, each process trains
-    one shard with DDP.
+    or `max_steps` steps for an experiment trained by steps, resuming from its furthest
+    checkpoint (or `epoch`). Under torchrun, each process trains one shard with DDP.
 
     Args:
         project: the project's classes, data path and verbosity.
@@ -40,17 +42,20 @@ def train_experiment(
         device: a --device value.
         num_workers: data loader worker processes.
         max_epochs: epochs to reach; None for the config's trainer.max_epochs.
-        log_period: iterations between iteration logs.
-        epoch: resume from this standard checkpoint instead of the furthest one.
+        log_period: optimizer steps between iteration logs.
+        epoch: resume from this standard checkpoint (an epoch, or a step) instead of the furthest one.
         overwrite: allow `epoch` to train over later checkpoints, deleting them.
-        epoch_observers: called after each epoch's checkpoint (`torchexp.loop.EpochObserver`);
+        epoch_observers: called at each point, after its checkpoint (`torchexp.loop.EpochObserver`);
             one that returns a reason stops training there.
+        max_steps: steps to reach, for an experiment trained by steps; None for its trainer.max_steps.
 
     Returns:
         Why training stopped, as metrics.jsonl records it.
 
     Raises:
         CheckpointError: `epoch` has no checkpoint, or later ones exist without `overwrite`.
+        ConfigError: `max_epochs` for an experiment trained by steps, or `max_steps` for one
+            trained by epochs.
         TrainingInterrupted: a stop signal arrived; an interrupt checkpoint was saved.
     """
     from torchexp.devices import resolve_device
@@ -67,7 +72,8 @@ def train_experiment(
     torch_device = resolve_device(map_device(device, world))
     join(world, torch_device)
     try:
-        stop = train_held(project, experiment, world, torch_device, num_workers, max_epochs, log_period, epoch, overwrite, epoch_observers)
+        limit = (max_epochs, "--max-epochs") if max_epochs is not None else (max_steps, "--max-steps" if max_steps is not None else None)
+        stop = train_held(project, experiment, world, torch_device, num_workers, limit, log_period, epoch, overwrite, epoch_observers)
     except BaseException:
         leave(free_objects=False)
         raise
@@ -76,10 +82,11 @@ def train_experiment(
 
 
 def train_held(
-    project: Project, experiment: Experiment, world: Any, device: Any, num_workers: int, max_epochs: int | None, log_period: int, epoch: int | None, overwrite: bool,
-    epoch_observers: tuple[Callable, ...] = (),
+    project: Project, experiment: Experiment, world: Any, device: Any, num_workers: int, limit: tuple[int | None, str | None], log_period: int,
+    epoch: int | None, overwrite: bool, epoch_observers: tuple[Callable, ...] = (),
 ) -> Stop:
-    """The body of `train_experiment` between joining and leaving the process group.
+    """The body of `train_experiment` between joining and leaving the process group;
+    `limit` is (--max-epochs or --max-steps, which of the two), or (None, None).
 
     A function of its own so that the runner, and the DistributedDataParallel module it
     holds, are gone when it returns: `leave` must not find them alive.
@@ -90,14 +97,12 @@ def train_held(
             if epoch is not None and overwrite and world.is_main:
                 remove_later_checkpoints(experiment, epoch, runner.logger)
             processes = f" in {world.size} processes" if world.distributed else ""
-            source = "--max-epochs"
-            if max_epochs is None:
-                max_epochs, source = runner.get_conf("trainer", "max_epochs"), "trainer.max_epochs"
-            runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to epoch {max_epochs} ({source})")
+            budget, source = read_budget(runner.config, *limit)
+            runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to {budget.unit} {budget.limit} ({source})")
             provenance = record_provenance(runner, project.data_path, device)
             tracking = project.tracking if world.is_main else None
             with mirroring_training(tracking, experiment, runner.logger) as mirrors:
-                stop = train_recording_stop(runner, device, max_epochs, log_period, epoch, (*mirrors, *epoch_observers), provenance)
+                stop = train_recording_stop(runner, device, budget, log_period, epoch, (*mirrors, *epoch_observers), provenance)
         finally:
             runner.tracker.close()
             close_logger(runner.logger)
@@ -121,7 +126,7 @@ def record_provenance(runner: Any, data_path: str, device: Any) -> dict | None:
 
 
 def train_recording_stop(
-    runner: Any, device: Any, max_epochs: int, log_period: int, epoch: int | None, observers: tuple[Callable, ...], provenance: dict | None
+    runner: Any, device: Any, budget: Budget, log_period: int, epoch: int | None, observers: tuple[Callable, ...], provenance: dict | None
 ) -> Stop:
     """Run the loop and record in metrics.jsonl why it ended: its own `Stop`, an interrupt,
     or the error that ended it (which is raised on)."""
@@ -129,14 +134,14 @@ def train_recording_stop(
 
     try:
         with project_errors(runner.logger):
-            stop = train(runner, device, max_epochs, log_period, epoch, observers, provenance)
+            stop = train(runner, device, budget, log_period, epoch, observers, provenance)
     except TrainingInterrupted as error:
-        runner.tracker.log_stop(Stop(INTERRUPTED, runner.counters["epoch"], max_epochs, str(error)))
+        runner.tracker.log_stop(Stop(INTERRUPTED, budget.done(runner.counters), budget.limit, str(error), budget.unit))
         raise
     except Exception as error:
-        # It may fail before the checkpoint is restored: the epochs done are on disk.
+        # It may fail before the checkpoint is restored: the epochs (or steps) done are on disk.
         done = max((found.epoch for found in checkpoints.list_checkpoints(runner.experiment.checkpoints_path, ("standard",))), default=0)
-        runner.tracker.log_stop(Stop(FAILED, done, max_epochs, f"{type(error).__name__}: {first_line(error)}"))
+        runner.tracker.log_stop(Stop(FAILED, done, budget.limit, f"{type(error).__name__}: {first_line(error)}", budget.unit))
         raise
     runner.tracker.log_stop(stop)
     return stop

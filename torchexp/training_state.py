@@ -11,11 +11,13 @@ from typing import Any
 import torch
 
 from torchexp import checkpoints
+from torchexp.budget import describe_count, unit_of
 from torchexp.distributed import any_across, gather_objects
 from torchexp.errors import CheckpointError, DistributedError, StorageError, first_line
 from torchexp.precision import Precision
 from torchexp.rng import capture_rng_states, restore_rng_states
 from torchexp.signals import StopSignals
+from torchexp.train_loader import TrainLoader
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -25,14 +27,17 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | None) -> dict[str, Any]:
+def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | None, feed: TrainLoader | None = None) -> dict[str, Any]:
     """Return everything needed to resume, as tensors and plain data.
 
     Args:
         runner: the project's Runner, built.
         precision: the run's precision, whose gradient scaler is saved.
-        partial: the interrupted epoch's metric sums (`MetricSums.to_state`), or None.
+        partial: the metric sums since the last point (`MetricSums.to_state`), or None at a point.
+        feed: the train loader, whose own state every rank keeps in the middle of an epoch.
     """
+    keeps_state = feed is not None and feed.keeps_state and runner.counters["iteration"] > 0
+    loader_state = feed.state_dict() if keeps_state else None
     return {
         "format": checkpoints.CHECKPOINT_FORMAT,
         "counters": dict(runner.counters),
@@ -45,12 +50,20 @@ def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | N
         "rng_by_rank": gather_objects(capture_rng_states()),
         "history": runner.history,
         "partial": partial,
+        "loader_by_rank": gather_objects(loader_state) if loader_state is not None else None,
         "others": runner.save_states_others(),
     }
 
 
 def save_training_checkpoint(
-    runner: Any, precision: Precision, signals: StopSignals, kind: str, epoch: int, partial: dict | None = None, provenance: dict | None = None
+    runner: Any,
+    precision: Precision,
+    signals: StopSignals,
+    kind: str,
+    epoch: int,
+    partial: dict | None = None,
+    provenance: dict | None = None,
+    feed: TrainLoader | None = None,
 ) -> None:
     """Save a standard or interrupt (mid-epoch) checkpoint, rank 0 writing it; a standard one
     retires the interrupt one. Every rank takes part, and every rank fails if the save does.
@@ -60,17 +73,22 @@ def save_training_checkpoint(
         precision: the run's precision.
         signals: told that a save is under way, for a second Ctrl-C's message.
         kind: "standard" or "interrupt".
-        epoch: the epoch the checkpoint belongs to.
-        partial: an interrupted epoch's metric sums.
+        epoch: the number in its file name: the epoch it belongs to, or the step for an
+            experiment trained by steps.
+        partial: the metric sums since the last point.
         provenance: what produced the run, kept in the sidecar.
+        feed: the train loader, whose state a mid-epoch checkpoint keeps.
     """
     summary = {
         "iteration": runner.counters["iteration"],
+        "counters": dict(runner.counters),
+        "unit": unit_of(runner.config.data),
+        "num_workers": runner.data.num_workers,  # verify re-runs with as many: a stream's batches depend on them
         "precision": precision.choice.used,
         "metrics": {split: (entries[-1] if entries else {}) for split, entries in runner.history.items()},
         "provenance": provenance,
     }
-    state = collect_state(runner, precision, partial)
+    state = collect_state(runner, precision, partial, feed)
     failure: StorageError | None = None
     if runner.world.is_main:
         signals.saving = True
@@ -88,9 +106,10 @@ def save_training_checkpoint(
             interrupt.remove()
 
 
-def restore_training(runner: Any, precision: Precision, epoch: int | None) -> dict[str, Any] | None:
-    """Load the furthest checkpoint that verifies, or the standard one of `epoch`; return
-    the interrupted epoch's metric sums it holds (None at an epoch's end).
+def restore_training(runner: Any, precision: Precision, epoch: int | None, feed: TrainLoader | None = None) -> dict[str, Any] | None:
+    """Load the furthest checkpoint that verifies (and that the train loader can resume
+    from), or the standard one of `epoch`; return the metric sums since the last point it
+    holds (None at a point).
 
     Raises:
         CheckpointError: `epoch` has no standard checkpoint, or it does not load or fit.
@@ -100,7 +119,8 @@ def restore_training(runner: Any, precision: Precision, epoch: int | None) -> di
         for name in checkpoints.remove_temporaries(folder):
             runner.logger.info(f"removed {name}, left by a save that was killed")
     if epoch is None:
-        checkpoint, skipped = checkpoints.find_resume_checkpoint(folder)
+        mid_epoch = feed is None or feed.resumes_mid_epoch
+        checkpoint, skipped = checkpoints.find_resume_checkpoint(folder, mid_epoch)
         for _, reason in skipped:
             runner.logger.warning(f"skipping {reason}")
     else:
@@ -109,8 +129,12 @@ def restore_training(runner: Any, precision: Precision, epoch: int | None) -> di
     if checkpoint is None:
         runner.logger.info("no checkpoint to resume from: training from scratch")
     else:
-        partial = restore_state(runner, precision, checkpoint.load(), checkpoint.name)
-        runner.logger.info(f"resumed from {checkpoint.name}: {runner.counters['epoch']} epochs done")
+        state = checkpoint.load()
+        partial = restore_state(runner, precision, state, checkpoint.name)
+        if feed is not None and runner.counters["iteration"] > 0:
+            restore_loader(runner.world, feed, state.get("loader_by_rank"), checkpoint.name)
+        done = runner.counters[checkpoint.unit]
+        runner.logger.info(f"resumed from {checkpoint.name}: {describe_count(done, checkpoint.unit)} done")
     dropped = runner.tracker.discard_after(runner.counters["step"], runner.counters["epoch"])
     if dropped:
         runner.logger.info(f"removed {dropped} lines from metrics.jsonl, logged after this point by a run that did not finish")
@@ -142,6 +166,25 @@ def restore_state(runner: Any, precision: Precision, state: dict[str, Any], name
     for warning in warnings:
         runner.logger.warning(warning)
     return partial
+
+
+def restore_loader(world: Any, feed: TrainLoader, states: list[Any] | None, name: str) -> None:
+    """Give the train loader this rank's state from a mid-epoch checkpoint, if it keeps one.
+
+    Raises:
+        CheckpointError: the checkpoint holds no state for a loader that needs one, or the
+            states of another number of ranks.
+    """
+    if not feed.keeps_state:
+        return
+    if states is None:
+        raise CheckpointError(f"checkpoint {name} holds no state of the train loader, which needs one to resume mid-epoch: resume from an epoch's end with --epoch")
+    if len(states) != world.size:
+        raise CheckpointError(
+            f"checkpoint {name} holds the train loader's state of {len(states)} processes, and {world.size} resume it: "
+            f"resume it with {len(states)}, or from an epoch's end with --epoch"
+        )
+    feed.load_state_dict(states[world.rank])
 
 
 def compare_precision(saved: dict[str, str] | None, precision: Precision) -> list[str]:

@@ -1,9 +1,10 @@
 """verify: re-run a stored epoch and compare every tensor with the stored outcome.
 
 To verify checkpoint N (the end of epoch N, or a mid-epoch checkpoint of epoch N at
-iteration k), torchexp copies the experiment's definition, its data state and the
-checkpoint of epoch N - 1 (none for epoch 1: training starts from the seed) into a scratch
-folder, trains there to the same point, and compares every tensor and value of the
+iteration k; step N of an experiment trained by steps), torchexp copies the experiment's
+definition, its data state and the standard checkpoint before it (epoch N - 1's; none
+before the first point: training starts from the seed) into a scratch folder, trains
+there to the same point, and compares every tensor and value of the
 model, optimizer, scheduler, gradient scaler, random generators, counters and logged
 metrics with the stored checkpoint N. The experiment itself gets nothing but an appended
 line in verifications.jsonl.
@@ -42,10 +43,11 @@ class Verification:
     provenance_changes: list[str]
     device: str
     seconds: float
+    unit: str = "epoch"  # what `epoch` counts: "step" for an experiment trained by steps
 
     def describe(self) -> str:
         """`epoch 3: bit-identical (14 tensors)`, or `epoch 3: differs: first at ...`."""
-        where = f"epoch {self.epoch}" + (f", iteration {self.iteration}" if self.iteration else "")
+        where = f"{self.unit} {self.epoch}" + (f", iteration {self.iteration}" if self.iteration and self.unit == "epoch" else "")
         verdict = f"bit-identical ({self.tensors:,} tensors)" if self.identical else f"differs: {self.difference}"
         lines = [f"{where}: {verdict}"]
         lines += [f"  provenance: {change}" for change in self.provenance_changes]
@@ -74,22 +76,35 @@ def choose_targets(experiment: Experiment, epoch: int | None, last: int | None, 
     return found if every else found[-(last or 1) :]
 
 
-def find_start(experiment: Experiment, target: checkpoints.Checkpoint) -> checkpoints.Checkpoint | None:
-    """The checkpoint training to `target` starts from: epoch N - 1's (None for epoch 1).
+def find_start(experiment: Experiment, target: checkpoints.Checkpoint, points_before: int) -> checkpoints.Checkpoint | None:
+    """The checkpoint training to `target` starts from: the last standard checkpoint before
+    it (epoch N - 1's, for an experiment trained by epochs), or None when `target` comes
+    before the first point and training starts from the seed.
+
+    Args:
+        experiment: the experiment.
+        target: the checkpoint to verify.
+        points_before: the points (epoch ends, validation steps) the run had passed before
+            the part that produced `target`: its history's length, less its own point.
 
     Raises:
-        CheckpointError: it is not there (trainer.keep_checkpoints removed it, say).
+        CheckpointError: the starting checkpoint is not there (trainer.keep_checkpoints
+            removed it, say).
     """
-    if target.epoch == 1:
+    standards = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",))
+    before = [item for item in standards if item.progress < target.progress]
+    if target.unit == "epoch":
+        before = [item for item in before if item.epoch == target.epoch - 1]
+    if before:
+        return before[-1]
+    if points_before == 0:
         return None
-    previous = [item for item in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",)) if item.epoch == target.epoch - 1]
-    if not previous:
-        kept = checkpoints.describe_epochs(checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",)))
-        raise CheckpointError(
-            f"epoch {target.epoch} cannot be verified: training to it starts from the checkpoint of epoch {target.epoch - 1}, "
-            f"which is not there (standard checkpoints: {kept})"
-        )
-    return previous[0]
+    kept = checkpoints.describe_epochs(standards)
+    where = f"the checkpoint of epoch {target.epoch - 1}" if target.unit == "epoch" else "the standard checkpoint before it"
+    raise CheckpointError(
+        f"{target.unit} {target.epoch} cannot be verified: training to it starts from {where}, "
+        f"which is not there (standard checkpoints: {kept})"
+    )
 
 
 def verify_checkpoint(project: Project, experiment: Experiment, target: checkpoints.Checkpoint, device: torch.device, quiet: bool) -> Verification:
@@ -98,29 +113,37 @@ def verify_checkpoint(project: Project, experiment: Experiment, target: checkpoi
     Raises:
         CheckpointError: the target or its starting checkpoint is missing or corrupt.
     """
+    from torchexp.budget import read_budget
+    from torchexp.config import Config, fill_trainer_defaults
     from torchexp.loop import train
 
     started = time.perf_counter()
-    start = find_start(experiment, target)
-    target.verify()
+    expected = target.load()
+    points_before = len(expected["history"]["train"]) - (target.kind == "standard")
+    start = find_start(experiment, target, points_before)
     if start is not None:
         start.verify()
     definition = experiment.read_definition()
+    counters = expected["counters"]
+    # A mid-epoch checkpoint of a run by steps lies between points: the re-run must not end at its step.
+    limit = target.epoch + (target.kind == "interrupt" and target.unit == "step")
+    budget = read_budget(Config(fill_trainer_defaults(definition["config"])), limit, None)[0]
     with tempfile.TemporaryDirectory(prefix="torchexp-verify-") as scratch:
         copy = make_scratch_copy(experiment, scratch, start)
         # The re-run's own logs stay in the scratch folder; its progress bar shows.
-        runner = dataclasses.replace(project, verbosity="quiet").make_runner(copy, definition, num_workers=0)
+        workers = int(target.sidecar.get("num_workers", 0))
+        runner = dataclasses.replace(project, verbosity="quiet").make_runner(copy, definition, num_workers=workers)
         runner.quiet = quiet
         try:
-            stop_at = (target.epoch, int(target.sidecar.get("iteration", 0))) if target.kind == "interrupt" else None
+            stop_at = (counters["epoch"] + 1, counters["iteration"]) if target.kind == "interrupt" else None
             with project_errors(runner.logger):
-                train(runner, device, target.epoch, log_period=2**62, epoch=None if start is None else start.epoch, stop_at=stop_at)
+                train(runner, device, budget, log_period=2**62, epoch=None if start is None else start.epoch, stop_at=stop_at)
             provenance = collect(definition, runner.data.read_files, project.data_path, device, target.sidecar.get("provenance"))
         finally:
             runner.tracker.close()
             close_logger(runner.logger)
         produced = checkpoints.find_checkpoint(copy.checkpoints_path, target.epoch, (target.kind,))
-        tensors, difference = compare_states(produced.load(), target.load())
+        tensors, difference = compare_states(produced.load(), expected)
     return Verification(
         epoch=target.epoch,
         iteration=int(target.sidecar.get("iteration", 0)) if target.kind == "interrupt" else 0,
@@ -131,6 +154,7 @@ def verify_checkpoint(project: Project, experiment: Experiment, target: checkpoi
         provenance_changes=describe_changes(target.sidecar.get("provenance"), provenance),
         device=str(device),
         seconds=round(time.perf_counter() - started, 3),
+        unit=target.unit,
     )
 
 

@@ -3,6 +3,7 @@
 import click
 
 from torchexp.commands.context import App, pass_app
+from torchexp.commands.options import choose_point, with_point
 from torchexp.extras import require_extra
 from torchexp.export import DEFAULT_CHECK_SAMPLES, FORMATS
 from torchexp.tracking import close_logger, make_logger
@@ -10,7 +11,7 @@ from torchexp.tracking import close_logger, make_logger
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="onnx: the model, for onnxruntime and other runtimes; safetensors: its weights.")
-@click.option("--epoch", type=click.IntRange(min=1), help="Export the release of this epoch.  [default: the latest release]")
+@with_point("Export the release of this epoch.", "the latest release")
 @click.option(
     "--check-samples",
     default=DEFAULT_CHECK_SAMPLES,
@@ -19,7 +20,7 @@ from torchexp.tracking import close_logger, make_logger
     help="Test samples (from --data-path) on which onnxruntime must reproduce torch's outputs.",
 )
 @pass_app
-def export(app: App, fmt: str, epoch: int | None, check_samples: int) -> None:
+def export(app: App, fmt: str, epoch: int | None, step: int | None, check_samples: int) -> None:
     """Export a release to experiments/NAME/exports/, with a record of its SHA-256.
 
     An ONNX export is run in onnxruntime against torch on the project's example and on
@@ -30,6 +31,7 @@ def export(app: App, fmt: str, epoch: int | None, check_samples: int) -> None:
     from torchexp.export import export_experiment
 
     experiment = app.open_experiment()
+    epoch = choose_point(experiment, epoch, step)
     logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
     try:
         export_experiment(app.project, experiment, epoch, fmt, check_samples, logger)

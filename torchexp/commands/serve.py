@@ -3,7 +3,7 @@
 import click
 
 from torchexp.commands.context import App, pass_app
-from torchexp.commands.options import with_device
+from torchexp.commands.options import choose_point, with_device, with_point
 from torchexp.extras import require_extra
 from torchexp.serving.options import DEFAULTS, RUNTIMES, ServeOptions
 
@@ -15,7 +15,7 @@ MAX_BODY_HELP = (
 
 
 @click.command()
-@click.option("--epoch", type=click.IntRange(min=1), help="Serve the release of this epoch.  [default: the latest release]")
+@with_point("Serve the release of this epoch.", "the latest release")
 @click.option("--host", default=DEFAULTS.host, show_default=True, help="Address to listen on; 0.0.0.0 opens the server to the network.")
 @click.option("--port", default=DEFAULTS.port, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on; 0 picks a free one.")
 @click.option(
@@ -60,6 +60,7 @@ MAX_BODY_HELP = (
 def serve(
     app: App,
     epoch: int | None,
+    step: int | None,
     host: str,
     port: int,
     runtime: str,
@@ -86,5 +87,7 @@ def serve(
         require_extra("export", "serve --runtime onnx")
     from torchexp.serving.server import serve_release
 
+    experiment = app.open_experiment()
+    epoch = choose_point(experiment, epoch, step)
     options = ServeOptions(epoch, host, port, runtime, device, max_batch_size, max_delay_ms, max_queue, max_body_bytes, threads, workers)
-    serve_release(app.open_experiment(), options, click.echo, app.verbosity)
+    serve_release(experiment, options, click.echo, app.verbosity)

@@ -2,8 +2,11 @@
 
 import click
 
+from torchexp.budget import unit_of
+from torchexp.errors import ConfigError
+
 from torchexp.commands.context import App, pass_app
-from torchexp.commands.options import with_device, with_workers
+from torchexp.commands.options import choose_point, with_device, with_point, with_workers
 from torchexp.mirror.hooks import check_registered_model, register_release_now
 from torchexp.tracking import close_logger, make_logger
 from torchexp.releases import choose_release_epoch, create_release as write_release
@@ -11,56 +14,65 @@ from torchexp.training import train_experiment
 
 
 @click.command()
-@click.option("--epoch", type=click.IntRange(min=1), help="Resume from this epoch's checkpoint.  [default: the furthest]")
+@with_point("Resume from this epoch's checkpoint.", "the furthest")
 @click.option(
     "--max-epochs",
     type=click.IntRange(min=1),
     help="Train until this many epochs are done.  [default: the config's trainer.max_epochs, 10 unless set]",
 )
-@click.option("--log-period", default=100, show_default=True, type=click.IntRange(min=1), help="Iterations between iteration logs.")
-@click.option("--overwrite", is_flag=True, help="Allow --epoch to train over later checkpoints, deleting them (releases stay).")
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    help="Train until this many optimizer steps are done, for an experiment trained by steps.  [default: the config's trainer.max_steps]",
+)
+@click.option("--log-period", default=100, show_default=True, type=click.IntRange(min=1), help="Optimizer steps between iteration logs.")
+@click.option("--overwrite", is_flag=True, help="Allow --epoch (--step) to train over later checkpoints, deleting them (releases stay).")
 @with_device
 @with_workers
 @pass_app
-def train(app: App, epoch: int | None, max_epochs: int | None, log_period: int, overwrite: bool, device: str, num_workers: int) -> None:
-    """Train, resuming from the furthest checkpoint (or --epoch).
+def train(
+    app: App, epoch: int | None, step: int | None, max_epochs: int | None, max_steps: int | None, log_period: int, overwrite: bool, device: str, num_workers: int
+) -> None:
+    """Train, resuming from the furthest checkpoint (or --epoch, or --step).
 
     Under torchrun, each process trains one shard with DistributedDataParallel.
     """
-    train_experiment(app.project, app.open_experiment(), device, num_workers, max_epochs, log_period, epoch, overwrite)
+    if max_epochs is not None and max_steps is not None:
+        raise ConfigError("--max-epochs and --max-steps cannot be combined: an experiment trains by one or the other")
+    experiment = app.open_experiment()
+    point = choose_point(experiment, epoch, step)
+    train_experiment(app.project, experiment, device, num_workers, max_epochs, log_period, point, overwrite, max_steps=max_steps)
 
 
 @click.command()
-@click.option("--epoch", type=click.IntRange(min=1), help="Epoch whose weights to test.  [default: the latest]")
+@with_point("Epoch whose weights to test.", "the latest")
 @click.option("--release", is_flag=True, help="Test the release checkpoint even when a standard one exists.")
 @with_device
 @with_workers
 @pass_app
-def test(app: App, epoch: int | None, release: bool, device: str, num_workers: int) -> None:
-    """Test the weights of an epoch on the test set."""
+def test(app: App, epoch: int | None, step: int | None, release: bool, device: str, num_workers: int) -> None:
+    """Test the weights of an epoch (or a step) on the test set."""
     from torchexp.evaluation import evaluate_experiment
 
-    evaluate_experiment(app.project, app.open_experiment(), epoch, release, device, num_workers)
+    experiment = app.open_experiment()
+    evaluate_experiment(app.project, experiment, choose_point(experiment, epoch, step), release, device, num_workers)
 
 
 @click.command("create_release")
-@click.option(
-    "--epoch",
-    type=click.IntRange(min=1),
-    help="Epoch to release.  [default: the lowest validation loss, or the latest without validation]",
-)
+@with_point("Epoch to release.", "the lowest validation loss, or the latest without validation")
 @click.option(
     "--registered-model",
     help="With MLflow tracking on, register the release as a version of this model.  [default: PROJECT-EXPERIMENT, e.g. mnist_classifier-fast]",
 )
 @pass_app
-def create_release(app: App, epoch: int | None, registered_model: str | None) -> None:
-    """Write a release checkpoint: an epoch's weights and the metadata to use them.
+def create_release(app: App, epoch: int | None, step: int | None, registered_model: str | None) -> None:
+    """Write a release checkpoint: an epoch's (or a step's) weights and the metadata to use them.
 
     With MLflow tracking on, the release is also registered in MLflow's Model Registry from
     its ONNX export.
     """
     experiment = app.open_experiment()
+    epoch = choose_point(experiment, epoch, step)
     reason = "asked for"
     if epoch is None:
         epoch, reason = choose_release_epoch(experiment)
@@ -69,7 +81,7 @@ def create_release(app: App, epoch: int | None, registered_model: str | None) ->
     path = write_release(experiment, epoch, experiment.read_definition())
     logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
     try:
-        logger.info(f"released epoch {epoch} ({reason}) as {path}")
+        logger.info(f"released {unit_of(experiment.read_definition()['config'])} {epoch} ({reason}) as {path}")
         if model_name is not None:
             register_release_now(tracking, app.project, experiment, epoch, model_name, logger)
     finally:

@@ -3,20 +3,20 @@
 import click
 
 from torchexp.commands.context import App, pass_app
-from torchexp.commands.options import with_device
+from torchexp.commands.options import choose_point, with_device, with_point
 from torchexp.errors import ConfigError, VerificationError
 
 
 @click.command()
-@click.option("--epoch", type=click.IntRange(min=1), help="Verify this epoch's checkpoint (its end, else its mid-epoch one).  [default: the latest checkpoint]")
+@with_point("Verify this epoch's checkpoint (its end, else its mid-epoch one).", "the latest checkpoint")
 @click.option("--last", type=click.IntRange(min=1), help="Verify the last K checkpoints.  [default: the latest one]")
 @click.option("--all", "every", is_flag=True, help="Verify every checkpoint training left.  [default: the latest one]")
 @with_device
 @pass_app
-def verify(app: App, epoch: int | None, last: int | None, every: bool, device: str) -> None:
+def verify(app: App, epoch: int | None, step: int | None, last: int | None, every: bool, device: str) -> None:
     """Prove a result: re-run the training of stored checkpoints and compare every tensor.
 
-    Each checkpoint is re-trained from the one before it (epoch 1 from the seed) in a
+    Each checkpoint is re-trained from the standard one before it (the first from the seed) in a
     scratch folder, and its model, optimizer, scheduler, random generators and metrics are
     compared bit for bit with the stored ones. Exits 0 only when all are identical; the
     experiment gets nothing but a line in verifications.jsonl, which info lists.
@@ -24,11 +24,11 @@ def verify(app: App, epoch: int | None, last: int | None, every: bool, device: s
     from torchexp.devices import resolve_device
     from torchexp.verification import append_verification, choose_targets, verify_checkpoint
 
-    chosen = [flag for flag, given in (("--epoch", epoch is not None), ("--last", last is not None), ("--all", every)) if given]
+    chosen = [flag for flag, given in (("--epoch", epoch is not None), ("--step", step is not None), ("--last", last is not None), ("--all", every)) if given]
     if len(chosen) > 1:
         raise ConfigError(f"{' and '.join(chosen)} cannot be combined: choose one")
     experiment = app.open_experiment()
-    targets = choose_targets(experiment, epoch, last, every)
+    targets = choose_targets(experiment, choose_point(experiment, epoch, step), last, every)
     torch_device = resolve_device(device)
     if torch_device.type == "cuda":
         deterministic = experiment.read_definition()["config"].get("trainer", {}).get("deterministic", False)

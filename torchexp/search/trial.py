@@ -157,7 +157,7 @@ def record_outcome(search: Search, work: Work, outcome: Outcome) -> str:
     epochs = trained_epochs(experiment)
     # The config's early stopping may end a trial on a rung: it would train no further there.
     stop = read_last_stop(experiment.metrics_path)
-    stopped_early = stop is not None and stop.reason == EARLY_STOPPING and stop.epoch == epochs
+    stopped_early = stop is not None and stop.reason == EARLY_STOPPING and stop.done == epochs
     rung = None if stopped_early else search.pruner.pause_rung(work.target_epochs, epochs)
     if rung is not None:
         trial.set_user_attr("rung", rung)

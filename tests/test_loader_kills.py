@@ -1,0 +1,119 @@
+"""Exact resume with any train loader: SIGKILL at random moments, resume, and compare every
+tensor with a run that was never stopped; then `verify` re-runs every checkpoint.
+
+Loader kinds (tests/loader_project.py): a plain DataLoader over a map-style Dataset that
+augments with the global generators in two persistent workers, torchdata's
+StatefulDataLoader over the same Dataset, a StatefulDataLoader over a stream without a
+length, and a budget in steps that ends in the middle of an epoch; on one process, and on
+two Gloo processes under torchrun.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from click.testing import CliRunner
+
+from conftest import assert_identical
+from loader_project import SCHEMA, cli
+from torchexp import checkpoints
+from torchexp.sidecar import read_sidecar
+
+PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loader_project.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHEXP_TIMEOUT_S": "60", "PYTHONPATH": os.path.dirname(PROJECT)}
+
+
+def command(root, name: str, *args: str, processes: int = 1) -> list[str]:
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    return [*launcher, PROJECT, "--experiments-path", str(root / "experiments"), "--experiment-name", name, *args]
+
+
+def run(root, name: str, *args: str, processes: int = 1) -> str:
+    """Run the project's command line, in this process unless under torchrun; return its output."""
+    if processes == 1:
+        result = CliRunner().invoke(cli, ["--experiments-path", str(root / "experiments"), "--experiment-name", name, *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+    completed = subprocess.run(command(root, name, *args, processes=processes), capture_output=True, text=True, timeout=240, env=ENV)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
+def init(root, name: str, *settings: str) -> None:
+    (root / "schema.json").write_text(json.dumps(SCHEMA))
+    (root / "config.json").write_text("{}")
+    pairs = [item for setting in settings for item in ("--set", setting)]
+    run(root, name, "init", "--config-path", str(root / "config.json"), "--schema-path", str(root / "schema.json"), "--seed", "5", *pairs)
+
+
+def checkpoint_files(root, name: str) -> list[str]:
+    return sorted(name for name in os.listdir(root / "experiments" / name / "checkpoints") if checkpoints.parse_filename(name))
+
+
+def load(root, name: str, filename: str) -> dict:
+    return torch.load(root / "experiments" / name / "checkpoints" / filename, weights_only=True)
+
+
+def kill_at_random_moments(root, name: str, args: list[str], kills: int, processes: int, seed: int) -> int:
+    """Start `train`, SIGKILL it (every process) at a random moment after it saved its first
+    checkpoint, `kills` times; return how many kills landed before the run had finished."""
+    folder = root / "experiments" / name / "checkpoints"
+    chooser = random.Random(seed)
+    landed = 0
+    for _ in range(kills):
+        before = set(os.listdir(folder))
+        process = subprocess.Popen(
+            command(root, name, *args, processes=processes), env={**ENV, "TORCHEXP_TEST_STEP_SECONDS": "0.02"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while set(os.listdir(folder)) == before and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint came"
+            time.sleep(0.01)
+        time.sleep(chooser.uniform(0, 0.5))
+        if process.poll() is None:
+            landed += 1
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return landed
+
+
+SCENARIOS = {
+    # kind, settings, train arguments, the final checkpoint
+    "dataloader": ("dataloader", (), ("--max-epochs", "3"), "3.checkpoint.pt"),
+    "stateful": ("stateful", (), ("--max-epochs", "3"), "3.checkpoint.pt"),
+    "stream": ("stream", (), ("--max-epochs", "3"), "3.checkpoint.pt"),
+    # 12 batches an epoch: steps 10 and 20 validate, the budget ends at step 30, mid-epoch 3.
+    "steps": ("dataloader", ("trainer.max_steps=30", "trainer.validate_every_steps=10"), (), "30.checkpoint.pt"),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_sigkill_at_random_moments_then_resume_is_bit_identical_and_verifies(tmp_path, scenario):
+    kind, settings, budget, final = SCENARIOS[scenario]
+    every_step = ("trainer.checkpoint_every_steps=1",)  # a mid-epoch checkpoint after every step: kills land anywhere
+    init(tmp_path, "straight", f"data.loader={kind}", *settings, *every_step)
+    init(tmp_path, "killed", f"data.loader={kind}", *settings, *every_step)
+    args = ["train", *budget, "--num-workers", "2", "--device", "cpu"]
+    run(tmp_path, "straight", *args)
+    landed = kill_at_random_moments(tmp_path, "killed", args, kills=2, processes=1, seed=len(scenario))
+    assert landed >= 1, "every kill came after the end"
+    run(tmp_path, "killed", *args)
+    assert_identical(load(tmp_path, "killed", final), load(tmp_path, "straight", final))
+    standards = [name for name in checkpoint_files(tmp_path, "straight") if not name.endswith(".json")]
+    assert standards == [name for name in checkpoint_files(tmp_path, "killed") if not name.endswith(".json")]
+    for filename in standards:
+        assert read_sidecar(str(tmp_path / "experiments" / "killed" / "checkpoints" / filename))["metrics"] == read_sidecar(
+            str(tmp_path / "experiments" / "straight" / "checkpoints" / filename)
+        )["metrics"]
+    verified = run(tmp_path, "killed", "verify", "--all", "--device", "cpu")
+    assert verified.count(": bit-identical (") == len(standards), verified
