@@ -66,7 +66,7 @@ def drawn_digit() -> np.ndarray:
 
 def expected_probabilities(app, image: list) -> torch.Tensor:
     """The release's model run directly on the image, as MNIST's test does."""
-    model = app.state.batcher.pipeline.predictor.model
+    model = app.state.batcher.pipeline.predictor.runner.model
     pixels = torch.tensor(image, dtype=torch.float32).div(255).sub(0.1307).div(0.3081)
     with torch.no_grad():
         return torch.softmax(model(pixels.view(1, 1, 28, 28))[0], 0)

@@ -55,7 +55,7 @@ class Runner(abc.ABC):
 
     `test` calls `test` with the weights of an epoch loaded, the model in eval mode and
     gradients off; `serve` and `export` call `serve_example`, `serve_preprocess`,
-    `serve_postprocess` and `serve_page`.
+    `serve_forward`, `serve_postprocess` and `serve_page`.
 
     Attributes:
         experiment: paths of the experiment folder.
@@ -207,6 +207,12 @@ class Runner(abc.ABC):
             raise ValueError(f"an instance must be an array of numbers, not of {VALUE_KINDS.get(array.dtype.kind, array.dtype.name)}")
         return torch.from_numpy(array.astype(np.float32))
 
+    def serve_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run the model on a batch of preprocessed instances (under inference mode), by
+        default `self.model(batch)`; a generative model runs its sampling loop here. Only
+        `serve --runtime torch` calls it: an ONNX export runs `self.model` alone."""
+        return self.model(batch)
+
     def serve_postprocess(self, output: torch.Tensor, model_input: torch.Tensor, instance: Any) -> Any:
         """Turn the model's output for one instance into the JSON prediction; by default its values.
 
@@ -218,13 +224,11 @@ class Runner(abc.ABC):
         return output.tolist()
 
     def serve_page(self) -> str | None:
-        """Return the folder of the project's web page for `serve`, or None (the default)
-        when the project has none.
+        """Return the folder of the project's web page for `serve`, or None (the default).
 
-        The folder holds the page's `index.html`, in which `{{MODEL_NAME}}` becomes the
-        served model's name, and the files it loads, served under /static/. A browser
-        opening / gets the page; API clients get the protocol's liveness there, and a
-        browser gets /docs when there is no page.
+        It holds `index.html` (where `{{MODEL_NAME}}` becomes the served model's name) and
+        the files it loads, served under /static/. A browser opening / gets the page; API
+        clients get the protocol's liveness there; without a page, a browser gets /docs.
         """
         return None
 

@@ -17,17 +17,18 @@ from torchexp.inference import load_runner, make_inference_runner
 
 
 class TorchPredictor:
-    """The release's model in eval mode, run under `torch.inference_mode()`."""
+    """The release's model in eval mode, run through the project's `serve_forward` under
+    `torch.inference_mode()`."""
 
     runtime = "torch"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device):
-        self.model = model
+    def __init__(self, runner: Any, device: torch.device):
+        self.runner = runner
         self.device = device
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model(batch.to(self.device)).float().cpu()
+            return self.runner.serve_forward(batch.to(self.device)).float().cpu()
 
 
 class OnnxPredictor:
@@ -70,4 +71,4 @@ def load_predictor(experiment: Experiment, release: checkpoints.Checkpoint, runt
         runner = make_inference_runner(experiment, release.load())
         return runner, OnnxPredictor(open_onnx_session(export_path(experiment, release.epoch, "onnx"), threads))
     runner, _ = load_runner(experiment, release, torch_device)
-    return runner, TorchPredictor(runner.model, torch_device)
+    return runner, TorchPredictor(runner, torch_device)
