@@ -110,7 +110,8 @@ def test_json_rows_hold_name_config_epochs_best_train_test_and_state(experiments
     rows = compare_json(experiments)
     assert [row["name"] for row in rows] == ["lr-0.1", "lr-1", "lr-10"]
     first = rows[0]
-    assert set(first) == {"name", "state", "epochs", "max_epochs", "disk_bytes", "config", "best", "train", "test", "problem"}
+    assert set(first) == {"name", "state", "epochs", "max_epochs", "steps", "max_steps", "disk_bytes", "config", "best", "train", "test", "problem"}
+    assert first["steps"] is None and first["max_steps"] is None  # trained by epochs
     folder = os.path.join(experiments, "lr-0.1")
     assert first["disk_bytes"] == sum(os.path.getsize(os.path.join(path, name)) for path, _, names in os.walk(folder) for name in names)
     assert first["config"] == {"training.lr": 0.1} and first["epochs"] == 3 and first["max_epochs"] == 3

@@ -215,8 +215,13 @@ def find_checkpoint(folder: str, epoch: int, kinds: tuple[str, ...]) -> Checkpoi
                 return info
     what = " or ".join(kinds)
     raise CheckpointError(
-        f"epoch {epoch} has no {what} checkpoint in {folder} (available: {describe_epochs(available)})"
+        f"{unit_in(folder)} {epoch} has no {what} checkpoint in {folder} (available: {describe_epochs(available)})"
     )
+
+
+def unit_in(folder: str) -> str:
+    """What the checkpoints of `folder` count, as their sidecars say: "epoch" or "step"."""
+    return next((found.unit for found in list_checkpoints(folder) if found.sidecar is not None), "epoch")
 
 
 def find_training_checkpoint(folder: str, epoch: int) -> Checkpoint:
@@ -231,7 +236,7 @@ def find_training_checkpoint(folder: str, epoch: int) -> Checkpoint:
     except CheckpointError:
         if any(info.epoch == epoch for info in list_checkpoints(folder, ("release",))):
             raise CheckpointError(
-                f"epoch {epoch} has only a release checkpoint, which holds weights but no training state "
+                f"{unit_in(folder)} {epoch} has only a release checkpoint, which holds weights but no training state "
                 f"(standard checkpoints: {describe_epochs(list_checkpoints(folder, ('standard',)))})"
             ) from None
         raise

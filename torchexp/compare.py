@@ -11,7 +11,7 @@ from typing import Any, Callable
 from torchexp.config import fill_trainer_defaults
 from torchexp.errors import ConfigError, ExperimentError
 from torchexp.experiments import Experiments
-from torchexp.metrics import find_best, guess_direction, is_number
+from torchexp.metrics import find_best, guess_direction, is_number, point_of
 from torchexp.states import CORRUPT, NOT_AN_EXPERIMENT
 from torchexp.files import replace_non_finite
 
@@ -28,9 +28,11 @@ class Summary:
     problem: str | None = None  # why it is corrupt or not an experiment
     epochs: int | None = None
     max_epochs: int | None = None
+    steps: int | None = None  # for an experiment trained by steps, as max_steps
+    max_steps: int | None = None
     disk_bytes: int | None = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # every key, dotted (and provenance.*, with --all)
-    best: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # split -> metric -> {"value", "epoch"}
+    best: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # split -> metric -> {"value", "epoch" (or "step")}
     train: dict[str, float] = dataclasses.field(default_factory=dict)  # the last epoch's
     test: dict | None = None  # {"epoch", "kind", "results"} of the latest test
     history: list[dict] = dataclasses.field(default_factory=list)  # for plots; not in the JSON
@@ -43,6 +45,8 @@ class Summary:
                 "state": self.state,
                 "epochs": self.epochs,
                 "max_epochs": self.max_epochs,
+                "steps": self.steps,
+                "max_steps": self.max_steps,
                 "disk_bytes": self.disk_bytes,
                 "config": {key: self.config.get(key) for key in keys},
                 "best": self.best,
@@ -82,18 +86,17 @@ def summarize(experiments: Experiments, name: str, with_provenance: bool = False
         return Summary(name, NOT_AN_EXPERIMENT, problem="the folder has no config.json")
     view = experiments[name]
     try:
-        config = view.config
-        max_epochs = view.max_epochs
+        config, unit = view.config, view.unit
+        max_epochs, max_steps = (view.max_epochs, None) if unit == "epoch" else (None, view.max_steps)
     except ExperimentError as error:
         return Summary(name, CORRUPT, problem=str(error))
     history = view.history
     validation_names = list(dict.fromkeys(metric for entry in history for metric in entry["validation"]))
     best = {}
     for metric in validation_names:
-        series = [(entry["epoch"], entry["validation"][metric]) for entry in history if is_number(entry["validation"].get(metric))]
-        found = find_best(series, guess_direction(metric))
+        found = find_best(view.series("validation", metric), guess_direction(metric))
         if found is not None:
-            best[metric] = {"value": found[1], "epoch": found[0]}
+            best[metric] = {"value": found[1], unit: found[0]}
     test = view.latest_test
     if test is not None:
         test["results"] = {key: value for key, value in test["results"].items() if is_number(value)}
@@ -105,6 +108,8 @@ def summarize(experiments: Experiments, name: str, with_provenance: bool = False
         view.state,
         epochs=view.epochs,
         max_epochs=max_epochs,
+        steps=view.steps,
+        max_steps=max_steps,
         disk_bytes=view.disk_bytes,
         config=flat,
         best={"validation": best} if best else {},
@@ -171,13 +176,15 @@ def make_columns(summaries: list[Summary], keys: list[str]) -> list[Column]:
         numeric = all(is_number(s.config[key]) for s in summaries if s.config.get(key) is not None)
         columns.append(Column(key, lambda s, key=key: s.config.get(key), numeric=numeric, cuttable=not numeric))
     columns.append(Column("epochs", lambda s: s.epochs))
+    if any(s.steps is not None for s in summaries):
+        columns.append(Column("steps", lambda s: s.steps))
     columns.append(Column("disk MB", lambda s: None if s.disk_bytes is None else round(s.disk_bytes / 1e6, 1)))
     for metric in collect_names(s.best.get("validation", {}) for s in summaries):
         columns.append(
             Column(
                 f"best validation {metric}",
                 lambda s, m=metric: s.best.get("validation", {}).get(m, {}).get("value"),
-                lambda s, m=metric: s.best.get("validation", {}).get(m, {}).get("epoch"),
+                lambda s, m=metric: point_of(s.best.get("validation", {}).get(m, {})),
             )
         )
     for metric in collect_names(s.train for s in summaries):
@@ -260,13 +267,15 @@ def plot_table(table: Table, split: str, path: str) -> None:
         for entry in summary.history:
             for metric, value in entry[split].items():
                 if is_number(value):
-                    series.setdefault(metric, []).append((entry["epoch"], value))
+                    series.setdefault(metric, []).append((point_of(entry), value))
         if series:
             curves.append((label_summary(summary, differing), series))
     metrics = [metric for metric in collect_names(series for _, series in curves) if metric not in HIDDEN_TRAIN_METRICS]
     if not metrics:
         raise ExperimentError(f"nothing to plot: none of the compared experiments has {split} metrics yet")
-    plots.save_figure(plots.comparison_figure(curves, metrics, split), path)
+    by_steps = {summary.steps is not None for summary in table.summaries if summary.history}
+    x_label = "step" if by_steps == {True} else "epoch (step, for experiments trained by steps)" if True in by_steps else "epoch"
+    plots.save_figure(plots.comparison_figure(curves, metrics, split, x_label), path)
 
 
 def label_summary(summary: Summary, keys: list[str]) -> str:

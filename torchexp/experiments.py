@@ -6,7 +6,7 @@ import torchexp
 experiments = torchexp.Experiments("experiments")
 e = experiments["mnist"]                  # an ExperimentView
 e.config, e.seed, e.versions              # config.json
-e.history                                 # per-epoch train and validation metrics
+e.history                                 # per-epoch (or per-validation-step) train and validation metrics
 e.results                                 # test results by (epoch, kind)
 e.checkpoints                             # checkpoints with their records
 e.best("validation", "loss")              # (epoch, value)
@@ -28,14 +28,16 @@ import warnings
 from typing import Any, Iterator
 
 from torchexp import checkpoints
+from torchexp.budget import unit_of
 from torchexp.config import fill_trainer_defaults
 from torchexp.errors import ExperimentError
 from torchexp.folder import NAME_PATTERN, Experiment
 from torchexp.locks import is_locked
 from torchexp.files import read_json_lines
-from torchexp.metrics import Stop, find_best, guess_direction, is_number, read_last_stop, read_metric_lines
+from torchexp.metrics import Stop, find_best, guess_direction, is_number, point_of, read_last_stop, read_metric_lines
 from torchexp.provenance import read_last
 from torchexp.results import read_reports
+from torchexp.sidecar import read_sidecar
 from torchexp.states import CORRUPT, read_state, scan_checkpoint_names
 
 STUDY_FILE = "study.json"
@@ -97,36 +99,60 @@ class ExperimentView:
         return self.definition.get("classes") or {}
 
     @property
+    def unit(self) -> str:
+        """What the experiment's budget counts: "epoch", or "step" when its config sets
+        trainer.max_steps (`torchexp.budget`); checkpoint numbers, history and `best` count it."""
+        return unit_of(self.config)
+
+    @property
     def max_epochs(self) -> int:
         """The epochs `train` trains to: the config's trainer.max_epochs.
 
         Raises:
             ExperimentError: config.json is unreadable, or its trainer section is not valid.
         """
+        return self.read_limit("epoch")
+
+    @property
+    def max_steps(self) -> int | None:
+        """The optimizer steps `train` trains to (trainer.max_steps); None for an
+        experiment trained by epochs.
+
+        Raises:
+            ExperimentError: config.json is unreadable, or its trainer section is not valid.
+        """
+        return self.read_limit("step") if self.unit == "step" else None
+
+    def read_limit(self, unit: str) -> int:
+        """trainer.max_epochs or trainer.max_steps, checked."""
         trainer = fill_trainer_defaults(self.config).get("trainer")
-        value = trainer.get("max_epochs") if isinstance(trainer, dict) else None
+        key = f"max_{unit}s"
+        value = trainer.get(key) if isinstance(trainer, dict) else None
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ExperimentError(f"config of experiment {self.name!r} has no valid trainer.max_epochs: {value!r}")
+            raise ExperimentError(f"config of experiment {self.name!r} has no valid trainer.{key}: {value!r}")
         return value
 
     @property
     def history(self) -> list[dict]:
-        """Per-epoch metrics, oldest first: `{"epoch", "train", "validation", "seconds"}`.
+        """Per-epoch metrics, oldest first: `{"epoch", "train", "validation", "seconds"}`;
+        for an experiment trained by steps, one per validation, `{"step", ...}`.
 
         Read from metrics.jsonl rather than the checkpoint records: it holds every epoch in
         one file, with the learning rate and duration, and stays whole when old checkpoints
         are deleted to save space. A resumed run has already removed the lines a killed
         run logged again; should an epoch appear twice all the same, its last line wins.
         """
-        epochs: dict[int, dict] = {}
+        points: dict[int, dict] = {}
         for entry in read_metric_lines(self.experiment.metrics_path):
-            if entry.get("kind") not in ("train", "validation") or not isinstance(entry.get("epoch"), int):
+            point = point_of(entry)
+            if entry.get("kind") not in ("train", "validation") or not isinstance(point, int):
                 continue
-            epoch = epochs.setdefault(entry["epoch"], {"epoch": entry["epoch"], "train": {}, "validation": {}, "seconds": None})
-            epoch[entry["kind"]] = entry.get("metrics") or {}
+            unit = entry.get("unit", "epoch")
+            found = points.setdefault(point, {unit: point, "train": {}, "validation": {}, "seconds": None})
+            found[entry["kind"]] = entry.get("metrics") or {}
             if entry["kind"] == "train":
-                epoch["seconds"] = entry.get("seconds")
-        return [epochs[epoch] for epoch in sorted(epochs)]
+                found["seconds"] = entry.get("seconds")
+        return [points[point] for point in sorted(points)]
 
     @property
     def results(self) -> dict[tuple[int, str], dict]:
@@ -170,8 +196,21 @@ class ExperimentView:
     def epochs(self) -> int:
         """Epochs done: the furthest standard checkpoint, where `train` would resume.
 
-        Only file names are read, so this stays cheap over many experiments.
+        Only file names are read, so this stays cheap over many experiments; for an
+        experiment trained by steps, the epochs its furthest checkpoint's sidecar counts.
         """
+        furthest = max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0]))
+        if self.unit == "epoch" or furthest == 0:
+            return furthest
+        sidecar = read_sidecar(os.path.join(self.experiment.checkpoints_path, checkpoints.make_filename(furthest, "standard"))) or {}
+        return int((sidecar.get("counters") or {}).get("epoch", 0))
+
+    @property
+    def steps(self) -> int | None:
+        """Optimizer steps done, for an experiment trained by steps (its furthest standard
+        checkpoint); None for one trained by epochs."""
+        if self.unit == "epoch":
+            return None
         return max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0]))
 
     @property
@@ -181,13 +220,13 @@ class ExperimentView:
 
     @property
     def state(self) -> str:
-        """One of finished, stopped early, stopped at --max-epochs, interrupted, failed,
-        running, not started, corrupt (`torchexp.states`)."""
+        """One of finished, stopped early, stopped at --max-epochs (--max-steps), interrupted,
+        failed, running, not started, corrupt (`torchexp.states`)."""
         try:
-            max_epochs = self.max_epochs
+            limit = self.read_limit(self.unit)
         except ExperimentError:
             return CORRUPT
-        return read_state(self.experiment, max_epochs)
+        return read_state(self.experiment, limit)
 
     @property
     def stop(self) -> Stop | None:
@@ -196,17 +235,19 @@ class ExperimentView:
         return read_last_stop(self.experiment.metrics_path)
 
     def series(self, split: str, metric: str) -> list[tuple[int, float]]:
-        """(epoch, value) of one metric over the epochs, e.g. `series("validation", "loss")`;
-        epochs where it is missing or was not finite are left out."""
+        """(epoch, value) of one metric over the epochs, e.g. `series("validation", "loss")`
+        ((step, value) for an experiment trained by steps); epochs where it is missing or
+        was not finite are left out."""
         check_split(split)
         return [
-            (entry["epoch"], entry[split][metric])
+            (point, entry[split][metric])
             for entry in self.history
-            if is_number(entry[split].get(metric))
+            if is_number(entry[split].get(metric)) and isinstance(point := point_of(entry), int)
         ]
 
     def best(self, split: str = "validation", metric: str = "loss", direction: str | None = None, mode: str | None = None) -> tuple[int, float]:
-        """Return (epoch, value) of the best epoch by one metric.
+        """Return (epoch, value) of the best epoch by one metric ((step, value) for an
+        experiment trained by steps).
 
         Args:
             split: "validation" or "train".

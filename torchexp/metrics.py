@@ -112,9 +112,10 @@ class Stop:
 
 
 def point_of(entry: dict[str, Any]) -> Any:
-    """The epoch, or the step for an experiment trained by steps, that a metrics.jsonl
-    train, validation or stop line belongs to."""
-    return entry.get(entry.get("unit", "epoch"))
+    """The epoch, or the step for an experiment trained by steps (whose lines hold no
+    epoch), of a metrics.jsonl train, validation or stop line, a history entry, or a best
+    value."""
+    return entry.get("epoch", entry.get("step"))
 
 
 def read_metric_lines(path: str, iterations: bool = False) -> Iterator[dict]:

@@ -30,13 +30,14 @@ def check_plot_path(path: str) -> str:
     return PLOT_FORMATS[extension.lower()]
 
 
-def comparison_figure(curves: list[tuple[str, dict[str, list[tuple[int, float]]]]], metrics: list[str], split: str) -> Any:
+def comparison_figure(curves: list[tuple[str, dict[str, list[tuple[int, float]]]]], metrics: list[str], split: str, x_label: str = "epoch") -> Any:
     """Overlay experiments' metrics per epoch: one panel per metric, one line per experiment.
 
     Args:
         curves: (label, {metric: [(epoch, value), ...]}) of each experiment.
         metrics: the metrics to draw, one panel each, in order.
         split: "validation" or "train", for the titles.
+        x_label: what the x axis counts: "epoch", or "step" for experiments trained by steps.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -49,7 +50,7 @@ def comparison_figure(curves: list[tuple[str, dict[str, list[tuple[int, float]]]
             points = series.get(metric, [])
             axis.plot([epoch for epoch, _ in points], [value for _, value in points], marker="o", markersize=3, label=label)
         axis.set_title(f"{split} {metric}")
-        axis.set_xlabel("epoch")
+        axis.set_xlabel(x_label)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()

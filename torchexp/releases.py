@@ -29,7 +29,7 @@ def create_release(experiment: Experiment, epoch: int, definition: dict) -> str:
     """
     info = checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
     state = info.load()
-    summary = {"metrics": info.metrics, "provenance": info.sidecar.get("provenance")}
+    summary = {"metrics": info.metrics, "provenance": info.sidecar.get("provenance"), "unit": info.unit}
     release = {"format": checkpoints.CHECKPOINT_FORMAT, "model": state["model"], "epoch": epoch, **summary, **definition}
     return checkpoints.save_checkpoint(experiment.checkpoints_path, epoch, "release", release, summary)
 
@@ -47,10 +47,11 @@ def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:
     if not found:
         raise CheckpointError(f"experiment {experiment.name!r} has no standard checkpoint yet: train it first")
     best = find_best([(info.epoch, loss) for info in found if is_number(loss := validation_loss(info))], MINIMIZE)
+    unit = found[-1].unit
     if best is None:
-        return found[-1].epoch, "the latest: no epoch was validated"
+        return found[-1].epoch, f"the latest: no {unit} was validated"
     epoch, loss = best
-    among = f"epoch{'s' if len(found) > 1 else ''} {checkpoints.describe_epochs(found)}"
+    among = f"{unit}{'s' if len(found) > 1 else ''} {checkpoints.describe_epochs(found)}"
     return epoch, f"the lowest validation loss, {loss:.4g}, among {among}"
 
 

@@ -12,9 +12,10 @@ from torchexp import checkpoints, metrics
 from torchexp.folder import Experiment
 from torchexp.locks import is_locked
 
-FINISHED = "finished"  # the planned trainer.max_epochs are done
+FINISHED = "finished"  # the planned trainer.max_epochs (or max_steps) are done
 STOPPED_EARLY = "stopped early"  # early stopping, or an epoch observer (a search's pruner) ended it
 STOPPED_AT_MAX_EPOCHS = "stopped at --max-epochs"  # a `train --max-epochs` below trainer.max_epochs (or a search's rung) ended it
+STOPPED_AT_MAX_STEPS = "stopped at --max-steps"  # likewise, for an experiment trained by steps
 INTERRUPTED = "interrupted"  # a signal stopped it, or it was killed (nobody trains it, and it did not say why it ended)
 FAILED = "failed"  # an error ended its last train
 RUNNING = "running"  # a process holds the experiment's lock now
@@ -24,6 +25,7 @@ NOT_AN_EXPERIMENT = "not an experiment"  # a folder without config.json
 
 STATES_OF_STOPS = {
     metrics.MAX_EPOCHS: STOPPED_AT_MAX_EPOCHS,
+    metrics.MAX_STEPS: STOPPED_AT_MAX_STEPS,
     metrics.EARLY_STOPPING: STOPPED_EARLY,
     metrics.OBSERVER: STOPPED_EARLY,
     metrics.INTERRUPTED: INTERRUPTED,
@@ -38,8 +40,10 @@ LOG_TAIL_BYTES = 64 * 1024  # the end of verbose.log holds the last run's closin
 
 
 def read_state(experiment: Experiment, max_epochs: int) -> str:
-    """Return the state of an experiment whose config asks for `max_epochs` epochs: one of
-    running, interrupted, not started, finished, stopped at --max-epochs, stopped early, failed."""
+    """Return the state of an experiment whose config asks for `max_epochs` epochs (or
+    steps, for one trained by steps: checkpoint numbers count them): one of running,
+    interrupted, not started, finished, stopped at --max-epochs (--max-steps), stopped
+    early, failed."""
     if is_locked(experiment.lock_path):
         return RUNNING
     found = scan_checkpoint_names(experiment.checkpoints_path)

@@ -31,12 +31,13 @@ def info(app: App) -> None:
     for checkpoint in found:
         click.echo("  " + describe_checkpoint(checkpoint))
     click.echo(f"tests: {len(view.results) or 'none'}")
+    unit = view.unit
     for (epoch, kind), values in view.results.items():
         numbers = {key: value for key, value in values.items() if is_number(value)}
-        click.echo(f"  epoch {epoch} {kind}: {format_metrics(numbers) or 'no numbers'}")
+        click.echo(f"  {unit} {epoch} {kind}: {format_metrics(numbers) or 'no numbers'}")
     click.echo(f"verifications: {len(view.verifications) or 'none'}")
     for entry in view.verifications:
-        where = f"epoch {entry.get('epoch')}" + (f", iteration {entry['iteration']}" if entry.get("iteration") else "")
+        where = f"{unit} {entry.get('epoch')}" + (f", iteration {entry['iteration']}" if entry.get("iteration") and unit == "epoch" else "")
         verdict = "bit-identical" if entry.get("identical") else f"differs: {entry.get('difference')}"
         click.echo(f"  {entry.get('time')} {where} on {entry.get('device')}: {verdict}")
 
@@ -62,11 +63,14 @@ def describe_provenance(provenance: dict) -> list[str]:
 
 
 def describe_checkpoint(checkpoint: checkpoints.Checkpoint) -> str:
-    """One line of `info`: epoch, kind, size and key metrics."""
+    """One line of `info`: epoch (or step), kind, size and key metrics."""
     if checkpoint.sidecar is None:
         return f"epoch {checkpoint.epoch} {checkpoint.kind}: no sidecar (unverifiable)"
-    parts = [f"epoch {checkpoint.epoch} {checkpoint.kind}", f"{checkpoint.sidecar.get('bytes', 0) / 1e6:.1f} MB"]
-    if checkpoint.kind == "interrupt":
+    parts = [f"{checkpoint.unit} {checkpoint.epoch} {checkpoint.kind}", f"{checkpoint.sidecar.get('bytes', 0) / 1e6:.1f} MB"]
+    counters = checkpoint.sidecar.get("counters") or {}
+    if checkpoint.unit == "step" and checkpoint.kind != "release":
+        parts.append(f"epoch {counters.get('epoch', 0) + 1}, iteration {counters.get('iteration')}")
+    elif checkpoint.kind == "interrupt":
         parts.append(f"iteration {checkpoint.sidecar.get('iteration')}")
     for split in ("train", "validation"):
         values = checkpoint.metrics.get(split) or {}

@@ -72,8 +72,13 @@ class StudyOptions:
         choices=tuple(PRUNERS),
     )
     seed: int = option(0, "--seed", "Seed of every trial (one validation split for all) and of the sampler.", minimum=0, maximum=2**63 - 1)
-    max_epochs: int | None = option(None, "--max-epochs", "Epochs a trial trains at most.", minimum=1, default_text="the space's trainer.max_epochs")
-    min_epochs: int = option(1, "--min-epochs", "asha: epochs of the first rung; median: epochs before a trial may be stopped.", minimum=1)
+    max_epochs: int | None = option(
+        None, "--max-epochs", "Epochs a trial trains at most (steps, when the space trains by steps: trainer.max_steps).", minimum=1,
+        default_text="the space's trainer.max_epochs (trainer.max_steps)",
+    )  # fmt: skip
+    min_epochs: int = option(
+        1, "--min-epochs", "asha: epochs (or steps) of the first rung; median: epochs (or steps) before a trial may be stopped.", minimum=1
+    )
     reduction_factor: int = option(3, "--reduction-factor", "asha: rungs lie at min-epochs x factor^k, and each promotes its best 1/factor.", minimum=2)
     startup_trials: int = option(5, "--startup-trials", "median: trials that complete before the pruner stops any.", minimum=0)
 

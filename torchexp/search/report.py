@@ -7,7 +7,7 @@ from torchexp.search.scheduler import is_claimed
 from torchexp.search.study import SearchSettings, StudyFolder
 from torchexp.search.trial import best_epoch, trained_epochs
 
-HEADER = ("trial", "parameters", "value", "state", "epochs")
+HEADER = ("trial", "parameters", "value", "state")  # then "epochs", or "steps" for a study trained by steps
 
 
 def describe_state(trial: Any, folder: StudyFolder) -> str:
@@ -50,10 +50,10 @@ def make_rows(trials: list[Any], folder: StudyFolder) -> list[tuple[str, ...]]:
     ]
 
 
-def format_table(rows: list[tuple[str, ...]]) -> str:
-    """Rows under HEADER, in columns padded to their widest cell."""
-    lines = [HEADER, *rows]
-    widths = [max(len(line[column]) for line in lines) for column in range(len(HEADER))]
+def format_table(rows: list[tuple[str, ...]], unit: str = "epoch") -> str:
+    """Rows under HEADER and the unit's column, in columns padded to their widest cell."""
+    lines = [(*HEADER, f"{unit}s"), *rows]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
 
 
@@ -65,14 +65,14 @@ def describe_best(study: Any, folder: StudyFolder, settings: SearchSettings, pro
     if not complete:
         return "best: none yet (no trial is complete)"
     best = study.best_trial
-    epoch = best_epoch(best.intermediate_values, settings.direction)
+    epoch, unit = best_epoch(best.intermediate_values, settings.direction), settings.unit
     address = f"{program} {folder.trial_address(best.number)}"
     return "\n".join(
         [
-            f"best: trial {best.number}, {settings.metric} {best.value:.4g} at epoch {epoch} ({format_parameters(best.params)})",
+            f"best: trial {best.number}, {settings.metric} {best.value:.4g} at {unit} {epoch} ({format_parameters(best.params)})",
             f"  {address} info",
-            f"  {address} test --epoch {epoch}",
-            f"  {address} create_release --epoch {epoch}",
+            f"  {address} test --{unit} {epoch}",
+            f"  {address} create_release --{unit} {epoch}",
         ]
     )
 
@@ -86,5 +86,5 @@ def summarize(study: Any, folder: StudyFolder, settings: SearchSettings, program
         word = row[3].split(":")[0].split(" at ")[0]
         counts[word] = counts.get(word, 0) + 1
     epochs = sum(int(row[4]) for row in rows)
-    title = f"study {settings.name}: {len(trials)} trials ({', '.join(f'{n} {word}' for word, n in counts.items()) or 'none'}), {epochs} epochs trained; {settings.direction} {settings.metric}"
-    return "\n".join([title, format_table(rows), describe_best(study, folder, settings, program)])
+    title = f"study {settings.name}: {len(trials)} trials ({', '.join(f'{n} {word}' for word, n in counts.items()) or 'none'}), {epochs} {settings.unit}s trained; {settings.direction} {settings.metric}"
+    return "\n".join([title, format_table(rows, settings.unit), describe_best(study, folder, settings, program)])

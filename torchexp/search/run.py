@@ -10,6 +10,7 @@ import os
 import time
 from typing import Any
 
+from torchexp.budget import unit_of
 from torchexp.config import load_schema, parse_overrides
 from torchexp.errors import ConfigError, ExperimentError, TorchexpError, TrainingInterrupted
 from torchexp.metrics import normalize_direction, parse_metric
@@ -89,16 +90,20 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
 
 
 def make_settings(name: str, space: SearchSpace, schema: dict, options: StudyOptions, storage_url: str | None) -> SearchSettings:
-    """The study's settings from its options; max_epochs defaults to the space's trainer.max_epochs.
+    """The study's settings from its options; max_epochs defaults to the space's
+    trainer.max_epochs, or to its trainer.max_steps when it trains by steps (the study's
+    epochs, rungs and reports then count steps).
 
     Raises:
         ConfigError: a malformed metric or direction, or min_epochs beyond max_epochs.
     """
     parse_metric(options.metric)
-    max_epochs = options.max_epochs or space.build_config(schema, {})["trainer"]["max_epochs"]
+    base = space.build_config(schema, {})
+    unit = unit_of(base)
+    max_epochs = options.max_epochs or base["trainer"][f"max_{unit}s"]
     check_rungs(options.min_epochs, max_epochs)
     resolved = dataclasses.replace(options, max_epochs=max_epochs, direction=normalize_direction(options.direction))
-    return SearchSettings(**dataclasses.asdict(resolved), name=name, space=space.as_record(), storage=describe_storage(storage_url))
+    return SearchSettings(**dataclasses.asdict(resolved), name=name, space=space.as_record(), storage=describe_storage(storage_url), unit=unit)
 
 
 def count_trials(settings: SearchSettings, space: SearchSpace, trials: int) -> int:
@@ -139,7 +144,7 @@ def work_until_done(search: Search, total: int) -> bool:
 def do_work(search: Search, work: Work) -> None:
     """Train one claimed trial and record how it ended, then give its claim up."""
     params = search.study.get_trials(deepcopy=False)[work.number].params
-    search.logger.info(f"trial {work.number} ({work.kind}): {format_parameters(params)}; training to epoch {work.target_epochs}")
+    search.logger.info(f"trial {work.number} ({work.kind}): {format_parameters(params)}; training to {search.settings.unit} {work.target_epochs}")
     try:
         try:
             outcome = train_trial(search, work)

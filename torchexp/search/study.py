@@ -43,11 +43,14 @@ class SearchSettings(StudyOptions):
         name: the study's name (its folder, and its name in the storage).
         space: the space's record (`SearchSpace.as_record`).
         storage: `torchexp.search.storage.describe_storage`'s record.
+        unit: what max_epochs, min_epochs and rungs count: "epoch", or "step" when the
+            space's configuration trains by steps (trainer.max_steps); the space decides it.
     """
 
     name: str
     space: dict
     storage: dict
+    unit: str = "epoch"
 
     @classmethod
     def from_record(cls, record: dict[str, Any], where: str) -> "SearchSettings":
@@ -56,10 +59,11 @@ class SearchSettings(StudyOptions):
         Raises:
             ExperimentError: a setting is missing; `where` names the file.
         """
-        missing = [field.name for field in dataclasses.fields(cls) if field.name not in record]
+        # A study created before budgets in steps has no unit: it counts epochs.
+        missing = [field.name for field in dataclasses.fields(cls) if field.name not in record and field.name != "unit"]
         if missing:
             raise ExperimentError(f"{where} lacks the setting {missing[0]!r}: it was not written by torchexp's search")
-        return cls(**{field.name: record[field.name] for field in dataclasses.fields(cls)})
+        return cls(**{field.name: record[field.name] for field in dataclasses.fields(cls) if field.name in record})
 
     def as_record(self) -> dict[str, Any]:
         """study.json's content, less its creation time, its keys in the order of earlier versions."""

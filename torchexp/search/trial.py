@@ -100,7 +100,7 @@ def create_trial_experiment(search: Search, frozen: Any) -> Experiment:
     settings = search.settings
     experiment = search.folder.trial_experiment(frozen.number)
     if not experiment.exists():
-        conf = search.space.build_config(search.schema, {**frozen.params, "trainer.max_epochs": settings.max_epochs})
+        conf = search.space.build_config(search.schema, {**frozen.params, f"trainer.max_{settings.unit}s": settings.max_epochs})
         extra = {"search": {"study": settings.name, "trial": frozen.number, "parameters": frozen.params}}
         init_experiment(search.project, experiment, conf, settings.seed, extra)
     return experiment
@@ -125,7 +125,8 @@ def train_trial(search: Search, work: Work) -> Outcome:
         return outcome
     run = search.run
     try:
-        train_experiment(search.project, experiment, run.device, run.num_workers, work.target_epochs, run.log_period, epoch_observers=(reporter,))
+        target = {"max_epochs": work.target_epochs, "max_steps": None} if search.settings.unit == "epoch" else {"max_epochs": None, "max_steps": work.target_epochs}
+        train_experiment(search.project, experiment, run.device, run.num_workers, log_period=run.log_period, epoch_observers=(reporter,), **target)
     except ProjectError as error:  # the trial's own failure (a bug, a numerical error): the study goes on
         search.logger.debug(f"trial {work.number} failed", exc_info=True)
         return Outcome("failed", str(error))
@@ -162,7 +163,7 @@ def record_outcome(search: Search, work: Work, outcome: Outcome) -> str:
     if rung is not None:
         trial.set_user_attr("rung", rung)
         trial.set_user_attr("status", PAUSED_STATUS)
-        return f"paused at rung {rung}, after epoch {epochs}"
+        return f"paused at rung {rung}, after {settings.unit} {epochs}"
     values = get_trial(study, work.number).intermediate_values
     if not values:
         trial.set_user_attr("error", f"no epoch reported {settings.metric}")
@@ -170,7 +171,7 @@ def record_outcome(search: Search, work: Work, outcome: Outcome) -> str:
         return f"failed: no epoch reported {settings.metric}"
     value = best_value(values, settings.direction)
     study.tell(work.number, value, state=state.COMPLETE)
-    return f"complete after {epochs} epochs{' (stopped early)' if stopped_early else ''}: {settings.metric} {value:.4g}"
+    return f"complete after {epochs} {settings.unit}s{' (stopped early)' if stopped_early else ''}: {settings.metric} {value:.4g}"
 
 
 def get_trial(study: Any, number: int) -> Any:
