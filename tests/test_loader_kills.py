@@ -97,17 +97,31 @@ SCENARIOS = {
 }
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_sigkill_at_random_moments_then_resume_is_bit_identical_and_verifies(tmp_path, scenario):
-    kind, settings, budget, final = SCENARIOS[scenario]
+# On two ranks, 48 samples each: 6 batches an epoch, 3 steps of 2 accumulated batches; steps
+# 3 and 6 validate, the budget ends at step 8, mid-epoch 3; DDP all-reduces once per step.
+RANKED = ("trainer.max_steps=8", "trainer.validate_every_steps=3", "trainer.grad_accumulation=2")
+RANKED_SCENARIOS = {
+    "stream-steps": ("stream", RANKED, (), "8.checkpoint.pt"),
+    "dataloader-steps": ("dataloader", RANKED, (), "8.checkpoint.pt"),
+}
+CASES = [
+    *((1, name) for name in SCENARIOS),
+    (2, "stream-steps"),
+    pytest.param(2, "dataloader-steps", marks=pytest.mark.slow),  # the same loader as "steps" on one rank, sharded
+]
+
+
+@pytest.mark.parametrize("processes, scenario", CASES)
+def test_sigkill_at_random_moments_then_resume_is_bit_identical_and_verifies(tmp_path, processes, scenario):
+    kind, settings, budget, final = (SCENARIOS if processes == 1 else RANKED_SCENARIOS)[scenario]
     every_step = ("trainer.checkpoint_every_steps=1",)  # a mid-epoch checkpoint after every step: kills land anywhere
     init(tmp_path, "straight", f"data.loader={kind}", *settings, *every_step)
     init(tmp_path, "killed", f"data.loader={kind}", *settings, *every_step)
     args = ["train", *budget, "--num-workers", "2", "--device", "cpu"]
-    run(tmp_path, "straight", *args)
-    landed = kill_at_random_moments(tmp_path, "killed", args, kills=2, processes=1, seed=len(scenario))
+    run(tmp_path, "straight", *args, processes=processes)
+    landed = kill_at_random_moments(tmp_path, "killed", args, kills=2, processes=processes, seed=len(scenario))
     assert landed >= 1, "every kill came after the end"
-    run(tmp_path, "killed", *args)
+    run(tmp_path, "killed", *args, processes=processes)
     assert_identical(load(tmp_path, "killed", final), load(tmp_path, "straight", final))
     standards = [name for name in checkpoint_files(tmp_path, "straight") if not name.endswith(".json")]
     assert standards == [name for name in checkpoint_files(tmp_path, "killed") if not name.endswith(".json")]
@@ -115,5 +129,5 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical_and_verifies(tmp
         assert read_sidecar(str(tmp_path / "experiments" / "killed" / "checkpoints" / filename))["metrics"] == read_sidecar(
             str(tmp_path / "experiments" / "straight" / "checkpoints" / filename)
         )["metrics"]
-    verified = run(tmp_path, "killed", "verify", "--all", "--device", "cpu")
+    verified = run(tmp_path, "killed", "verify", "--all", "--device", "cpu", processes=processes)
     assert verified.count(": bit-identical (") == len(standards), verified

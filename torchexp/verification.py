@@ -10,6 +10,7 @@ metrics with the stored checkpoint N. The experiment itself gets nothing but an 
 line in verifications.jsonl.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,6 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from torchexp import checkpoints
+from torchexp.distributed import World, barrier, gather_objects
 from torchexp.errors import CheckpointError
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
@@ -107,11 +109,15 @@ def find_start(experiment: Experiment, target: checkpoints.Checkpoint, points_be
     )
 
 
-def verify_checkpoint(project: Project, experiment: Experiment, target: checkpoints.Checkpoint, device: torch.device, quiet: bool) -> Verification:
-    """Re-run the training that produced `target` in a scratch folder and compare.
+def verify_checkpoint(
+    project: Project, experiment: Experiment, target: checkpoints.Checkpoint, device: torch.device, quiet: bool, world: World = World()
+) -> Verification:
+    """Re-run the training that produced `target` in a scratch folder and compare. Under
+    torchrun, every rank re-runs its part, as many ranks as trained it.
 
     Raises:
-        CheckpointError: the target or its starting checkpoint is missing or corrupt.
+        CheckpointError: the target or its starting checkpoint is missing or corrupt, or it
+            was trained by another number of processes.
     """
     from torchexp.budget import read_budget
     from torchexp.config import Config, fill_trainer_defaults
@@ -119,6 +125,7 @@ def verify_checkpoint(project: Project, experiment: Experiment, target: checkpoi
 
     started = time.perf_counter()
     expected = target.load()
+    check_world_size(target, int(expected.get("world_size", 1)), world)
     points_before = len(expected["history"]["train"]) - (target.kind == "standard")
     start = find_start(experiment, target, points_before)
     if start is not None:
@@ -128,11 +135,14 @@ def verify_checkpoint(project: Project, experiment: Experiment, target: checkpoi
     # A mid-epoch checkpoint of a run by steps lies between points: the re-run must not end at its step.
     limit = target.epoch + (target.kind == "interrupt" and target.unit == "step")
     budget = read_budget(Config(fill_trainer_defaults(definition["config"])), limit, None)[0]
-    with tempfile.TemporaryDirectory(prefix="torchexp-verify-") as scratch:
-        copy = make_scratch_copy(experiment, scratch, start)
+    with scratch_folder(world) as scratch:
+        if world.is_main:
+            make_scratch_copy(experiment, scratch, start)
+        barrier()
+        copy = Experiment(scratch, experiment.name)
         # The re-run's own logs stay in the scratch folder; its progress bar shows.
         workers = int(target.sidecar.get("num_workers", 0))
-        runner = dataclasses.replace(project, verbosity="quiet").make_runner(copy, definition, num_workers=workers)
+        runner = dataclasses.replace(project, verbosity="quiet").make_runner(copy, definition, num_workers=workers, world=world)
         runner.quiet = quiet
         try:
             stop_at = (counters["epoch"] + 1, counters["iteration"]) if target.kind == "interrupt" else None
@@ -142,8 +152,11 @@ def verify_checkpoint(project: Project, experiment: Experiment, target: checkpoi
         finally:
             runner.tracker.close()
             close_logger(runner.logger)
-        produced = checkpoints.find_checkpoint(copy.checkpoints_path, target.epoch, (target.kind,))
-        tensors, difference = compare_states(produced.load(), expected)
+        found = None
+        if world.is_main:
+            produced = checkpoints.find_checkpoint(copy.checkpoints_path, target.epoch, (target.kind,))
+            found = compare_states(produced.load(), expected)
+        tensors, difference = gather_objects(found)[0]
     return Verification(
         epoch=target.epoch,
         iteration=int(target.sidecar.get("iteration", 0)) if target.kind == "interrupt" else 0,
@@ -156,6 +169,27 @@ def verify_checkpoint(project: Project, experiment: Experiment, target: checkpoi
         seconds=round(time.perf_counter() - started, 3),
         unit=target.unit,
     )
+
+
+def check_world_size(target: checkpoints.Checkpoint, trained_by: int, world: World) -> None:
+    """Raise CheckpointError unless as many processes re-run `target` as trained it."""
+    if trained_by == world.size:
+        return
+    how = f"under torchrun --nproc-per-node {trained_by}" if trained_by > 1 else "in one process, without torchrun"
+    raise CheckpointError(f"checkpoint {target.name} was trained by {trained_by} process{'es' if trained_by > 1 else ''}, and {world.size} verify it: verify it {how}")
+
+
+@contextlib.contextmanager
+def scratch_folder(world: World) -> Iterator[str]:
+    """A temporary folder that rank 0 makes and removes, its path given to every rank."""
+    path = tempfile.mkdtemp(prefix="torchexp-verify-") if world.is_main else None
+    path = gather_objects(path)[0]
+    try:
+        yield path
+    finally:
+        barrier()
+        if world.is_main:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def make_scratch_copy(experiment: Experiment, scratch: str, start: checkpoints.Checkpoint | None) -> Experiment:

@@ -19,9 +19,11 @@ def verify(app: App, epoch: int | None, step: int | None, last: int | None, ever
     Each checkpoint is re-trained from the standard one before it (the first from the seed) in a
     scratch folder, and its model, optimizer, scheduler, random generators and metrics are
     compared bit for bit with the stored ones. Exits 0 only when all are identical; the
-    experiment gets nothing but a line in verifications.jsonl, which info lists.
+    experiment gets nothing but a line in verifications.jsonl, which info lists. A
+    checkpoint trained under torchrun is verified under torchrun with as many processes.
     """
     from torchexp.devices import resolve_device
+    from torchexp.distributed import join, leave, map_device, read_world
     from torchexp.verification import append_verification, choose_targets, verify_checkpoint
 
     chosen = [flag for flag, given in (("--epoch", epoch is not None), ("--step", step is not None), ("--last", last is not None), ("--all", every)) if given]
@@ -29,16 +31,24 @@ def verify(app: App, epoch: int | None, step: int | None, last: int | None, ever
         raise ConfigError(f"{' and '.join(chosen)} cannot be combined: choose one")
     experiment = app.open_experiment()
     targets = choose_targets(experiment, choose_point(experiment, epoch, step), last, every)
-    torch_device = resolve_device(device)
-    if torch_device.type == "cuda":
+    world = read_world()
+    torch_device = resolve_device(map_device(device, world))
+    if torch_device.type == "cuda" and world.is_main:
         deterministic = experiment.read_definition()["config"].get("trainer", {}).get("deterministic", False)
         exactness = "on: results are expected bit-identical" if deterministic else "off: cuDNN and cuBLAS may pick other kernels, so results may differ without a fault"
         click.echo(f"on {torch_device}, trainer.deterministic is {exactness}")
     differing = 0
-    for target in targets:
-        verification = verify_checkpoint(app.project, experiment, target, torch_device, quiet=app.verbosity == "quiet")
-        append_verification(experiment, verification)
-        click.echo(verification.describe())
-        differing += not verification.identical
+    join(world, torch_device)
+    try:
+        for target in targets:
+            verification = verify_checkpoint(app.project, experiment, target, torch_device, quiet=app.verbosity == "quiet", world=world)
+            if world.is_main:
+                append_verification(experiment, verification)
+                click.echo(verification.describe())
+            differing += not verification.identical
+    except BaseException:
+        leave(free_objects=False)
+        raise
+    leave()
     if differing:
         raise VerificationError(f"{differing} of {len(targets)} checkpoints were not reproduced bit for bit")
