@@ -23,7 +23,7 @@ import inspect
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from torchexp.errors import CheckpointError
 from torchexp.loaders import SeededSamples, make_generator, shard_length
@@ -215,8 +215,7 @@ def draw_batches(loader: DataLoader, seed: int, epoch: int, rank: int, world: in
     """This rank's batches of indexes of `epoch`, as the loader's own samplers give them with
     their generators seeded by (seed, epoch); equal in number on every rank. Without
     automatic batching (batch_size=None), each batch is one index."""
-    sampler_batches = type(loader.batch_sampler) is BatchSampler or type(loader.batch_sampler).__name__ == "BatchSampler"
-    if loader.batch_sampler is not None and not sampler_batches:  # the project's own batch sampler
+    if loader.batch_sampler is not None and loader.batch_size is None:  # the project's own batch sampler
         batches = run_seeded(loader.batch_sampler, seed, epoch)
         return batches[rank::world][: shard_length(len(batches), rank, world, True)]
     indexes = run_seeded(loader.sampler, seed, epoch)
