@@ -68,6 +68,14 @@ def test_points_are_epoch_metrics_once_per_step_with_nan_for_a_diverged_value(ex
     assert points["test/accuracy", 1].value == 0.9 and points["test/accuracy", 1].timestamp_ms == 4000
 
 
+def test_an_experiment_trained_by_steps_is_logged_at_its_steps(experiment):
+    append(experiment.metrics_path, kind="iteration", step=250, epoch=2, time=1.0, metrics={"loss": 9.0})
+    append(experiment.metrics_path, kind="train", step=500, unit="step", time=2.0, metrics={"loss": 0.5})
+    append(experiment.metrics_path, kind="validation", step=500, unit="step", time=2.5, metrics={"loss": 0.6})
+    append(experiment.metrics_path, kind="test", step=500, epoch=500, time=3.0, metrics={"accuracy": 0.8})
+    assert sorted((point.key, point.step) for point in read_points(experiment)) == [("test/accuracy", 500), ("train/loss", 500), ("validation/loss", 500)]
+
+
 def test_status_follows_how_the_last_train_ended(experiment):
     assert describe_status(experiment) == "SCHEDULED"
     append(experiment.provenance_path, event="train", time="2026-12-04T10:00:00+0000")

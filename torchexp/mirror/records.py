@@ -17,12 +17,12 @@ from torchexp import checkpoints
 from torchexp.files import read_json_lines
 from torchexp.folder import Experiment
 from torchexp.locks import is_locked
-from torchexp.metrics import EARLY_STOPPING, FAILED, INTERRUPTED, ITERATION, MAX_EPOCHS, OBSERVER, is_number, read_metric_lines
+from torchexp.metrics import EARLY_STOPPING, FAILED, INTERRUPTED, ITERATION, MAX_EPOCHS, MAX_STEPS, OBSERVER, is_number, point_of, read_metric_lines
 from torchexp.results import read_reports
 
 # MLflow's run statuses.
 RUNNING, SCHEDULED, FINISHED, FAILED_STATUS, KILLED = "RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"
-STOP_STATUS = {MAX_EPOCHS: FINISHED, EARLY_STOPPING: FINISHED, OBSERVER: FINISHED, ITERATION: FINISHED, INTERRUPTED: KILLED, FAILED: FAILED_STATUS}
+STOP_STATUS = {MAX_EPOCHS: FINISHED, MAX_STEPS: FINISHED, EARLY_STOPPING: FINISHED, OBSERVER: FINISHED, ITERATION: FINISHED, INTERRUPTED: KILLED, FAILED: FAILED_STATUS}
 EPOCH_KINDS = ("train", "validation", "test")
 MAX_PARAM_LENGTH = 6000  # MLflow refuses longer parameter values
 MAX_TAG_LENGTH = 8000
@@ -30,7 +30,7 @@ MAX_TAG_LENGTH = 8000
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-    """One metric value at one epoch, as MLflow logs it."""
+    """One metric value at one epoch (or step, for an experiment trained by steps), as MLflow logs it."""
 
     key: str
     step: int
@@ -46,7 +46,7 @@ def read_points(experiment: Experiment) -> list[Point]:
     points = {}
     for entry in read_metric_lines(experiment.metrics_path):
         kind = entry.get("kind")
-        step = entry.get("epoch", entry.get("step"))
+        step = point_of(entry)
         if kind not in EPOCH_KINDS or not isinstance(step, int):
             continue
         timestamp_ms = int(float(entry.get("time") or 0) * 1000)
