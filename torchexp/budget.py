@@ -14,7 +14,7 @@ steps). Nothing here imports torch.
 import dataclasses
 from typing import Any
 
-from torchexp.errors import ConfigError
+from torchexp.errors import ConfigError, ExperimentError
 
 EPOCH = "epoch"
 STEP = "step"
@@ -58,6 +58,21 @@ class Budget:
         if self.unit != STEP:
             return False
         return step >= self.limit or (self.every is not None and step % self.every == 0)
+
+
+def read_limit(config: dict, unit: str, where: str) -> int:
+    """trainer.max_epochs (unit "epoch") or trainer.max_steps of a configuration, checked.
+
+    Raises:
+        ExperimentError: the trainer section does not hold a whole number there; `where`
+            names the configuration.
+    """
+    trainer = config.get("trainer")
+    key = f"max_{unit}s"
+    value = trainer.get(key) if isinstance(trainer, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ExperimentError(f"{where} has no valid trainer.{key}: {value!r}")
+    return value
 
 
 def read_budget(config: Any, limit: int | None, flag: str | None) -> tuple[Budget, str]:

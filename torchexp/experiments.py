@@ -28,7 +28,7 @@ import warnings
 from typing import Any, Iterator
 
 from torchexp import checkpoints
-from torchexp.budget import unit_of
+from torchexp.budget import read_limit, unit_of
 from torchexp.config import fill_trainer_defaults
 from torchexp.errors import ExperimentError
 from torchexp.folder import NAME_PATTERN, Experiment
@@ -94,14 +94,12 @@ class ExperimentView:
 
     @property
     def classes(self) -> dict:
-        """The project's {"data": "module:Class", "runner": "module:Class"}; empty for an
-        experiment created before torchexp recorded them."""
+        """The project's {"data": "module:Class", "runner": "module:Class"}; {} if unrecorded (old experiments)."""
         return self.definition.get("classes") or {}
 
     @property
     def unit(self) -> str:
-        """What the experiment's budget counts: "epoch", or "step" when its config sets
-        trainer.max_steps (`torchexp.budget`); checkpoint numbers, history and `best` count it."""
+        """What checkpoint numbers, history and `best` count: "epoch", or "step" (trainer.max_steps set)."""
         return unit_of(self.config)
 
     @property
@@ -111,36 +109,23 @@ class ExperimentView:
         Raises:
             ExperimentError: config.json is unreadable, or its trainer section is not valid.
         """
-        return self.read_limit("epoch")
+        return read_limit(fill_trainer_defaults(self.config), "epoch", f"config of experiment {self.name!r}")
 
     @property
     def max_steps(self) -> int | None:
-        """The optimizer steps `train` trains to (trainer.max_steps); None for an
-        experiment trained by epochs.
-
-        Raises:
-            ExperimentError: config.json is unreadable, or its trainer section is not valid.
-        """
-        return self.read_limit("step") if self.unit == "step" else None
-
-    def read_limit(self, unit: str) -> int:
-        """trainer.max_epochs or trainer.max_steps, checked."""
-        trainer = fill_trainer_defaults(self.config).get("trainer")
-        key = f"max_{unit}s"
-        value = trainer.get(key) if isinstance(trainer, dict) else None
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ExperimentError(f"config of experiment {self.name!r} has no valid trainer.{key}: {value!r}")
-        return value
+        """The optimizer steps `train` trains to (trainer.max_steps); None when trained by
+        epochs. Raises ExperimentError as `max_epochs` does."""
+        return read_limit(fill_trainer_defaults(self.config), "step", f"config of experiment {self.name!r}") if self.unit == "step" else None
 
     @property
     def history(self) -> list[dict]:
         """Per-epoch metrics, oldest first: `{"epoch", "train", "validation", "seconds"}`;
         for an experiment trained by steps, one per validation, `{"step", ...}`.
 
-        Read from metrics.jsonl rather than the checkpoint records: it holds every epoch in
-        one file, with the learning rate and duration, and stays whole when old checkpoints
-        are deleted to save space. A resumed run has already removed the lines a killed
-        run logged again; should an epoch appear twice all the same, its last line wins.
+        Read from metrics.jsonl rather than the checkpoints: it holds every epoch, with the
+        learning rate and duration, when old checkpoints are deleted. A resumed run has
+        removed the lines a killed run logged again; should an epoch appear twice all the
+        same, its last line wins.
         """
         points: dict[int, dict] = {}
         for entry in read_metric_lines(self.experiment.metrics_path):
@@ -194,24 +179,17 @@ class ExperimentView:
 
     @property
     def epochs(self) -> int:
-        """Epochs done: the furthest standard checkpoint, where `train` would resume.
-
-        Only file names are read, so this stays cheap over many experiments; for an
-        experiment trained by steps, the epochs its furthest checkpoint's sidecar counts.
-        """
-        furthest = max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0]))
-        if self.unit == "epoch" or furthest == 0:
-            return furthest
-        sidecar = read_sidecar(os.path.join(self.experiment.checkpoints_path, checkpoints.make_filename(furthest, "standard"))) or {}
+        """Epochs done: the furthest standard checkpoint, where `train` would resume, from
+        file names alone (cheap over many experiments); trained by steps, as its sidecar says."""
+        if self.unit == "epoch" or not self.steps:
+            return max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0]))
+        sidecar = read_sidecar(os.path.join(self.experiment.checkpoints_path, checkpoints.make_filename(self.steps, "standard"))) or {}
         return int((sidecar.get("counters") or {}).get("epoch", 0))
 
     @property
     def steps(self) -> int | None:
-        """Optimizer steps done, for an experiment trained by steps (its furthest standard
-        checkpoint); None for one trained by epochs."""
-        if self.unit == "epoch":
-            return None
-        return max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0]))
+        """Optimizer steps done (the furthest standard checkpoint) when trained by steps; else None."""
+        return max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0])) if self.unit == "step" else None
 
     @property
     def running(self) -> bool:
@@ -223,7 +201,7 @@ class ExperimentView:
         """One of finished, stopped early, stopped at --max-epochs (--max-steps), interrupted,
         failed, running, not started, corrupt (`torchexp.states`)."""
         try:
-            limit = self.read_limit(self.unit)
+            limit = read_limit(fill_trainer_defaults(self.config), self.unit, "")
         except ExperimentError:
             return CORRUPT
         return read_state(self.experiment, limit)
@@ -236,8 +214,7 @@ class ExperimentView:
 
     def series(self, split: str, metric: str) -> list[tuple[int, float]]:
         """(epoch, value) of one metric over the epochs, e.g. `series("validation", "loss")`
-        ((step, value) for an experiment trained by steps); epochs where it is missing or
-        was not finite are left out."""
+        ((step, value) when trained by steps); where it is missing or not finite, left out."""
         check_split(split)
         return [
             (point, entry[split][metric])
