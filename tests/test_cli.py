@@ -598,6 +598,20 @@ MISTAKES = [
         ("checkpoint 3.checkpoint.pt does not match its SHA-256 (corrupted)",), setup=flip_a_byte,
     ),
     Mistake(
+        "max-steps-of-an-epoch-experiment", "train --max-steps for an experiment trained by epochs", ("train", "--max-steps", "500"), 2,
+        ("this experiment trains by epochs (trainer.max_steps is null): use --max-epochs, not --max-steps",),
+    ),
+    Mistake(
+        "step-of-an-epoch-experiment", "test --step for an experiment trained by epochs", ("test", "--step", "3"), 2,
+        ("experiment 'x' trains by epochs: use --epoch 3, not --step",),
+    ),
+    Mistake(
+        "validate-every-steps-without-steps", "init with trainer.validate_every_steps but no trainer.max_steps",
+        ("init", "--set", "trainer.validate_every_steps=100"), 2,
+        ("config is invalid", "trainer.validate_every_steps: 100 needs trainer.max_steps (an experiment trained by epochs validates at each epoch's end)"),
+        name="new",
+    ),
+    Mistake(
         "train-over-later-epochs", "train --epoch E when later checkpoints exist", ("train", "--epoch", "1"), 4,
         ("epochs 2-3 have checkpoints that training from epoch 1 would overwrite: pass --overwrite to allow it",),
     ),
