@@ -90,7 +90,8 @@ class MapStyleLoader(TrainLoader):
     Args:
         loader: the project's DataLoader (or StatefulDataLoader) over a map-style data set.
         seed: the experiment's seed.
-        rank, world: this rank, and how many take every epoch between them.
+        rank: this rank.
+        world: how many ranks take every epoch between them.
     """
 
     def __init__(self, loader: DataLoader, seed: int, rank: int = 0, world: int = 1):
@@ -174,7 +175,8 @@ def adapt_train_loader(loader: Any, seed: int, rank: int = 0, world: int = 1) ->
     Args:
         loader: `data.loaders["train"]`.
         seed: the experiment's seed.
-        rank, world: this process's rank, and the number of training processes.
+        rank: this process's rank.
+        world: the number of training processes.
     """
     if hasattr(loader, "set_epoch") and hasattr(loader, "set_start"):
         return PositionedLoader(loader)
