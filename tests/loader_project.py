@@ -5,7 +5,8 @@ data.loader:
     tensor       torchexp's TensorLoader
     dataloader   a plain DataLoader over a map-style Dataset that augments in __getitem__
                  with torch's, NumPy's and Python's global generators: shuffled, with the
-                 --num-workers workers, persistent
+                 --num-workers workers, persistent; validation by a DataLoader with
+                 persistent workers too
     stateful     torchdata's StatefulDataLoader over that Dataset
     stream       torchdata's StatefulDataLoader over an IterableDataset without a length,
                  whose state is its epoch and position
@@ -22,7 +23,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset, get_worker_info
 
 import torchexp
 from torchexp.loaders import TensorLoader
@@ -106,6 +107,8 @@ class ProjectData(torchexp.Data):
         else:
             train = DataLoader(Stream(inputs, targets, self.seed), batch_size=batch_size, num_workers=num_workers)
         evaluation = {split: TensorLoader(self.datasets[split], 16) for split in ("validation", "test")}
+        if kind == "dataloader":  # its workers, started once per process, draw their seed from this process
+            evaluation["validation"] = DataLoader(TensorDataset(*self.datasets["validation"]), batch_size=16, **workers)
         self.loaders = {"train": train, **evaluation}
 
 

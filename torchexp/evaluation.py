@@ -20,7 +20,7 @@ from torchexp.precision import Precision
 from torchexp.project import Project
 from torchexp.releases import find_weights
 from torchexp.results import write_report
-from torchexp.rng import seed_everything
+from torchexp.rng import preserving_globals, seed_everything
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
 from torchexp.tracking import close_logger, format_metrics, progress_bar
 from torchexp.train_loader import length_of
@@ -29,7 +29,19 @@ from torchexp.training_state import load_weights
 
 def validate(runner: Any, precision: Precision) -> dict[str, float]:
     """Average `validation_step`'s metrics over the validation set's samples (every rank's),
-    or over the weights it returns; {} without a validation set."""
+    or over the weights it returns; {} without a validation set.
+
+    Whatever validation draws from the global generators (a DataLoader's workers draw their
+    seed when they start, which persistent workers do once per process, not once per
+    validation) is given back, so that training after it draws what it would have drawn
+    without it, in a resumed run as in an uninterrupted one.
+    """
+    with preserving_globals():
+        return average_validation(runner, precision)
+
+
+def average_validation(runner: Any, precision: Precision) -> dict[str, float]:
+    """The body of `validate`."""
     loader = runner.data.loaders.get("validation")
     total = length_of(loader)
     if loader is None or total == 0:

@@ -43,6 +43,22 @@ def seeded_globals(seed: int) -> Iterator[None]:
         torch.set_rng_state(saved[2])
 
 
+@contextlib.contextmanager
+def preserving_globals() -> Iterator[None]:
+    """Within the block, draw from the global generators as usual; afterwards they are as
+    they were, as if the block had drawn nothing (CUDA's included)."""
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators (every CUDA device included)."""
     random.seed(seed)
