@@ -11,6 +11,7 @@ data.loader:
     stream       torchdata's StatefulDataLoader over an IterableDataset without a length,
                  whose state is its epoch and position
     plainstream  a plain DataLoader over that IterableDataset: whole epochs only
+    subclass     a DataLoader subclass, shuffled, with persistent workers: whole epochs only
 
 The model has dropout, so that the training process's own generator matters too.
 TORCHEXP_TEST_STEP_SECONDS makes every training step sleep, so that a kill lands mid-epoch.
@@ -65,19 +66,26 @@ class Stream(IterableDataset):
         worker = get_worker_info()
         workers, index = (worker.num_workers, worker.id) if worker else (1, 0)
         ranks, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-        order = torch.randperm(SAMPLES, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
-        share = order[rank * workers + index :: ranks * workers].tolist()
+        share = self.share(rank * workers + index, ranks * workers)
         while self.position < len(share):
             sample = share[self.position]
             self.position += 1
             noise = torch.randn(FEATURES, generator=torch.Generator().manual_seed(self.seed * 10**6 + self.epoch * 1000 + sample)) * 0.05
             yield self.inputs[sample] + noise, self.targets[sample]
 
+    def share(self, part: int, parts: int) -> list[int]:
+        order = torch.randperm(SAMPLES, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+        return order[part::parts].tolist()
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
+
+
+class Subclassed(DataLoader):
+    """A DataLoader of the project's own class, which torchexp does not rebuild."""
 
 
 class ProjectData(torchexp.Data):
@@ -104,8 +112,10 @@ class ProjectData(torchexp.Data):
             from torchdata.stateful_dataloader import StatefulDataLoader
 
             train = StatefulDataLoader(Stream(inputs, targets, self.seed), batch_size=batch_size, num_workers=num_workers)
-        else:
+        elif kind == "plainstream":
             train = DataLoader(Stream(inputs, targets, self.seed), batch_size=batch_size, num_workers=num_workers)
+        else:
+            train = Subclassed(TensorDataset(inputs, targets), batch_size=batch_size, shuffle=True, **workers)
         evaluation = {split: TensorLoader(self.datasets[split], 16) for split in ("validation", "test")}
         if kind == "dataloader":  # its workers, started once per process, draw their seed from this process
             evaluation["validation"] = DataLoader(TensorDataset(*self.datasets["validation"]), batch_size=16, **workers)
@@ -142,7 +152,7 @@ SCHEMA = {
         "data": {
             "type": "object",
             "properties": {
-                "loader": {"enum": ["tensor", "dataloader", "stateful", "stream", "plainstream"], "default": "dataloader"},
+                "loader": {"enum": ["tensor", "dataloader", "stateful", "stream", "plainstream", "subclass"], "default": "dataloader"},
                 "batch_size": {"type": "integer", "minimum": 1, "default": 8},
             },
         }

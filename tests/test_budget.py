@@ -9,11 +9,13 @@ import signal
 import time
 
 import pytest
+import torch
 from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import loader_project
 import torchexp
+from conftest import assert_identical
 from loader_project import SCHEMA, cli
 from torchexp import checkpoints
 from torchexp.sidecar import read_sidecar
@@ -148,6 +150,18 @@ def test_a_stream_without_length_trains_whole_epochs_and_says_it_cannot_resume_m
     assert resumed.exit_code == 0, resumed.output
     assert "skipping checkpoint 3.checkpoint.interrupt.pt: it is in the middle of an epoch, where the train loader cannot resume" in resumed.output
     assert "resumed from 2.checkpoint.pt: 2 epochs done" in resumed.output
+
+
+def test_a_loader_of_whole_epochs_resumed_at_an_epochs_end_is_bit_identical(tmp_path):
+    """A shuffled DataLoader subclass with persistent workers draws its order every epoch and
+    its workers' seed once per process: never from training's generators."""
+    for name in ("straight", "resumed"):
+        init(tmp_path, name, "data.loader=subclass")
+    assert invoke(tmp_path, "straight", "train", "--max-epochs", "3", "--num-workers", "2", "--device", "cpu").exit_code == 0
+    for epochs in ("1", "3"):
+        assert invoke(tmp_path, "resumed", "train", "--max-epochs", epochs, "--num-workers", "2", "--device", "cpu").exit_code == 0
+    final = [torch.load(tmp_path / "experiments" / name / "checkpoints" / "3.checkpoint.pt", weights_only=True) for name in ("resumed", "straight")]
+    assert_identical(*final)
 
 
 def shutil_copy(source, target) -> None:

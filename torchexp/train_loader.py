@@ -119,8 +119,8 @@ class MapStyleLoader(TrainLoader):
 class StatefulLoader(TrainLoader):
     """A loader that keeps its own position (torchdata's StatefulDataLoader over a stream):
     its `state_dict()` goes into mid-epoch checkpoints, and comes back before the epoch
-    resumes. Starting an epoch draws from generators seeded by (seed, epoch), never from
-    the training process's."""
+    resumes. Starting an epoch draws from generators seeded by (seed, epoch)
+    (`begin_seeded`), never from the training process's."""
 
     keeps_state = True
 
@@ -137,9 +137,7 @@ class StatefulLoader(TrainLoader):
         else:
             self.loader.load_state_dict(self.resumed_state)
         self.resumed_state = None
-        with seeded_globals(mix_seed(self.seed, epoch)):
-            batches = iter(self.loader)
-        return batches, length_of(self.loader)
+        return begin_seeded(self.loader, self.seed, epoch), length_of(self.loader)
 
     def state_dict(self) -> Any:
         return self.loader.state_dict()
@@ -149,24 +147,27 @@ class StatefulLoader(TrainLoader):
 
 
 class EpochOnlyLoader(TrainLoader):
-    """A loader that can only start at an epoch's beginning.
+    """A loader that can only start at an epoch's beginning, drawing from generators seeded
+    by (seed, epoch) when it does (`begin_seeded`), never from the training process's.
 
     Args:
         loader: the project's loader.
         refusal: why it cannot resume mid-epoch, and what to use instead.
+        seed: the experiment's seed.
     """
 
     resumes_mid_epoch = False
 
-    def __init__(self, loader: Any, refusal: str):
+    def __init__(self, loader: Any, refusal: str, seed: int = 0):
         super().__init__(loader)
         self.refusal = refusal
+        self.seed = seed
 
     def begin(self, epoch: int, start: int) -> tuple[Iterable, int | None]:
         if start:
             raise CheckpointError(f"{self.refusal}, so batch {start} of epoch {epoch} cannot be resumed")
         set_epoch_everywhere(self.loader, epoch)
-        return self.loader, length_of(self.loader)
+        return begin_seeded(self.loader, self.seed, epoch), length_of(self.loader)
 
 
 def adapt_train_loader(loader: Any, seed: int, rank: int = 0, world: int = 1) -> TrainLoader:
@@ -195,7 +196,7 @@ def adapt_train_loader(loader: Any, seed: int, rank: int = 0, world: int = 1) ->
     else:
         what = f"a {type(loader).__name__},"
         instead = "return a torch.utils.data.DataLoader or one of torchexp.loaders"
-    return EpochOnlyLoader(loader, f"the train loader, {what} cannot resume in the middle of an epoch: {instead}")
+    return EpochOnlyLoader(loader, f"the train loader, {what} cannot resume in the middle of an epoch: {instead}", seed)
 
 
 class EpochKeys:
@@ -250,6 +251,20 @@ def run_seeded(sampler: Iterable, seed: int, epoch: int) -> list[Any]:
 def is_sharded(sampler: Any) -> bool:
     """Whether a sampler already gives each rank its share (a DistributedSampler)."""
     return any(base.__name__.endswith("DistributedSampler") for base in type(sampler).__mro__)
+
+
+def begin_seeded(loader: Any, seed: int, epoch: int) -> Iterator[Any]:
+    """`iter(loader)` with whatever it draws drawn from generators seeded by (seed, epoch).
+
+    A DataLoader draws its workers' seed from its `generator` when it starts them, which
+    persistent workers do once per process, and its sampler's seed every epoch from the
+    global generator: the first comes from a generator of (seed, epoch), so that a process
+    resuming at an epoch draws the sampler's seed as an uninterrupted one does.
+    """
+    if isinstance(loader, DataLoader):
+        loader.generator = make_generator(seed, epoch)
+    with seeded_globals(mix_seed(seed, epoch)):
+        return iter(loader)
 
 
 def set_epoch_everywhere(loader: Any, epoch: int) -> None:
