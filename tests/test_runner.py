@@ -10,7 +10,7 @@ from torch import nn
 import torchexp
 import torchexp.memory
 from torchexp.config import TRAINER_SCHEMA, Config, fill_defaults, validate_config
-from torchexp.errors import CheckpointError, ConfigError
+from torchexp.errors import CheckpointError, ConfigError, ProjectError
 from torchexp.folder import Experiment
 from torchexp.loaders import TensorLoader
 from torchexp.releases import create_release
@@ -457,3 +457,20 @@ def test_default_serve_preprocess_refuses_what_is_not_numbers_in_one_sentence(in
     with pytest.raises(ValueError) as raised:
         torchexp.Runner.serve_preprocess(None, instance)
     assert str(raised.value) == sentence
+
+
+class PickledStateRunner(TinyRunner):
+    """Keeps an object a checkpoint could not load back with weights_only=True."""
+
+    def save_states_others(self):
+        return {"history": [{"when": object()}]}
+
+
+def test_state_a_checkpoint_could_not_load_back_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ProjectError) as caught:
+        train(tmp_path, PickledStateRunner)
+    assert str(caught.value) == (
+        "PickledStateRunner.save_states_others returned a object at others['history'][0]['when']: a checkpoint holds tensors, numbers, "
+        "strings, lists and dicts only, which torch.load(weights_only=True) reads back"
+    )
+    assert not [name for name in os.listdir(tmp_path / "experiments" / "r" / "checkpoints") if "checkpoint" in name]

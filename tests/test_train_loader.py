@@ -120,3 +120,12 @@ def test_an_epoch_only_loader_refuses_to_begin_mid_epoch():
     assert loader.begin(1, 0)[1] is None  # a stream has no length
     with pytest.raises(CheckpointError, match=r"cannot resume in the middle of an epoch: .*, so batch 2 of epoch 1 cannot be resumed$"):
         loader.begin(1, 2)
+
+
+def test_a_loader_state_a_checkpoint_could_not_load_back_is_refused():
+    from torchexp.errors import ProjectError
+    from torchexp.training_state import check_plain_data
+
+    check_plain_data({"epoch": 2, "position": torch.tensor(3), "workers": [{"seed": None}]}, "state", "the loader returned")
+    with pytest.raises(ProjectError, match=r"^the loader returned a Generator at state\['rng'\]: a checkpoint holds tensors"):
+        check_plain_data({"rng": np.random.default_rng(0)}, "state", "the loader returned")

@@ -13,7 +13,7 @@ import torch
 from torchexp import checkpoints
 from torchexp.budget import describe_count, unit_of
 from torchexp.distributed import any_across, gather_objects
-from torchexp.errors import CheckpointError, DistributedError, StorageError, first_line
+from torchexp.errors import CheckpointError, DistributedError, ProjectError, StorageError, first_line
 from torchexp.precision import Precision
 from torchexp.rng import capture_rng_states, restore_rng_states
 from torchexp.signals import StopSignals
@@ -38,6 +38,9 @@ def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | N
     """
     keeps_state = feed is not None and feed.keeps_state and runner.counters["iteration"] > 0
     loader_state = feed.state_dict() if keeps_state else None
+    others = runner.save_states_others()
+    check_plain_data(others, "others", f"{type(runner).__name__}.save_states_others returned")
+    check_plain_data(loader_state, "state", f"the train loader's state_dict() ({type(feed.loader).__name__ if feed else ''}) returned")
     return {
         "format": checkpoints.CHECKPOINT_FORMAT,
         "counters": dict(runner.counters),
@@ -51,8 +54,33 @@ def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | N
         "history": runner.history,
         "partial": partial,
         "loader_by_rank": gather_objects(loader_state) if loader_state is not None else None,
-        "others": runner.save_states_others(),
+        "others": others,
     }
+
+
+# What torch.load(weights_only=True) reads back: a checkpoint holds nothing else.
+PLAIN_TYPES = (torch.Tensor, int, float, complex, bool, str, bytes, type(None), torch.Size, torch.dtype, torch.device)
+
+
+def check_plain_data(value: Any, path: str, source: str) -> None:
+    """Refuse, before anything is written, a value a checkpoint could not be loaded back with.
+
+    Raises:
+        ProjectError: `value` holds an object other than tensors, numbers, strings, lists,
+            tuples and dicts; the sentence names `source` and where in it.
+    """
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_plain_data(key, f"{path} key {key!r}", source)
+            check_plain_data(item, f"{path}[{key!r}]", source)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_plain_data(item, f"{path}[{index}]", source)
+    elif not isinstance(value, PLAIN_TYPES):
+        raise ProjectError(
+            f"{source} a {type(value).__name__} at {path}: a checkpoint holds tensors, numbers, strings, lists and dicts only, "
+            "which torch.load(weights_only=True) reads back"
+        )
 
 
 def save_training_checkpoint(
