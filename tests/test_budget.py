@@ -200,3 +200,23 @@ def test_a_search_over_an_experiment_trained_by_steps_has_its_rungs_in_steps(tmp
     assert "steps trained" in result.output and f"test --step " in result.output
     trial = json.loads((tmp_path / "experiments" / "study" / f"trial-{complete[0].number:04d}" / "config.json").read_text())
     assert trial["config"]["trainer"]["max_steps"] == 30
+
+
+def test_mid_epoch_checkpoints_between_validations_replace_each_other(tmp_path, monkeypatch):
+    init(tmp_path, "s", "data.loader=tensor", "trainer.max_steps=30", "trainer.validate_every_steps=20", "trainer.checkpoint_every_steps=3")
+    original = loader_project.ProjectRunner.train_step
+
+    def signalled(self, batch, device):
+        if self.counters["step"] == 25:  # during step 26: after the mid-epoch checkpoints of steps 21 and 24
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        return original(self, batch, device)
+
+    monkeypatch.setattr(loader_project.ProjectRunner, "train_step", signalled)
+    assert invoke(tmp_path, "s", "train", "--device", "cpu").exit_code == 130
+    names = sorted(os.listdir(tmp_path / "experiments" / "s" / "checkpoints"))
+    assert [name for name in names if "interrupt" in name] == ["26.checkpoint.interrupt.pt", "26.checkpoint.interrupt.pt.json"]
+    monkeypatch.undo()
+    resumed = invoke(tmp_path, "s", "train", "--device", "cpu")
+    assert "resumed from 26.checkpoint.interrupt.pt: 26 steps done" in resumed.output
+    assert not [name for name in os.listdir(tmp_path / "experiments" / "s" / "checkpoints") if "interrupt" in name]

@@ -423,15 +423,15 @@ def fill_disk(monkeypatch, where: str) -> None:
         monkeypatch.setattr(torch, "save", save)
     elif where == "mid-checkpoint":
         limit_every_file(monkeypatch, 1 << 20)  # records fit, checkpoints do not
-    else:  # the record, once the checkpoint is in place
-        real_write_json = sidecar.write_json_atomic
+    else:  # the record, once the checkpoint's bytes are written
+        real_write = sidecar.write_temporary
 
-        def write_json(path, obj):
+        def write(path, write_bytes):
             if path.endswith(".pt.json"):
-                files.write_atomic(path, lambda file: FillingFile(file, room=10).write(json.dumps(obj).encode()))
-            return real_write_json(path, obj)
+                return real_write(path, lambda file: write_bytes(FillingFile(file, room=10)))
+            return real_write(path, write_bytes)
 
-        monkeypatch.setattr(sidecar, "write_json_atomic", write_json)
+        monkeypatch.setattr(sidecar, "write_temporary", write)
 
 
 @pytest.mark.parametrize("where", ["torch.save", "mid-checkpoint", "record"])

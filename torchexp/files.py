@@ -32,6 +32,18 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> str:
         StorageError: when the write fails (disk full, permissions); the temporary file
             is removed and any previous file at `path` is left as it was.
     """
+    temporary, digest = write_temporary(path, write)
+    publish([(temporary, path)])
+    return digest
+
+
+def write_temporary(path: str, write: Callable[[IO[bytes]], None]) -> tuple[str, str]:
+    """Write a file through `write(file)` to a temporary file beside `path`, flushed and
+    fsynced; return its path and the SHA-256 of its bytes. `publish` renames it into place.
+
+    Raises:
+        StorageError: when the write fails; the temporary file is removed.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -53,19 +65,33 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> str:
                 raise
             file.flush()
             os.fsync(file.fileno())
-        digest = guarded.hexdigest() or hash_file(tmp_path)
-        os.replace(tmp_path, path)
+        return tmp_path, guarded.hexdigest() or hash_file(tmp_path)
     except OSError as error:
         remove_quietly(tmp_path)
         raise StorageError(f"could not write {path}: {error.strerror or error}") from error
     except BaseException:
         remove_quietly(tmp_path)
         raise
-    try:
-        fsync_folder(folder)
-    except OSError as error:
-        raise StorageError(f"could not write {path}: {error.strerror or error} (while syncing its folder)") from error
-    return digest
+
+
+def publish(renames: list[tuple[str, str]]) -> None:
+    """Rename written temporary files into place, in order, then sync their folder.
+
+    Raises:
+        StorageError: a rename or the sync failed; temporary files not yet renamed are removed.
+    """
+    for index, (temporary, path) in enumerate(renames):
+        try:
+            os.replace(temporary, path)
+        except OSError as error:
+            for left, _ in renames[index:]:
+                remove_quietly(left)
+            raise StorageError(f"could not write {path}: {error.strerror or error}") from error
+    for folder in {os.path.dirname(os.path.abspath(path)) for _, path in renames}:
+        try:
+            fsync_folder(folder)
+        except OSError as error:
+            raise StorageError(f"could not write {renames[-1][1]}: {error.strerror or error} (while syncing its folder)") from error
 
 
 class WriteGuard:

@@ -6,17 +6,20 @@ metrics, an export's check...). It is read without opening the file itself, so `
 verifies the file against it first. Checkpoints and exports are written and verified here
 alike:
 
-- the old sidecar is removed first and the new one written last, each atomically, so that
-  a kill at any moment leaves a file that either verifies or has no sidecar (refused);
+- the new file and its sidecar are both written whole, beside, before either is renamed
+  into place, sidecar then file: an earlier pair of the same names stays whole and
+  verifies until those two renames, and a kill between them leaves a pair that does not
+  verify (refused), never a file trusted wrongly;
 - a file is trusted only when its size and SHA-256 are those its sidecar recorded.
 """
 
 import hashlib
+import json
 import os
 from typing import IO, Callable
 
 from torchexp.errors import CheckpointError, StorageError
-from torchexp.files import hash_file, read_json, remove_quietly, write_atomic, write_json_atomic
+from torchexp.files import hash_file, publish, read_json, remove_quietly, replace_non_finite, write_temporary
 
 
 def sidecar_path(path: str) -> str:
@@ -42,12 +45,17 @@ def write_with_sidecar(path: str, write: Callable[[IO[bytes]], None], fields: di
         fields: JSON data the sidecar keeps beside the SHA-256 and size.
 
     Raises:
-        StorageError: the disk refused a write; a file without its sidecar is refused, never trusted.
+        StorageError: the disk refused a write; the earlier pair, if any, is left as it was.
     """
-    remove_quietly(sidecar_path(path))
-    digest = write_atomic(path, write)
-    sidecar = {"sha256": digest, "bytes": os.path.getsize(path), **fields}
-    write_json_atomic(sidecar_path(path), sidecar)
+    temporary, digest = write_temporary(path, write)
+    try:
+        sidecar = {"sha256": digest, "bytes": os.path.getsize(temporary), **fields}
+        text = json.dumps(replace_non_finite(sidecar), indent=2, allow_nan=False) + "\n"
+        sidecar_temporary, _ = write_temporary(sidecar_path(path), lambda file: file.write(text.encode("utf-8")))
+    except BaseException:
+        remove_quietly(temporary)
+        raise
+    publish([(sidecar_temporary, sidecar_path(path)), (temporary, path)])
     return sidecar
 
 

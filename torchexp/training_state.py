@@ -93,8 +93,9 @@ def save_training_checkpoint(
     provenance: dict | None = None,
     feed: TrainLoader | None = None,
 ) -> None:
-    """Save a standard or interrupt (mid-epoch) checkpoint, rank 0 writing it; a standard one
-    retires the interrupt one. Every rank takes part, and every rank fails if the save does.
+    """Save a standard or interrupt (mid-epoch) checkpoint, rank 0 writing it; once it is
+    whole, the mid-epoch checkpoints before it go. Every rank takes part, and every rank
+    fails if the save does.
 
     Args:
         runner: the project's Runner.
@@ -129,9 +130,11 @@ def save_training_checkpoint(
             signals.saving = False
     if any_across(failure is not None, runner.device):
         raise failure or DistributedError(f"rank 0 could not save {checkpoints.make_filename(epoch, kind)}")
-    if kind == "standard" and runner.world.is_main:
+    if runner.world.is_main:  # the checkpoint just saved retires every mid-epoch one before it
+        saved = checkpoints.make_filename(epoch, kind)
         for interrupt in checkpoints.list_checkpoints(runner.experiment.checkpoints_path, ("interrupt",)):
-            interrupt.remove()
+            if interrupt.name != saved:
+                interrupt.remove()
 
 
 def restore_training(runner: Any, precision: Precision, epoch: int | None, feed: TrainLoader | None = None) -> dict[str, Any] | None:
