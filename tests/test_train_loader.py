@@ -129,3 +129,28 @@ def test_a_loader_state_a_checkpoint_could_not_load_back_is_refused():
     check_plain_data({"epoch": 2, "position": torch.tensor(3), "workers": [{"seed": None}]}, "state", "the loader returned")
     with pytest.raises(ProjectError, match=r"^the loader returned a Generator at state\['rng'\]: a checkpoint holds tensors"):
         check_plain_data({"rng": np.random.default_rng(0)}, "state", "the loader returned")
+
+
+class Broken(Dataset):
+    def __len__(self) -> int:
+        return SIZE
+
+    def __getitem__(self, index: int):
+        if index == 7:
+            raise ValueError(f"sample {index} is unreadable")
+        from torchexp.errors import DataError
+
+        if index == 9:
+            raise DataError(f"the file of sample {index} is missing")
+        return torch.zeros(1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_error_reading_a_batch_is_one_sentence_even_from_a_worker(workers):
+    from torchexp.errors import DataError, ProjectError
+    from torchexp.train_loader import reading
+
+    with pytest.raises(ProjectError, match=r"^the train loader failed: ValueError: sample 7 is unreadable$"):
+        list(reading(DataLoader(Broken(), batch_size=4, num_workers=workers), "train"))
+    with pytest.raises(DataError, match=r"^the file of sample 9 is missing$"):
+        list(reading(DataLoader(Broken(), batch_size=1, sampler=[9], num_workers=workers), "validation"))

@@ -23,7 +23,7 @@ from torchexp.results import write_report
 from torchexp.rng import preserving_globals, seed_everything
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
 from torchexp.tracking import close_logger, format_metrics, progress_bar
-from torchexp.train_loader import length_of
+from torchexp.train_loader import length_of, reading
 from torchexp.training_state import load_weights
 
 
@@ -51,7 +51,7 @@ def average_validation(runner: Any, precision: Precision) -> dict[str, float]:
     channels_last = runner.get_conf("trainer", "channels_last")
     runner.model.eval()
     with torch.no_grad(), precision.autocast():
-        for batch in progress_bar(loader, total, "validation", runner.quiet):
+        for batch in progress_bar(reading(loader, "validation"), total, "validation", runner.quiet):
             metrics = as_metrics(runner.validation_step(prepare_batch(batch, channels_last), runner.device), "validation_step")
             weight = metrics.pop("weight", None)
             sums.add(metrics, batch_size_of(batch) if weight is None else weight)

@@ -31,7 +31,7 @@ from torchexp.retention import retain_checkpoints
 from torchexp.signals import CheckpointClock, StopSignals, catching_stop_signals
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
 from torchexp.tracking import progress_bar
-from torchexp.train_loader import TrainLoader, adapt_train_loader
+from torchexp.train_loader import TrainLoader, adapt_train_loader, reading
 from torchexp.training_state import build_model, restore_training, save_training_checkpoint
 
 # Called at each point (an epoch's end, or every trainer.validate_every_steps steps), after
@@ -150,6 +150,7 @@ def train_epoch(run: Run, epoch: int) -> Iterator[None]:
     runner, accumulator = run.runner, run.accumulator
     start = runner.counters["iteration"]
     batches, total = run.feed.begin(epoch, start)
+    batches = reading(batches, "train")
     if total is None and runner.world.distributed:
         batches = agreed_batches(batches, run.device)
     channels_last = runner.get_conf("trainer", "channels_last")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from torchexp.errors import CheckpointError
+from torchexp.errors import CheckpointError, ProjectError, TorchexpError, first_line
 from torchexp.loaders import SeededSamples, make_generator, shard_length
 from torchexp.rng import mix_seed, seeded_globals
 
@@ -273,6 +273,38 @@ def set_epoch_everywhere(loader: Any, epoch: int) -> None:
         method: Callable | None = getattr(part, "set_epoch", None)
         if callable(method):
             method(epoch)
+
+
+def reading(batches: Iterable, split: str) -> Iterator[Any]:
+    """The batches of a loader, an error raised while reading one said in one sentence.
+
+    An error raised in a DataLoader worker reaches this process with the worker's
+    traceback in its message: only its own sentence is kept. torchexp's errors (a
+    project's DataError) keep their type; any other becomes a ProjectError naming the loader.
+
+    Raises:
+        TorchexpError: reading a batch failed.
+    """
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except TorchexpError as error:
+            raise type(error)(own_sentence(error)) from error
+        except Exception as error:  # a data set's code may raise anything
+            raise ProjectError(f"the {split} loader failed: {type(error).__name__}: {own_sentence(error)}") from error
+        yield batch
+
+
+def own_sentence(error: BaseException) -> str:
+    """An error's own sentence: the first line of its message, or for an error a DataLoader
+    worker re-raised, the last line of the worker's traceback, less the type's name."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("Original Traceback"):
+        return lines[-1].partition(": ")[2] or lines[-1]
+    return first_line(error)
 
 
 def length_of(loader: Any) -> int | None:
