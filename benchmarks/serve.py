@@ -284,7 +284,8 @@ def load_model(experiments: str, runtime: str, threads: int):
 def run_ceiling(experiments: str, runtime: str, max_batch: int, data_path: str, seconds: float) -> None:
     """Print the model's images/s at batch 1 and `max_batch`, with every usable core."""
     from mnist_classifier.data import read_mnist, normalize
-    from torchexp.serving.threads import apply_threads, count_usable_cores
+    from torchexp.cores import count_usable_cores
+    from torchexp.serving.threads import apply_threads
 
     threads = count_usable_cores()
     apply_threads(threads)

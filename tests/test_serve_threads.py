@@ -1,10 +1,13 @@
-"""Inference threads come from the cores the process is given: affinity, then a cgroup quota."""
+"""Inference and training threads come from the cores the process is given: affinity, then
+a cgroup quota (`torchexp.cores`)."""
 
+import logging
 import os
 
 import pytest
 import torch
 
+from torchexp import cores
 from torchexp.serving import threads
 
 
@@ -12,9 +15,9 @@ from torchexp.serving import threads
 def cgroup_files(tmp_path, monkeypatch):
     """Point the cgroup paths at files of the test's own; return a function writing them."""
     paths = {"v2": tmp_path / "cpu.max", "quota": tmp_path / "cpu.cfs_quota_us", "period": tmp_path / "cpu.cfs_period_us"}
-    monkeypatch.setattr(threads, "CGROUP_V2_CPU_MAX", str(paths["v2"]))
-    monkeypatch.setattr(threads, "CGROUP_V1_QUOTA", str(paths["quota"]))
-    monkeypatch.setattr(threads, "CGROUP_V1_PERIOD", str(paths["period"]))
+    monkeypatch.setattr(cores, "CGROUP_V2_CPU_MAX", str(paths["v2"]))
+    monkeypatch.setattr(cores, "CGROUP_V1_QUOTA", str(paths["quota"]))
+    monkeypatch.setattr(cores, "CGROUP_V1_PERIOD", str(paths["period"]))
 
     def write(**contents: str) -> None:
         for key, text in contents.items():
@@ -24,10 +27,10 @@ def cgroup_files(tmp_path, monkeypatch):
 
 
 def test_usable_cores_are_the_affinity_without_a_quota(cgroup_files, monkeypatch):
-    assert threads.read_cpu_quota() is None
-    assert threads.count_usable_cores() == len(os.sched_getaffinity(0))
+    assert cores.read_cpu_quota() is None
+    assert cores.count_usable_cores() == len(os.sched_getaffinity(0))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5, 7})
-    assert threads.count_usable_cores() == 3
+    assert cores.count_usable_cores() == 3
 
 
 def test_default_threads_leave_a_torch_worker_a_core_for_its_event_loop(cgroup_files, monkeypatch):
@@ -55,9 +58,9 @@ def test_default_threads_leave_a_torch_worker_a_core_for_its_event_loop(cgroup_f
 )
 def test_a_cgroup_quota_caps_the_cores(cgroup_files, monkeypatch, files, quota):
     cgroup_files(**files)
-    assert threads.read_cpu_quota() == quota
+    assert cores.read_cpu_quota() == quota
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert threads.count_usable_cores() == (quota or 8)
+    assert cores.count_usable_cores() == (quota or 8)
 
 
 def test_apply_threads_sets_torch_intra_op_threads():
@@ -65,5 +68,26 @@ def test_apply_threads_sets_torch_intra_op_threads():
     try:
         threads.apply_threads(2)
         assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_training_with_workers_leaves_them_their_cores(cgroup_files, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        cores.share_cores_with_workers(0, logging.getLogger("test"))
+        assert torch.get_num_threads() == 8
+        cores.share_cores_with_workers(2, logging.getLogger("test"))
+        assert torch.get_num_threads() == 6
+        monkeypatch.setenv("OMP_NUM_THREADS", "8")
+        torch.set_num_threads(8)
+        cores.share_cores_with_workers(2, logging.getLogger("test"))
+        assert torch.get_num_threads() == 8  # the user's setting stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        cores.share_cores_with_workers(16, logging.getLogger("test"))
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
