@@ -164,8 +164,9 @@ def restore_training(runner: Any, precision: Precision, epoch: int | None, feed:
         partial = restore_state(runner, precision, state, checkpoint.name)
         if feed is not None and runner.counters["iteration"] > 0:
             restore_loader(runner.world, feed, state.get("loader_by_rank"), checkpoint.name)
-        done = runner.counters[checkpoint.unit]
-        runner.logger.info(f"resumed from {checkpoint.name}: {describe_count(done, checkpoint.unit)} done")
+        counters = runner.counters
+        inside = f"; in epoch {counters['epoch'] + 1} after batch {counters['iteration']}" if counters["iteration"] else ""
+        runner.logger.info(f"resumed from {checkpoint.name}: {describe_count(counters[checkpoint.unit], checkpoint.unit)} done{inside}")
     dropped = runner.tracker.discard_after(runner.counters["step"], runner.counters["epoch"])
     if dropped:
         runner.logger.info(f"removed {dropped} lines from metrics.jsonl, logged after this point by a run that did not finish")
