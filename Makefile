@@ -13,7 +13,7 @@ $(BIN)/activate: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[all,docs,test]'
-	$(BIN)/pip install --quiet -e examples/breast_cancer
+	$(BIN)/pip install --quiet -e examples/breast_cancer -e examples/image_folder -e examples/nanogpt_chars
 	touch $(BIN)/activate
 
 venv: $(BIN)/activate
@@ -55,6 +55,7 @@ hey:
 	fi
 
 benchmarks: venv hey
+	$(BIN)/pip install --quiet -e '.[benchmarks]'
 	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/checkpoint.py --data-path $(DATA)
 	$(BIN)/python benchmarks/throughput.py --data-path $(DATA)
@@ -64,6 +65,8 @@ benchmarks: venv hey
 	$(BIN)/python benchmarks/serve.py --data-path $(DATA)
 	$(BIN)/python benchmarks/checkpoint_safety.py --data-path $(DATA)
 	$(BIN)/python benchmarks/distributed.py --data-path $(DATA)
+	$(BIN)/python benchmarks/sample_seeds.py
+	$(BIN)/python benchmarks/image_folder.py --data-path $(DATA)
 
 # mlp, cnn and cnn_bn on real MNIST (configs/architectures.json): a grid search whose
 # trials are experiments/architectures/trial-NNNN, each trained to its last epoch and

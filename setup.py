@@ -31,6 +31,7 @@ EXTRAS = {
     "mlflow": ["mlflow"],  # --mlflow-uri / MLFLOW_TRACKING_URI: runs, the model registry, sync
     "docs": ["mkdocs-material", "mkdocstrings[python]"],
 }
+EXTRAS["benchmarks"] = ["lightning"]  # benchmarks/image_folder.py times Lightning's Trainer beside torchexp
 EXTRAS["all"] = sorted({package for extra in ("search", "serve", "export", "loaders", "plots", "mlflow") for package in EXTRAS[extra]})
 EXTRAS["test"] = ["pytest", "pytest-xdist", "hypothesis", "httpx", "selenium", "schemathesis", "scikit-learn"]
 
