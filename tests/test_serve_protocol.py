@@ -131,7 +131,7 @@ def test_metadata_liveness_and_readiness(client):
     metadata = client.get(f"/v1/models/{NAME}")
     assert metadata.status_code == 200
     assert metadata.json() == {
-        "name": NAME, "ready": True, "epoch": 1, "runtime": "torch", "device": "cpu", "threads": 1, "max_batch_size": 32
+        "name": NAME, "ready": True, "epoch": 1, "runtime": "torch", "device": "cpu", "threads": 1, "unit": "epoch", "max_batch_size": 32
     }
     assert client.get("/livez").json() == {"live": True}
     assert client.get("/readyz").json() == {"ready": True}

@@ -166,7 +166,12 @@ def make_onnx(runner: Any, name: str, release: checkpoints.Checkpoint, check_bat
         raise TorchexpError(f"the model of epoch {release.epoch}'s release cannot be exported to ONNX: {first_line(error)}") from error
     content = proto.SerializeToString()
     check_batches = list(check_batches)
-    check = check_onnx(runner.model, make_session(content, torch.get_num_threads()), [example, *check_batches])
+    try:
+        check = check_onnx(runner.model, make_session(content, torch.get_num_threads()), [example, *check_batches])
+    except Exception as error:  # the model, or onnxruntime, fails on the example or on test samples
+        raise TorchexpError(
+            f"the ONNX export of {release.unit} {release.epoch}'s release cannot be checked against the model: {type(error).__name__}: {first_line(error)}"
+        ) from error
     test_samples = sum(len(batch) for batch in check_batches)
     # An export is often made where the release is and the data set is not: the sidecar says
     # what the check could run on.

@@ -53,10 +53,11 @@ class ModelCard:
     """What the server says about the model it serves."""
 
     name: str  # the experiment's name: the <name> in /v1/models/<name>
-    epoch: int  # the release's epoch
+    epoch: int  # the release's epoch (its step, for an experiment trained by steps)
     runtime: str  # "torch" or "onnx"
     device: str
     threads: int
+    unit: str = "epoch"  # what `epoch` counts: "epoch" or "step"
 
 
 class ErrorBody(BaseModel):
@@ -75,6 +76,7 @@ class ModelBody(BaseModel):
     name: str
     ready: bool
     epoch: int
+    unit: Literal["epoch", "step"]
     runtime: str
     device: str
     threads: int

@@ -121,7 +121,7 @@ def load_app(experiment: Experiment, release: checkpoints.Checkpoint, options: S
         Pipeline(runner, predictor), metrics, options.max_batch_size, options.max_delay_ms / 1000, options.max_queue, logger
     )
     device = str(getattr(predictor, "device", "cpu"))
-    card = ModelCard(experiment.name, release.epoch, predictor.runtime, device, threads)
+    card = ModelCard(experiment.name, release.epoch, predictor.runtime, device, threads, release.unit)
     app = create_app(card, batcher, metrics, options.max_body_bytes)
     app.state.batcher = batcher
     app.state.card = card
@@ -197,7 +197,7 @@ def describe_serving(card: dict, threads: int, sock: socket.socket, workers: int
     if workers > 1:
         processes = f"{workers} workers x {processes}"
     return (
-        f"serving {card['name']} (release of epoch {card['epoch']}, {card['runtime']} on {card['device']}, {processes}) "
+        f"serving {card['name']} (release of {card['unit']} {card['epoch']}, {card['runtime']} on {card['device']}, {processes}) "
         f"at http://{format_host(host)}:{port}/ (Ctrl-C to stop)"
     )
 
