@@ -63,27 +63,26 @@ def load(root, name: str, filename: str) -> dict:
     return torch.load(root / "experiments" / name / "checkpoints" / filename, weights_only=True)
 
 
-def kill_at_random_moments(root, name: str, args: list[str], kills: int, processes: int, seed: int) -> int:
-    """Start `train`, SIGKILL it (every process) at a random moment after it saved its first
-    checkpoint, `kills` times; return how many kills landed before the run had finished."""
+def kill_at_a_random_moment(root, name: str, args: list[str], processes: int, seed: int) -> bool:
+    """Start `train` and SIGKILL it (every process) at a random moment after it saved its
+    first checkpoint; return whether the kill landed before the run had finished.
+
+    Each step sleeps (TORCHEXP_TEST_STEP_SECONDS) so that the run outlasts the moments drawn."""
     folder = root / "experiments" / name / "checkpoints"
-    chooser = random.Random(seed)
-    landed = 0
-    for _ in range(kills):
-        before = set(os.listdir(folder))
-        process = subprocess.Popen(
-            command(root, name, *args, processes=processes), env={**ENV, "TORCHEXP_TEST_STEP_SECONDS": "0.02"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while set(os.listdir(folder)) == before and process.poll() is None:
-            assert time.monotonic() < deadline, "no checkpoint came"
-            time.sleep(0.01)
-        time.sleep(chooser.uniform(0, 0.5))
-        if process.poll() is None:
-            landed += 1
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    step_seconds = "0.03" if processes == 1 else "0.06"
+    process = subprocess.Popen(
+        command(root, name, *args, processes=processes), env={**ENV, "TORCHEXP_TEST_STEP_SECONDS": step_seconds},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not os.listdir(folder) and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint came"
+        time.sleep(0.01)
+    time.sleep(random.Random(seed).uniform(0, 0.4))
+    landed = process.poll() is None
+    if landed:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
     return landed
 
 
@@ -119,8 +118,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical_and_verifies(tmp
     init(tmp_path, "killed", f"data.loader={kind}", *settings, *every_step)
     args = ["train", *budget, "--num-workers", "2", "--device", "cpu"]
     run(tmp_path, "straight", *args, processes=processes)
-    landed = kill_at_random_moments(tmp_path, "killed", args, kills=2, processes=processes, seed=len(scenario))
-    assert landed >= 1, "every kill came after the end"
+    assert kill_at_a_random_moment(tmp_path, "killed", args, processes, seed=len(scenario)), "the kill came after the end"
     run(tmp_path, "killed", *args, processes=processes)
     assert_identical(load(tmp_path, "killed", final), load(tmp_path, "straight", final))
     standards = [name for name in checkpoint_files(tmp_path, "straight") if not name.endswith(".json")]
