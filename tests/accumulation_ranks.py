@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from torchexp.accumulation import Accumulator
-from torchexp.distributed import World
+from torchexp.distributed import World, leave
 from torchexp.precision import Precision, PrecisionChoice
 
 GROUPS, SIZE = 2, 3
@@ -52,7 +52,17 @@ def masked_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Ten
 
 def main() -> None:
     dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    found = accumulate(dist.get_rank(), dist.get_world_size())
+    if dist.get_rank() == 0:
+        with open(sys.argv[1], "w", encoding="utf-8") as file:
+            json.dump(found, file)
+    # The DDP module is gone with accumulate's frame: freed at exit without its process
+    # group, it would abort the process ("terminate called without an active exception").
+    leave()
+
+
+def accumulate(rank: int, world: int) -> dict:
+    """Accumulate GROUPS groups under DDP; return what was found."""
     torch.manual_seed(0)
     reference = torch.nn.Linear(4, 1)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 1))
@@ -85,10 +95,7 @@ def main() -> None:
         with torch.no_grad():  # step the reference as the model stepped
             for parameter, gradient in zip(reference.parameters(), optimizer.seen[-1]):
                 parameter -= 0.1 * gradient
-    if rank == 0:
-        with open(sys.argv[1], "w", encoding="utf-8") as file:
-            json.dump({"all_reduces": len(all_reduces), "groups": GROUPS, "worst_difference": worst}, file)
-    dist.destroy_process_group()
+    return {"all_reduces": len(all_reduces), "groups": GROUPS, "worst_difference": worst}
 
 
 if __name__ == "__main__":
