@@ -2,9 +2,13 @@
 download, and a line read from a process that cannot hang a test."""
 
 import os
+import signal
 import socket
 import struct
+import subprocess
 import threading
+import time
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -55,6 +59,22 @@ def refuse_mnist_download(data_path: str) -> None:
     MNIST_DOWNLOADS.append(data_path)
     os.makedirs(os.path.join(data_path, "MNIST", "raw"), exist_ok=True)
     raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: the tests download nothing")
+
+
+def kill_group_when(process: subprocess.Popen, ready: Callable[[], bool], delay: float, timeout: float = 120) -> bool:
+    """Once `ready()` (or once the process has ended), wait `delay` seconds more, then SIGKILL
+    the process and its group (its loader workers, torchrun's ranks); return whether it was
+    still running then. The process must have been started with start_new_session=True."""
+    deadline = time.monotonic() + timeout
+    while not ready() and process.poll() is None:
+        assert time.monotonic() < deadline, "the process never got ready to be killed"
+        time.sleep(0.005)
+    time.sleep(delay)
+    running = process.poll() is None
+    if running:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return running
 
 
 def read_line(pipe, timeout: float, prefix: str = "") -> str:

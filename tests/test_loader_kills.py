@@ -11,17 +11,15 @@ two Gloo processes under torchrun.
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from click.testing import CliRunner
 
-from conftest import assert_identical
+from conftest import assert_identical, kill_group_when
 from loader_project import SCHEMA, cli
 from torchexp import checkpoints
 from torchexp.sidecar import read_sidecar
@@ -74,16 +72,7 @@ def kill_at_a_random_moment(root, name: str, args: list[str], processes: int, se
         command(root, name, *args, processes=processes), env={**ENV, "TORCHEXP_TEST_STEP_SECONDS": step_seconds},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not os.listdir(folder) and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint came"
-        time.sleep(0.01)
-    time.sleep(random.Random(seed).uniform(0, 0.4))
-    landed = process.poll() is None
-    if landed:
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    return landed
+    return kill_group_when(process, lambda: bool(os.listdir(folder)), random.Random(seed).uniform(0, 0.4))
 
 
 SCENARIOS = {

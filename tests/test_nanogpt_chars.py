@@ -11,17 +11,15 @@ import math
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from conftest import REPO, assert_identical
+from conftest import REPO, assert_identical, kill_group_when
 from torchexp import checkpoints
 from torchexp.folder import Experiment
 from torchexp.serving.options import ServeOptions
@@ -170,16 +168,7 @@ def kill_after_checkpoint(root, name: str, train: list[str], step: int) -> bool:
     process = subprocess.Popen(
         [*command, "--experiment-name", name, *train], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.monotonic() + 120
-    while latest_checkpoint(folder) < step and process.poll() is None:
-        assert time.monotonic() < deadline, f"no checkpoint of step {step} came"
-        time.sleep(0.005)
-    time.sleep(random.Random(step).uniform(0, 0.05))
-    running = process.poll() is None
-    if running:
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    return running
+    return kill_group_when(process, lambda: latest_checkpoint(folder) >= step, random.Random(step).uniform(0, 0.05))
 
 
 def latest_checkpoint(folder) -> int:

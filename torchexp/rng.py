@@ -33,14 +33,9 @@ def seed_globals(seed: int) -> None:
 def seeded_globals(seed: int) -> Iterator[None]:
     """Within the block, Python's, NumPy's and torch's CPU global generators start from
     `seed`; afterwards they are as they were, as if the block had drawn nothing."""
-    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    seed_globals(seed)
-    try:
+    with preserving_globals():
+        seed_globals(seed)
         yield
-    finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        torch.set_rng_state(saved[2])
 
 
 @contextlib.contextmanager
