@@ -81,7 +81,7 @@ def accumulate(rank: int, world: int) -> dict:
     for group in range(GROUPS):
         for index in range(SIZE):
             inputs, targets, mask = micro_batch(rank, group, index)
-            with accumulator.syncing(accumulator.closes_group(index, SIZE)):
+            with accumulator.syncing(accumulator.closes_group(index, SIZE), SIZE):
                 loss = masked_loss(model, inputs, targets, mask)
                 precision.backward(accumulator.loss_to_backward(loss, mask.sum(), index, SIZE))
         accumulator.step(precision, optimizer, model.parameters(), None)

@@ -3,7 +3,11 @@
 The accumulated gradient is the full group's: each batch's loss counts by the weight
 `train_step` returns beside it (`"weight"`: its tokens, its unmasked samples), or equally
 when it returns none. Under DistributedDataParallel, the gradients are all-reduced once
-per group: every batch but the group's last runs under `no_sync`.
+per group: every batch but the group's last runs under `no_sync`. Under FSDP2, likewise,
+every batch but the group's last runs with `set_requires_gradient_sync(False)`, except in
+a stream of unknown length, where every batch's gradients are reduce-scattered, as a batch
+not known to be the last of its group cannot be left unsynchronised with sharded
+gradients.
 
 With weights, each batch's backward gets `loss * weight`, and at the step the gradients
 are divided by the group's total weight over every rank (one all-reduce of a number).
@@ -33,6 +37,7 @@ class Accumulator:
 
     def __init__(self, model: torch.nn.Module, size: int, world: World):
         self.ddp = find_ddp(model)
+        self.fsdp = find_fsdp(model)
         self.size = size
         self.world = world
         self.count = 0  # batches in the group so far
@@ -50,10 +55,13 @@ class Accumulator:
         return end if total is None else min(end, total)
 
     @contextlib.contextmanager
-    def syncing(self, last: bool) -> Iterator[None]:
-        """Forward and backward of one batch: under DDP, gradients are all-reduced only
-        for the group's last."""
-        if self.ddp is None or last:
+    def syncing(self, last: bool, total: int | None) -> Iterator[None]:
+        """Forward and backward of one batch of an epoch of `total` batches (None:
+        unknown): under DDP and FSDP, gradients are reduced only for the group's last."""
+        if self.fsdp is not None:
+            self.fsdp.set_requires_gradient_sync(last or total is None)
+            yield
+        elif self.ddp is None or last:
             yield
         else:
             with self.ddp.no_sync():
@@ -111,6 +119,13 @@ class Accumulator:
     def pending(self) -> bool:
         """Whether batches were accumulated since the last step."""
         return self.count > 0
+
+
+def find_fsdp(model: torch.nn.Module) -> Any:
+    """The FSDP2 root module of a (possibly compiled) model, or None."""
+    from torchexp.strategy import is_sharded
+
+    return getattr(model, "_orig_mod", model) if is_sharded(model) else None
 
 
 def find_ddp(model: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel | None:

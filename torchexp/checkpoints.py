@@ -1,7 +1,9 @@
 """Checkpoint files: names, crash-safe saves, verification and trusted loads.
 
 Each checkpoint `<epoch>.checkpoint[.<kind>].pt` holds only tensors and plain data, so it
-loads with `torch.load(weights_only=True)`. Beside it, its sidecar `<file>.json`
+loads with `torch.load(weights_only=True)`; under trainer.strategy fsdp, a standard or
+interrupt checkpoint is a folder `<epoch>.checkpoint[.<kind>].dcp` of every rank's shards
+(`torchexp.sharded`), listed, verified, loaded and removed alike. Beside it, its sidecar `<file>.json`
 (`torchexp.sidecar`) holds its SHA-256, size, epoch and metrics: loads verify it, and
 `info`, `compare` and the Python API read it without importing torch. `Checkpoint` is the
 one type for a checkpoint found on disk, wherever it is listed.
@@ -15,6 +17,7 @@ Kinds:
 import dataclasses
 import os
 import re
+import shutil
 import time
 import warnings
 from typing import Any
@@ -26,7 +29,8 @@ from torchexp.files import remove_quietly
 CHECKPOINT_FORMAT = 1  # the layout of the state inside a checkpoint; raise it when it changes
 KINDS = ("standard", "release", "interrupt")
 # No leading zeros: every name parse_filename accepts is the one make_filename writes.
-FILENAME_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.checkpoint(?:\.(?P<kind>release|interrupt))?\.pt")
+FILENAME_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.checkpoint(?:\.(?P<kind>release|interrupt))?\.(?:pt|dcp)")
+SHARDED_SUFFIX = ".dcp"
 
 # What files.write_atomic names its temporary file: .<target>.<random>.tmp
 TEMPORARY_PATTERN = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]+\.tmp")
@@ -63,6 +67,11 @@ class Checkpoint:
         return self.sidecar
 
     @property
+    def sharded(self) -> bool:
+        """Whether it is a folder of DCP shards rather than one file."""
+        return self.path.endswith(SHARDED_SUFFIX)
+
+    @property
     def unit(self) -> str:
         """What the number in its name counts: "epoch", or "step" for an experiment trained by steps."""
         return str((self.sidecar or {}).get("unit", "epoch"))
@@ -85,7 +94,10 @@ class Checkpoint:
         Raises:
             CheckpointError: no sidecar, or the size or SHA-256 differs; the message says which.
         """
-        sidecar.verify(f"checkpoint {self.name}", self.path, self.sidecar)
+        if self.sharded:
+            sidecar.verify_folder(f"checkpoint {self.name}", self.path, self.sidecar)
+        else:
+            sidecar.verify(f"checkpoint {self.name}", self.path, self.sidecar)
         self.hashed = True
 
     def check(self) -> str | None:
@@ -103,7 +115,8 @@ class Checkpoint:
 
     def load(self) -> dict[str, Any]:
         """Verify the checkpoint (unless it verified already), then load it with
-        `weights_only=True` onto the CPU.
+        `weights_only=True` onto the CPU; a sharded one whole, gathered from every rank's
+        shards.
 
         Raises:
             CheckpointError: it fails verification or holds anything but tensors and plain data.
@@ -114,6 +127,10 @@ class Checkpoint:
 
         if not self.hashed:
             self.verify()
+        if self.sharded:
+            from torchexp.sharded import load_full
+
+            return load_full(self.path, self.name)
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
@@ -132,15 +149,24 @@ class Checkpoint:
         except FileNotFoundError:
             pass
         remove_quietly(sidecar.sidecar_path(self.path))
-        remove_quietly(doomed)
+        remove_path(doomed)
 
 
-def make_filename(epoch: int, kind: str) -> str:
-    """Return the file name of a checkpoint, the one place that format is written."""
+def remove_path(path: str) -> None:
+    """Remove a file or a folder, if it exists."""
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        remove_quietly(path)
+
+
+def make_filename(epoch: int, kind: str, sharded: bool = False) -> str:
+    """Return the file name of a checkpoint (a folder's when `sharded`), the one place that
+    format is written."""
     if kind not in KINDS:
         raise ValueError(f"checkpoint kind must be one of {KINDS}, not {kind!r}")
     suffix = "" if kind == "standard" else f".{kind}"
-    return f"{epoch}.checkpoint{suffix}.pt"
+    return f"{epoch}.checkpoint{suffix}{SHARDED_SUFFIX if sharded else '.pt'}"
 
 
 def parse_filename(name: str) -> tuple[int, str] | None:
@@ -267,7 +293,7 @@ def remove_temporaries(folder: str, kinds: tuple[str, ...] = ("standard", "inter
             continue
         parsed = parse_filename(target.removesuffix(".json"))
         if parsed is not None and parsed[1] in kinds:
-            remove_quietly(os.path.join(folder, name))
+            remove_path(os.path.join(folder, name))
             removed.append(name)
     return sorted(removed)
 

@@ -69,6 +69,29 @@ TRAINER_SCHEMA: dict = {
             "description": "Put the model and 4-D inputs in channels-last memory format.",
         },
         "compile": {"type": "boolean", "default": False, "description": "Wrap the model in torch.compile."},
+        "strategy": {
+            "enum": ["ddp", "fsdp"],
+            "default": "ddp",
+            "description": "How several processes (torchrun) share the model: ddp, each holds all of it and its "
+            "optimizer state, checkpoints are one file; fsdp, FSDP2 shards parameters, gradients and optimizer state "
+            "over them (for models larger than one device), checkpoints are folders of every rank's shards (DCP) that "
+            "resume on any number of processes.",
+        },
+        "fsdp_modules": {
+            "type": ["array", "null"],
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "default": None,
+            "description": "Under trainer.strategy fsdp: class names of the modules sharded as units (e.g. "
+            "[\"Block\"] for a transformer's blocks), each gathered only while it computes; null: the model's direct "
+            "children.",
+        },
+        "async_checkpoint": {
+            "type": "boolean",
+            "default": False,
+            "description": "Write checkpoints in a background thread: training waits only for their state's copy into "
+            "CPU memory, at most one save is in flight, and a checkpoint counts only once it is whole.",
+        },
         "deterministic": {
             "type": "boolean",
             "default": False,

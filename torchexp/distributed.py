@@ -118,12 +118,13 @@ def any_across(flag: bool, device: torch.device) -> bool:
     return bool(sum_across(torch.tensor(float(flag), device=device)).item() > 0)
 
 
-def gather_objects(value: Any) -> list[Any]:
-    """Return every rank's `value` (plain data and tensors), in rank order."""
+def gather_objects(value: Any, group: Any = None) -> list[Any]:
+    """Return every rank's `value` (plain data and tensors), in rank order, over `group`
+    (None: every training process)."""
     if not dist.is_initialized():
         return [value]
-    values: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
+    values: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(values, value, group=group)
     return values
 
 

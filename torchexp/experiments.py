@@ -183,7 +183,8 @@ class ExperimentView:
         file names alone (cheap over many experiments); trained by steps, as its sidecar says."""
         if self.unit == "epoch" or not self.steps:
             return max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0]))
-        sidecar = read_sidecar(os.path.join(self.experiment.checkpoints_path, checkpoints.make_filename(self.steps, "standard"))) or {}
+        names = (checkpoints.make_filename(self.steps, "standard", sharded) for sharded in (False, True))
+        sidecar = next(filter(None, (read_sidecar(os.path.join(self.experiment.checkpoints_path, name)) for name in names)), {})
         return int((sidecar.get("counters") or {}).get("epoch", 0))
 
     @property

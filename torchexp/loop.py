@@ -27,12 +27,13 @@ from torchexp.metrics import EARLY_STOPPING, ITERATION, MAX_EPOCHS, MAX_STEPS, O
 from torchexp.precision import Precision, PrecisionChoice, choose_precision
 from torchexp.rng import deterministic_algorithms, seed_everything
 from torchexp.runner import Runner
-from torchexp.retention import retain_checkpoints
 from torchexp.signals import CheckpointClock, StopSignals, catching_stop_signals
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
 from torchexp.tracking import progress_bar
 from torchexp.train_loader import TrainLoader, adapt_train_loader, reading
-from torchexp.training_state import build_model, restore_training, save_training_checkpoint
+from torchexp.saving import CheckpointSaver
+from torchexp.strategy import wrap_model
+from torchexp.training_state import build_model, restore_training
 
 # Called at each point (an epoch's end, or every trainer.validate_every_steps steps), after
 # its checkpoint, with (epoch or step, {"train": ..., "validation": ...}); one that returns
@@ -52,6 +53,7 @@ class Run:
     accumulator: Accumulator
     sums: MetricSums
     clock: CheckpointClock
+    saver: CheckpointSaver
     log_period: int
     observers: tuple[EpochObserver, ...]
     provenance: dict | None
@@ -78,7 +80,9 @@ def train(
     (`torchexp.budget`) the model is validated and a standard checkpoint saved, after which
     only trainer.keep_checkpoints of them stay (`torchexp.retention`); between points, a
     mid-epoch checkpoint is saved every trainer.checkpoint_every_minutes or
-    trainer.checkpoint_every_steps, when the train loader can resume there.
+    trainer.checkpoint_every_steps, when the train loader can resume there. Checkpoints
+    are written by `torchexp.saving`, in the background with trainer.async_checkpoint;
+    `train` returns only once the last is written.
 
     Args:
         runner: the project's Runner, its Data loaded.
@@ -117,8 +121,9 @@ def train(
             runner.logger.warning(f"{feed.refusal}; checkpoints are saved at epoch ends only")
         keep_freed_memory_when_configured(runner.get_conf("trainer", "keep_freed_memory"), runner.logger)
         accumulator = Accumulator(runner.model, runner.get_conf("trainer", "grad_accumulation"), runner.world)
-        run = Run(runner, device, precision, budget, feed, accumulator, MetricSums(partial, runner.world), clock, log_period, observers, provenance)
-        with catching_stop_signals(runner.logger) as run.signals:
+        saver = CheckpointSaver(runner, runner.get_conf("trainer", "async_checkpoint"))
+        run = Run(runner, device, precision, budget, feed, accumulator, MetricSums(partial, runner.world), clock, saver, log_period, observers, provenance)
+        with catching_stop_signals(runner.logger) as run.signals, saver.finishing(run.signals):
             while not budget.reached(runner.counters):
                 epoch = runner.counters["epoch"] + 1
                 if runner.counters["iteration"] == 0:
@@ -158,7 +163,7 @@ def train_epoch(run: Run, epoch: int) -> Iterator[None]:
     for batch in progress_bar(batches, None if total is None else total - start, f"epoch {epoch}", runner.quiet):
         index = runner.counters["iteration"]
         last = accumulator.closes_group(index, total)
-        with accumulator.syncing(last):
+        with accumulator.syncing(last, total):
             with run.precision.autocast():
                 metrics = as_metrics(runner.train_step(prepare_batch(batch, channels_last), run.device), "train_step")
             weight = metrics.pop("weight", None)
@@ -211,12 +216,12 @@ def after_step(run: Run, epoch: int, stop_at: tuple[int, int] | None) -> Stop | 
     number = epoch if run.budget.unit == EPOCH else counters["step"]
     if (stopping or due or at_stop) and run.feed.resumes_mid_epoch:
         state = run.sums.to_state(runner.world, run.device)
-        save_training_checkpoint(runner, run.precision, signals, "interrupt", number, state, run.provenance, run.feed)
+        run.saver.save(run.precision, signals, "interrupt", number, state, run.provenance, run.feed)
         run.clock.restart()
     elif due:
         run.clock.restart()
     if stopping and run.feed.resumes_mid_epoch:
-        name = checkpoints.make_filename(number, "interrupt")
+        name = checkpoints.make_filename(number, "interrupt", run.saver.sharded)
         raise TrainingInterrupted(f"training stopped by {signals.name} at {where}; saved {name}: run train again to resume")
     if stopping:
         raise TrainingInterrupted(
@@ -245,12 +250,11 @@ def record_point(run: Run, point: int) -> dict[str, dict[str, float]]:
 
 
 def save_point(run: Run, point: int, metrics: dict[str, dict[str, float]]) -> Stop | None:
-    """Save the standard checkpoint of `point`, keep what retention keeps, then stop if a
-    signal, an observer, early stopping or the budget says so."""
+    """Save the standard checkpoint of `point` (which then retires what retention does not
+    keep), then stop if a signal, an observer, early stopping or the budget says so."""
     runner, unit = run.runner, run.budget.unit
-    save_training_checkpoint(runner, run.precision, run.signals, "standard", point, provenance=run.provenance, feed=run.feed)
+    run.saver.save(run.precision, run.signals, "standard", point, provenance=run.provenance, feed=run.feed)
     run.clock.restart()
-    retain_checkpoints(runner)
     if run.signals.requested(runner.world, run.device):
         raise TrainingInterrupted(f"training stopped by {run.signals.name} after {unit} {point}, which is saved")
     reasons = [observer(point, metrics) for observer in run.observers]
@@ -285,9 +289,8 @@ def build(runner: Runner, device: torch.device) -> Precision:
     build_model(runner, device)
     if runner.get_conf("trainer", "channels_last"):
         runner.model = runner.model.to(memory_format=torch.channels_last)
-    if runner.world.distributed:
-        device_ids = [device.index] if device.type == "cuda" else None
-        runner.model = torch.nn.parallel.DistributedDataParallel(runner.model, device_ids=device_ids)
+    param_dtype = Precision.DTYPES.get(precision.choice.used)
+    runner.model = wrap_model(runner.model, runner.get_conf("trainer", "strategy"), runner.get_conf("trainer", "fsdp_modules"), runner.world, device, param_dtype)
     runner.init_optimizer(device)
     if not isinstance(runner.optimizer, torch.optim.Optimizer):
         raise TypeError(f"init_optimizer must set self.optimizer, not {type(runner.optimizer).__name__}")

@@ -11,15 +11,19 @@ alike:
   verifies until those two renames, and a kill between them leaves a pair that does not
   verify (refused), never a file trusted wrongly;
 - a file is trusted only when its size and SHA-256 are those its sidecar recorded.
+
+A folder (a sharded checkpoint) is written and verified the same way, its sidecar holding
+the SHA-256 and size of every file in it (`write_folder_sidecar`, `verify_folder`).
 """
 
 import hashlib
 import json
 import os
+import shutil
 from typing import IO, Callable
 
 from torchexp.errors import CheckpointError, StorageError
-from torchexp.files import hash_file, publish, read_json, remove_quietly, replace_non_finite, write_temporary
+from torchexp.files import fsync_folder, hash_file, publish, read_json, remove_quietly, replace_non_finite, write_temporary
 
 
 def sidecar_path(path: str) -> str:
@@ -57,6 +61,57 @@ def write_with_sidecar(path: str, write: Callable[[IO[bytes]], None], fields: di
         raise
     publish([(sidecar_temporary, sidecar_path(path)), (temporary, path)])
     return sidecar
+
+
+def write_folder_sidecar(path: str, temporary: str, files: dict[str, dict], fields: dict) -> dict:
+    """Publish a folder written whole at `temporary` (its files fsynced) as `path`, with its
+    sidecar; return the sidecar.
+
+    An earlier folder of the same name is renamed aside first, then the sidecar and the
+    folder are renamed into place: a kill between those renames leaves no folder under the
+    name (its sidecar alone, which `checkpoints.remove_temporaries` sweeps), never a folder
+    with another's sidecar.
+
+    Args:
+        files: {name: {"sha256", "bytes"}} of every file in the folder.
+        fields: JSON data the sidecar keeps beside them.
+
+    Raises:
+        StorageError: the disk refused a write or a rename.
+    """
+    sidecar = {"files": files, "bytes": sum(int(entry["bytes"]) for entry in files.values()), **fields}
+    text = json.dumps(replace_non_finite(sidecar), indent=2, allow_nan=False) + "\n"
+    sidecar_temporary, _ = write_temporary(sidecar_path(path), lambda file: file.write(text.encode("utf-8")))
+    aside = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.removing")
+    try:
+        if os.path.isdir(path):
+            os.replace(path, aside)
+    except OSError as error:
+        remove_quietly(sidecar_temporary)
+        raise StorageError(f"could not write {path}: {error.strerror or error}") from error
+    publish([(sidecar_temporary, sidecar_path(path)), (temporary, path)])
+    shutil.rmtree(aside, ignore_errors=True)
+    fsync_folder(os.path.dirname(os.path.abspath(path)))
+    return sidecar
+
+
+def hash_files(folder: str, names: list[str]) -> dict[str, dict]:
+    """{name: {"sha256", "bytes"}} of the files `names` in `folder`."""
+    return {name: {"sha256": hash_file(os.path.join(folder, name)), "bytes": os.path.getsize(os.path.join(folder, name))} for name in names}
+
+
+def verify_folder(what: str, path: str, sidecar: dict | None) -> None:
+    """Check every file of a folder against its sidecar: each file it recorded is there,
+    of its size and SHA-256.
+
+    Raises:
+        CheckpointError: no sidecar, or a file is missing or differs; the message says which.
+    """
+    files = (sidecar or {}).get("files")
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{what} has no valid sidecar {os.path.basename(sidecar_path(path))}")
+    for name, entry in sorted(files.items()):
+        verify(f"{what}, file {name},", os.path.join(path, name), entry)
 
 
 def verify(what: str, path: str, sidecar: dict | None, content: bytes | None = None) -> None:

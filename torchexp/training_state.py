@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from torchexp import checkpoints
-from torchexp.budget import describe_count, unit_of
-from torchexp.distributed import any_across, gather_objects
-from torchexp.errors import CheckpointError, DistributedError, ProjectError, StorageError, first_line
+from torchexp import checkpoints, sharded
+from torchexp.budget import describe_count
+from torchexp.distributed import gather_objects
+from torchexp.errors import CheckpointError, ProjectError, first_line
 from torchexp.precision import Precision
 from torchexp.rng import capture_rng_states, restore_rng_states
-from torchexp.signals import StopSignals
+from torchexp.strategy import FSDP
 from torchexp.train_loader import TrainLoader
 
 
@@ -27,7 +27,7 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | None, feed: TrainLoader | None = None) -> dict[str, Any]:
+def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | None, feed: TrainLoader | None = None, with_tensors: bool = True) -> dict[str, Any]:
     """Return everything needed to resume, as tensors and plain data.
 
     Args:
@@ -35,17 +35,19 @@ def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | N
         precision: the run's precision, whose gradient scaler is saved.
         partial: the metric sums since the last point (`MetricSums.to_state`), or None at a point.
         feed: the train loader, whose own state every rank keeps in the middle of an epoch.
+        with_tensors: include the model's and optimizer's states; a sharded checkpoint
+            keeps them in DCP's shards instead.
     """
     keeps_state = feed is not None and feed.keeps_state and runner.counters["iteration"] > 0
     loader_state = feed.state_dict() if keeps_state else None
     others = runner.save_states_others()
     check_plain_data(others, "others", f"{type(runner).__name__}.save_states_others returned")
     check_plain_data(loader_state, "state", f"the train loader's state_dict() ({type(feed.loader).__name__ if feed else ''}) returned")
+    tensors = {"model": unwrap_model(runner.model).state_dict(), "optimizer": runner.optimizer.state_dict()} if with_tensors else {}
     return {
         "format": checkpoints.CHECKPOINT_FORMAT,
         "counters": dict(runner.counters),
-        "model": unwrap_model(runner.model).state_dict(),
-        "optimizer": runner.optimizer.state_dict(),
+        **tensors,
         "scheduler": runner.scheduler.state_dict() if runner.scheduler is not None else None,
         "scaler": precision.state_dict(),
         "world_size": runner.world.size,
@@ -83,60 +85,6 @@ def check_plain_data(value: Any, path: str, source: str) -> None:
         )
 
 
-def save_training_checkpoint(
-    runner: Any,
-    precision: Precision,
-    signals: StopSignals,
-    kind: str,
-    epoch: int,
-    partial: dict | None = None,
-    provenance: dict | None = None,
-    feed: TrainLoader | None = None,
-) -> None:
-    """Save a standard or interrupt (mid-epoch) checkpoint, rank 0 writing it; once it is
-    whole, the mid-epoch checkpoints before it go. Every rank takes part, and every rank
-    fails if the save does.
-
-    Args:
-        runner: the project's Runner.
-        precision: the run's precision.
-        signals: told that a save is under way, for a second Ctrl-C's message.
-        kind: "standard" or "interrupt".
-        epoch: the number in its file name: the epoch it belongs to, or the step for an
-            experiment trained by steps.
-        partial: the metric sums since the last point.
-        provenance: what produced the run, kept in the sidecar.
-        feed: the train loader, whose state a mid-epoch checkpoint keeps.
-    """
-    summary = {
-        "iteration": runner.counters["iteration"],
-        "counters": dict(runner.counters),
-        "unit": unit_of(runner.config.data),
-        "num_workers": runner.data.num_workers,  # verify re-runs with as many: a stream's batches depend on them
-        "precision": precision.choice.used,
-        "metrics": {split: (entries[-1] if entries else {}) for split, entries in runner.history.items()},
-        "provenance": provenance,
-    }
-    state = collect_state(runner, precision, partial, feed)
-    failure: StorageError | None = None
-    if runner.world.is_main:
-        signals.saving = True
-        try:
-            path = checkpoints.save_checkpoint(runner.experiment.checkpoints_path, epoch, kind, state, summary)
-            runner.logger.debug(f"saved {path}")
-        except StorageError as error:
-            failure = error
-        finally:
-            signals.saving = False
-    if any_across(failure is not None, runner.device):
-        raise failure or DistributedError(f"rank 0 could not save {checkpoints.make_filename(epoch, kind)}")
-    if runner.world.is_main:  # the checkpoint just saved retires every mid-epoch one before it
-        saved = checkpoints.make_filename(epoch, kind)
-        for interrupt in checkpoints.list_checkpoints(runner.experiment.checkpoints_path, ("interrupt",)):
-            if interrupt.name != saved:
-                interrupt.remove()
-
-
 def restore_training(runner: Any, precision: Precision, epoch: int | None, feed: TrainLoader | None = None) -> dict[str, Any] | None:
     """Load the furthest checkpoint that verifies (and that the train loader can resume
     from), or the standard one of `epoch`; return the metric sums since the last point it
@@ -160,7 +108,7 @@ def restore_training(runner: Any, precision: Precision, epoch: int | None, feed:
     if checkpoint is None:
         runner.logger.info("no checkpoint to resume from: training from scratch")
     else:
-        state = checkpoint.load()
+        state = load_training_state(runner, checkpoint)
         partial = restore_state(runner, precision, state, checkpoint.name)
         if feed is not None and runner.counters["iteration"] > 0:
             restore_loader(runner.world, feed, state.get("loader_by_rank"), checkpoint.name)
@@ -173,6 +121,26 @@ def restore_training(runner: Any, precision: Precision, epoch: int | None, feed:
     return partial
 
 
+def load_training_state(runner: Any, checkpoint: checkpoints.Checkpoint) -> dict[str, Any]:
+    """Load a checkpoint to resume from; a sharded one's model and optimizer states go
+    straight into the runner's, each rank reading its own shards, the rest is returned.
+
+    Raises:
+        CheckpointError: it does not load, or it was saved under another trainer.strategy.
+    """
+    strategy = runner.get_conf("trainer", "strategy")
+    if checkpoint.sharded != (strategy == FSDP):
+        saved = "fsdp, a folder of shards" if checkpoint.sharded else "ddp, one file"
+        raise CheckpointError(f"checkpoint {checkpoint.name} was saved under trainer.strategy {saved}, and this run trains under {strategy}: train with the strategy it was saved under")
+    if not checkpoint.sharded:
+        return checkpoint.load()
+    if not checkpoint.hashed:
+        checkpoint.verify()
+    state = sharded.load_plain(checkpoint.path, checkpoint.name)
+    sharded.load_shards(checkpoint.path, unwrap_model(runner.model), runner.optimizer, checkpoint.name)
+    return state
+
+
 def restore_state(runner: Any, precision: Precision, state: dict[str, Any], name: str) -> dict[str, Any] | None:
     """Restore everything `collect_state` saved; return the interrupted epoch's metric sums.
 
@@ -180,8 +148,9 @@ def restore_state(runner: Any, precision: Precision, state: dict[str, Any], name
         CheckpointError: the checkpoint does not fit this model, optimizer or scheduler.
     """
     try:
-        unwrap_model(runner.model).load_state_dict(state["model"])
-        runner.optimizer.load_state_dict(state["optimizer"])
+        if "model" in state:  # a sharded checkpoint's are loaded already
+            unwrap_model(runner.model).load_state_dict(state["model"])
+            runner.optimizer.load_state_dict(state["optimizer"])
         if runner.scheduler is not None and state["scheduler"] is not None:
             runner.scheduler.load_state_dict(state["scheduler"])
         precision.load_state_dict(state["scaler"])
@@ -230,8 +199,15 @@ def restore_rng_by_rank(world: Any, states: list[dict[str, Any]]) -> list[str]:
     """Restore this rank's generators; return warnings (e.g. a changed world size)."""
     if len(states) == world.size:
         return restore_rng_states(states[world.rank])
-    warning = f"checkpoint saved by {len(states)} processes, resumed by {world.size}: the data order changes"
+    warning = (
+        f"checkpoint saved by {plural(len(states))}, resumed by {plural(world.size)}: training goes on, resharded, but the data "
+        "order changes and the run is no longer bit-identical to a straight one, which holds only for the same number of processes"
+    )
     return [warning, *restore_rng_states(states[world.rank % len(states)])]
+
+
+def plural(processes: int) -> str:
+    return f"{processes} process{'es' if processes != 1 else ''}"
 
 
 def load_weights(runner: Any, device: torch.device, state: dict[str, Any], name: str) -> None:

@@ -202,7 +202,10 @@ def make_scratch_copy(experiment: Experiment, scratch: str, start: checkpoints.C
     shutil.copy(experiment.config_path, copy.config_path)
     shutil.copy(experiment.data_state_path, copy.data_state_path)
     if start is not None:
-        shutil.copy(start.path, copy.checkpoints_path)
+        if start.sharded:
+            shutil.copytree(start.path, os.path.join(copy.checkpoints_path, start.name))
+        else:
+            shutil.copy(start.path, copy.checkpoints_path)
         shutil.copy(start.path + ".json", copy.checkpoints_path)
     return copy
 

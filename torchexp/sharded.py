@@ -1,0 +1,201 @@
+"""Sharded checkpoints: a folder that torch.distributed.checkpoint (DCP) writes, every rank
+its own shards, for trainer.strategy fsdp.
+
+A sharded checkpoint `<n>.checkpoint[.<kind>].dcp/` holds:
+
+    state.pt        rank 0's plain state: counters, random generators, history... (as in a .pt checkpoint)
+    .metadata       DCP's index of every tensor's shards
+    __<rank>_0.distcp   each rank's shards of the model and optimizer states
+
+Its sidecar `<n>.checkpoint.dcp.json` records the SHA-256 and size of every file, each rank
+hashing its own. Nothing in it is read back as a pickled object: DCP pickles `.metadata`,
+which is read here by an unpickler that builds only DCP's own metadata classes, and the
+plain values DCP keeps beside tensors (the optimizer's hyperparameters) are loaded with
+`weights_only=True`.
+
+Loading reshards: DCP reads each tensor's slices into whatever layout the loading model has,
+so a checkpoint of 2 ranks resumes on 1 and the other way round, and `load_full` gathers a
+whole state dict in one process (releases, verify, compare).
+"""
+
+import contextlib
+import glob
+import io
+import os
+import pickle
+import warnings
+from typing import Any, Iterator
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.storage import StorageMeta
+
+from torchexp.errors import CheckpointError, first_line
+
+PLAIN_STATE = "state.pt"  # rank 0's plain state, beside DCP's files
+METADATA = ".metadata"  # DCP's index, written by rank 0 (the coordinator)
+
+
+def shard_files(folder: str, rank: int) -> list[str]:
+    """The names, in `folder`, of the files rank `rank` writes: its shards, and for rank 0
+    DCP's index and the plain state too."""
+    own = [os.path.basename(path) for path in glob.glob(os.path.join(glob.escape(folder), f"__{rank}_*.distcp"))]
+    if rank == 0:
+        own += [name for name in (METADATA, PLAIN_STATE) if os.path.exists(os.path.join(folder, name))]
+    return sorted(own)
+
+
+def split_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """This rank's part of the model and optimizer states, keyed by parameter name (the same
+    names whatever wraps the model), for DCP to save or to load into."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def save_shards(folder: str, tensors: dict[str, Any], group: Any = None) -> None:
+    """Write this rank's shards of `tensors` (`split_state`) into `folder`, every rank together;
+    each file is fsynced by its writer."""
+
+    with alone_quietly():
+        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group)
+
+
+def start_saving_shards(folder: str, tensors: dict[str, Any], group: Any) -> Any:
+    """Copy this rank's shards to CPU memory now and write them in a background thread
+    (DCP's `async_save`, its collectives on `group`); return the future of the write."""
+
+    return dcp.async_save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group)
+
+
+def load_shards(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:
+    """Load a sharded checkpoint's model and optimizer states into this rank's (sharded or
+    whole) model and optimizer, resharding as their layout needs.
+
+    Raises:
+        CheckpointError: the checkpoint does not fit this model and optimizer.
+    """
+    tensors = split_state(model, optimizer)
+    try:
+        with alone_quietly():
+            dcp.load(tensors, storage_reader=SafeReader(folder), planner=SafeLoadPlanner())
+        set_state_dict(model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as error:
+        raise CheckpointError(f"checkpoint {name} does not fit this runner: {first_line(error)}") from error
+
+
+def load_plain(folder: str, name: str) -> dict[str, Any]:
+    """Rank 0's plain state of a sharded checkpoint.
+
+    Raises:
+        CheckpointError: it does not load with `weights_only=True`.
+    """
+    try:
+        state = torch.load(os.path.join(folder, PLAIN_STATE), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        raise CheckpointError(f"checkpoint {name} cannot be loaded safely: {first_line(error)}") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {name} does not hold a state dictionary")
+    return state
+
+
+def load_full(folder: str, name: str) -> dict[str, Any]:
+    """The whole state of a sharded checkpoint in this process: its plain state, with
+    "model" and "optimizer" gathered from every rank's shards onto the CPU.
+
+    Raises:
+        CheckpointError: it does not load safely.
+    """
+
+    state = load_plain(folder, name)
+    try:
+        reader = SafeReader(folder)
+        tensors = empty_state(reader.read_metadata())
+        with alone_quietly():
+            dcp.load(tensors, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=True)
+    except (RuntimeError, ValueError, KeyError, AssertionError, pickle.UnpicklingError) as error:
+        raise CheckpointError(f"checkpoint {name} cannot be loaded safely: {first_line(error)}") from error
+    return {**state, **tensors}
+
+
+@contextlib.contextmanager
+def alone_quietly() -> Iterator[None]:
+    """Without torchrun, DCP warns on every save and load that it works in one process,
+    which is what one process means to do."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
+
+
+# What DCP's .metadata may build, by module: its own classes, and torch's sizes and dtypes.
+METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": None,  # any of its classes
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.distributed.checkpoint.planner": {"LoadItemType", "WriteItemType"},
+    "torch": {"Size", *(str(dtype).removeprefix("torch.") for dtype in vars(torch).values() if isinstance(dtype, torch.dtype))},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class MetadataUnpickler(pickle.Unpickler):
+    """Reads DCP's .metadata, refusing every class but those it is made of."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = METADATA_CLASSES.get(module, set())
+        if (module in METADATA_CLASSES and allowed is None) or (allowed and name in allowed):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"DCP metadata may not build {module}.{name}")
+
+
+class SafeReader(FileSystemReader):
+    """DCP's file reader, its metadata read by `MetadataUnpickler`."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        with open(os.path.join(self.path, METADATA), "rb") as file:
+            metadata = MetadataUnpickler(file).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """DCP's planner, its plain values loaded with weights_only=True."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        loaded = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            place(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+def empty_state(metadata: Any) -> dict[str, Any]:
+    """A nested state of the shape a checkpoint's metadata describes, its tensors whole and
+    uninitialised and its plain values None, for DCP to load the checkpoint into."""
+    state: dict[str, Any] = {}
+    for key, item in metadata.state_dict_metadata.items():
+        value = torch.empty(item.size, dtype=item.properties.dtype) if isinstance(item, TensorStorageMetadata) else None
+        place(state, (metadata.planner_data or {}).get(key, (key,)), value)
+    return state
+
+
+def place(state: Any, path: tuple, value: Any) -> None:
+    """Set `value` at `path` (keys and list indices) in a nested state, making the dicts and
+    lists on the way."""
+    for key, following in zip(path, path[1:]):
+        fresh: Any = [] if isinstance(following, int) else {}
+        if isinstance(state, list):
+            state.extend([None] * (key + 1 - len(state)))
+            state[key] = fresh if state[key] is None else state[key]
+        else:
+            state.setdefault(key, fresh)
+        state = state[key]
+    if isinstance(state, list):
+        state.extend([None] * (path[-1] + 1 - len(state)))
+    state[path[-1]] = value
