@@ -7,11 +7,13 @@ shards and DCP saves is exercised.
 TORCHEXP_TEST_KILL_SAVE=R:N:WHERE SIGKILLs rank R during the N-th checkpoint save of the
 process, at WHERE: "shards" (once its shards are written, before the checkpoint is
 published) or "publish" (rank 0, between the sidecar's rename and the folder's). A marker
-file beside the experiments makes each kill happen once.
+file beside the experiments makes each kill happen once. TORCHEXP_TEST_STEP_SECONDS makes
+each step sleep, so that a run outlasts the moments a test kills it at.
 """
 
 import os
 import signal
+import time
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +73,7 @@ class ProjectRunner(torchexp.Runner):
         self.scheduler_interval = "step"
 
     def train_step(self, batch, device):
+        time.sleep(float(os.environ.get("TORCHEXP_TEST_STEP_SECONDS", "0")))
         inputs, targets = batch
         logits = self.model(inputs)
         return {"loss": F.cross_entropy(logits, targets), "accuracy": (logits.argmax(1) == targets).float().mean()}
@@ -96,7 +99,7 @@ def kill_during_saves() -> None:
     saves = [0]
 
     def kill_once(experiments_path: str) -> None:
-        marker = os.path.join(experiments_path, "killed")
+        marker = os.path.join(experiments_path, f"killed-{rank}-{count}-{where}")
         if os.environ.get("RANK", "0") == rank and not os.path.exists(marker):
             open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)

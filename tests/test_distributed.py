@@ -130,7 +130,7 @@ def test_resuming_with_another_world_size_warns_that_the_order_changes(tmp_path)
     assert run_project(tmp_path, "train", "--max-epochs", "1", "--device", "cpu", processes=2).returncode == 0
     result = run_project(tmp_path, "train", "--max-epochs", "2", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert "saved by 2 processes, resumed by 1 process: training goes on, resharded, but the data order changes and the run is no longer bit-identical" in result.stderr
+    assert "saved by 2 processes, resumed by 1 process: training goes on, but the data order changes and the run is no longer bit-identical" in result.stderr
     assert len(read_seen(tmp_path, 0)[2]) == 64
 
 

@@ -105,7 +105,7 @@ class CheckpointSaver:
 
     def prepare_file(self, path: str, state: dict, fields: dict) -> Callable[[], None]:
         """What writes one `.pt` checkpoint (rank 0); in the background, of a copy of `state`."""
-        if self.background:
+        if self.background and self.runner.world.is_main:  # only rank 0 writes it
             state = copy_tensors(state)
 
         def write() -> None:
@@ -133,13 +133,19 @@ class CheckpointSaver:
         if problem is not None:
             raise StorageError(problem)
         tensors = sharded.split_state(unwrap_model(runner.model), runner.optimizer)
-        pending = sharded.start_saving_shards(folder, tensors, self.group) if self.background else None
-        if pending is None:
+        pending, staged = None, None
+        if not self.background:
             sharded.save_shards(folder, tensors)
+        elif runner.world.distributed:
+            pending = sharded.start_saving_shards(folder, tensors, self.group)
+        else:  # one process: DCP's own background thread would warn on every save that it is alone
+            staged = copy_tensors(tensors)
 
         def write() -> None:
             if pending is not None:
                 pending.result()
+            elif staged is not None:
+                sharded.save_shards(folder, staged)
             hashes = sidecar.hash_files(folder, sharded.shard_files(folder, runner.world.rank))
             every = gather_objects(hashes, self.group)
             if runner.world.is_main:

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -68,7 +69,8 @@ def start_saving_shards(folder: str, tensors: dict[str, Any], group: Any) -> Any
     """Copy this rank's shards to CPU memory now and write them in a background thread
     (DCP's `async_save`, its collectives on `group`); return the future of the write."""
 
-    return dcp.async_save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group)
+    with alone_quietly():
+        return dcp.async_save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group)
 
 
 def load_shards(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:
@@ -83,8 +85,8 @@ def load_shards(folder: str, model: torch.nn.Module, optimizer: torch.optim.Opti
         with alone_quietly():
             dcp.load(tensors, storage_reader=SafeReader(folder), planner=SafeLoadPlanner())
         set_state_dict(model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"])
-    except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as error:
-        raise CheckpointError(f"checkpoint {name} does not fit this runner: {first_line(error)}") from error
+    except (CheckpointException, RuntimeError, ValueError, KeyError, TypeError, AssertionError, pickle.UnpicklingError) as error:
+        raise CheckpointError(f"checkpoint {name} does not fit this runner: {describe_failure(error)}") from error
 
 
 def load_plain(folder: str, name: str) -> dict[str, Any]:
@@ -116,9 +118,19 @@ def load_full(folder: str, name: str) -> dict[str, Any]:
         tensors = empty_state(reader.read_metadata())
         with alone_quietly():
             dcp.load(tensors, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=True)
-    except (RuntimeError, ValueError, KeyError, AssertionError, pickle.UnpicklingError) as error:
-        raise CheckpointError(f"checkpoint {name} cannot be loaded safely: {first_line(error)}") from error
+    except (CheckpointException, RuntimeError, ValueError, KeyError, AssertionError, pickle.UnpicklingError) as error:
+        raise CheckpointError(f"checkpoint {name} cannot be loaded safely: {describe_failure(error)}") from error
     return {**state, **tensors}
+
+
+def describe_failure(error: BaseException) -> str:
+    """The first line of what failed, under DCP's CheckpointException (a BaseException
+    holding each rank's failure) the first rank's own."""
+    if isinstance(error, CheckpointException):
+        failures = list(error.failures.values())  # (exception, traceback) by rank
+        if failures:
+            error = failures[0][0]
+    return first_line(error)
 
 
 @contextlib.contextmanager

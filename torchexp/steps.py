@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from torchexp.distributed import World, average_metrics, sum_metrics
+from torchexp.distributed import World, average_metrics, gather_objects, sum_metrics
 
 
 def prepare_batch(batch: Any, channels_last: bool) -> Any:
@@ -44,15 +44,21 @@ class MetricSums:
 
     Args:
         state: an interrupted epoch's sums as its checkpoint keeps them, {"sums", "count"}:
-            their totals over every rank. When distributed, rank 0 resumes from them and the
-            others from zero, so that the epoch's sum comes out whole.
+            their totals over every rank, and under "by_rank" each rank's own. Each rank
+            resumes from its own when as many ranks resume, so that every sum is added in
+            the order of a run without a stop, bit for bit; otherwise rank 0 resumes from
+            the totals and the others from zero, so that the epoch's sum comes out whole.
         world: this process's place among the training processes.
     """
 
     def __init__(self, state: dict[str, Any] | None = None, world: World = World()):
-        resumed = state is not None and world.is_main
-        self.sums: dict[str, Any] = dict(state["sums"]) if resumed else {}
-        self.count: Any = state["count"] if resumed else 0
+        own = (state or {}).get("by_rank")
+        if own is not None and len(own) == world.size:
+            state = own[world.rank]
+        elif not world.is_main:
+            state = None
+        self.sums: dict[str, Any] = dict(state["sums"]) if state is not None else {}
+        self.count: Any = state["count"] if state is not None else 0
 
     def add(self, metrics: dict[str, torch.Tensor], size: Any) -> None:
         """Add a batch's metrics, weighted by its `size`: its samples, or the weight
@@ -70,4 +76,5 @@ class MetricSums:
         if not world.distributed:
             return {"sums": self.sums, "count": self.count}
         sums, count = sum_metrics(self.sums, self.count, device)
-        return {"sums": sums, "count": count}
+        own = {"sums": {name: torch.as_tensor(value).cpu() for name, value in self.sums.items()}, "count": torch.as_tensor(self.count).cpu()}
+        return {"sums": sums, "count": count, "by_rank": gather_objects(own)}

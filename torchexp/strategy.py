@@ -14,7 +14,7 @@ checkpoints are still DCP folders, so that they resume on any number of ranks.
 import torch
 
 from torchexp.distributed import World
-from torchexp.errors import ConfigError
+from torchexp.errors import ConfigError, first_line
 
 DDP = "ddp"
 FSDP = "fsdp"
@@ -32,30 +32,39 @@ def wrap_model(model: torch.nn.Module, strategy: str, units: list[str] | None, w
     Raises:
         ConfigError: trainer.fsdp_modules names a class the model does not contain.
     """
+    if strategy == DDP:
+        if not world.distributed:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    chosen = choose_units(model, units)  # checked in one process too, before torchrun shows it wrong
     if not world.distributed:
         return model
-    if strategy == DDP:
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world.size,))
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype is not None else None)
-    for unit in choose_units(model, units):
-        fully_shard(unit, mesh=mesh, mp_policy=policy)
+    for unit in chosen:
+        try:
+            fully_shard(unit, mesh=mesh, mp_policy=policy)
+        except ValueError as error:  # e.g. a container without forward
+            raise ConfigError(f"FSDP cannot shard {type(unit).__name__} as a unit: {first_line(error)}; name the classes to shard in trainer.fsdp_modules") from error
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 
 def choose_units(model: torch.nn.Module, units: list[str] | None) -> list[torch.nn.Module]:
     """The modules sharded as units before the root: those whose class `units` names, or
-    the model's direct children that hold parameters.
+    the model's direct children that hold parameters (the members of a ModuleList or
+    ModuleDict child).
 
     Raises:
         ConfigError: a name in `units` matches no module of the model.
     """
     if units is None:
-        return [child for child in model.children() if any(True for _ in child.parameters())]
+        # A ModuleList or ModuleDict has no forward of its own: its members are the units.
+        children = [member for child in model.children() for member in (child.children() if isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)) else [child])]
+        return [child for child in children if any(True for _ in child.parameters())]
     found = [module for module in model.modules() if module is not model and type(module).__name__ in units]
     missing = sorted(set(units) - {type(module).__name__ for module in found})
     if missing:

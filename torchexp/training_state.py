@@ -200,7 +200,7 @@ def restore_rng_by_rank(world: Any, states: list[dict[str, Any]]) -> list[str]:
     if len(states) == world.size:
         return restore_rng_states(states[world.rank])
     warning = (
-        f"checkpoint saved by {plural(len(states))}, resumed by {plural(world.size)}: training goes on, resharded, but the data "
+        f"checkpoint saved by {plural(len(states))}, resumed by {plural(world.size)}: training goes on, but the data "
         "order changes and the run is no longer bit-identical to a straight one, which holds only for the same number of processes"
     )
     return [warning, *restore_rng_states(states[world.rank % len(states)])]

@@ -1,0 +1,171 @@
+"""trainer.strategy fsdp under torchrun, two Gloo processes on the CPU: FSDP2 training,
+sharded checkpoints that survive kills of any rank mid-save, background saves, resumes on
+another number of processes, and single-file releases that serve and export."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from conftest import assert_identical, kill_group_when
+from torchexp import checkpoints
+from torchexp.folder import Experiment
+from torchexp.serving.options import ServeOptions
+from torchexp.serving.server import make_app
+
+PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fsdp_project.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHEXP_TIMEOUT_S": "60", "PYTHONPATH": os.path.dirname(PROJECT)}
+# 96 samples in batches of 8 over 2 ranks, 2 batches a step: 3 steps an epoch, a mid-epoch
+# checkpoint at every even step (steps 2, 4, 6, 8 of 9).
+TRAINER = {"strategy": "fsdp", "fsdp_modules": ["Block"], "grad_accumulation": 2, "grad_clip_norm": 1.0, "checkpoint_every_steps": 2}
+SAMPLE = [0.25] * 16
+
+
+def command(root, name: str, *args: str, processes: int = 2) -> list[str]:
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    return [*launcher, PROJECT, "--experiments-path", str(root / "experiments"), "--experiment-name", name, *args]
+
+
+def run(root, name: str, *args: str, processes: int = 2, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    completed = subprocess.run(command(root, name, *args, processes=processes), capture_output=True, text=True, timeout=240, env={**ENV, **(env or {})})
+    if check:
+        assert completed.returncode == 0, completed.stderr
+    return completed
+
+
+def init(root, name: str, **trainer) -> None:
+    (root / "schema.json").write_text('{"type": "object"}')
+    (root / f"{name}.json").write_text(json.dumps({"trainer": {**TRAINER, **trainer}}))
+    run(root, name, "init", "--config-path", str(root / f"{name}.json"), "--schema-path", str(root / "schema.json"), processes=1)
+
+
+def folder(root, name: str):
+    return root / "experiments" / name / "checkpoints"
+
+
+def load(root, name: str, filename: str) -> dict:
+    return checkpoints.list_checkpoints(str(folder(root, name)))[[item.name for item in checkpoints.list_checkpoints(str(folder(root, name)))].index(filename)].load()
+
+
+def published(root, name: str) -> list[str]:
+    return sorted(item.name for item in checkpoints.list_checkpoints(str(folder(root, name))))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An FSDP experiment trained 3 epochs without a stop, its final checkpoint loaded whole."""
+    root = tmp_path_factory.mktemp("fsdp")
+    init(root, "straight")
+    run(root, "straight", "train", "--max-epochs", "3", "--device", "cpu")
+    return root, load(root, "straight", "3.checkpoint.dcp")
+
+
+def test_fsdp_shards_every_state_and_writes_one_folder_of_shards_per_checkpoint(straight):
+    root, state = straight
+    assert published(root, "straight") == ["1.checkpoint.dcp", "2.checkpoint.dcp", "3.checkpoint.dcp"]
+    files = sorted(os.listdir(folder(root, "straight") / "3.checkpoint.dcp"))
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "state.pt"]
+    sidecar = json.loads((folder(root, "straight") / "3.checkpoint.dcp.json").read_text())
+    assert sorted(sidecar["files"]) == files and sidecar["strategy"] == "fsdp"
+    assert sidecar["bytes"] == sum(os.path.getsize(folder(root, "straight") / "3.checkpoint.dcp" / name) for name in files)
+    # The whole model and AdamW state, gathered from both ranks' shards.
+    assert state["model"]["blocks.0.linear.weight"].shape == (16, 16) and state["model"]["head.weight"].shape == (2, 16)
+    assert set(state["optimizer"]["state"]["head.weight"]) == {"exp_avg", "exp_avg_sq", "step"}
+    assert state["counters"] == {"epoch": 3, "iteration": 0, "step": 9} and state["world_size"] == 2
+    assert state["history"]["validation"][-1]["loss"] < state["history"]["validation"][0]["loss"]
+
+
+def test_kills_of_either_rank_mid_save_and_mid_epoch_resume_bit_identically_and_verify(straight):
+    root, expected = straight
+    init(root, "killed")
+    # Rank 1 dies once its shards of the 4th save (the mid-epoch checkpoint of step 6) are
+    # written: the checkpoint of step 4, in the middle of epoch 2, is the one to resume from.
+    died = run(root, "killed", "train", "--max-epochs", "3", "--device", "cpu", env={"TORCHEXP_TEST_KILL_SAVE": "1:4:shards"}, check=False)
+    assert died.returncode != 0
+    assert published(root, "killed") == ["1.checkpoint.dcp", "2.checkpoint.interrupt.dcp"]
+    assert any(name.endswith(".tmp") for name in os.listdir(folder(root, "killed")))
+    # Rank 0 dies between the sidecar's rename and the folder's, in the 3rd save of the
+    # resumed run (step 8's): the standard checkpoint of epoch 2 is the one to resume from.
+    died = run(root, "killed", "train", "--max-epochs", "3", "--device", "cpu", env={"TORCHEXP_TEST_KILL_SAVE": "0:3:publish"}, check=False)
+    assert died.returncode != 0
+    assert "resumed from 2.checkpoint.interrupt.dcp: 1 epoch done; in epoch 2 after batch 2" in died.stderr
+    assert "left by a save that was killed" in died.stderr
+    finished = run(root, "killed", "train", "--max-epochs", "3", "--device", "cpu")
+    assert "resumed from 2.checkpoint.dcp: 2 epochs done" in finished.stderr
+    assert not [name for name in os.listdir(folder(root, "killed")) if name.startswith(".")]
+    assert_identical(load(root, "killed", "3.checkpoint.dcp"), expected)
+
+    verified = run(root, "killed", "verify", "--all")
+    assert verified.stdout.count("bit-identical") == 3, verified.stdout
+
+
+def test_a_background_save_killed_in_flight_loses_nothing(straight):
+    root, expected = straight
+    init(root, "background", async_checkpoint=True)
+    # Rank 1 dies in the background thread, its shards of the 5th save (the standard
+    # checkpoint of epoch 2) written: training had gone on, and that checkpoint never counts.
+    died = run(root, "background", "train", "--max-epochs", "3", "--device", "cpu", env={"TORCHEXP_TEST_KILL_SAVE": "1:5:shards"}, check=False)
+    assert died.returncode != 0
+    assert published(root, "background") == ["1.checkpoint.dcp", "2.checkpoint.interrupt.dcp"]
+    resumed = run(root, "background", "train", "--max-epochs", "3", "--device", "cpu")
+    assert "resumed from 2.checkpoint.interrupt.dcp: 1 epoch done; in epoch 2 after batch 6" in resumed.stderr
+    # Training with background saves is training with synchronous ones, bit for bit.
+    assert_identical(load(root, "background", "3.checkpoint.dcp"), expected)
+    assert published(root, "background") == ["1.checkpoint.dcp", "2.checkpoint.dcp", "3.checkpoint.dcp"]
+
+
+def test_a_kill_of_every_rank_at_a_random_moment_with_background_saves_resumes_exactly(straight):
+    root, expected = straight
+    init(root, "random", async_checkpoint=True)
+    process = subprocess.Popen(
+        command(root, "random", "train", "--max-epochs", "3", "--device", "cpu"), env={**ENV, "TORCHEXP_TEST_STEP_SECONDS": "0.05"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    kill_group_when(process, lambda: bool(published(root, "random")), random.Random(os.getpid()).uniform(0, 0.6))
+    run(root, "random", "train", "--max-epochs", "3", "--device", "cpu")
+    assert_identical(load(root, "random", "3.checkpoint.dcp"), expected)
+
+
+def test_another_number_of_processes_resumes_resharded_and_says_it_is_not_bit_identical(straight, tmp_path):
+    root, _ = straight
+    shutil.copytree(root / "experiments" / "straight", tmp_path / "experiments" / "two")
+    one = run(tmp_path, "two", "train", "--max-epochs", "4", "--device", "cpu", processes=1)
+    sentence = "checkpoint saved by 2 processes, resumed by 1 process: training goes on, but the data order changes and the run is no longer bit-identical to a straight one, which holds only for the same number of processes"
+    assert sentence in one.stderr
+    state = load(tmp_path, "two", "4.checkpoint.dcp")
+    assert state["world_size"] == 1 and state["counters"]["step"] == 15  # 6 steps an epoch in one process
+    back = run(tmp_path, "two", "train", "--max-epochs", "5", "--device", "cpu")
+    assert "checkpoint saved by 1 process, resumed by 2 processes: training goes on, but the data order changes" in back.stderr
+    final = load(tmp_path, "two", "5.checkpoint.dcp")
+    assert final["world_size"] == 2 and final["history"]["validation"][-1]["loss"] < final["history"]["validation"][0]["loss"]
+    refused = run(tmp_path, "two", "verify", "--epoch", "5", processes=1, check=False)
+    assert refused.returncode != 0
+    assert "checkpoint 5.checkpoint.dcp was trained by 2 processes, and 1 verify it: verify it under torchrun --nproc-per-node 2" in refused.stderr
+
+
+def test_a_release_of_an_fsdp_run_is_one_file_that_tests_serves_and_exports(straight, tmp_path):
+    root, expected = straight
+    shutil.copytree(root / "experiments" / "straight", tmp_path / "experiments" / "x")
+    released = run(tmp_path, "x", "create_release", "--epoch", "3", processes=1)
+    assert "3.checkpoint.release.pt" in released.stdout + released.stderr
+    release = torch.load(folder(tmp_path, "x") / "3.checkpoint.release.pt", weights_only=True)
+    assert_identical(release["model"], expected["model"])
+    tested = run(tmp_path, "x", "test", "--epoch", "3", processes=1)
+    assert tested.returncode == 0
+    for format in ("onnx", "safetensors"):
+        exported = run(tmp_path, "x", "export", "--format", format, "--check-samples", "10", processes=1)
+        assert f"3.release.{format}" in exported.stdout + exported.stderr
+    with TestClient(make_app(Experiment(str(tmp_path / "experiments"), "x"), ServeOptions(device="cpu", threads=1))) as client:
+        answer = client.post("/v1/models/x:predict", json={"instances": [SAMPLE]})
+    assert answer.status_code == 200, answer.text
+    model = __import__("fsdp_project").Model()
+    model.load_state_dict(expected["model"])
+    assert answer.json()["predictions"][0] == pytest.approx(model(torch.tensor([SAMPLE])).tolist()[0], abs=1e-6)
