@@ -4,7 +4,8 @@ Rows: the default configuration trained with `train --device cuda` then tested; 
 preset with trainer.precision auto (bf16 on GPUs that compute it natively); fp16 with its
 GradScaler; torch.compile; channels-last; the data set held on the device; an interrupt
 and resume compared with a straight run, with and without trainer.deterministic; seconds to
-99 % test accuracy. Commands run as processes of the MNIST classifier's command line, as a
+99 % test accuracy; FSDP in bf16 with background sharded saves, one process per GPU under
+torchrun (NCCL), tested and verified. Commands run as processes of the MNIST classifier's command line, as a
 user types them, except the device-placement and time-to-accuracy rows, which look inside
 the runner.
 
@@ -133,6 +134,26 @@ class Check:
         return {"status": "ok" if exact or not deterministic else "NOT EXACT",
                 "notes": f"{where}; {'bit-identical' if exact else f'max weight difference {difference:.3g}'}"}  # fmt: skip
 
+    def fsdp_bf16(self) -> dict[str, Any]:
+        """trainer.strategy fsdp in bf16 with background saves, one process per GPU under
+        torchrun (NCCL; Gloo for --device cpu), then `test` and `verify` of the last epoch."""
+        import torch
+
+        processes = torch.cuda.device_count() if self.args.device.startswith("cuda") else 2
+        overrides = ("trainer.strategy=fsdp", "trainer.precision=bf16", "trainer.async_checkpoint=true")
+        self.init("fsdp", common.DEFAULT_CONFIG, *overrides)
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        device = "cuda" if self.args.device.startswith("cuda") else "cpu"
+        train = self.command("fsdp", "--verbose", "train", "--device", device, "--max-epochs", str(self.args.epochs))
+        seconds, _ = common.time_process([*launcher, *train[1:]])
+        common.time_process(self.command("fsdp", "test", "--device", self.args.device))
+        _, verified = common.time_process([*launcher, *self.command("fsdp", "verify", "--device", device)[1:]])
+        exact = "bit-identical" in verified
+        backend = "NCCL" if device == "cuda" else "Gloo"
+        shape = f"{processes} processes, {backend}" if processes > 1 else "1 GPU: one process, the model unsharded (NCCL sharding needs 2 GPUs)"
+        return {"status": "ok" if exact else "NOT EXACT", "seconds": round(seconds, 1), "accuracy": common.read_test_accuracy(self.experiments_path, "fsdp"),
+                "notes": f"{shape}, bf16, background sharded saves; verify: {'bit-identical' if exact else verified.strip().splitlines()[-1]}"}  # fmt: skip
+
     def seconds_to_99(self) -> dict[str, Any]:
         import torch
         from torchexp import loop
@@ -222,6 +243,7 @@ def main() -> None:
         check.row("data set held on the device", check.data_on_device)
         check.row("interrupt + resume = straight, deterministic", lambda: check.resume(True))
         check.row("interrupt + resume = straight, default settings", lambda: check.resume(False))
+        check.row("fsdp, bf16, background saves, verify", check.fsdp_bf16)
         check.row("seconds to 99 % test accuracy", check.seconds_to_99)
     print_table(check.rows, device_name)
 

@@ -14,7 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from conftest import assert_identical, kill_group_when
-from torchexp import checkpoints
+from torchexp import Experiments, checkpoints
 from torchexp.folder import Experiment
 from torchexp.serving.options import ServeOptions
 from torchexp.serving.server import make_app
@@ -166,6 +166,7 @@ def test_a_release_of_an_fsdp_run_is_one_file_that_tests_serves_and_exports(stra
     with TestClient(make_app(Experiment(str(tmp_path / "experiments"), "x"), ServeOptions(device="cpu", threads=1))) as client:
         answer = client.post("/v1/models/x:predict", json={"instances": [SAMPLE]})
     assert answer.status_code == 200, answer.text
-    model = __import__("fsdp_project").Model()
-    model.load_state_dict(expected["model"])
-    assert answer.json()["predictions"][0] == pytest.approx(model(torch.tensor([SAMPLE])).tolist()[0], abs=1e-6)
+    model = Experiments(str(tmp_path / "experiments"))["x"].load_model("release", runner_class="fsdp_project:ProjectRunner", data_class="fsdp_project:ProjectData")
+    assert_identical(model.state_dict(), expected["model"])
+    with torch.no_grad():
+        assert answer.json()["predictions"][0] == pytest.approx(model(torch.tensor([SAMPLE])).tolist()[0], abs=1e-6)

@@ -76,6 +76,18 @@ def test_a_release_is_a_registered_onnx_model_that_mlflow_serves_with_serves_lab
     assert labels_from_mlflow(server.url, "mnist_classifier-served", 1, digits, tmp_path) == expected
 
 
+def test_a_release_of_an_experiment_with_sharded_checkpoints_is_registered_from_its_single_file(server, tmp_path, data_path):
+    uri = ("--mlflow-uri", server.url)
+    run_cli(tmp_path, data_path, *init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=1", "--set", "trainer.strategy=fsdp"), name="sharded")
+    run_cli(tmp_path, data_path, *uri, "train", "--device", "cpu", name="sharded")
+    assert (tmp_path / "experiments" / "sharded" / "checkpoints" / "1.checkpoint.dcp").is_dir()
+    output = run_cli(tmp_path, data_path, *uri, "create_release", "--registered-model", "sharded-release", name="sharded").output
+    assert "registered the release of epoch 1 in MLflow as 'sharded-release' version 1" in output
+    (version,) = MlflowClient(server.url).search_model_versions("name = 'sharded-release'")
+    release_sidecar = json.loads((tmp_path / "experiments" / "sharded" / "checkpoints" / "1.checkpoint.release.pt.json").read_text())
+    assert version.tags["checkpoint_sha256"] == release_sidecar["sha256"]
+
+
 def labels_from_mlflow(tracking_uri: str, name: str, version: int, digits: list, tmp_path) -> list[int]:
     """Serve models:/name/version with `mlflow models serve` and return its labels for the digits."""
     from mnist_classifier.runner import MNISTClassifierRunner
