@@ -132,3 +132,11 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_refused_in_one_sentence(tra
     result = CliRunner().invoke(cli, ["--experiments-path", str(root / "experiments"), "--experiment-name", "s", "train", "--max-epochs", "3", "--device", "cpu"])
     assert result.exit_code == 4, result.output
     assert "Error: checkpoint 2.checkpoint.dcp does not fit this runner: " in result.output and "Traceback" not in result.output
+
+
+def test_weights_alone_are_gathered_for_releases_and_tests(trained):
+    _, folder = trained
+    checkpoint = checkpoints.list_checkpoints(str(folder))[-1]
+    weights, whole = checkpoint.load(weights_only=True), checkpoint.load()
+    assert "optimizer" not in weights and set(whole["optimizer"]) == {"state", "param_groups"}
+    assert weights["model"].keys() == whole["model"].keys() and weights["counters"] == whole["counters"]

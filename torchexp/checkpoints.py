@@ -113,10 +113,14 @@ class Checkpoint:
         """Whether the file matches its sidecar's size and SHA-256."""
         return self.hashed or self.check() is None
 
-    def load(self) -> dict[str, Any]:
+    def load(self, weights_only: bool = False) -> dict[str, Any]:
         """Verify the checkpoint (unless it verified already), then load it with
         `weights_only=True` onto the CPU; a sharded one whole, gathered from every rank's
         shards.
+
+        Args:
+            weights_only: of a sharded checkpoint's shards, gather the model's alone
+                (releases, test), leaving the optimizer's on disk.
 
         Raises:
             CheckpointError: it fails verification or holds anything but tensors and plain data.
@@ -130,7 +134,7 @@ class Checkpoint:
         if self.sharded:
             from torchexp.sharded import load_full
 
-            return load_full(self.path, self.name)
+            return load_full(self.path, self.name, ("model",) if weights_only else None)
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:

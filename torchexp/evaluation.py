@@ -72,7 +72,7 @@ def run_test(runner: Any, device: torch.device, epoch: int, release: bool) -> di
     kinds = ("release",) if release else ("standard", "release")
     checkpoint = checkpoints.find_checkpoint(runner.experiment.checkpoints_path, epoch, kinds)
     seed_everything(runner.seed)
-    load_weights(runner, device, checkpoint.load(), checkpoint.name)
+    load_weights(runner, device, checkpoint.load(weights_only=True), checkpoint.name)
     prepare_loaders(runner.data.loaders, device, runner.world.rank, 1)
     keep_freed_memory_when_configured(runner.get_conf("trainer", "keep_freed_memory"), runner.logger)
     with torch.no_grad():

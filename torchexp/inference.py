@@ -113,7 +113,7 @@ def load_runner(experiment: Experiment, info: checkpoints.Checkpoint, device: An
 
     from torchexp.training_state import load_weights
 
-    state = info.load()
+    state = info.load(weights_only=True)
     definition = state if info.kind == "release" else experiment.read_definition()
     runner = make_inference_runner(experiment, definition, runner_class, data_class)
     with torch.random.fork_rng(devices=[]), project_errors(inference=True):

@@ -28,7 +28,7 @@ def create_release(experiment: Experiment, epoch: int, definition: dict) -> str:
         The release checkpoint's path.
     """
     info = checkpoints.find_training_checkpoint(experiment.checkpoints_path, epoch)
-    state = info.load()
+    state = info.load(weights_only=True)
     summary = {"metrics": info.metrics, "provenance": info.sidecar.get("provenance"), "unit": info.unit}
     release = {"format": checkpoints.CHECKPOINT_FORMAT, "model": state["model"], "epoch": epoch, **summary, **definition}
     return checkpoints.save_checkpoint(experiment.checkpoints_path, epoch, "release", release, summary)

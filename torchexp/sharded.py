@@ -104,9 +104,10 @@ def load_plain(folder: str, name: str) -> dict[str, Any]:
     return state
 
 
-def load_full(folder: str, name: str) -> dict[str, Any]:
+def load_full(folder: str, name: str, parts: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The whole state of a sharded checkpoint in this process: its plain state, with
-    "model" and "optimizer" gathered from every rank's shards onto the CPU.
+    "model" and "optimizer" (or only the `parts` named) gathered from every rank's shards
+    onto the CPU.
 
     Raises:
         CheckpointError: it does not load safely.
@@ -115,7 +116,7 @@ def load_full(folder: str, name: str) -> dict[str, Any]:
     state = load_plain(folder, name)
     try:
         reader = SafeReader(folder)
-        tensors = empty_state(reader.read_metadata())
+        tensors = empty_state(reader.read_metadata(), parts)
         with alone_quietly():
             dcp.load(tensors, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=True)
     except (CheckpointException, RuntimeError, ValueError, KeyError, AssertionError, pickle.UnpicklingError) as error:
@@ -187,13 +188,17 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = loaded
 
 
-def empty_state(metadata: Any) -> dict[str, Any]:
-    """A nested state of the shape a checkpoint's metadata describes, its tensors whole and
-    uninitialised and its plain values None, for DCP to load the checkpoint into."""
+def empty_state(metadata: Any, parts: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A nested state of the shape a checkpoint's metadata describes (of its top-level
+    `parts` only, when named), its tensors whole and uninitialised and its plain values
+    None, for DCP to load the checkpoint into."""
     state: dict[str, Any] = {}
     for key, item in metadata.state_dict_metadata.items():
+        path = (metadata.planner_data or {}).get(key, (key,))
+        if parts is not None and path[0] not in parts:
+            continue
         value = torch.empty(item.size, dtype=item.properties.dtype) if isinstance(item, TensorStorageMetadata) else None
-        place(state, (metadata.planner_data or {}).get(key, (key,)), value)
+        place(state, path, value)
     return state
 
 
