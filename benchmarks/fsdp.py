@@ -3,8 +3,9 @@
 throughput of sharded checkpoints.
 
     .venv/bin/python benchmarks/fsdp.py [--layers 14] [--width 768] [--rounds 3] [--steps 3]
+        [--malloc-mmap-threshold 131072]
 
-About 4 minutes on an idle 2-core machine; each rank takes 2-3 GB of memory, and the
+About 4 minutes on a 2-core machine; each rank takes about 3 GB of memory, and the
 checkpoints (1.2 GB each at full size) are written to a temporary folder in /tmp, removed
 at the end.
 
@@ -18,12 +19,14 @@ processes:
    `torchexp.strategy.wrap_model` spreads it (fsdp: `fully_shard` on each Block, then the
    root), glibc keeping freed memory as `train` makes it (trainer.keep_freed_memory).
    Per rank: peak RSS (ru_maxrss) and the peak less the RSS before the model was built,
-   what the training state itself costs. Goal: fsdp at most 0.6x ddp.
+   what the training state itself costs. Goal: fsdp at most 0.6x ddp. With
+   `--malloc-mmap-threshold`, glibc returns freed blocks above that size to the kernel
+   instead: the memory fsdp's tensors need, rather than what the heap keeps after them.
 2. stall, fsdp: seconds the training thread spends in `CheckpointSaver.save` (torchexp's
    own saver, driven with a stand-in runner holding what it reads), synchronous against
-   trainer.async_checkpoint; one training step follows each save, and the wait for a
-   background save still in flight is not counted. Median over `--rounds` saves of the
-   slower rank. Goal: async at most 0.1x sync.
+   trainer.async_checkpoint, glibc keeping freed memory as in `train`; one training step
+   follows each save, and the wait for a background save still in flight is not
+   counted. Median over `--rounds` saves of the slower rank. Goal: async at most 0.1x sync.
 3. throughput, fsdp: a synchronous save (shards, plain state, hashes, sidecar, renames) and
    a load (`training_state.load_training_state`: verify, plain state, shards into the
    model and optimizer) in MB/s of checkpoint bytes, against each rank torch.save-ing its
@@ -44,7 +47,6 @@ import json
 import logging
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,10 +62,24 @@ import common  # after the path set-up above
 # Then out again: this folder's nanogpt_chars.py (a benchmark) would shadow the example's package.
 sys.path[:] = [path for path in sys.path if os.path.abspath(path or os.curdir) != HERE]
 
+import torch  # this and what follows: after the path set-up above
+import torch.nn.functional as F
+from nanogpt_chars.model import GPT, GPTConfig
+from torch.distributed.tensor import DTensor
+
+from torchexp import checkpoints, saving, sharded, sidecar
+from torchexp.distributed import World, barrier, gather_objects, join, leave, read_world
+from torchexp.memory import keep_freed_memory
+from torchexp.precision import Precision, choose_precision
+from torchexp.signals import StopSignals
+from torchexp.strategy import wrap_model
+from torchexp.training_state import collect_state, load_training_state
+
 VOCABULARY = 100  # characters, about those of a source-code corpus
 BLOCK = 256  # tokens per sequence
 BATCH = 2  # sequences per rank and step
 HEAD_WIDTH = 64  # as GPT-2's heads
+LEARNING_RATE = 6e-4  # nanoGPT's
 RANKS = 2
 MB = 1e6
 
@@ -73,16 +89,22 @@ def main() -> None:
     if args.part is not None:
         run_part(args)
         return
-    common.emit({"benchmark": "fsdp", "machine": common.machine(), "layers": args.layers, "width": args.width, "rounds": args.rounds, "steps": args.steps})
+    options = {"layers": args.layers, "width": args.width, "rounds": args.rounds, "steps": args.steps, "malloc_mmap_threshold": args.malloc_mmap_threshold}
+    machine = common.machine()
+    common.emit({"benchmark": "fsdp", "machine": machine, **options})
     with tempfile.TemporaryDirectory(prefix="torchexp-fsdp-", dir="/tmp") as folder:
         memory = {strategy: launch(args, folder, "memory", strategy) for strategy in ("ddp", "fsdp")}
-        saving = launch(args, folder, "checkpoints", "fsdp")
-    summary = summarize(memory, saving)
+        measured = launch(args, folder, "checkpoints", "fsdp")
+    summary = summarize(memory, measured)
     for strategy, ranks in memory.items():
         common.emit({"benchmark": "fsdp", "part": "memory", "strategy": strategy, "ranks": ranks})
-    common.emit({"benchmark": "fsdp", "part": "checkpoints", **saving})
+    common.emit({"benchmark": "fsdp", "part": "checkpoints", **measured})
     common.emit({"benchmark": "fsdp", "summary": True, **summary})
-    print_tables(memory, saving, summary)
+    print(f"\ncpu flags: {machine['cpu_flags']}; load average {machine['load_avg_1_5_15'][0]} at the start, {summary['load_avg_1']} at the end")
+    print(f"model: nanogpt_chars GPT, {summary['parameters']:,} parameters ({summary['parameters'] * 4 / MB:,.0f} MB in fp32); {RANKS} ranks (Gloo), {BATCH} x {BLOCK} tokens per rank and step, AdamW")
+    print_memory(memory, summary, args.malloc_mmap_threshold)
+    print_stall(measured, summary)
+    print_throughput(measured, summary)
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -91,6 +113,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=768, help="embedding width, a multiple of 64 (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="saves and loads of each kind (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="training steps of each memory run (default: %(default)s)")
+    parser.add_argument(
+        "--malloc-mmap-threshold", type=int, metavar="BYTES",
+        help="run the memory part with glibc's MALLOC_MMAP_THRESHOLD_ fixed at BYTES, which also keeps torchexp's keep_freed_memory "
+        "from turning mmap off: freed blocks above it go back to the kernel (default: glibc's and torchexp's own settings)",
+    )
     parser.add_argument("--part", choices=("memory", "checkpoints"), help=argparse.SUPPRESS)  # set by the launch, under torchrun
     parser.add_argument("--strategy", choices=("ddp", "fsdp"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -99,22 +126,25 @@ def parse_arguments() -> argparse.Namespace:
 
 def launch(args: argparse.Namespace, folder: str, part: str, strategy: str) -> Any:
     """Run one part in a fresh pair of processes under torchrun; return what rank 0 wrote."""
-    results = os.path.join(folder, f"{part}-{strategy}.json")
+    env = dict(os.environ)
+    if part == "memory" and args.malloc_mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(RANKS), os.path.abspath(__file__)]
     command += ["--layers", str(args.layers), "--width", str(args.width), "--rounds", str(args.rounds), "--steps", str(args.steps)]
     command += ["--part", part, "--strategy", strategy, "--folder", folder]
-    seconds, _ = common.time_process(command)
+    seconds, _ = common.time_process(command, env)
     print(f"{part} ({strategy}): {seconds:.0f} s", file=sys.stderr, flush=True)
-    with open(results, encoding="utf-8") as file:
+    with open(results_path(folder, part, strategy), encoding="utf-8") as file:
         return json.load(file)
+
+
+def results_path(folder: str, part: str, strategy: str) -> str:
+    """Where rank 0 of a part leaves its results for the launching process."""
+    return os.path.join(folder, f"{part}-{strategy}.json")
 
 
 def run_part(args: argparse.Namespace) -> None:
     """Inside torchrun: join the ranks, measure, and have rank 0 write the results."""
-    import torch
-
-    from torchexp.distributed import join, leave, read_world
-
     world, device = read_world(), torch.device("cpu")
     join(world, device)
     try:
@@ -123,7 +153,7 @@ def run_part(args: argparse.Namespace) -> None:
         else:
             results = measure_checkpoints(args, world, device)
         if world.is_main:
-            with open(os.path.join(args.folder, f"{args.part}-{args.strategy}.json"), "w", encoding="utf-8") as file:
+            with open(results_path(args.folder, args.part, args.strategy), "w", encoding="utf-8") as file:
                 json.dump(results, file)
     finally:
         leave()
@@ -132,31 +162,23 @@ def run_part(args: argparse.Namespace) -> None:
 # ---- the model and its training steps
 
 
-def build_model(args: argparse.Namespace, strategy: str, world: Any, device: Any) -> Any:
-    """The example's GPT, scaled up, spread over the ranks by torchexp's own `wrap_model`,
-    every Block a unit under fsdp."""
-    import torch
-    from nanogpt_chars.model import GPT, GPTConfig
-
-    from torchexp.strategy import wrap_model
-
+def build_model(args: argparse.Namespace, strategy: str, world: World, device: torch.device) -> torch.nn.Module:
+    """The example's GPT, scaled up, spread over the ranks by torchexp's own `wrap_model`."""
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=VOCABULARY, block_size=BLOCK, n_layer=args.layers, n_head=args.width // HEAD_WIDTH, n_embd=args.width)
+    # Blocks named as units (trainer.fsdp_modules): the default, the model's direct children,
+    # would be the `transformer` ModuleDict, which fully_shard refuses (it has no forward).
     return wrap_model(GPT(config).to(device), strategy, ["Block"], world, device, None)
 
 
-def make_batch(rank: int) -> tuple[Any, Any]:
+def make_batch(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random characters: (inputs, next characters), BATCH x BLOCK, different on each rank."""
-    import torch
-
     tokens = torch.randint(0, VOCABULARY, (BATCH, BLOCK + 1), generator=torch.Generator().manual_seed(rank))
     return tokens[:, :-1], tokens[:, 1:]
 
 
-def train_step(model: Any, optimizer: Any, batch: tuple[Any, Any]) -> float:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
     """One forward, backward and AdamW step; return its seconds."""
-    import torch.nn.functional as F
-
     started = time.perf_counter()
     inputs, targets = batch
     logits = model(inputs)
@@ -166,30 +188,25 @@ def train_step(model: Any, optimizer: Any, batch: tuple[Any, Any]) -> float:
     return time.perf_counter() - started
 
 
-def count_parameters(model: Any) -> int:
-    """Parameters of the whole model, the tied head counted once (sharded ones at full size)."""
+def count_parameters(model: torch.nn.Module) -> int:
+    """Parameters of the whole model (sharded ones at full size), the tied head counted once."""
     return sum(parameter.numel() for parameter in model.parameters())
 
 
 # ---- part 1: memory
 
 
-def measure_memory(args: argparse.Namespace, world: Any, device: Any) -> list[dict[str, Any]]:
+def measure_memory(args: argparse.Namespace, world: World, device: torch.device) -> list[dict[str, Any]]:
     """Train `--steps` steps; return each rank's RSS before the model, peak RSS and step seconds."""
-    import torch
-
-    from torchexp.distributed import gather_objects
-    from torchexp.memory import keep_freed_memory
-
     before = read_rss_bytes()
     model = build_model(args, args.strategy, world, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
     keep_freed_memory()  # as train does before its first step, trainer.keep_freed_memory being on by default
     batch = make_batch(world.rank)
     seconds = [train_step(model, optimizer, batch) for _ in range(args.steps)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     mine = {"rank": world.rank, "parameters": count_parameters(model), "rss_before_model_bytes": before, "peak_rss_bytes": peak,
-            "training_state_bytes": peak - before, "step_seconds": [round(value, 3) for value in seconds]}
+            "training_state_bytes": peak - before, "step_seconds": rounded(seconds)}
     return gather_objects(mine)
 
 
@@ -207,17 +224,17 @@ class StandInRunner:
     """What `CheckpointSaver`, `collect_state` and `load_training_state` read of a Runner,
     and nothing else: a run of one step, no scheduler, no validation history."""
 
-    model: Any
-    optimizer: Any
-    world: Any
-    device: Any
-    experiment: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    world: World
+    device: torch.device
+    experiment: types.SimpleNamespace  # checkpoints_path
     logger: logging.Logger
-    config: Any = dataclasses.field(default_factory=lambda: types.SimpleNamespace(data={"trainer": {"strategy": "fsdp", "keep_checkpoints": None}}))
+    config: types.SimpleNamespace = dataclasses.field(default_factory=lambda: types.SimpleNamespace(data={"trainer": {"strategy": "fsdp", "keep_checkpoints": None}}))
     counters: dict = dataclasses.field(default_factory=lambda: {"epoch": 0, "iteration": 0, "step": 1})
     history: dict = dataclasses.field(default_factory=lambda: {"train": [], "validation": []})
-    data: Any = dataclasses.field(default_factory=lambda: types.SimpleNamespace(num_workers=0))
-    scheduler: Any = None
+    data: types.SimpleNamespace = dataclasses.field(default_factory=lambda: types.SimpleNamespace(num_workers=0))
+    scheduler: None = None
 
     def get_conf(self, section: str, key: str) -> Any:
         return self.config.data[section][key]
@@ -226,15 +243,11 @@ class StandInRunner:
         return {}
 
 
-def measure_checkpoints(args: argparse.Namespace, world: Any, device: Any) -> dict[str, Any]:
-    """Stall of sync and async saves, then save and load throughput against torch.save/load."""
-    import torch
-
-    from torchexp.precision import Precision, choose_precision
-    from torchexp.signals import StopSignals
-
+def measure_checkpoints(args: argparse.Namespace, world: World, device: torch.device) -> dict[str, Any]:
+    """Stall of async and sync saves, then load, then torch.save and torch.load of the same state."""
     model = build_model(args, "fsdp", world, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    keep_freed_memory()  # as train does: the staging copies of background saves then reuse the heap's pages
     batch = make_batch(world.rank)
     train_step(model, optimizer, batch)  # AdamW makes its state at the first step
     checkpoints_path = os.path.join(args.folder, "checkpoints")
@@ -242,20 +255,18 @@ def measure_checkpoints(args: argparse.Namespace, world: Any, device: Any) -> di
     runner = StandInRunner(model, optimizer, world, device, types.SimpleNamespace(checkpoints_path=checkpoints_path), logging.getLogger("torchexp.benchmark"))
     precision = Precision(choose_precision("fp32", device), device)
     signals = StopSignals(runner.logger)
-    asynchronous = time_saves(runner, precision, signals, batch, True, range(1, args.rounds + 1))
-    synchronous = time_saves(runner, precision, signals, batch, False, range(args.rounds + 1, 2 * args.rounds + 1))
+    background = time_saves(runner, precision, signals, batch, True, range(1, args.rounds + 1))
+    now = time_saves(runner, precision, signals, batch, False, range(args.rounds + 1, 2 * args.rounds + 1))
     loads = time_loads(runner, 2 * args.rounds, args.rounds)
     plain = time_plain(runner, precision, os.path.join(args.folder, "plain"), args.rounds)
-    return {"parameters": count_parameters(model), "async": asynchronous, "sync": synchronous, "load": loads, "plain": plain}
+    return {"parameters": count_parameters(model), "async": background, "sync": now, "load": loads, "plain": plain}
 
 
-def time_saves(runner: StandInRunner, precision: Any, signals: Any, batch: tuple[Any, Any], background: bool, numbers: range) -> dict[str, Any]:
+def time_saves(runner: StandInRunner, precision: Precision, signals: StopSignals, batch: tuple[torch.Tensor, torch.Tensor], background: bool, numbers: range) -> dict[str, Any]:
     """Save standard checkpoints `numbers` with a CheckpointSaver, a training step after
     each; return the seconds of each `save` call on the slower rank, of the steps, of the
-    waits for the save in flight, and where the time went."""
-    from torchexp import saving, sharded, sidecar
-    from torchexp.distributed import barrier, gather_objects
-
+    waits for the save in flight, and where the time went. The last synchronous one stays,
+    for the loads."""
     saver = saving.CheckpointSaver(runner, background)
     stalls, steps, waits = [], [], []
     spent: dict[str, float] = {}
@@ -270,25 +281,21 @@ def time_saves(runner: StandInRunner, precision: Any, signals: Any, batch: tuple
             started = time.perf_counter()
             saver.wait(signals)
             waits.append(time.perf_counter() - started)
-            if number != numbers[-1] or background:
+            if background or number != numbers[-1]:
                 remove_checkpoint(runner, number)
     every = gather_objects({"stalls": stalls, "steps": steps, "waits": waits, "spent": spent})
     return {
         "save_call_s": slowest(every, "stalls"),
         "step_after_save_s": slowest(every, "steps"),
         "wait_for_save_in_flight_s": slowest(every, "waits"),
-        "spent_in_s_by_rank": [{name: round(seconds / len(numbers), 3) for name, seconds in rank["spent"].items()} for rank in every],
-        "checkpoint_bytes": read_checkpoint_bytes(runner, numbers[-1]) if not background else None,
+        "spent_in_s_by_rank": [per_call(rank["spent"], len(numbers)) for rank in every],
+        "checkpoint_bytes": None if background else read_checkpoint_bytes(runner, numbers[-1]),
     }
 
 
 def time_loads(runner: StandInRunner, number: int, rounds: int) -> dict[str, Any]:
-    """Load checkpoint `number` into the model and optimizer `rounds` times, as a resume does
-    (verified first, as a checkpoint listed afresh is); return the seconds of each."""
-    from torchexp import checkpoints, sharded, sidecar
-    from torchexp.distributed import barrier, gather_objects
-    from torchexp.training_state import load_training_state
-
+    """Load checkpoint `number` into the model and optimizer `rounds` times as a resume does,
+    verified first as a checkpoint listed afresh is; return the seconds of each."""
     seconds = []
     spent: dict[str, float] = {}
     with clocking([(sidecar, "verify_folder"), (sharded, "load_plain"), (sharded, "load_shards")], spent):
@@ -301,15 +308,12 @@ def time_loads(runner: StandInRunner, number: int, rounds: int) -> dict[str, Any
             seconds.append(time.perf_counter() - started)
     every = gather_objects(spent)
     remove_checkpoint(runner, number)
-    return {"load_s": rounded(seconds), "spent_in_s_by_rank": [{name: round(value / rounds, 3) for name, value in rank.items()} for rank in every]}
+    return {"load_s": rounded(seconds), "spent_in_s_by_rank": [per_call(rank, rounds) for rank in every]}
 
 
-def time_plain(runner: StandInRunner, precision: Any, folder: str, rounds: int) -> dict[str, Any]:
+def time_plain(runner: StandInRunner, precision: Precision, folder: str, rounds: int) -> dict[str, Any]:
     """What the same state costs with torch.save (fsynced) and torch.load(weights_only=True) +
     load_state_dict: each rank's shards in a file of its own, rank 0's with the plain state."""
-    from torchexp.distributed import barrier, gather_objects
-    from torchexp.training_state import collect_state
-
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"rank{runner.world.rank}.pt")
     state = collect_state(runner, precision, None, with_tensors=False)  # on every rank: it gathers the random generators
@@ -331,10 +335,8 @@ def time_plain(runner: StandInRunner, precision: Any, folder: str, rounds: int) 
 
 
 def save_plain(runner: StandInRunner, others: dict, path: str) -> None:
-    """torch.save this rank's shards (and `others`) to `path`, then fsync, as a crash-safe
-    save must at least."""
-    import torch
-
+    """torch.save this rank's shards (and `others`) to `path`, then fsync, the least a
+    crash-safe save does."""
     state = {"model": to_local(runner.model.state_dict()), "optimizer": to_local(runner.optimizer.state_dict()), **others}
     with open(path, "wb") as file:
         torch.save(state, file)
@@ -345,8 +347,6 @@ def save_plain(runner: StandInRunner, others: dict, path: str) -> None:
 def load_plain(runner: StandInRunner, path: str) -> None:
     """torch.load(weights_only=True) this rank's shards, then load_state_dict them into the
     sharded model and optimizer, each local tensor made a DTensor of the live one's layout."""
-    import torch
-
     state = torch.load(path, map_location="cpu", weights_only=True)
     runner.model.load_state_dict(to_distributed(state["model"], runner.model.state_dict()))
     runner.optimizer.load_state_dict(to_distributed(state["optimizer"], runner.optimizer.state_dict()))
@@ -354,8 +354,6 @@ def load_plain(runner: StandInRunner, path: str) -> None:
 
 def to_local(value: Any) -> Any:
     """`value` with every DTensor replaced by this rank's shard of it."""
-    from torch.distributed.tensor import DTensor
-
     if isinstance(value, DTensor):
         return value.to_local()
     if isinstance(value, dict):
@@ -368,8 +366,6 @@ def to_local(value: Any) -> Any:
 def to_distributed(value: Any, like: Any) -> Any:
     """`value` (from `to_local`) with each local shard made a DTensor laid out as its
     counterpart in `like`."""
-    from torch.distributed.tensor import DTensor
-
     if isinstance(like, DTensor):
         return DTensor.from_local(value, like.device_mesh, like.placements, run_check=False, shape=like.shape, stride=like.stride())
     if isinstance(value, dict):
@@ -381,9 +377,6 @@ def to_distributed(value: Any, like: Any) -> Any:
 
 def remove_checkpoint(runner: StandInRunner, number: int) -> None:
     """Remove standard checkpoint `number` (rank 0), so that the disk holds one at a time."""
-    from torchexp import checkpoints
-    from torchexp.distributed import barrier
-
     if runner.world.is_main:
         checkpoints.find_checkpoint(runner.experiment.checkpoints_path, number, ("standard",)).remove()
     barrier()
@@ -391,15 +384,13 @@ def remove_checkpoint(runner: StandInRunner, number: int) -> None:
 
 def read_checkpoint_bytes(runner: StandInRunner, number: int) -> int:
     """The bytes of every file of checkpoint `number`, as its sidecar records them."""
-    from torchexp import checkpoints
-
     return int(checkpoints.find_checkpoint(runner.experiment.checkpoints_path, number, ("standard",)).sidecar["bytes"])
 
 
 @contextlib.contextmanager
-def clocking(functions: list[tuple[Any, str]], spent: dict[str, float]) -> Iterator[None]:
-    """Add the seconds each call of module.function takes to spent[function], for the
-    callers that look it up in the module when they call it."""
+def clocking(functions: list[tuple[types.ModuleType, str]], spent: dict[str, float]) -> Iterator[None]:
+    """Add the seconds of each call of module.function to spent[function]: torchexp looks
+    them up in their module when it calls them, so its own code path is what is timed."""
     originals = [(module, name, getattr(module, name)) for module, name in functions]
     for module, name, original in originals:
         setattr(module, name, clocked(original, name, spent))
@@ -426,6 +417,10 @@ def slowest(every: list[dict[str, Any]], key: str) -> list[float]:
     return rounded([max(values) for values in zip(*(rank[key] for rank in every))])
 
 
+def per_call(spent: dict[str, float], calls: int) -> dict[str, float]:
+    return {name: round(seconds / calls, 3) for name, seconds in spent.items()}
+
+
 def rounded(values: list[float]) -> list[float]:
     return [round(value, 3) for value in values]
 
@@ -433,17 +428,17 @@ def rounded(values: list[float]) -> list[float]:
 # ---- the summary
 
 
-def summarize(memory: dict[str, list[dict[str, Any]]], saving: dict[str, Any]) -> dict[str, Any]:
-    """Medians, ratios and goals of the three comparisons."""
+def summarize(memory: dict[str, list[dict[str, Any]]], measured: dict[str, Any]) -> dict[str, Any]:
+    """Medians, ratios and goals of the three comparisons; memory by its worse rank."""
     peak = {strategy: max(rank["peak_rss_bytes"] for rank in ranks) for strategy, ranks in memory.items()}
     state = {strategy: max(rank["training_state_bytes"] for rank in ranks) for strategy, ranks in memory.items()}
-    stall = {mode: common.median(saving[mode]["save_call_s"]) for mode in ("sync", "async")}
-    size = saving["sync"]["checkpoint_bytes"]
+    stall = {mode: common.median(measured[mode]["save_call_s"]) for mode in ("sync", "async")}
+    size, plain = measured["sync"]["checkpoint_bytes"], measured["plain"]
     rates = {
-        "torchexp_save": size / MB / common.median(saving["sync"]["save_call_s"]),
-        "torch_save": saving["plain"]["checkpoint_bytes"] / MB / common.median(saving["plain"]["save_s"]),
-        "torchexp_load": size / MB / common.median(saving["load"]["load_s"]),
-        "torch_load": saving["plain"]["checkpoint_bytes"] / MB / common.median(saving["plain"]["load_s"]),
+        "torchexp_save": size / MB / stall["sync"],
+        "torch_save": plain["checkpoint_bytes"] / MB / common.median(plain["save_s"]),
+        "torchexp_load": size / MB / common.median(measured["load"]["load_s"]),
+        "torch_load": plain["checkpoint_bytes"] / MB / common.median(plain["load_s"]),
     }
     ratios = {
         "peak_rss_fsdp_over_ddp": peak["fsdp"] / peak["ddp"],
@@ -460,7 +455,7 @@ def summarize(memory: dict[str, list[dict[str, Any]]], saving: dict[str, Any]) -
         "load_torchexp_over_torch >= 0.8": ratios["load_torchexp_over_torch"] >= 0.8,
     }
     return {
-        "parameters": saving["parameters"],
+        "parameters": measured["parameters"],
         "peak_rss_bytes": peak,
         "training_state_bytes": state,
         "stall_s": {mode: round(value, 3) for mode, value in stall.items()},
@@ -472,35 +467,39 @@ def summarize(memory: dict[str, list[dict[str, Any]]], saving: dict[str, Any]) -
     }
 
 
-def print_tables(memory: dict[str, list[dict[str, Any]]], saving: dict[str, Any], summary: dict[str, Any]) -> None:
-    """The three comparisons as Markdown tables, after the CPU flags and the model."""
-    machine, ratios = common.machine(), summary["ratios"]
-    heads = summary["parameters"]
-    print(f"\ncpu flags: {machine['cpu_flags']}; load average {machine['load_avg_1_5_15'][0]}")
-    print(f"model: nanogpt_chars GPT, {heads:,} parameters ({heads * 4 / MB:.0f} MB in fp32); {RANKS} ranks (Gloo), {BATCH} x {BLOCK} tokens per rank and step, AdamW\n")
-    print("| memory per rank | ddp | fsdp | fsdp/ddp |\n| --- | --- | --- | --- |")
+def print_memory(memory: dict[str, list[dict[str, Any]]], summary: dict[str, Any], mmap_threshold: int | None) -> None:
+    allocator = "glibc keeping freed memory (trainer.keep_freed_memory)" if mmap_threshold is None else f"MALLOC_MMAP_THRESHOLD_={mmap_threshold}"
+    print(f"\n| memory per rank, {allocator} | ddp | fsdp | fsdp/ddp |\n| --- | --- | --- | --- |")
     for rank in range(RANKS):
         ddp, fsdp = memory["ddp"][rank], memory["fsdp"][rank]
         for label, key in (("peak RSS", "peak_rss_bytes"), ("peak less RSS before the model", "training_state_bytes")):
             print(f"| rank {rank} {label} | {ddp[key] / MB:,.0f} MB | {fsdp[key] / MB:,.0f} MB | {fsdp[key] / ddp[key]:.2f}x |")
     steps = {strategy: common.median([value for rank in ranks for value in rank["step_seconds"]]) for strategy, ranks in memory.items()}
-    print(f"| step seconds (median) | {steps['ddp']:.2f} | {steps['fsdp']:.2f} | {steps['fsdp'] / steps['ddp']:.2f}x |")
-    print(f"\ngoal: fsdp at most 0.6x ddp; worse rank {ratios['peak_rss_fsdp_over_ddp']:.2f}x peak, {ratios['training_state_fsdp_over_ddp']:.2f}x less the RSS before the model\n")
-    sync, background = saving["sync"], saving["async"]
-    print("| fsdp checkpoint, slower rank | sync | async | async/sync |\n| --- | --- | --- | --- |")
-    print(f"| training thread in save(), median s | {summary['stall_s']['sync']:.3f} | {summary['stall_s']['async']:.3f} | {ratios['stall_async_over_sync']:.3f}x |")
-    print(f"| each save() s | {sync['save_call_s']} | {background['save_call_s']} | |")
-    print(f"| the training step after it, s | {sync['step_after_save_s']} | {background['step_after_save_s']} | |")
-    print(f"| then waiting for the save in flight, s | {sync['wait_for_save_in_flight_s']} | {background['wait_for_save_in_flight_s']} | |")
-    print("\ngoal: async at most 0.1x sync\n")
-    rates, plain = summary["mb_per_s"], saving["plain"]
-    print(f"| checkpoint ({summary['checkpoint_bytes'] / MB:,.0f} MB; torch.save {plain['checkpoint_bytes'] / MB:,.0f} MB) | torchexp MB/s | torch.save / torch.load MB/s | ratio |\n| --- | --- | --- | --- |")
+    print(f"| training step, median s | {steps['ddp']:.2f} | {steps['fsdp']:.2f} | {steps['fsdp'] / steps['ddp']:.2f}x |")
+    ratios = summary["ratios"]
+    print(f"\ngoal: fsdp at most 0.6x ddp; worse rank {ratios['peak_rss_fsdp_over_ddp']:.2f}x peak, {ratios['training_state_fsdp_over_ddp']:.2f}x less the RSS before the model")
+
+
+def print_stall(measured: dict[str, Any], summary: dict[str, Any]) -> None:
+    now, background = measured["sync"], measured["async"]
+    print("\n| fsdp checkpoint, slower rank | sync | async | async/sync |\n| --- | --- | --- | --- |")
+    print(f"| training thread in save(), median s | {summary['stall_s']['sync']:.3f} | {summary['stall_s']['async']:.3f} | {summary['ratios']['stall_async_over_sync']:.3f}x |")
+    print(f"| each save(), s | {now['save_call_s']} | {background['save_call_s']} | |")
+    print(f"| the training step after it, s | {now['step_after_save_s']} | {background['step_after_save_s']} | |")
+    print(f"| then waiting for the save in flight, s | {now['wait_for_save_in_flight_s']} | {background['wait_for_save_in_flight_s']} | |")
+    print("\ngoal: async at most 0.1x sync")
+
+
+def print_throughput(measured: dict[str, Any], summary: dict[str, Any]) -> None:
+    rates, ratios, plain = summary["mb_per_s"], summary["ratios"], measured["plain"]
+    print(f"\n| checkpoint of {summary['checkpoint_bytes'] / MB:,.0f} MB (torch.save: {plain['checkpoint_bytes'] / MB:,.0f} MB) | torchexp MB/s | torch.save, torch.load MB/s | ratio |")
+    print("| --- | --- | --- | --- |")
     print(f"| save | {rates['torchexp_save']:,.0f} | {rates['torch_save']:,.0f} | {ratios['save_torchexp_over_torch']:.2f}x |")
     print(f"| load | {rates['torchexp_load']:,.0f} | {rates['torch_load']:,.0f} | {ratios['load_torchexp_over_torch']:.2f}x |")
-    print("\ngoal: torchexp at least 0.8x\n")
-    print("where torchexp's time goes, seconds per call, by rank:")
-    for label, spent in (("sync save", sync["spent_in_s_by_rank"]), ("async save", background["spent_in_s_by_rank"]), ("load", saving["load"]["spent_in_s_by_rank"])):
-        print(f"  {label}: " + "; ".join(f"rank {rank}: " + ", ".join(f"{name} {value}" for name, value in sorted(times.items())) for rank, times in enumerate(spent)))
+    print("\ngoal: torchexp at least 0.8x\n\nwhere torchexp's time goes, seconds per call:")
+    for label, spent in (("sync save", measured["sync"]), ("async save", measured["async"]), ("load", measured["load"])):
+        for rank, times in enumerate(spent["spent_in_s_by_rank"]):
+            print(f"  {label}, rank {rank}: " + ", ".join(f"{name} {seconds}" for name, seconds in sorted(times.items())))
 
 
 if __name__ == "__main__":

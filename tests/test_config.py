@@ -215,6 +215,9 @@ def test_load_schema_adds_the_trainer_section(tmp_path):
         "validate_every_steps": None,
         "checkpoint_every_steps": None,
         "deterministic": False,
+        "strategy": "ddp",
+        "fsdp_modules": None,
+        "async_checkpoint": False,
     }
 
 

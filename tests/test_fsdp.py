@@ -13,7 +13,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from click.testing import CliRunner
+
 from conftest import assert_identical, kill_group_when
+from fsdp_project import cli
 from torchexp import Experiments, checkpoints
 from torchexp.folder import Experiment
 from torchexp.serving.options import ServeOptions
@@ -42,9 +45,13 @@ def run(root, name: str, *args: str, processes: int = 2, env: dict | None = None
 
 
 def init(root, name: str, **trainer) -> None:
+    """Create the experiment in this process, so that it records the project's classes as
+    `fsdp_project:...`, which serving them here imports."""
     (root / "schema.json").write_text('{"type": "object"}')
     (root / f"{name}.json").write_text(json.dumps({"trainer": {**TRAINER, **trainer}}))
-    run(root, name, "init", "--config-path", str(root / f"{name}.json"), "--schema-path", str(root / "schema.json"), processes=1)
+    arguments = ["--experiments-path", str(root / "experiments"), "--experiment-name", name, "init"]
+    result = CliRunner().invoke(cli, [*arguments, "--config-path", str(root / f"{name}.json"), "--schema-path", str(root / "schema.json")])
+    assert result.exit_code == 0, result.output
 
 
 def folder(root, name: str):
@@ -166,7 +173,7 @@ def test_a_release_of_an_fsdp_run_is_one_file_that_tests_serves_and_exports(stra
     with TestClient(make_app(Experiment(str(tmp_path / "experiments"), "x"), ServeOptions(device="cpu", threads=1))) as client:
         answer = client.post("/v1/models/x:predict", json={"instances": [SAMPLE]})
     assert answer.status_code == 200, answer.text
-    model = Experiments(str(tmp_path / "experiments"))["x"].load_model("release", runner_class="fsdp_project:ProjectRunner", data_class="fsdp_project:ProjectData")
+    model = Experiments(str(tmp_path / "experiments"))["x"].load_model("release")
     assert_identical(model.state_dict(), expected["model"])
     with torch.no_grad():
         assert answer.json()["predictions"][0] == pytest.approx(model(torch.tensor([SAMPLE])).tolist()[0], abs=1e-6)

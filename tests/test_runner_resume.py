@@ -462,7 +462,9 @@ def test_sigkill_after_a_clock_checkpoint_resumes_from_it_and_ends_as_the_uninte
     args = ["train", "--max-epochs", str(EPOCHS), "--log-period", "1", "--device", "cpu"]
     process = subprocess.Popen(command(world, name, *args), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (read_sidecar(interrupt) or {}).get("iteration", 0) >= 10:
+    # Until the pair verifies: the sidecar is renamed into place first, and a kill right after
+    # it, before the file's rename, would leave a pair that does not verify.
+    while not ((read_sidecar(interrupt) or {}).get("iteration", 0) >= 10 and checkpoints.Checkpoint(2, "interrupt", interrupt, read_sidecar(interrupt)).verified):
         assert process.poll() is None and time.monotonic() < deadline, "no mid-epoch checkpoint of epoch 2 came"
         time.sleep(0.001)
     process.kill()

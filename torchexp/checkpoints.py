@@ -173,6 +173,13 @@ def make_filename(epoch: int, kind: str, sharded: bool = False) -> str:
     return f"{epoch}.checkpoint{suffix}{SHARDED_SUFFIX if sharded else '.pt'}"
 
 
+def find_sidecar(folder: str, epoch: int, kind: str) -> dict | None:
+    """The sidecar of the checkpoint of `epoch` and `kind` in `folder`, a file or a folder of
+    shards, or None when there is none."""
+    paths = (os.path.join(folder, make_filename(epoch, kind, sharded)) for sharded in (False, True))
+    return next(filter(None, map(sidecar.read_sidecar, paths)), None)
+
+
 def parse_filename(name: str) -> tuple[int, str] | None:
     """Return (epoch, kind) of a checkpoint file name, or None for other files."""
     match = FILENAME_PATTERN.fullmatch(name)

@@ -37,7 +37,6 @@ from torchexp.files import read_json_lines
 from torchexp.metrics import Stop, find_best, guess_direction, is_number, point_of, read_last_stop, read_metric_lines
 from torchexp.provenance import read_last
 from torchexp.results import read_reports
-from torchexp.sidecar import read_sidecar
 from torchexp.states import CORRUPT, read_state, scan_checkpoint_names
 
 STUDY_FILE = "study.json"
@@ -183,8 +182,7 @@ class ExperimentView:
         file names alone (cheap over many experiments); trained by steps, as its sidecar says."""
         if self.unit == "epoch" or not self.steps:
             return max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0]))
-        names = (checkpoints.make_filename(self.steps, "standard", sharded) for sharded in (False, True))
-        sidecar = next(filter(None, (read_sidecar(os.path.join(self.experiment.checkpoints_path, name)) for name in names)), {})
+        sidecar = checkpoints.find_sidecar(self.experiment.checkpoints_path, self.steps, "standard") or {}
         return int((sidecar.get("counters") or {}).get("epoch", 0))
 
     @property
