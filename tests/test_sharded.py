@@ -140,3 +140,16 @@ def test_weights_alone_are_gathered_for_releases_and_tests(trained):
     weights, whole = checkpoint.load(weights_only=True), checkpoint.load()
     assert "optimizer" not in weights and set(whole["optimizer"]) == {"state", "param_groups"}
     assert weights["model"].keys() == whole["model"].keys() and weights["counters"] == whole["counters"]
+
+
+def test_retention_info_and_compare_count_the_folders(tmp_path):
+    init(tmp_path, "kept", keep_checkpoints=1, checkpoint_every_steps=4)
+    invoke(tmp_path, "kept", "train", "--max-epochs", "3", "--device", "cpu")
+    folder = tmp_path / "experiments" / "kept" / "checkpoints"
+    names = sorted(os.listdir(folder))
+    assert names == ["3.checkpoint.dcp", "3.checkpoint.dcp.json"] or names == ["2.checkpoint.dcp", "2.checkpoint.dcp.json", "3.checkpoint.dcp", "3.checkpoint.dcp.json"]
+    size = sum(os.path.getsize(folder / "3.checkpoint.dcp" / name) for name in os.listdir(folder / "3.checkpoint.dcp"))
+    assert f"epoch 3 standard; {size / 1e6:.1f} MB" in invoke(tmp_path, "kept", "info")
+    rows = json.loads(CliRunner().invoke(cli, ["--experiments-path", str(tmp_path / "experiments"), "compare", "--json"]).output)
+    everything = sum(os.path.getsize(os.path.join(path, name)) for path, _, files in os.walk(tmp_path / "experiments" / "kept") for name in files)
+    assert rows[0]["disk_bytes"] == everything > size  # the shards inside the folder count
