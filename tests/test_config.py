@@ -206,7 +206,7 @@ def test_load_schema_adds_the_trainer_section(tmp_path):
         "compile": False,
         "grad_accumulation": 1,
         "grad_clip_norm": None,
-        "keep_freed_memory": True,
+        "keep_freed_memory": None,
         "early_stopping_patience": None,
         "checkpoint_every_minutes": 30,
         "keep_checkpoints": None,

@@ -1,5 +1,6 @@
 """keep_freed_memory: glibc's mmap off and its trim threshold raised, so that freed blocks are not faulted back in."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -103,3 +104,23 @@ def test_mallopt_turns_mmap_off_and_raises_the_trim_threshold(monkeypatch):
     monkeypatch.setattr(memory, "find_mallopt", lambda: lambda parameter, value: calls.append((parameter, value)) or 1)
     assert memory.keep_freed_memory() is True
     assert calls == [(memory.M_MMAP_MAX, 0), (memory.M_TRIM_THRESHOLD, 2**30)]
+
+
+def test_by_default_ddp_keeps_freed_memory_and_fsdp_returns_it(monkeypatch):
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append("kept") or True)
+    monkeypatch.setattr(memory, "return_freed_memory", lambda: calls.append("returned") or True)
+    logger = logging.getLogger("test_memory")
+    for setting, strategy in ((None, "ddp"), (None, "fsdp"), (True, "fsdp"), (False, "ddp"), (False, "fsdp")):
+        memory.keep_freed_memory_when_configured(setting, logger, strategy)
+    assert calls == ["kept", "returned", "kept", "returned"]
+
+
+@glibc_only
+def test_returning_freed_memory_fixes_the_mmap_threshold(monkeypatch):
+    calls = []
+    for name in memory.USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(memory, "find_mallopt", lambda: lambda parameter, value: calls.append((parameter, value)) or 1)
+    assert memory.return_freed_memory() is True
+    assert calls == [(memory.M_MMAP_THRESHOLD, 128 * 1024)]

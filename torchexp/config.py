@@ -112,10 +112,12 @@ TRAINER_SCHEMA: dict = {
             "description": "Clip the gradients' global L2 norm to this value; null disables clipping.",
         },
         "keep_freed_memory": {
-            "type": "boolean",
-            "default": True,
+            "type": ["boolean", "null"],
+            "default": None,
             "description": "Keep memory freed between batches of train and test instead of returning it to the OS "
-            "(glibc only): fewer page faults, faster CPU epochs; the process keeps its peak memory until it exits.",
+            "(glibc only): fewer page faults, faster CPU epochs; the process keeps its peak memory until it exits. "
+            "false returns it (under trainer.strategy fsdp, every freed block of over 128 KiB at once); null: true, "
+            "except under fsdp, whose point is memory.",
         },
         "checkpoint_every_minutes": {
             "type": ["number", "null"],

@@ -74,7 +74,7 @@ def run_test(runner: Any, device: torch.device, epoch: int, release: bool) -> di
     seed_everything(runner.seed)
     load_weights(runner, device, checkpoint.load(weights_only=True), checkpoint.name)
     prepare_loaders(runner.data.loaders, device, runner.world.rank, 1)
-    keep_freed_memory_when_configured(runner.get_conf("trainer", "keep_freed_memory"), runner.logger)
+    keep_freed_memory_when_configured(runner.get_conf("trainer", "keep_freed_memory"), runner.logger, runner.get_conf("trainer", "strategy"))
     with torch.no_grad():
         results = runner.test(epoch, device)
     report = {"epoch": epoch, "checkpoint": checkpoint.name, "results": results}

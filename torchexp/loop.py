@@ -119,7 +119,7 @@ def train(
         clock = CheckpointClock(runner.get_conf("trainer", "checkpoint_every_minutes"), runner.get_conf("trainer", "checkpoint_every_steps"))
         if not feed.resumes_mid_epoch and (clock.seconds is not None or clock.steps is not None):
             runner.logger.warning(f"{feed.refusal}; checkpoints are saved at epoch ends only")
-        keep_freed_memory_when_configured(runner.get_conf("trainer", "keep_freed_memory"), runner.logger)
+        keep_freed_memory_when_configured(runner.get_conf("trainer", "keep_freed_memory"), runner.logger, runner.get_conf("trainer", "strategy"))
         accumulator = Accumulator(runner.model, runner.get_conf("trainer", "grad_accumulation"), runner.world)
         saver = CheckpointSaver(runner, runner.get_conf("trainer", "async_checkpoint"))
         run = Run(runner, device, precision, budget, feed, accumulator, MetricSums(partial, runner.world), clock, saver, log_period, observers, provenance)
