@@ -153,3 +153,17 @@ def test_retention_info_and_compare_count_the_folders(tmp_path):
     rows = json.loads(CliRunner().invoke(cli, ["--experiments-path", str(tmp_path / "experiments"), "compare", "--json"]).output)
     everything = sum(os.path.getsize(os.path.join(path, name)) for path, _, files in os.walk(tmp_path / "experiments" / "kept") for name in files)
     assert rows[0]["disk_bytes"] == everything > size  # the shards inside the folder count
+
+
+def test_each_rank_checks_its_own_shards_and_rank_0_the_rest():
+    assert [checkpoints.owns_file(name, 0, 2) for name in ("__0_0.distcp", "__1_0.distcp", ".metadata", "state.pt", "__2_0.distcp")] == [True, False, True, True, True]
+    assert [checkpoints.owns_file(name, 1, 2) for name in ("__0_0.distcp", "__1_0.distcp", "__3_0.distcp")] == [False, True, True]
+    assert all(checkpoints.owns_file(name, 0, 1) for name in ("__0_0.distcp", "__1_0.distcp", ".metadata"))
+
+
+def test_a_share_that_verifies_does_not_vouch_for_the_whole(trained):
+    _, folder = trained
+    (folder / "2.checkpoint.dcp" / "state.pt").write_bytes(b"corrupt")
+    checkpoint = checkpoints.list_checkpoints(str(folder))[-1]
+    assert checkpoint.check((1, 2)) is None and not checkpoint.hashed  # rank 1 of 2 owns no file of one process
+    assert "file state.pt" in checkpoint.check((0, 2))

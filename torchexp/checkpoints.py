@@ -20,7 +20,7 @@ import re
 import shutil
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from torchexp import sidecar
 from torchexp.errors import CheckpointError, first_line
@@ -88,22 +88,28 @@ class Checkpoint:
             return self.epoch - 1, int((self.sidecar or {}).get("iteration", 0)), standard
         return self.epoch, 0, standard
 
-    def verify(self) -> None:
+    def verify(self, part: tuple[int, int] | None = None) -> None:
         """Check the file against its sidecar.
+
+        Args:
+            part: (rank, ranks): of a sharded checkpoint, check only this rank's share of
+                its files, the other ranks checking theirs (`owns_file`); None: all of them.
 
         Raises:
             CheckpointError: no sidecar, or the size or SHA-256 differs; the message says which.
         """
         if self.sharded:
-            sidecar.verify_folder(f"checkpoint {self.name}", self.path, self.sidecar)
+            names = (lambda name: owns_file(name, *part)) if part is not None else (lambda name: True)
+            sidecar.verify_folder(f"checkpoint {self.name}", self.path, self.sidecar, names)
         else:
             sidecar.verify(f"checkpoint {self.name}", self.path, self.sidecar)
-        self.hashed = True
+        self.hashed = part is None or not self.sharded
 
-    def check(self) -> str | None:
-        """Return why the checkpoint does not verify, or None when it does."""
+    def check(self, part: tuple[int, int] | None = None) -> str | None:
+        """Return why the checkpoint (or this rank's `part` of it) does not verify, or None
+        when it does."""
         try:
-            self.verify()
+            self.verify(part)
         except CheckpointError as error:
             return str(error)
         return None
@@ -154,6 +160,14 @@ class Checkpoint:
             pass
         remove_quietly(sidecar.sidecar_path(self.path))
         remove_path(doomed)
+
+
+def owns_file(name: str, rank: int, ranks: int) -> bool:
+    """Whether rank `rank` of `ranks` checks a sharded checkpoint's file `name`: the shards
+    `__<k>_*` of the ranks k it stands for, at the same number of ranks its own, and rank
+    0 the rest (DCP's index, the plain state)."""
+    match = re.fullmatch(r"__(\d+)_\d+\.distcp", name)
+    return (int(match[1]) if match else 0) % ranks == rank
 
 
 def remove_path(path: str) -> None:
@@ -309,13 +323,17 @@ def remove_temporaries(folder: str, kinds: tuple[str, ...] = ("standard", "inter
     return sorted(removed)
 
 
-def find_resume_checkpoint(folder: str, mid_epoch: bool = True) -> tuple[Checkpoint | None, list[tuple[Checkpoint, str]]]:
+def find_resume_checkpoint(
+    folder: str, mid_epoch: bool = True, part: tuple[int, int] | None = None, agree: Callable[[bool], bool] = bool
+) -> tuple[Checkpoint | None, list[tuple[Checkpoint, str]]]:
     """Return the furthest standard or interrupt checkpoint that verifies.
 
     Args:
         folder: the experiment's checkpoints folder.
         mid_epoch: whether the train loader can resume in the middle of an epoch; if not,
             only checkpoints at an epoch's end are candidates.
+        part: (rank, ranks): every rank checks its share of a sharded checkpoint's files.
+        agree: given whether this rank's share verified, whether every rank's did.
 
     Returns:
         The checkpoint (None when there is none to resume from) and the newer ones
@@ -327,8 +345,9 @@ def find_resume_checkpoint(folder: str, mid_epoch: bool = True) -> tuple[Checkpo
         if not mid_epoch and checkpoint.progress[1] > 0:
             skipped.append((checkpoint, f"checkpoint {checkpoint.name}: it is in the middle of an epoch, where the train loader cannot resume"))
             continue
-        problem = checkpoint.check()
-        if problem is None:
+        problem = checkpoint.check(part)
+        if agree(problem is None):
+            checkpoint.hashed = True
             return checkpoint, skipped
-        skipped.append((checkpoint, problem))
+        skipped.append((checkpoint, problem or f"checkpoint {checkpoint.name}: another rank found one of its files corrupt"))
     return None, skipped

@@ -127,6 +127,7 @@ def train(
             while not budget.reached(runner.counters):
                 epoch = runner.counters["epoch"] + 1
                 if runner.counters["iteration"] == 0:
+                    run.saver.settle()  # the hook may change the model
                     runner.train_before_epoch_tasks(device)
                 for _ in train_epoch(run, epoch):
                     stop = after_step(run, epoch, stop_at)
@@ -193,6 +194,7 @@ def agreed_batches(batches: Iterable, device: torch.device) -> Iterator[Any]:
 def step_optimizer(run: Run, synced: bool = True) -> None:
     """Close the accumulated group: optimizer step, per-step scheduler, step counter, log."""
     runner = run.runner
+    run.saver.settle()  # a checkpoint's state may still be being copied in the background
     run.accumulator.step(run.precision, runner.optimizer, runner.model.parameters(), runner.get_conf("trainer", "grad_clip_norm"), synced)
     if runner.scheduler is not None and runner.scheduler_interval in ("iteration", "step"):
         runner.scheduler.step()

@@ -6,11 +6,13 @@ beside its final name, fsynced and hashed, then renamed into place with its side
 only then do the mid-epoch checkpoints before it and those trainer.keep_checkpoints drops
 go: until that moment the previous checkpoint is the one `train` resumes from.
 
-In the background, the training thread waits only for the copy of the state into CPU
-memory; the write, fsync, hashing and renames run in a thread, at most one save at a
-time: the next save, and the end of `train`, wait for the one in flight. Under fsdp that
-thread's collectives run on a process group of their own, so that they never interleave
-with training's.
+In the background, even the copy of the model's and optimizer's tensors into CPU memory
+runs off the training thread: training goes on with the next batches' forward and backward
+passes, which change neither, and waits for the copy only before the next optimizer step
+(`settle`). The write, fsync, hashing and renames follow in the background, at most one
+save at a time: the next save, and the end of `train`, wait for the one in flight. Under
+fsdp the background collectives run on a process group of their own, so that they never
+interleave with training's, and the copy is DCP's staging.
 """
 
 import contextlib
@@ -55,11 +57,13 @@ class CheckpointSaver:
         self.thread: threading.Thread | None = None
         self.failure: BaseException | None = None
         self.name = ""  # the checkpoint in flight
+        self.copying: Callable[[], Any] | None = None  # blocks until the state in flight is copied
+        self.stager: Any = None  # DCP's, kept from one save to the next
 
     def save(self, precision: Precision, signals: StopSignals, kind: str, number: int, partial: dict | None = None, provenance: dict | None = None, feed: TrainLoader | None = None) -> None:
         """Save the standard or interrupt checkpoint `number` (an epoch, or a step for an
-        experiment trained by steps); return once it is written, or in the background once
-        its state is copied.
+        experiment trained by steps); return once it is written, or in the background at
+        once (`settle` before the model or optimizer changes).
 
         Args:
             partial: the metric sums since the last point.
@@ -104,13 +108,20 @@ class CheckpointSaver:
                 signals.saving = False
 
     def prepare_file(self, path: str, state: dict, fields: dict) -> Callable[[], None]:
-        """What writes one `.pt` checkpoint (rank 0); in the background, of a copy of `state`."""
-        if self.background and self.runner.world.is_main:  # only rank 0 writes it
-            state = copy_tensors(state)
+        """What writes one `.pt` checkpoint (rank 0); in the background, of a copy of `state`
+        made first, in the thread."""
+        if not self.background:
+            return lambda: write_file(self.runner.world, path, state, fields)
+        state = copy_tensors(state, tensors=False)  # the history, counters... as they are now
+        copied = threading.Event()
+        self.copying = copied.wait
 
         def write() -> None:
-            if self.runner.world.is_main:
-                sidecar.write_with_sidecar(path, lambda file: torch.save(state, file), fields)
+            try:
+                staged = copy_tensors(state) if self.runner.world.is_main else None  # only rank 0 writes it
+            finally:
+                copied.set()
+            write_file(self.runner.world, path, staged, fields)
 
         return write
 
@@ -133,18 +144,25 @@ class CheckpointSaver:
         if problem is not None:
             raise StorageError(problem)
         tensors = sharded.split_state(unwrap_model(runner.model), runner.optimizer)
-        pending, staged = None, None
+        pending = None
         if not self.background:
             sharded.save_shards(folder, tensors)
         elif runner.world.distributed:
-            pending = sharded.start_saving_shards(folder, tensors, self.group)
+            self.stager = self.stager or sharded.make_stager(runner.device)
+            response = sharded.start_saving_shards(folder, tensors, self.group, self.stager)
+            pending, self.copying = response.upload_completion, response.staging_completion.result
         else:  # one process: DCP's own background thread would warn on every save that it is alone
-            staged = copy_tensors(tensors)
+            copied = threading.Event()
+            self.copying = copied.wait
 
         def write() -> None:
             if pending is not None:
                 pending.result()
-            elif staged is not None:
+            elif self.background:
+                try:
+                    staged = copy_tensors(tensors)
+                finally:
+                    copied.set()
                 sharded.save_shards(folder, staged)
             hashes = sidecar.hash_files(folder, sharded.shard_files(folder, runner.world.rank))
             every = gather_objects(hashes, self.group)
@@ -161,6 +179,13 @@ class CheckpointSaver:
                 retire_before(self.runner, self.name, kind)
         except BaseException as error:  # re-raised by wait() in the training thread
             self.failure = error
+
+    def settle(self) -> None:
+        """Wait until the state of the save in flight is copied: before anything changes the
+        model or the optimizer (an optimizer step, an epoch's first hook)."""
+        if self.copying is not None:
+            self.copying()
+            self.copying = None
 
     def wait(self, signals: StopSignals | None = None) -> None:
         """Wait for the save in flight, if any.
@@ -185,14 +210,18 @@ class CheckpointSaver:
         that the process never exits in the middle of one. A failure of that save is
         raised, unless training is failing already: then it is logged beside."""
         try:
-            yield
-        except BaseException:
             try:
-                self.wait(signals)
-            except (StorageError, DistributedError) as error:
-                self.runner.logger.error(str(error))
-            raise
-        self.wait(signals)
+                yield
+            except BaseException:
+                try:
+                    self.wait(signals)
+                except (StorageError, DistributedError) as error:
+                    self.runner.logger.error(str(error))
+                raise
+            self.wait(signals)
+        finally:
+            if self.stager is not None:
+                self.stager.close()
 
     def agree(self) -> None:
         """Raise on every rank the failure of the last save on any."""
@@ -205,6 +234,12 @@ class CheckpointSaver:
             raise DistributedError(f"another rank could not save {self.name}")
 
 
+def write_file(world: Any, path: str, state: dict | None, fields: dict) -> None:
+    """Write a `.pt` checkpoint and its sidecar: rank 0's part of saving one."""
+    if world.is_main:
+        sidecar.write_with_sidecar(path, lambda file: torch.save(state, file), fields)
+
+
 def retire_before(runner: Any, saved: str, kind: str) -> None:
     """After a checkpoint is in place: the mid-epoch checkpoints before it go, and after a
     standard one, those trainer.keep_checkpoints does not keep."""
@@ -215,13 +250,14 @@ def retire_before(runner: Any, saved: str, kind: str) -> None:
         retain_checkpoints(runner)
 
 
-def copy_tensors(value: Any) -> Any:
-    """`value` with every tensor copied into CPU memory of its own, so that training may go
+def copy_tensors(value: Any, tensors: bool = True) -> Any:
+    """`value` with its dicts, lists and tuples rebuilt, and every tensor copied into CPU
+    memory of its own (or, with `tensors=False`, the same tensors), so that training may go
     on changing the originals while the copy is written."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.detach().to("cpu", copy=True) if tensors else value
     if isinstance(value, dict):
-        return {key: copy_tensors(item) for key, item in value.items()}
+        return {key: copy_tensors(item, tensors) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(copy_tensors(item) for item in value)
+        return type(value)(copy_tensors(item, tensors) for item in value)
     return value

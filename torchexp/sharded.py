@@ -60,17 +60,24 @@ def split_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dic
 def save_shards(folder: str, tensors: dict[str, Any], group: Any = None) -> None:
     """Write this rank's shards of `tensors` (`split_state`) into `folder`, every rank together;
     each file is fsynced by its writer."""
-
     with alone_quietly():
         dcp.save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group)
 
 
-def start_saving_shards(folder: str, tensors: dict[str, Any], group: Any) -> Any:
-    """Copy this rank's shards to CPU memory now and write them in a background thread
-    (DCP's `async_save`, its collectives on `group`); return the future of the write."""
+def make_stager(device: torch.device) -> Any:
+    """DCP's stager that copies a rank's shards into CPU memory in a thread of its own (into
+    pinned memory, without blocking, from a GPU), reusing its buffers from save to save."""
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
-    with alone_quietly():
-        return dcp.async_save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group)
+    gpu = device.type == "cuda"
+    return DefaultStager(StagingOptions(use_pinned_memory=gpu, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=gpu))
+
+
+def start_saving_shards(folder: str, tensors: dict[str, Any], group: Any, stager: Any) -> Any:
+    """Start copying this rank's shards to CPU memory and writing them, both in the
+    background (DCP's `async_save` through `stager`, its collectives on `group`); return
+    DCP's response: `staging_completion` once copied, `upload_completion` once written."""
+    return dcp.async_save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group, async_stager=stager)
 
 
 def load_shards(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:

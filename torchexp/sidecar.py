@@ -100,9 +100,9 @@ def hash_files(folder: str, names: list[str]) -> dict[str, dict]:
     return {name: {"sha256": hash_file(os.path.join(folder, name)), "bytes": os.path.getsize(os.path.join(folder, name))} for name in names}
 
 
-def verify_folder(what: str, path: str, sidecar: dict | None) -> None:
-    """Check every file of a folder against its sidecar: each file it recorded is there,
-    of its size and SHA-256.
+def verify_folder(what: str, path: str, sidecar: dict | None, names: Callable[[str], bool] = lambda name: True) -> None:
+    """Check every file of a folder (or those `names` picks) against its sidecar: each file
+    it recorded is there, of its size and SHA-256.
 
     Raises:
         CheckpointError: no sidecar, or a file is missing or differs; the message says which.
@@ -111,7 +111,8 @@ def verify_folder(what: str, path: str, sidecar: dict | None) -> None:
     if not isinstance(files, dict) or not files:
         raise CheckpointError(f"{what} has no valid sidecar {os.path.basename(sidecar_path(path))}")
     for name, entry in sorted(files.items()):
-        verify(f"{what}, file {name},", os.path.join(path, name), entry)
+        if names(name):
+            verify(f"{what}, file {name},", os.path.join(path, name), entry)
 
 
 def verify(what: str, path: str, sidecar: dict | None, content: bytes | None = None) -> None:

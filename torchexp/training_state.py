@@ -12,7 +12,7 @@ import torch
 
 from torchexp import checkpoints, sharded
 from torchexp.budget import describe_count
-from torchexp.distributed import gather_objects
+from torchexp.distributed import all_across, gather_objects
 from torchexp.errors import CheckpointError, ProjectError, first_line
 from torchexp.precision import Precision
 from torchexp.rng import capture_rng_states, restore_rng_states
@@ -99,7 +99,8 @@ def restore_training(runner: Any, precision: Precision, epoch: int | None, feed:
             runner.logger.info(f"removed {name}, left by a save that was killed")
     if epoch is None:
         mid_epoch = feed is None or feed.resumes_mid_epoch
-        checkpoint, skipped = checkpoints.find_resume_checkpoint(folder, mid_epoch)
+        part = (runner.world.rank, runner.world.size)
+        checkpoint, skipped = checkpoints.find_resume_checkpoint(folder, mid_epoch, part, lambda ok: all_across(ok, runner.device))
         for _, reason in skipped:
             runner.logger.warning(f"skipping {reason}")
     else:
@@ -134,8 +135,10 @@ def load_training_state(runner: Any, checkpoint: checkpoints.Checkpoint) -> dict
         raise CheckpointError(f"checkpoint {checkpoint.name} was saved under trainer.strategy {saved}, and this run trains under {strategy}: train with the strategy it was saved under")
     if not checkpoint.sharded:
         return checkpoint.load()
-    if not checkpoint.hashed:
-        checkpoint.verify()
+    if not checkpoint.hashed:  # each rank checks its share of the files
+        problem = checkpoint.check((runner.world.rank, runner.world.size))
+        if not all_across(problem is None, runner.device):
+            raise CheckpointError(problem or f"checkpoint {checkpoint.name}: another rank found one of its files corrupt")
     state = sharded.load_plain(checkpoint.path, checkpoint.name)
     sharded.load_shards(checkpoint.path, unwrap_model(runner.model), runner.optimizer, checkpoint.name)
     return state
