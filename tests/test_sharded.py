@@ -167,3 +167,11 @@ def test_a_share_that_verifies_does_not_vouch_for_the_whole(trained):
     checkpoint = checkpoints.list_checkpoints(str(folder))[-1]
     assert checkpoint.check((1, 2)) is None and not checkpoint.hashed  # rank 1 of 2 owns no file of one process
     assert "file state.pt" in checkpoint.check((0, 2))
+
+
+def test_by_default_containers_give_their_members_and_tied_modules_stay_with_the_root():
+    from nanogpt_chars.model import GPT, GPTConfig
+
+    gpt = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=8))
+    units = choose_units(gpt, None)
+    assert units == [gpt.transformer.wpe, *gpt.transformer.h, gpt.transformer.ln_f]  # wte is tied to lm_head

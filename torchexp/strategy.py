@@ -11,6 +11,9 @@ One process trains the whole model either way: under fsdp it is not wrapped, and
 checkpoints are still DCP folders, so that they resume on any number of ranks.
 """
 
+import collections
+from typing import Iterator
+
 import torch
 
 from torchexp.distributed import World
@@ -56,21 +59,33 @@ def wrap_model(model: torch.nn.Module, strategy: str, units: list[str] | None, w
 def choose_units(model: torch.nn.Module, units: list[str] | None) -> list[torch.nn.Module]:
     """The modules sharded as units before the root: those whose class `units` names, or
     the model's direct children that hold parameters (the members of a ModuleList or
-    ModuleDict child).
+    ModuleDict child), but for those that share a parameter with another.
 
     Raises:
         ConfigError: a name in `units` matches no module of the model.
     """
     if units is None:
-        # A ModuleList or ModuleDict has no forward of its own: its members are the units.
-        children = [member for child in model.children() for member in (child.children() if isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)) else [child])]
-        return [child for child in children if any(True for _ in child.parameters())]
+        children = list(expand_containers(model))
+        # A parameter two children share (a tied embedding and head) must be sharded once:
+        # those children stay with the root.
+        owners = collections.Counter(id(parameter) for child in children for parameter in child.parameters())
+        return [child for child in children if any(True for _ in child.parameters()) and all(owners[id(parameter)] == 1 for parameter in child.parameters())]
     found = [module for module in model.modules() if module is not model and type(module).__name__ in units]
     missing = sorted(set(units) - {type(module).__name__ for module in found})
     if missing:
         classes = sorted({type(module).__name__ for module in model.modules()})
         raise ConfigError(f"trainer.fsdp_modules names {', '.join(missing)}, which the model does not contain (its classes: {', '.join(classes)})")
     return found
+
+
+def expand_containers(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The direct children of `module`, a ModuleList's or ModuleDict's members in its place
+    (they have no forward of their own), at any depth."""
+    for child in module.children():
+        if isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            yield from expand_containers(child)
+        else:
+            yield child
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
