@@ -17,7 +17,8 @@ processes:
 
 1. memory, ddp then fsdp: `--steps` training steps of the model as
    `torchexp.strategy.wrap_model` spreads it (fsdp: `fully_shard` on each Block, then the
-   root), glibc keeping freed memory as `train` makes it (trainer.keep_freed_memory).
+   root), glibc's allocator set as `train` sets it by default (trainer.keep_freed_memory
+   null: freed memory kept under ddp, returned at once under fsdp).
    Per rank: peak RSS (ru_maxrss) and the peak less the RSS before the model was built,
    what the training state itself costs. Goal: fsdp at most 0.6x ddp. With
    `--malloc-mmap-threshold`, glibc returns freed blocks above that size to the kernel
@@ -69,7 +70,7 @@ from torch.distributed.tensor import DTensor
 
 from torchexp import checkpoints, saving, sharded, sidecar
 from torchexp.distributed import World, barrier, gather_objects, join, leave, read_world
-from torchexp.memory import keep_freed_memory
+from torchexp.memory import keep_freed_memory_when_configured
 from torchexp.precision import Precision, choose_precision
 from torchexp.signals import StopSignals
 from torchexp.strategy import wrap_model
@@ -202,7 +203,9 @@ def measure_memory(args: argparse.Namespace, world: World, device: torch.device)
     before = read_rss_bytes()
     model = build_model(args, args.strategy, world, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
-    keep_freed_memory()  # as train does before its first step, trainer.keep_freed_memory being on by default
+    # As train does before its first step, trainer.keep_freed_memory being null by default:
+    # kept under ddp, returned at once under fsdp.
+    keep_freed_memory_when_configured(None, logging.getLogger("torchexp.benchmark"), args.strategy)
     batch = make_batch(world.rank)
     seconds = [train_step(model, optimizer, batch) for _ in range(args.steps)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
@@ -248,7 +251,7 @@ def measure_checkpoints(args: argparse.Namespace, world: World, device: torch.de
     """Stall of async and sync saves, then load, then torch.save and torch.load of the same state."""
     model = build_model(args, "fsdp", world, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
-    keep_freed_memory()  # as train does: the staging copies of background saves then reuse the heap's pages
+    keep_freed_memory_when_configured(None, logging.getLogger("torchexp.benchmark"), "fsdp")  # as train does under fsdp
     batch = make_batch(world.rank)
     train_step(model, optimizer, batch)  # AdamW makes its state at the first step
     checkpoints_path = os.path.join(args.folder, "checkpoints")
@@ -471,7 +474,7 @@ def summarize(memory: dict[str, list[dict[str, Any]]], measured: dict[str, Any])
 
 
 def print_memory(memory: dict[str, list[dict[str, Any]]], summary: dict[str, Any], mmap_threshold: int | None) -> None:
-    allocator = "glibc keeping freed memory (trainer.keep_freed_memory)" if mmap_threshold is None else f"MALLOC_MMAP_THRESHOLD_={mmap_threshold}"
+    allocator = "glibc as train sets it (ddp keeps freed memory, fsdp returns it)" if mmap_threshold is None else f"MALLOC_MMAP_THRESHOLD_={mmap_threshold}"
     print(f"\n| memory per rank, {allocator} | ddp | fsdp | fsdp/ddp |\n| --- | --- | --- | --- |")
     for rank in range(RANKS):
         ddp, fsdp = memory["ddp"][rank], memory["fsdp"][rank]

@@ -196,11 +196,17 @@ def current_umask() -> int:
 
 
 def hash_file(path: str) -> str:
-    """Return the SHA-256 hex digest of a file's bytes."""
+    """Return the SHA-256 hex digest of a file's bytes.
+
+    Read into one buffer, block after block: a new block each time would be a fresh
+    mapping, faulted in page by page, where glibc returns freed memory (under fsdp).
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as file:
+        while read := file.readinto(buffer):
+            digest.update(view[:read])
     return digest.hexdigest()
 
 
