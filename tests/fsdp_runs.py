@@ -32,6 +32,14 @@ def run(root, name: str, *args: str, processes: int = 2, env: dict | None = None
     return completed
 
 
+def invoke(root, name: str, *args: str, code: int = 0) -> str:
+    """Run the project's command line in this process (one process, no torchrun); return
+    what it printed."""
+    result = CliRunner().invoke(cli, ["--experiments-path", str(root / "experiments"), "--experiment-name", name, *args])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
 def init(root, name: str, **trainer) -> None:
     """Create the experiment in this process, so that it records the project's classes as
     `fsdp_project:...`, which serving them here imports."""

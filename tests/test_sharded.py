@@ -175,3 +175,17 @@ def test_by_default_containers_give_their_members_and_tied_modules_stay_with_the
     gpt = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=8))
     units = choose_units(gpt, None)
     assert units == [gpt.transformer.wpe, *gpt.transformer.h, gpt.transformer.ln_f]  # wte is tied to lm_head
+
+
+def test_a_refused_write_of_shards_is_one_sentence_and_leaves_the_checkpoint_before(tmp_path, monkeypatch):
+    init(tmp_path, "full")
+    invoke(tmp_path, "full", "train", "--max-epochs", "1", "--device", "cpu")
+
+    def refuse(self, plan, planner):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sharded.dcp.FileSystemWriter, "write_data", refuse)
+    result = CliRunner().invoke(cli, ["--experiments-path", str(tmp_path / "experiments"), "--experiment-name", "full", "train", "--max-epochs", "2", "--device", "cpu"])
+    assert result.exit_code == 8, result.output
+    assert "Error: could not write " in result.output and "No space left on device" in result.output and "Traceback" not in result.output
+    assert [item.name for item in checkpoints.list_checkpoints(str(tmp_path / "experiments" / "full" / "checkpoints"))] == ["1.checkpoint.dcp"]

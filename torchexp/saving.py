@@ -149,15 +149,15 @@ class CheckpointSaver:
             sharded.save_shards(folder, tensors)
         elif runner.world.distributed:
             self.stager = self.stager or sharded.make_stager(runner.device)
-            response = sharded.start_saving_shards(folder, tensors, self.group, self.stager)
-            pending, self.copying = response.upload_completion, response.staging_completion.result
+            pending = sharded.start_saving_shards(folder, tensors, self.group, self.stager)
+            self.copying = pending.staging_completion.result
         else:  # one process: DCP's own background thread would warn on every save that it is alone
             copied = threading.Event()
             self.copying = copied.wait
 
         def write() -> None:
             if pending is not None:
-                pending.result()
+                sharded.finish_saving_shards(pending, folder)
             elif self.background:
                 try:
                     staged = copy_tensors(tensors)

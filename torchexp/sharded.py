@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.storage import StorageMeta
 
-from torchexp.errors import CheckpointError, first_line
+from torchexp.errors import CheckpointError, StorageError, first_line
 
 PLAIN_STATE = "state.pt"  # rank 0's plain state, beside DCP's files
 METADATA = ".metadata"  # DCP's index, written by rank 0 (the coordinator)
@@ -59,9 +59,28 @@ def split_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dic
 
 def save_shards(folder: str, tensors: dict[str, Any], group: Any = None) -> None:
     """Write this rank's shards of `tensors` (`split_state`) into `folder`, every rank together;
-    each file is fsynced by its writer."""
-    with alone_quietly():
-        dcp.save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group)
+    each file is fsynced by its writer.
+
+    Raises:
+        StorageError: the write failed, on this rank or another.
+    """
+    try:
+        with alone_quietly():
+            dcp.save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group)
+    except CheckpointException as error:  # a BaseException, which carries every rank's failure
+        raise StorageError(f"could not write {folder}: {describe_failure(error)}") from error
+
+
+def finish_saving_shards(response: Any, folder: str) -> None:
+    """Wait until a background save's shards are written (`start_saving_shards`).
+
+    Raises:
+        StorageError: the write failed, on this rank or another.
+    """
+    try:
+        response.upload_completion.result()
+    except CheckpointException as error:
+        raise StorageError(f"could not write {folder}: {describe_failure(error)}") from error
 
 
 def make_stager(device: torch.device) -> Any:
