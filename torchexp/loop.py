@@ -27,12 +27,12 @@ from torchexp.metrics import EARLY_STOPPING, ITERATION, MAX_EPOCHS, MAX_STEPS, O
 from torchexp.precision import Precision, PrecisionChoice, choose_precision
 from torchexp.rng import deterministic_algorithms, seed_everything
 from torchexp.runner import Runner
+from torchexp.saving import CheckpointSaver
 from torchexp.signals import CheckpointClock, StopSignals, catching_stop_signals
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
+from torchexp.strategy import wrap_model
 from torchexp.tracking import progress_bar
 from torchexp.train_loader import TrainLoader, adapt_train_loader, reading
-from torchexp.saving import CheckpointSaver
-from torchexp.strategy import wrap_model
 from torchexp.training_state import build_model, restore_training
 
 # Called at each point (an epoch's end, or every trainer.validate_every_steps steps), after
