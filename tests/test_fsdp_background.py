@@ -1,6 +1,7 @@
-"""Background saves (trainer.async_checkpoint) under FSDP on two Gloo ranks: a rank killed
-while its shards are written in the background, and every rank killed at a random moment,
-lose nothing, and the runs end bit-identical to a synchronous one."""
+"""Background saves (trainer.async_checkpoint) under FSDP on two Gloo ranks: rank 0 killed
+in the background thread between the renames of a checkpoint's sidecar and its folder, and
+every rank killed at a random moment, lose nothing, and the runs end bit-identical to a
+synchronous one."""
 
 import os
 import random
@@ -21,12 +22,14 @@ def straight(tmp_path_factory):
 def test_a_background_save_killed_in_flight_loses_nothing(straight):
     root, expected = straight
     init(root, "background", async_checkpoint=True)
-    # Rank 1 dies in the background thread, its shards of the 5th save (the standard
-    # checkpoint of epoch 2) written: training had gone on, and that checkpoint never counts.
-    died = run(root, "background", "train", "--max-epochs", "3", "--device", "cpu", env={"TORCHEXP_TEST_KILL_SAVE": "1:5:shards"}, check=False)
+    # Rank 0 dies in the background thread, in the 5th save (the standard checkpoint of
+    # epoch 2), between the renames of its sidecar and its folder: training had gone on, and
+    # that checkpoint never counts.
+    died = run(root, "background", "train", "--max-epochs", "3", "--device", "cpu", env={"TORCHEXP_TEST_KILL_SAVE": "0:5:publish"}, check=False)
     assert died.returncode != 0
     assert published(root, "background") == ["1.checkpoint.dcp", "2.checkpoint.interrupt.dcp"]
     resumed = run(root, "background", "train", "--max-epochs", "3", "--device", "cpu")
+    assert "removed 2.checkpoint.dcp.json, left by a save that was killed" in resumed.stderr
     assert "resumed from 2.checkpoint.interrupt.dcp: 1 epoch done; in epoch 2 after batch 6" in resumed.stderr
     # Training with background saves is training with synchronous ones, bit for bit.
     assert_identical(load(root, "background", "3.checkpoint.dcp"), expected)
