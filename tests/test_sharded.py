@@ -189,3 +189,13 @@ def test_a_refused_write_of_shards_is_one_sentence_and_leaves_the_checkpoint_bef
     assert result.exit_code == 8, result.output
     assert "Error: could not write " in result.output and "No space left on device" in result.output and "Traceback" not in result.output
     assert [item.name for item in checkpoints.list_checkpoints(str(tmp_path / "experiments" / "full" / "checkpoints"))] == ["1.checkpoint.dcp"]
+
+
+def test_the_metadata_module_lends_only_the_classes_it_defines():
+    import io
+
+    forged = b"ctorch.distributed.checkpoint.metadata\ntorch\n."  # the torch module, which the metadata module imports
+    with pytest.raises(pickle.UnpicklingError, match="may not build torch.distributed.checkpoint.metadata.torch"):
+        sharded.MetadataUnpickler(io.BytesIO(forged)).load()
+    genuine = b"ctorch.distributed.checkpoint.metadata\nMetadata\n."
+    assert sharded.MetadataUnpickler(io.BytesIO(genuine)).load().__name__ == "Metadata"

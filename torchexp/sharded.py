@@ -171,7 +171,7 @@ def alone_quietly() -> Iterator[None]:
 
 # What DCP's .metadata may build, by module: its own classes, and torch's sizes and dtypes.
 METADATA_CLASSES = {
-    "torch.distributed.checkpoint.metadata": None,  # any of its classes
+    "torch.distributed.checkpoint.metadata": None,  # any class it defines, not what it imports
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.distributed.checkpoint.planner": {"LoadItemType", "WriteItemType"},
     "torch": {"Size", *(str(dtype).removeprefix("torch.") for dtype in vars(torch).values() if isinstance(dtype, torch.dtype))},
@@ -186,7 +186,11 @@ class MetadataUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         allowed = METADATA_CLASSES.get(module, set())
-        if (module in METADATA_CLASSES and allowed is None) or (allowed and name in allowed):
+        if allowed is None:
+            found = super().find_class(module, name)
+            if isinstance(found, type) and found.__module__ == module:
+                return found
+        elif name in allowed:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"DCP metadata may not build {module}.{name}")
 
