@@ -1,11 +1,13 @@
 """Run under torchrun with 2 Gloo processes by tests/test_accumulation.py: gradient
-accumulation under DistributedDataParallel, with micro-batches of unequal weight.
+accumulation under DistributedDataParallel and under FSDP2, with micro-batches of unequal
+weight.
 
 Each rank accumulates groups of 3 micro-batches of unequal sizes through torchexp's
-Accumulator; a communication hook counts DDP's all-reduces; the gradient at each step is
-compared with the full batch's (every micro-batch of every rank of the group, its mean loss
-weighted by unmasked samples) computed without DDP. Rank 0 writes what it found as JSON to
-the file named by argv[1].
+Accumulator; a communication hook counts DDP's all-reduces, and a wrapper of
+`reduce_scatter_single` FSDP's reduce-scatters; the gradient at each step is compared with
+the full batch's (every micro-batch of every rank of the group, its mean loss weighted by
+unmasked samples) computed on one unsharded model, clipped to the same global norm under
+FSDP. Rank 0 writes what it found as JSON to the file named by argv[1].
 """
 
 import json
@@ -18,8 +20,10 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torchexp.accumulation import Accumulator
 from torchexp.distributed import World, leave
 from torchexp.precision import Precision, PrecisionChoice
+from torchexp.strategy import wrap_model
 
 GROUPS, SIZE = 2, 3
+CLIP = 0.05  # under FSDP: below every step's gradient norm, so that each step clips
 SIZES = (5, 2, 7)  # samples in each micro-batch of a group
 
 
@@ -31,8 +35,13 @@ class RecordingSGD(torch.optim.SGD):
         self.seen: list[list[torch.Tensor]] = []
 
     def step(self, closure=None):
-        self.seen.append([parameter.grad.clone() for group in self.param_groups for parameter in group["params"]])
+        self.seen.append([whole(parameter.grad).clone() for group in self.param_groups for parameter in group["params"]])
         return super().step(closure)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor, gathered from every rank's shards when FSDP sharded it."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def micro_batch(rank: int, group: int, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,7 +61,7 @@ def masked_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Ten
 
 def main() -> None:
     dist.init_process_group("gloo")
-    found = accumulate(dist.get_rank(), dist.get_world_size())
+    found = {"ddp": accumulate(dist.get_rank(), dist.get_world_size()), "fsdp": accumulate_sharded(dist.get_rank(), dist.get_world_size())}
     if dist.get_rank() == 0:
         with open(sys.argv[1], "w", encoding="utf-8") as file:
             json.dump(found, file)
@@ -96,6 +105,50 @@ def accumulate(rank: int, world: int) -> dict:
             for parameter, gradient in zip(reference.parameters(), optimizer.seen[-1]):
                 parameter -= 0.1 * gradient
     return {"all_reduces": len(all_reduces), "groups": GROUPS, "worst_difference": worst}
+
+
+
+def accumulate_sharded(rank: int, world: int) -> dict:
+    """Accumulate GROUPS groups under FSDP2 (a unit per Linear), clipping each step to
+    CLIP; return what was found."""
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    model.load_state_dict(reference.state_dict())
+    model = wrap_model(model, "fsdp", None, World(rank, rank, world), torch.device("cpu"), None)
+    reduce_scatters = []
+    reduce_scatter = dist.reduce_scatter_single
+
+    def count(*args, **kwargs):
+        reduce_scatters.append(1)
+        return reduce_scatter(*args, **kwargs)
+
+    dist.reduce_scatter_single = count
+    optimizer = RecordingSGD(model.parameters())
+    accumulator = Accumulator(model, SIZE, World(rank, rank, world))
+    precision = Precision(PrecisionChoice("fp32", "fp32", "test"), torch.device("cpu"))
+    worst = 0.0
+    try:
+        for group in range(GROUPS):
+            for index in range(SIZE):
+                inputs, targets, mask = micro_batch(rank, group, index)
+                with accumulator.syncing(accumulator.closes_group(index, SIZE), SIZE):
+                    loss = masked_loss(model, inputs, targets, mask)
+                    precision.backward(accumulator.loss_to_backward(loss, mask.sum(), index, SIZE))
+            accumulator.step(precision, optimizer, model.parameters(), CLIP)
+            reference.zero_grad()
+            batches = [micro_batch(other, group, index) for other in range(world) for index in range(SIZE)]
+            inputs, targets, mask = (torch.cat(parts) for parts in zip(*batches))
+            masked_loss(reference, inputs, targets, mask).backward()
+            torch.nn.utils.clip_grad_norm_(reference.parameters(), CLIP)
+            expected = [parameter.grad for parameter in reference.parameters()]
+            worst = max(worst, *(float((got - want).abs().max()) for got, want in zip(optimizer.seen[-1], expected)))
+            with torch.no_grad():
+                for parameter, gradient in zip(reference.parameters(), optimizer.seen[-1]):
+                    parameter -= 0.1 * gradient
+    finally:
+        dist.reduce_scatter_single = reduce_scatter
+    return {"reduce_scatters": len(reduce_scatters), "units": 2, "groups": GROUPS, "worst_difference": worst}
 
 
 if __name__ == "__main__":

@@ -81,12 +81,16 @@ def test_a_weight_for_some_batches_only_is_refused():
         accumulator.loss_to_backward(torch.tensor(1.0), None, 1, 4)
 
 
-def test_under_ddp_gradients_are_all_reduced_once_per_step_and_equal_the_full_batch(tmp_path):
+def test_under_ddp_and_fsdp_gradients_are_reduced_once_per_step_and_equal_the_full_batch_clipped_alike(tmp_path):
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "accumulation_ranks.py")
     output = tmp_path / "found.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", script, str(output)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     found = json.loads(output.read_text())
-    assert found["all_reduces"] == found["groups"] == 2  # 3 micro-batches a step, 2 steps: 2 all-reduces, not 6
-    assert found["worst_difference"] < 1e-6
+    ddp, fsdp = found["ddp"], found["fsdp"]
+    assert ddp["all_reduces"] == ddp["groups"] == 2  # 3 micro-batches a step, 2 steps: 2 all-reduces, not 6
+    assert ddp["worst_difference"] < 1e-6
+    # FSDP: one reduce-scatter per unit and step, not per micro-batch; clipped to the global norm.
+    assert fsdp["reduce_scatters"] == fsdp["units"] * fsdp["groups"] == 4
+    assert fsdp["worst_difference"] < 1e-6
