@@ -83,29 +83,8 @@ def accumulate(rank: int, world: int) -> dict:
         return allreduce_hook(state, bucket)
 
     model.register_comm_hook(dist.group.WORLD, count)
-    optimizer = RecordingSGD(model.parameters())
-    accumulator = Accumulator(model, SIZE, World(rank, rank, world))
-    precision = Precision(PrecisionChoice("fp32", "fp32", "test"), torch.device("cpu"))
-    worst = 0.0
-    for group in range(GROUPS):
-        for index in range(SIZE):
-            inputs, targets, mask = micro_batch(rank, group, index)
-            with accumulator.syncing(accumulator.closes_group(index, SIZE), SIZE):
-                loss = masked_loss(model, inputs, targets, mask)
-                precision.backward(accumulator.loss_to_backward(loss, mask.sum(), index, SIZE))
-        accumulator.step(precision, optimizer, model.parameters(), None)
-        # The full batch: every rank's micro-batches of this group, as one weighted mean.
-        reference.zero_grad()
-        batches = [micro_batch(other, group, index) for other in range(world) for index in range(SIZE)]
-        inputs, targets, mask = (torch.cat(parts) for parts in zip(*batches))
-        masked_loss(reference, inputs, targets, mask).backward()
-        expected = [parameter.grad for parameter in reference.parameters()]
-        worst = max(worst, *(float((got - want).abs().max()) for got, want in zip(optimizer.seen[-1], expected)))
-        with torch.no_grad():  # step the reference as the model stepped
-            for parameter, gradient in zip(reference.parameters(), optimizer.seen[-1]):
-                parameter -= 0.1 * gradient
+    worst = train_groups(model, reference, rank, world, None)
     return {"all_reduces": len(all_reduces), "groups": GROUPS, "worst_difference": worst}
-
 
 
 def accumulate_sharded(rank: int, world: int) -> dict:
@@ -124,31 +103,41 @@ def accumulate_sharded(rank: int, world: int) -> dict:
         return reduce_scatter(*args, **kwargs)
 
     dist.reduce_scatter_single = count
+    try:
+        worst = train_groups(model, reference, rank, world, CLIP)
+    finally:
+        dist.reduce_scatter_single = reduce_scatter
+    return {"reduce_scatters": len(reduce_scatters), "units": 2, "groups": GROUPS, "worst_difference": worst}
+
+
+def train_groups(model: torch.nn.Module, reference: torch.nn.Module, rank: int, world: int, clip: float | None) -> float:
+    """Train `model` GROUPS steps of SIZE micro-batches through torchexp's Accumulator, and
+    `reference` alike on each step's full batch; return the largest difference between
+    their gradients (each clipped to `clip`'s global norm, if any)."""
     optimizer = RecordingSGD(model.parameters())
     accumulator = Accumulator(model, SIZE, World(rank, rank, world))
     precision = Precision(PrecisionChoice("fp32", "fp32", "test"), torch.device("cpu"))
     worst = 0.0
-    try:
-        for group in range(GROUPS):
-            for index in range(SIZE):
-                inputs, targets, mask = micro_batch(rank, group, index)
-                with accumulator.syncing(accumulator.closes_group(index, SIZE), SIZE):
-                    loss = masked_loss(model, inputs, targets, mask)
-                    precision.backward(accumulator.loss_to_backward(loss, mask.sum(), index, SIZE))
-            accumulator.step(precision, optimizer, model.parameters(), CLIP)
-            reference.zero_grad()
-            batches = [micro_batch(other, group, index) for other in range(world) for index in range(SIZE)]
-            inputs, targets, mask = (torch.cat(parts) for parts in zip(*batches))
-            masked_loss(reference, inputs, targets, mask).backward()
-            torch.nn.utils.clip_grad_norm_(reference.parameters(), CLIP)
-            expected = [parameter.grad for parameter in reference.parameters()]
-            worst = max(worst, *(float((got - want).abs().max()) for got, want in zip(optimizer.seen[-1], expected)))
-            with torch.no_grad():
-                for parameter, gradient in zip(reference.parameters(), optimizer.seen[-1]):
-                    parameter -= 0.1 * gradient
-    finally:
-        dist.reduce_scatter_single = reduce_scatter
-    return {"reduce_scatters": len(reduce_scatters), "units": 2, "groups": GROUPS, "worst_difference": worst}
+    for group in range(GROUPS):
+        for index in range(SIZE):
+            inputs, targets, mask = micro_batch(rank, group, index)
+            with accumulator.syncing(accumulator.closes_group(index, SIZE), SIZE):
+                loss = masked_loss(model, inputs, targets, mask)
+                precision.backward(accumulator.loss_to_backward(loss, mask.sum(), index, SIZE))
+        accumulator.step(precision, optimizer, model.parameters(), clip)
+        # The full batch: every rank's micro-batches of this group, as one weighted mean.
+        reference.zero_grad()
+        batches = [micro_batch(other, group, index) for other in range(world) for index in range(SIZE)]
+        inputs, targets, mask = (torch.cat(parts) for parts in zip(*batches))
+        masked_loss(reference, inputs, targets, mask).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
+        expected = [parameter.grad for parameter in reference.parameters()]
+        worst = max(worst, *(float((got - want).abs().max()) for got, want in zip(optimizer.seen[-1], expected)))
+        with torch.no_grad():  # step the reference as the model stepped
+            for parameter, gradient in zip(reference.parameters(), optimizer.seen[-1]):
+                parameter -= 0.1 * gradient
+    return worst
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 
 from torchexp.distributed import World, average_gradients, sum_across
 from torchexp.precision import Precision
+from torchexp.strategy import is_sharded
 
 
 class Accumulator:
@@ -123,8 +124,6 @@ class Accumulator:
 
 def find_fsdp(model: torch.nn.Module) -> Any:
     """The FSDP2 root module of a (possibly compiled) model, or None."""
-    from torchexp.strategy import is_sharded
-
     return getattr(model, "_orig_mod", model) if is_sharded(model) else None
 
 

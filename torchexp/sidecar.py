@@ -23,7 +23,7 @@ import shutil
 from typing import IO, Callable
 
 from torchexp.errors import CheckpointError, StorageError
-from torchexp.files import fsync_folder, hash_file, publish, read_json, remove_quietly, replace_non_finite, write_temporary
+from torchexp.files import hash_file, publish, read_json, remove_quietly, replace_non_finite, write_temporary
 
 
 def sidecar_path(path: str) -> str:
@@ -90,8 +90,7 @@ def write_folder_sidecar(path: str, temporary: str, files: dict[str, dict], fiel
         remove_quietly(sidecar_temporary)
         raise StorageError(f"could not write {path}: {error.strerror or error}") from error
     publish([(sidecar_temporary, sidecar_path(path)), (temporary, path)])
-    shutil.rmtree(aside, ignore_errors=True)
-    fsync_folder(os.path.dirname(os.path.abspath(path)))
+    shutil.rmtree(aside, ignore_errors=True)  # a kill before this leaves it to remove_temporaries
     return sidecar
 
 
