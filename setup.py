@@ -29,10 +29,11 @@ EXTRAS = {
     "loaders": ["torchdata"],  # StatefulDataLoader: a stream's position kept in checkpoints
     "plots": ["matplotlib"],  # compare --plot, the confusion matrix image
     "mlflow": ["mlflow"],  # --mlflow-uri / MLFLOW_TRACKING_URI: runs, the model registry, sync
+    "wandb": ["wandb"],  # --tracker wandb: Weights & Biases runs (online, or offline for wandb sync)
     "docs": ["mkdocs-material", "mkdocstrings[python]"],
 }
 EXTRAS["benchmarks"] = ["lightning"]  # benchmarks/image_folder.py times Lightning's Trainer beside torchexp
-EXTRAS["all"] = sorted({package for extra in ("search", "serve", "export", "loaders", "plots", "mlflow") for package in EXTRAS[extra]})
+EXTRAS["all"] = sorted({package for extra in ("search", "serve", "export", "loaders", "plots", "mlflow", "wandb") for package in EXTRAS[extra]})
 EXTRAS["test"] = ["pytest", "pytest-xdist", "hypothesis", "httpx", "selenium", "schemathesis", "scikit-learn"]
 
 setup(
@@ -49,6 +50,11 @@ setup(
     install_requires=["torch", "torchvision", "tensorboard", "jsonschema>=4.18", "click>=8.1", "tqdm", "numpy"],
     extras_require=EXTRAS,
     entry_points={
+        # Trackers other packages may add beside these (torchexp.trackers.plugins).
+        "torchexp.trackers": [
+            "mlflow=torchexp.mirror.tracker:MlflowTracker",
+            "wandb=torchexp.trackers.wandb_run:WandbTracker",
+        ],
         "console_scripts": [
             "torchexp=torchexp.cli:main",
             "mnist-classifier=mnist_classifier.__main__:main",

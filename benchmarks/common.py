@@ -106,7 +106,7 @@ def make_runner(experiments_path: str, name: str, data_path: str, runner_class: 
 
 def close_runner(runner: Any) -> None:
     """Release what `make_runner` opened: TensorBoard's writer and the log file."""
-    from torchexp.tracking import close_logger
+    from torchexp.logs import close_logger
 
     runner.tracker.close()
     close_logger(runner.logger)

@@ -19,7 +19,7 @@ from torchexp.scaffold import create_project
 from torchexp.serving.options import ServeOptions
 from torchexp.releases import find_release
 from torchexp.serving.server import load_app
-from torchexp.tracking import make_logger
+from torchexp.logs import make_logger
 from torchexp.training import train_experiment
 
 NAME = "served"

@@ -17,7 +17,8 @@ from conftest import free_port, init_args, write_mnist
 from mnist_classifier.__main__ import cli
 from torchexp.commands.tensorboard import compare_logdir_spec
 from torchexp.hparams import flatten_hparams, list_metric_tags, write_hparams
-from torchexp.tracking import Tracker, tensorboard_command
+from torchexp.trackers.fanout import RunTrackers
+from torchexp.trackers.tensorboard import tensorboard_command
 
 SERVER_DEADLINE_S = 60  # TensorBoard starts in 2-4 s; a busy machine may take longer
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
@@ -145,7 +146,7 @@ def test_an_experiment_without_hparams_gets_them_when_it_trains_again_with_nothi
 
 
 def test_other_distributed_ranks_write_nothing(tmp_path):
-    tracker = Tracker(str(tmp_path / "tensorboard"), str(tmp_path / "metrics.jsonl"), enabled=False)
+    tracker = RunTrackers(str(tmp_path / "tensorboard"), str(tmp_path / "metrics.jsonl"), enabled=False)
     runner = SimpleNamespace(tracker=tracker, history={"train": [], "validation": []}, config=SimpleNamespace(data={}), seed=0)
     write_hparams(runner)
     assert not os.path.exists(tmp_path / "tensorboard")

@@ -16,7 +16,8 @@ from mnist_classifier.runner import NORMALIZED_BYTES, MNISTClassifierRunner, one
 from torchexp.config import Config, build_config
 from torchexp.errors import DataError
 from torchexp.folder import Experiment
-from torchexp.tracking import Tracker, close_logger, make_logger
+from torchexp.logs import close_logger, make_logger
+from torchexp.trackers.fanout import RunTrackers
 from torchexp import evaluation, loop
 
 TRAIN_SIZE, TEST_SIZE = 96, 40
@@ -171,7 +172,7 @@ def make_runner(tmp_path, data_path, model="mlp", test_batch_size=30) -> MNISTCl
     data.load_datasets(data_path)
     data.load_loaders(data_path, 0)
     logger = make_logger("m", experiment.log_path, "quiet")
-    tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path)
+    tracker = RunTrackers(experiment.tensorboard_path, experiment.metrics_path)
     return MNISTClassifierRunner(experiment, Config(conf), 0, data, logger, tracker, quiet=True)
 
 

@@ -14,7 +14,8 @@ from torchexp.errors import CheckpointError, ConfigError, ProjectError
 from torchexp.folder import Experiment
 from torchexp.loaders import TensorLoader
 from torchexp.releases import create_release
-from torchexp.tracking import Tracker, close_logger, make_logger
+from torchexp.logs import close_logger, make_logger
+from torchexp.trackers.fanout import RunTrackers
 from torchexp import loop
 from torchexp import evaluation
 
@@ -68,7 +69,7 @@ def make_runner(tmp_path, runner_class=TinyRunner, **trainer):
     data = TinyData(Config(conf), 0, logger)
     data.load_datasets("")
     data.load_loaders("", 0)
-    tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path)
+    tracker = RunTrackers(experiment.tensorboard_path, experiment.metrics_path)
     return runner_class(experiment, Config(conf), 0, data, logger, tracker, quiet=True)
 
 

@@ -8,7 +8,9 @@ import sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.summary.writer import event_file_writer
 
-from torchexp.tracking import Tracker, close_logger, format_metrics, make_logger, tensorboard_command
+from torchexp.logs import close_logger, format_metrics, make_logger
+from torchexp.trackers.fanout import RunTrackers
+from torchexp.trackers.tensorboard import tensorboard_command
 
 
 def test_logger_writes_every_level_to_verbose_log_and_appends(tmp_path, capsys):
@@ -50,7 +52,7 @@ def test_verbose_console_shows_debug(tmp_path, capsys):
 
 
 def test_tracker_writes_metrics_jsonl_and_tensorboard_scalars(tmp_path):
-    tracker = Tracker(str(tmp_path / "tensorboard"), str(tmp_path / "metrics.jsonl"))
+    tracker = RunTrackers(str(tmp_path / "tensorboard"), str(tmp_path / "metrics.jsonl"))
     tracker.log_scalars("train", 1, {"loss": 0.5, "accuracy": 0.75}, epoch=1)
     tracker.log_scalars("train", 2, {"loss": 0.25, "accuracy": float("nan")}, epoch=2)
     tracker.log_scalars("validation", 2, {"loss": 0.3})
@@ -72,7 +74,7 @@ def test_tracker_writes_metrics_jsonl_and_tensorboard_scalars(tmp_path):
 
 
 def test_disabled_tracker_writes_nothing(tmp_path):
-    tracker = Tracker(str(tmp_path / "tensorboard"), str(tmp_path / "metrics.jsonl"), enabled=False)
+    tracker = RunTrackers(str(tmp_path / "tensorboard"), str(tmp_path / "metrics.jsonl"), enabled=False)
     tracker.log_scalars("train", 1, {"loss": 0.5})
     tracker.writer.add_scalar("custom/value", 1.0, 1)  # project code need not check the rank
     tracker.writer.add_text("custom/text", "hello", 1)
@@ -82,14 +84,14 @@ def test_disabled_tracker_writes_nothing(tmp_path):
 
 
 def test_tracker_creates_no_event_file_until_used(tmp_path):
-    tracker = Tracker(str(tmp_path / "tensorboard"), str(tmp_path / "metrics.jsonl"))
+    tracker = RunTrackers(str(tmp_path / "tensorboard"), str(tmp_path / "metrics.jsonl"))
     tracker.flush()
     tracker.close()
     assert os.listdir(tmp_path) == []
 
 
 def test_discard_after_drops_what_a_resumed_run_logs_again(tmp_path):
-    tracker = Tracker(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl"))
+    tracker = RunTrackers(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl"))
     for step in (100, 200, 300):
         tracker.log_scalars("iteration", step, {"loss": 1.0}, epoch=1 + step // 250)
     tracker.log_scalars("train", 1, {"loss": 1.0}, epoch=1)
@@ -110,7 +112,7 @@ def test_tensorboard_hides_the_iterations_logged_after_the_resume_point(tmp_path
     # The writers' file counters go from 9 to 10, and "...10" sorts before "...9": the
     # purging file must still be read last.
     monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
-    tracker = Tracker(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl"))
+    tracker = RunTrackers(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl"))
     for step in range(1, 11):
         tracker.log_scalars("iteration", step, {"loss": float(step)})
     tracker.log_scalars("train", 1, {"loss": 1.0}, epoch=1)
@@ -127,9 +129,9 @@ def test_tensorboard_hides_the_iterations_logged_after_the_resume_point(tmp_path
 
 
 def test_discard_after_without_metrics_or_when_disabled_does_nothing(tmp_path):
-    assert Tracker(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl")).discard_after(0, 0) == 0
+    assert RunTrackers(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl")).discard_after(0, 0) == 0
     (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "epoch": 1}\n')
-    assert Tracker(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl"), enabled=False).discard_after(0, 0) == 0
+    assert RunTrackers(str(tmp_path / "tb"), str(tmp_path / "metrics.jsonl"), enabled=False).discard_after(0, 0) == 0
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
 
 

@@ -50,7 +50,7 @@ def leave_a_mid_epoch_checkpoint(root: str, epoch: int, iteration: int) -> None:
         loop.train(runner, torch.device("cpu"), epoch, 100, stop_at=(epoch, iteration))
     finally:
         runner.tracker.close()
-        torchexp.tracking.close_logger(runner.logger)
+        torchexp.logs.close_logger(runner.logger)
 
 
 def test_every_checkpoint_re_runs_bit_identical_and_is_listed_by_info(root):

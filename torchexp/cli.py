@@ -24,8 +24,9 @@ from torchexp.commands.sync import sync
 from torchexp.commands.tensorboard import tensorboard
 from torchexp.commands.training import create_release, test, train
 from torchexp.commands.verify import verify
-from torchexp.errors import TorchexpError
-from torchexp.mirror.target import resolve_target
+from torchexp.errors import ConfigError, TorchexpError
+from torchexp.mirror.target import MlflowTarget, resolve_target
+from torchexp.trackers.plugins import TrackerSpec, choose_trackers
 from torchexp.version import __version__
 
 PROJECT_COMMANDS = (init, info, train, test, create_release, verify, tensorboard, serve, compare, export, search, sync)
@@ -94,19 +95,47 @@ def make_cli(
         "--mlflow-uri",
         help="Mirror experiments to this MLflow tracking server (http://HOST:PORT).  [default: $MLFLOW_TRACKING_URI, or no mirror]",
     )
+    @click.option(
+        "--tracker",
+        "trackers",
+        multiple=True,
+        metavar="NAME",
+        help="Also send runs to this tracker (wandb, or a plugin's name); repeatable.  [default: $TORCHEXP_TRACKERS, or none]",
+    )
     @click.version_option(__version__, prog_name="torchexp")
     @click.pass_context
     def cli(
-        ctx: click.Context, experiment_name: str | None, experiments_path: str, data_path: str, verbose: bool | None, debug: bool, mlflow_uri: str | None
+        ctx: click.Context,
+        experiment_name: str | None,
+        experiments_path: str,
+        data_path: str,
+        verbose: bool | None,
+        debug: bool,
+        mlflow_uri: str | None,
+        trackers: tuple[str, ...],
     ) -> None:
         """Experiments with validated configs, exact-resume checkpoints, releases and TensorBoard."""
         verbosity = {None: "normal", True: "verbose", False: "quiet"}[verbose]
-        ctx.obj = App(data_class, runner_class, experiment_name, experiments_path, data_path, verbosity, resolve_target(mlflow_uri))
+        target = resolve_target(mlflow_uri)
+        ctx.obj = App(data_class, runner_class, experiment_name, experiments_path, data_path, verbosity, target, choose_other_trackers(trackers, target))
         ctx.obj.debug = debug
 
     for command in PROJECT_COMMANDS:
         cli.add_command(command)
     return cli
+
+
+def choose_other_trackers(names: tuple[str, ...], target: MlflowTarget | None) -> tuple[TrackerSpec, ...]:
+    """The trackers of `--tracker` (or TORCHEXP_TRACKERS) but MLflow's, which a tracking URI
+    turns on.
+
+    Raises:
+        ConfigError: MLflow is named without a tracking URI, or a name is not installed.
+    """
+    specs = choose_trackers(names)
+    if target is None and any(spec.name == "mlflow" for spec in specs):
+        raise ConfigError("tracker 'mlflow' needs a tracking URI: pass --mlflow-uri or set MLFLOW_TRACKING_URI")
+    return tuple(spec for spec in specs if spec.name != "mlflow")
 
 
 @click.group(cls=TorchexpGroup, context_settings={"help_option_names": ["-h", "--help"]})

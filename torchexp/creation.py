@@ -6,9 +6,16 @@ A search creates its trials here too, so that a trial is an experiment like any 
 from torchexp.config import Config
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
+from torchexp.logs import close_logger, make_logger
+from torchexp.project import (
+    Project,
+    check_data_path,
+    check_json_data,
+    find_project_root,
+    import_project_class,
+    record_versions,
+)
 from torchexp.provenance import append_record, collect, watching_reads
-from torchexp.project import Project, check_data_path, check_json_data, find_project_root, import_project_class, record_versions
-from torchexp.tracking import close_logger, make_logger
 
 
 def init_experiment(project: Project, experiment: Experiment, conf: dict, seed: int, extra: dict | None = None) -> None:

@@ -5,6 +5,7 @@ metrics by the number of samples. A test's results are saved to results/, logged
 TensorBoard and metrics.jsonl, and a square `confusion_matrix` among them is drawn.
 """
 
+import os
 from typing import Any
 
 import torch
@@ -14,15 +15,15 @@ from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
 from torchexp.hparams import write_hparams
 from torchexp.loaders import position_loader, prepare_loaders
+from torchexp.logs import close_logger, format_metrics, progress_bar
 from torchexp.memory import keep_freed_memory_when_configured
-from torchexp.mirror.hooks import mirror_now
 from torchexp.precision import Precision
 from torchexp.project import Project
 from torchexp.releases import find_weights
 from torchexp.results import write_report
 from torchexp.rng import preserving_globals, seed_everything
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
-from torchexp.tracking import close_logger, format_metrics, progress_bar
+from torchexp.trackers.base import RunInfo
 from torchexp.train_loader import length_of, reading
 from torchexp.training_state import load_weights
 
@@ -78,9 +79,10 @@ def run_test(runner: Any, device: torch.device, epoch: int, release: bool) -> di
     with torch.no_grad():
         results = runner.test(epoch, device)
     report = {"epoch": epoch, "checkpoint": checkpoint.name, "results": results}
-    write_report(runner.experiment, epoch, checkpoint.kind, report)
+    path = write_report(runner.experiment, epoch, checkpoint.kind, report)
     numbers = {key: value for key, value in results.items() if isinstance(value, (int, float))}
-    runner.tracker.log_scalars("test", epoch, {key: float(value) for key, value in numbers.items()}, epoch=epoch, checkpoint=checkpoint.name)
+    runner.tracker.log_test(epoch, checkpoint.name, results)
+    runner.tracker.log_artifact(path, f"results/{os.path.basename(path)}")
     if is_square(results.get("confusion_matrix")):
         log_confusion_matrix(runner, epoch, results["confusion_matrix"])
     runner.tracker.flush()
@@ -124,12 +126,12 @@ def evaluate_experiment(project: Project, experiment: Experiment, epoch: int | N
 
     epoch = epoch or find_weights(experiment, "release" if release else None).epoch
     torch_device = resolve_device(device)
-    runner = project.make_runner(experiment, experiment.read_definition(), num_workers)
+    definition = experiment.read_definition()
+    runner = project.make_runner(experiment, definition, num_workers)
     try:
+        runner.tracker.open(project.trackers, RunInfo(experiment, definition, "test"), runner.logger)
         with project_errors(runner.logger):
-            results = run_test(runner, torch_device, epoch, release)
-        mirror_now(project.tracking, experiment, runner.logger)
-        return results
+            return run_test(runner, torch_device, epoch, release)
     finally:
         runner.tracker.close()
         close_logger(runner.logger)

@@ -17,6 +17,7 @@ EXTRA_MODULES = {
     "loaders": ("torchdata",),
     "plots": ("matplotlib",),
     "mlflow": ("mlflow",),
+    "wandb": ("wandb",),
 }
 
 

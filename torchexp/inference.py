@@ -15,7 +15,8 @@ from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
 from torchexp.project import class_spec, describe_import_failure, load_class
 from torchexp.releases import Epoch, find_weights
-from torchexp.tracking import Tracker, make_logger
+from torchexp.logs import make_logger
+from torchexp.trackers.fanout import RunTrackers
 
 
 def resolve_classes(experiment: Experiment, definition: dict, runner_class: Any, data_class: Any) -> tuple[type, type | None]:
@@ -68,7 +69,7 @@ def make_inference_runner(experiment: Experiment, definition: dict, runner_class
     runner_type, data_type = resolve_classes(experiment, definition, runner_class, data_class)
     logger = make_logger(f"{experiment.name}.inference", None, "quiet")
     config = Config(fill_trainer_defaults(definition["config"]))
-    tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path, enabled=False)
+    tracker = RunTrackers(experiment.tensorboard_path, experiment.metrics_path, enabled=False)
     with project_errors(inference=True):
         data = None
         if data_type is not None:

@@ -22,8 +22,16 @@ from torchexp.errors import ConfigError, TrainingInterrupted
 from torchexp.evaluation import validate
 from torchexp.hparams import recording_hparams
 from torchexp.loaders import prepare_loaders
+from torchexp.logs import progress_bar
 from torchexp.memory import keep_freed_memory_when_configured
-from torchexp.metrics import EARLY_STOPPING, ITERATION, MAX_EPOCHS, MAX_STEPS, OBSERVER, Stop
+from torchexp.metrics import (
+    EARLY_STOPPING,
+    ITERATION,
+    MAX_EPOCHS,
+    MAX_STEPS,
+    OBSERVER,
+    Stop,
+)
 from torchexp.precision import Precision, PrecisionChoice, choose_precision
 from torchexp.rng import deterministic_algorithms, seed_everything
 from torchexp.runner import Runner
@@ -31,7 +39,6 @@ from torchexp.saving import CheckpointSaver
 from torchexp.signals import CheckpointClock, StopSignals, catching_stop_signals
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
 from torchexp.strategy import wrap_model
-from torchexp.tracking import progress_bar
 from torchexp.train_loader import TrainLoader, adapt_train_loader, reading
 from torchexp.training_state import build_model, restore_training
 

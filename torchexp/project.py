@@ -18,9 +18,10 @@ from torchexp.config import Config, fill_trainer_defaults
 from torchexp.errors import DataError, ProjectError, first_line
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
-from torchexp.mirror.target import MlflowTarget
+from torchexp.logs import close_logger, make_logger
 from torchexp.provenance import watching_reads
-from torchexp.tracking import Tracker, close_logger, make_logger
+from torchexp.trackers.fanout import RunTrackers
+from torchexp.trackers.plugins import TrackerSpec
 from torchexp.version import __version__
 
 ClassSpec = type | str  # a class, or "module:Class" to import it on first use
@@ -35,14 +36,14 @@ class Project:
         runner_class: the project's Runner subclass, or "module:Class".
         data_path: the folder holding (or receiving) the data sets.
         verbosity: "quiet", "normal" or "verbose" on the console.
-        tracking: the MLflow server its experiments are mirrored to, or None (`torchexp.mirror`).
+        trackers: the trackers its commands send runs to, beside TensorBoard (`torchexp.trackers`).
     """
 
     data_class: ClassSpec
     runner_class: ClassSpec
     data_path: str = "data"
     verbosity: str = "normal"
-    tracking: MlflowTarget | None = None
+    trackers: tuple[TrackerSpec, ...] = ()
 
     def classes(self) -> dict[str, str]:
         """{"data": "module:Class", "runner": "module:Class"}, as config.json records them."""
@@ -85,7 +86,7 @@ class Project:
                 data = self.make_data(experiment, definition, logger)
                 data.num_workers = num_workers
                 data.load_loaders(self.data_path, num_workers)
-                tracker = Tracker(experiment.tensorboard_path, experiment.metrics_path, enabled=world.is_main)
+                tracker = RunTrackers(experiment.tensorboard_path, experiment.metrics_path, enabled=world.is_main)
                 config = Config(fill_trainer_defaults(definition["config"]))
                 runner_class = import_project_class(self.runner_class)
                 return runner_class(experiment, config, definition["seed"], data, logger, tracker, verbosity == "quiet", world=world)

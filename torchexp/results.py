@@ -15,9 +15,11 @@ from torchexp.folder import Experiment
 RESULTS_PATTERN = re.compile(r"(?P<epoch>0|[1-9]\d*)\.(?P<kind>standard|release)\.test\.json")
 
 
-def write_report(experiment: Experiment, epoch: int, kind: str, report: dict) -> None:
-    """Write a test's report, {"epoch", "checkpoint", "results"}, atomically."""
-    write_json_atomic(os.path.join(experiment.results_path, f"{epoch}.{kind}.test.json"), report)
+def write_report(experiment: Experiment, epoch: int, kind: str, report: dict) -> str:
+    """Write a test's report, {"epoch", "checkpoint", "results"}, atomically; return its path."""
+    path = os.path.join(experiment.results_path, f"{epoch}.{kind}.test.json")
+    write_json_atomic(path, report)
+    return path
 
 
 def read_reports(experiment: Experiment) -> list[tuple[tuple[int, str], dict, str]]:

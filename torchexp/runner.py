@@ -17,7 +17,8 @@ from torchexp.config import Config
 from torchexp.data import Data
 from torchexp.distributed import World
 from torchexp.folder import Experiment
-from torchexp.tracking import Tracker, format_metrics
+from torchexp.logs import format_metrics
+from torchexp.trackers.fanout import RunTrackers
 
 # What numpy makes of JSON values that are not numbers, for the default serve_preprocess.
 VALUE_KINDS = {"U": "text", "O": "null, objects or numbers mixed with other values"}
@@ -63,7 +64,8 @@ class Runner(abc.ABC):
         seed: the experiment's seed.
         data: the project's Data, its loaders loaded.
         logger: the experiment's logger.
-        tracker: TensorBoard and metrics.jsonl; `tracker.writer` for custom figures.
+        tracker: TensorBoard and metrics.jsonl, and the trackers a command turned on
+            (`torchexp.trackers`); `tracker.writer` for custom figures.
         world: this process's rank among torchrun's processes (a single one by default).
         device: the device the model runs on.
         model, optimizer, scheduler: set by the init hooks.
@@ -82,7 +84,7 @@ class Runner(abc.ABC):
         seed: int,
         data: Data,
         logger: logging.Logger,
-        tracker: Tracker,
+        tracker: RunTrackers,
         quiet: bool = False,
         world: World = World(),
     ):

@@ -59,6 +59,7 @@ class CheckpointSaver:
         self.name = ""  # the checkpoint in flight
         self.copying: Callable[[], Any] | None = None  # blocks until the state in flight is copied
         self.stager: Any = None  # DCP's, kept from one save to the next
+        self.point: tuple[int, int] | None = None  # (step, epoch) of the save in flight, for the trackers
 
     def save(self, precision: Precision, signals: StopSignals, kind: str, number: int, partial: dict | None = None, provenance: dict | None = None, feed: TrainLoader | None = None) -> None:
         """Save the standard or interrupt checkpoint `number` (an epoch, or a step for an
@@ -87,6 +88,7 @@ class CheckpointSaver:
             "provenance": provenance,
         }
         self.name = checkpoints.make_filename(number, kind, self.sharded)
+        self.point = (runner.counters["step"], runner.counters["epoch"])
         path = os.path.join(runner.experiment.checkpoints_path, self.name)
         fields = {"epoch": number, "kind": kind, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary}
         state = collect_state(runner, precision, partial, feed, with_tensors=not self.sharded)
@@ -106,6 +108,7 @@ class CheckpointSaver:
                 self.agree()
             finally:
                 signals.saving = False
+            self.announce()
 
     def prepare_file(self, path: str, state: dict, fields: dict) -> Callable[[], None]:
         """What writes one `.pt` checkpoint (rank 0); in the background, of a copy of `state`
@@ -203,6 +206,7 @@ class CheckpointSaver:
                     signals.saving = False
             self.thread = None
             self.agree()
+            self.announce()
 
     @contextlib.contextmanager
     def finishing(self, signals: StopSignals) -> Iterator[None]:
@@ -222,6 +226,13 @@ class CheckpointSaver:
         finally:
             if self.stager is not None:
                 self.stager.close()
+
+    def announce(self) -> None:
+        """Tell the trackers that the checkpoint of the last save is on disk: what was logged
+        up to it will not be logged again by a run resumed from it."""
+        if self.point is not None:
+            self.runner.tracker.log_checkpoint(*self.point)
+            self.point = None
 
     def agree(self) -> None:
         """Raise on every rank the failure of the last save on any."""

@@ -14,11 +14,11 @@ from torchexp.cores import share_cores_with_workers
 from torchexp.errors import CheckpointError, LockError, TrainingInterrupted, first_line
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
+from torchexp.logs import close_logger
 from torchexp.metrics import FAILED, INTERRUPTED, Stop
-from torchexp.mirror.hooks import mirroring_training
-from torchexp.provenance import append_record, collect, describe_changes, read_last
 from torchexp.project import Project
-from torchexp.tracking import close_logger
+from torchexp.provenance import append_record, collect, describe_changes, read_last
+from torchexp.trackers.base import RunInfo
 
 
 def train_experiment(
@@ -102,9 +102,8 @@ def train_held(
             budget, source = read_budget(runner.config, *limit)
             runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to {budget.unit} {budget.limit} ({source})")
             provenance = record_provenance(runner, project.data_path, device)
-            tracking = project.tracking if world.is_main else None
-            with mirroring_training(tracking, experiment, runner.logger) as mirrors:
-                stop = train_recording_stop(runner, device, budget, log_period, epoch, (*mirrors, *epoch_observers), provenance)
+            runner.tracker.open(project.trackers, RunInfo(experiment, experiment.read_definition(), "train"), runner.logger)
+            stop = train_recording_stop(runner, device, budget, log_period, epoch, epoch_observers, provenance)
         finally:
             runner.tracker.close()
             close_logger(runner.logger)

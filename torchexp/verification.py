@@ -27,9 +27,9 @@ from torchexp.distributed import World, barrier, gather_objects
 from torchexp.errors import CheckpointError
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
+from torchexp.logs import close_logger
 from torchexp.project import Project
 from torchexp.provenance import collect, describe_changes
-from torchexp.tracking import close_logger
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ import click
 from torchexp.folder import Experiment
 from torchexp.mirror.target import MlflowTarget
 from torchexp.project import ClassSpec, Project
+from torchexp.trackers.plugins import TrackerSpec
 
 
 class App:
@@ -21,6 +22,7 @@ class App:
         data_path: --data-path.
         verbosity: "quiet", "normal" or "verbose".
         tracking: the MLflow server experiments are mirrored to, or None.
+        trackers: the other trackers turned on (`--tracker`).
     """
 
     def __init__(
@@ -32,8 +34,11 @@ class App:
         data_path: str,
         verbosity: str,
         tracking: MlflowTarget | None = None,
+        trackers: tuple[TrackerSpec, ...] = (),
     ):
-        self.project = Project(data_class, runner_class, data_path, verbosity, tracking)
+        mlflow = (TrackerSpec("mlflow", (("uri", tracking.uri), ("experiment_name", tracking.experiment_name or ""))),) if tracking else ()
+        self.project = Project(data_class, runner_class, data_path, verbosity, mlflow + trackers)
+        self.tracking = tracking
         self.experiment_name = experiment_name
         self.experiments_path = experiments_path
         self.debug = False  # --debug: an error's traceback above its sentence

@@ -6,7 +6,7 @@ from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import choose_point, with_point
 from torchexp.extras import require_extra
 from torchexp.export import DEFAULT_CHECK_SAMPLES, FORMATS
-from torchexp.tracking import close_logger, make_logger
+from torchexp.logs import close_logger, make_logger
 
 
 @click.command()

@@ -7,8 +7,8 @@ import click
 from torchexp import checkpoints
 from torchexp.commands.context import App, pass_app
 from torchexp.experiments import ExperimentView
+from torchexp.logs import format_metrics
 from torchexp.metrics import is_number
-from torchexp.tracking import format_metrics
 
 
 @click.command()

@@ -3,7 +3,7 @@
 import click
 
 from torchexp.commands.context import App, pass_app
-from torchexp.tracking import close_logger, make_logger
+from torchexp.logs import close_logger, make_logger
 
 
 @click.command()
@@ -20,7 +20,7 @@ def sync(app: App, storage: str | None) -> None:
 
     logger = make_logger("sync", None, app.verbosity)
     try:
-        for line in sync_folders(app.project, app.experiments_path, app.experiment_name, storage, logger):
+        for line in sync_folders(app.tracking, app.project, app.experiments_path, app.experiment_name, storage, logger):
             click.echo(line)
     finally:
         close_logger(logger)

@@ -8,7 +8,7 @@ import click
 
 from torchexp.commands.context import App, pass_app
 from torchexp.errors import ExperimentError, TorchexpError
-from torchexp.tracking import tensorboard_command
+from torchexp.trackers.tensorboard import tensorboard_command
 
 
 class StopRequested(Exception):

@@ -3,13 +3,21 @@
 import click
 
 from torchexp.budget import unit_of
-from torchexp.errors import ConfigError
-
 from torchexp.commands.context import App, pass_app
-from torchexp.commands.options import choose_point, with_device, with_point, with_workers
-from torchexp.mirror.hooks import check_registered_model, register_release_now
-from torchexp.tracking import close_logger, make_logger
-from torchexp.releases import choose_release_epoch, create_release as write_release
+from torchexp.commands.options import (
+    choose_point,
+    with_device,
+    with_point,
+    with_workers,
+)
+from torchexp.errors import ConfigError
+from torchexp.logs import close_logger, make_logger
+from torchexp.mirror.hooks import check_registered_model
+from torchexp.mirror.registry import remember_model_name
+from torchexp.releases import choose_release_epoch
+from torchexp.releases import create_release as write_release
+from torchexp.trackers.base import RunInfo
+from torchexp.trackers.fanout import Trackers
 from torchexp.training import train_experiment
 
 
@@ -76,13 +84,17 @@ def create_release(app: App, epoch: int | None, step: int | None, registered_mod
     reason = "asked for"
     if epoch is None:
         epoch, reason = choose_release_epoch(experiment)
-    tracking = app.project.tracking
-    model_name = check_registered_model(tracking, experiment, epoch, registered_model)
-    path = write_release(experiment, epoch, experiment.read_definition())
+    model_name = check_registered_model(app.tracking, experiment, epoch, registered_model)
+    definition = experiment.read_definition()
+    path = write_release(experiment, epoch, definition)
     logger = make_logger(experiment.name, experiment.log_path, app.verbosity)
+    trackers = Trackers()
     try:
-        logger.info(f"released {unit_of(experiment.read_definition()['config'])} {epoch} ({reason}) as {path}")
+        logger.info(f"released {unit_of(definition['config'])} {epoch} ({reason}) as {path}")
         if model_name is not None:
-            register_release_now(tracking, app.project, experiment, epoch, model_name, logger)
+            remember_model_name(experiment, epoch, model_name)
+        trackers = Trackers.open(app.project.trackers, RunInfo(experiment, definition, "create_release"), logger)
+        trackers.send("log_release", epoch, path)
     finally:
+        trackers.close()
         close_logger(logger)

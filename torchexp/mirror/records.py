@@ -17,11 +17,23 @@ from torchexp import checkpoints
 from torchexp.files import read_json_lines
 from torchexp.folder import Experiment
 from torchexp.locks import is_locked
-from torchexp.metrics import EARLY_STOPPING, FAILED, INTERRUPTED, ITERATION, MAX_EPOCHS, MAX_STEPS, OBSERVER, is_number, point_of, read_metric_lines
+from torchexp.metrics import (
+    EARLY_STOPPING,
+    FAILED,
+    INTERRUPTED,
+    ITERATION,
+    MAX_EPOCHS,
+    MAX_STEPS,
+    OBSERVER,
+    is_number,
+    point_of,
+    read_metric_lines,
+)
 from torchexp.results import read_reports
+from torchexp.trackers.base import FAILED as FAILED_STATUS
+from torchexp.trackers.base import FINISHED, KILLED, RUNNING
 
-# MLflow's run statuses.
-RUNNING, SCHEDULED, FINISHED, FAILED_STATUS, KILLED = "RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"
+SCHEDULED = "SCHEDULED"  # MLflow's status of a run not yet trained; the others are every tracker's
 STOP_STATUS = {MAX_EPOCHS: FINISHED, MAX_STEPS: FINISHED, EARLY_STOPPING: FINISHED, OBSERVER: FINISHED, ITERATION: FINISHED, INTERRUPTED: KILLED, FAILED: FAILED_STATUS}
 EPOCH_KINDS = ("train", "validation", "test")
 MAX_PARAM_LENGTH = 6000  # MLflow refuses longer parameter values

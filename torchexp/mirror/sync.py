@@ -18,12 +18,15 @@ from torchexp.mirror.records import RUNNING
 from torchexp.mirror.registry import choose_model_name, register_release
 from torchexp.mirror.runs import connect
 from torchexp.mirror.studies import StudyMirror, make_run_mirror
+from torchexp.mirror.target import MlflowTarget
 from torchexp.project import Project
 
 STUDY_FILE = "study.json"  # what makes a folder a study (torchexp.search.study)
 
 
-def sync_folders(project: Project, experiments_path: str, name: str | None, storage_url: str | None, logger: logging.Logger) -> Iterator[str]:
+def sync_folders(
+    target: MlflowTarget | None, project: Project, experiments_path: str, name: str | None, storage_url: str | None, logger: logging.Logger
+) -> Iterator[str]:
     """Sync the experiment or study `name`, or every one under `experiments_path` when None;
     yield one line per folder saying what was sent.
 
@@ -32,7 +35,6 @@ def sync_folders(project: Project, experiments_path: str, name: str | None, stor
         ExperimentError: `name` is neither an experiment nor a study, or there is none.
         TrackingError: MLflow cannot be reached or refuses what is sent.
     """
-    target = project.tracking
     if target is None:
         raise ConfigError("sync needs an MLflow server: pass --mlflow-uri or set MLFLOW_TRACKING_URI")
     client = connect(target)  # mlflow must be installed; nothing is sent yet
@@ -44,9 +46,9 @@ def sync_folders(project: Project, experiments_path: str, name: str | None, stor
         raise ExperimentError(f"{os.path.abspath(experiments_path)} holds no experiment or study to sync")
     for found in names:
         if kind_of(experiments_path, found) == "study":
-            yield f"study {found}: {sync_study(client, project, experiments_path, found, storage_url)}"
+            yield f"study {found}: {sync_study(client, target, experiments_path, found, storage_url)}"
         else:
-            yield f"experiment {found}: {sync_experiment(client, project, Experiment(experiments_path, found), logger)}"
+            yield f"experiment {found}: {sync_experiment(client, target, project, Experiment(experiments_path, found), logger)}"
 
 
 def list_folders(experiments_path: str) -> list[str]:
@@ -66,9 +68,9 @@ def kind_of(experiments_path: str, name: str) -> str | None:
     return None
 
 
-def sync_experiment(client: object, project: Project, experiment: Experiment, logger: logging.Logger) -> str:
+def sync_experiment(client: object, target: MlflowTarget, project: Project, experiment: Experiment, logger: logging.Logger) -> str:
     """Sync one experiment's run and register its releases; say what was sent."""
-    mirror = make_run_mirror(client, project.tracking, experiment, experiment.read_definition())
+    mirror = make_run_mirror(client, target, experiment, experiment.read_definition())
     said = [mirror.sync().describe()]
     for release in checkpoints.list_checkpoints(experiment.checkpoints_path, ("release",)):
         model_name = choose_model_name(experiment, release.epoch, None)
@@ -78,7 +80,7 @@ def sync_experiment(client: object, project: Project, experiment: Experiment, lo
     return "; ".join(said)
 
 
-def sync_study(client: object, project: Project, experiments_path: str, name: str, storage_url: str | None) -> str:
+def sync_study(client: object, target: MlflowTarget, experiments_path: str, name: str, storage_url: str | None) -> str:
     """Sync a study's run and its trials' runs; say what was sent."""
     from torchexp.search.run import open_study
 
@@ -86,5 +88,5 @@ def sync_study(client: object, project: Project, experiments_path: str, name: st
     # A search process holds the claim of each trial it trains: then the study is running.
     claims = [os.path.join(folder.claims_path, claim) for claim in os.listdir(folder.claims_path)] if os.path.isdir(folder.claims_path) else []
     status = RUNNING if any(is_locked(claim) for claim in claims) else None
-    changed = StudyMirror(client, project.tracking, folder.path).sync(study, settings.as_record(), status)
+    changed = StudyMirror(client, target, folder.path).sync(study, settings.as_record(), status)
     return f"{changed} trial runs updated" if changed else "nothing new in its trials"

@@ -12,10 +12,14 @@ from typing import Any
 
 from torchexp.budget import unit_of
 from torchexp.config import load_schema, parse_overrides
-from torchexp.errors import ConfigError, ExperimentError, TorchexpError, TrainingInterrupted
+from torchexp.errors import (
+    ConfigError,
+    ExperimentError,
+    TorchexpError,
+    TrainingInterrupted,
+)
+from torchexp.logs import close_logger, make_logger
 from torchexp.metrics import normalize_direction, parse_metric
-from torchexp.mirror.hooks import SearchMirror
-from torchexp.mirror.records import FINISHED, KILLED, RUNNING
 from torchexp.project import Project
 from torchexp.search.options import RunOptions, StudyOptions, flag
 from torchexp.search.pruners import make_trial_pruner
@@ -23,9 +27,16 @@ from torchexp.search.report import format_parameters
 from torchexp.search.scheduler import Work, hold_scheduler_lock, pick_work
 from torchexp.search.space import SearchSpace, load_space
 from torchexp.search.storage import connect_database, describe_storage, open_journal
-from torchexp.search.study import Search, SearchSettings, StudyFolder, check_rungs, load_study
+from torchexp.search.study import (
+    Search,
+    SearchSettings,
+    StudyFolder,
+    check_rungs,
+    load_study,
+)
 from torchexp.search.trial import record_outcome, train_trial
-from torchexp.tracking import close_logger, make_logger
+from torchexp.trackers.base import FINISHED, KILLED, RUNNING
+from torchexp.trackers.fanout import Trackers
 
 POLL_SECONDS = 2.0  # how often a process with nothing to do looks again while others train
 
@@ -68,24 +79,27 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
     with hold_scheduler_lock(folder):
         folder.write_or_check_settings(settings)
     logger = make_logger(f"search.{folder.name}", folder.log_path, project.verbosity)
+    search = None
     try:
         pruner = make_trial_pruner(settings)
         study = load_study(database or open_journal(folder.path), settings, space, pruner)
-        search = Search(project, folder, settings, pruner, space, schema, study, run, logger, SearchMirror(project.tracking, folder.path, logger))
+        search = Search(project, folder, settings, pruner, space, schema, study, run, logger, Trackers.open(project.trackers, None, logger))
         if total < run.trials:
             logger.info(f"the grid has {total} points: {flag('trials')} {run.trials} is capped at {total}")
         logger.info(f"search {folder.name!r} (pid {os.getpid()}): {total} trials, {settings.sampler} sampler, {settings.pruner} pruner, {settings.direction} {settings.metric}")
-        search.mirror.sync(study, settings.as_record(), RUNNING, trials=())
+        search.sync_study(RUNNING, trials=())
         try:
             done = work_until_done(search, total)
         except BaseException:
-            search.mirror.sync(study, settings.as_record(), KILLED)
+            search.sync_study(KILLED)
             raise
-        search.mirror.sync(study, settings.as_record(), FINISHED if done else KILLED)
+        search.sync_study(FINISHED if done else KILLED)
         return search
     except KeyboardInterrupt:
         raise TrainingInterrupted("search stopped by SIGINT between trials; nothing was lost: run the same command to continue") from None
     finally:
+        if search is not None:
+            search.trackers.close()
         close_logger(logger)
 
 
@@ -157,7 +171,7 @@ def do_work(search: Search, work: Work) -> None:
             message = record_outcome(search, work, outcome)
             work.claim.release()
         search.logger.info(f"trial {work.number} {message}")
-        search.mirror.sync(search.study, search.settings.as_record(), RUNNING, trials=(work.number,))
+        search.sync_study(RUNNING, trials=(work.number,))
     finally:
         work.claim.release()
 

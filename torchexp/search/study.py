@@ -23,11 +23,11 @@ import optuna
 from torchexp.errors import ConfigError, ExperimentError
 from torchexp.files import read_json, write_json_atomic
 from torchexp.folder import Experiment, validate_name
-from torchexp.mirror.hooks import SearchMirror
 from torchexp.project import Project
 from torchexp.search.options import RunOptions, StudyOptions, declared_fields, flag
 from torchexp.search.pruners import TrialPruner
 from torchexp.search.samplers import make_sampler
+from torchexp.trackers.fanout import Trackers
 
 SETTINGS_FILE = "study.json"
 SETTINGS_FORMAT = 1
@@ -179,7 +179,7 @@ class Search:
         study: the Optuna study.
         run: this process's options.
         logger: the search's logger.
-        mirror: sends the study to MLflow when tracking is on.
+        trackers: the trackers the study is sent to (MLflow's, when tracking is on).
     """
 
     project: Project
@@ -191,7 +191,11 @@ class Search:
     study: Any
     run: RunOptions
     logger: logging.Logger
-    mirror: SearchMirror
+    trackers: Trackers
+
+    def sync_study(self, status: str, trials: tuple[int, ...] | None = None) -> None:
+        """Send the trackers the study's `status` and its trials numbered `trials` (None: all)."""
+        self.trackers.send("sync_study", self.folder.path, self.study, self.settings.as_record(), status, trials)
 
 
 def comparable_space(record: Any) -> Any:

@@ -22,7 +22,7 @@ from torchexp.releases import find_release
 from torchexp.serving.collector import tune_garbage_collector
 from torchexp.serving.options import ServeOptions
 from torchexp.serving.threads import apply_threads, choose_threads
-from torchexp.tracking import close_logger, make_logger
+from torchexp.logs import close_logger, make_logger
 
 GRACEFUL_TIMEOUT_S = 30  # longest wait for requests in flight after a stop is asked for
 BACKLOG = 2048  # connections the kernel holds before the server accepts them (uvicorn's default)

@@ -1,70 +1,17 @@
-"""What an experiment reports: the log, TensorBoard, metrics.jsonl and progress bars.
+"""The tracker that is always on: TensorBoard's event files and metrics.jsonl, both in the
+experiment folder, so that either can be read back (`compare`, `info`, `ExperimentView`).
 
-One logger per experiment writes to the console and to verbose.log. `Tracker` sends the
-same numbers to TensorBoard and to metrics.jsonl, so either can be read back.
+It is not a `torchexp.trackers.base.Tracker` plugin: it is the record the other trackers
+mirror, and it owns what they cannot do, such as dropping what a resumed run logs again.
 """
 
 import json
-import logging
 import os
 import sys
 import time
-from typing import Any, Iterable
-
-from tqdm import tqdm
+from typing import Any
 
 from torchexp.files import replace_non_finite, write_atomic
-
-CONSOLE_FORMAT = "%(message)s"
-FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
-PROGRESS_MIN_INTERVAL = 0.5  # seconds between progress bar refreshes, to keep the loop lean
-
-
-def make_logger(name: str, log_path: str | None, verbosity: str = "normal") -> logging.Logger:
-    """Return a logger that prints to stderr and appends everything to `log_path`.
-
-    Args:
-        name: the experiment name, used in the logger's name.
-        log_path: verbose.log of the experiment, or None for the console alone.
-        verbosity: "quiet" (warnings only), "normal" or "verbose" (debug) on the console.
-    """
-    logger = logging.getLogger(f"torchexp.{name}")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel({"quiet": logging.WARNING, "verbose": logging.DEBUG}.get(verbosity, logging.INFO))
-    console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
-    logger.addHandler(console)
-    if log_path is not None:
-        file_handler = logging.FileHandler(log_path, encoding="utf-8")
-        file_handler.setLevel(logging.DEBUG)
-        file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
-        logger.addHandler(file_handler)
-    return logger
-
-
-def close_logger(logger: logging.Logger) -> None:
-    """Close and detach the logger's handlers, releasing verbose.log."""
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
-
-
-def progress_bar(iterable: Iterable, total: int, description: str, quiet: bool) -> tqdm:
-    """Return a tqdm bar, silent when output is not a terminal or when quiet."""
-    disable = quiet or not sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=description, disable=disable, mininterval=PROGRESS_MIN_INTERVAL, leave=False)
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """Format metrics for a log line: `loss 0.0312, accuracy 0.9912, samples 10000`.
-
-    Counts (ints) are shown whole; `.4g` would write 10000 as 1e+04.
-    """
-    return ", ".join(f"{key} {value}" if isinstance(value, int) else f"{key} {value:.4g}" for key, value in metrics.items())
 
 
 class NullWriter:
@@ -74,8 +21,8 @@ class NullWriter:
         return lambda *args, **kwargs: None
 
 
-class Tracker:
-    """Writes scalars to TensorBoard and to metrics.jsonl.
+class TensorBoardTracker:
+    """Writes scalars to TensorBoard and to metrics.jsonl, in the experiment folder.
 
     The SummaryWriter is created on first use so that commands that log nothing do not
     pay for importing TensorBoard.
