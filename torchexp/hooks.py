@@ -15,6 +15,7 @@ sentence naming the attribute and saying where it belongs.
 
 import contextlib
 import logging
+import sys
 from types import TracebackType
 from typing import Iterator
 
@@ -32,17 +33,21 @@ RUNNER_HOOKS = (
 def find_hook(traceback: TracebackType | None) -> tuple[str, object] | None:
     """Return ("Class.hook", the object) of the outermost hook frame in a traceback, or None
     when the exception did not pass through a project's hook."""
-    from torchexp.data import Data
-    from torchexp.runner import Runner
-
     while traceback is not None:
         frame = traceback.tb_frame
         owner = frame.f_locals.get("self")
         name = frame.f_code.co_name
-        if (isinstance(owner, Data) and name in DATA_HOOKS) or (isinstance(owner, Runner) and name in RUNNER_HOOKS):
+        if (is_a(owner, "torchexp.data", "Data") and name in DATA_HOOKS) or (is_a(owner, "torchexp.runner", "Runner") and name in RUNNER_HOOKS):
             return f"{type(owner).__name__}.{name}", owner
         traceback = traceback.tb_next
     return None
+
+
+def is_a(value: object, module: str, name: str) -> bool:
+    """isinstance(value, module.name), without importing `module`: an instance of its class
+    exists only once the module is imported. The Runner's module imports this one."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(value, getattr(loaded, name))
 
 
 def describe_failure(error: BaseException, inference: bool = False) -> str | None:
@@ -52,13 +57,11 @@ def describe_failure(error: BaseException, inference: bool = False) -> str | Non
         error: the exception, with its traceback.
         inference: whether Data was built without its data sets (serve, export, load_model).
     """
-    from torchexp.data import Data
-
     found = find_hook(error.__traceback__)
     if found is None:
         return None
     hook = found[0]
-    if inference and isinstance(error, AttributeError) and isinstance(error.obj, Data):
+    if inference and isinstance(error, AttributeError) and is_a(error.obj, "torchexp.data", "Data"):
         data = type(error.obj).__name__
         return (
             f"{hook} failed: {data} has no attribute {error.name!r} here: outside training (serve, export, load_model) "

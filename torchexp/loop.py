@@ -7,10 +7,12 @@ accumulation (`accumulation`), precision (`precision`), signals and the checkpoi
 state (`training_state`), validation (`evaluation`).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 
@@ -34,13 +36,15 @@ from torchexp.metrics import (
 )
 from torchexp.precision import Precision, PrecisionChoice, choose_precision
 from torchexp.rng import deterministic_algorithms, seed_everything
-from torchexp.runner import Runner
 from torchexp.saving import CheckpointSaver
 from torchexp.signals import CheckpointClock, StopSignals, catching_stop_signals
 from torchexp.steps import MetricSums, as_metrics, batch_size_of, prepare_batch
 from torchexp.strategy import wrap_model
 from torchexp.train_loader import TrainLoader, adapt_train_loader, reading
 from torchexp.training_state import build_model, restore_training
+
+if TYPE_CHECKING:
+    from torchexp.runner import Runner  # which imports this module's train for its deprecated Runner.train
 
 # Called at each point (an epoch's end, or every trainer.validate_every_steps steps), after
 # its checkpoint, with (epoch or step, {"train": ..., "validation": ...}); one that returns
