@@ -162,7 +162,8 @@ def test_the_record_reads_back_and_a_missing_one_is_empty(tmp_path):
     assert read_directions(experiment) == {"r2": "maximize"}
     with open(experiment.directions_path, "w") as file:
         json.dump({"metric_directions": {"r2": "sideways"}}, file)
-    message = f"directions of experiment 'x' ({experiment.directions_path}) gives metric 'r2' the direction 'sideways': {USE}"
+    where = f"directions of experiment 'x' ({experiment.directions_path})"
+    message = f"{where} gives metric 'r2' the direction 'sideways': {USE}"
     with pytest.raises(ExperimentError, match=f"^{re.escape(message)}$"):
         read_directions(experiment)
 

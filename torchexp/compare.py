@@ -165,7 +165,8 @@ def check_direction_names(summaries: list[Summary], directions: dict[str, str]) 
     unknown = [metric for metric in directions if metric not in logged]
     if unknown and logged:
         listed = ", ".join(sorted(logged))
-        raise ConfigError(f"--direction names {unknown[0]!r}, which none of the compared experiments logs (they log {listed})")
+        what = f"--direction names {unknown[0]!r}, which none of the compared experiments logs"
+        raise ConfigError(f"{what} (they log {listed})")
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:

@@ -29,6 +29,7 @@ MAXIMIZE = "maximize"
 DIRECTIONS = {"minimize": MINIMIZE, "maximize": MAXIMIZE, "min": MINIMIZE, "max": MAXIMIZE}
 # Metrics named like these are better when higher; every other undeclared one when lower.
 HIGHER_IS_BETTER = ("acc", "f1", "precision", "recall", "auc", "score", "iou", "dice")
+# The end of every sentence that refuses a direction.
 USE = "use 'max' or 'min' ('maximize', 'minimize')"
 # trainer.monitor, an option of the configuration's trainer section (`torchexp.config.TRAINER_SCHEMA`).
 MONITOR_OPTION = {

@@ -52,8 +52,8 @@ def has_stalled(history: dict[str, list[dict]], monitor: str, declared: Mapping[
     split, metric = parse_metric(monitor)
     names = sorted({name for entry in history[split] for name in entry})
     if names and metric not in names:
-        listed = ", ".join(names)
-        raise ConfigError(f"trainer.monitor {monitor!r} is not a metric the project logs: its {split} metrics are {listed}")
+        logged = f"its {split} metrics are {', '.join(names)}"
+        raise ConfigError(f"trainer.monitor {monitor!r} is not a metric the project logs: {logged}")
     series = [(index, entry[metric]) for index, entry in enumerate(history[split]) if is_number(entry.get(metric))]
     if len(series) <= patience:
         return False
