@@ -622,9 +622,9 @@ MISTAKES = [
          "('maximize', 'minimize')",),
     ),
     Mistake(
-        "compare-direction-of-no-metric", "compare --direction of a metric no experiment logs",
+        "compare-direction-of-no-metric", "compare --direction of a metric no experiment validates",
         ("compare", "--direction", "r2=max"), 2,
-        ("--direction names 'r2', which none of the compared experiments logs (they log accuracy, loss)",),
+        ("--direction names 'r2', which no compared experiment validates (they validate accuracy, loss)",),
     ),
     Mistake(
         "train-over-later-epochs", "train --epoch E when later checkpoints exist", ("train", "--epoch", "1"), 4,

@@ -191,7 +191,7 @@ def test_compare_direction_overrides_the_declaration_for_one_look(trained):
     [
         ("r2", "Error: --direction 'r2' must look like NAME=max or NAME=min, e.g. r2=max"),
         ("r2=up", f"Error: {MALFORMED}"),
-        ("r3=max", "Error: --direction names 'r3', which none of the compared experiments logs (they log loss, r2)"),
+        ("r3=max", "Error: --direction names 'r3', which no compared experiment validates (they validate loss, r2)"),
     ],
 )
 def test_a_malformed_direction_is_one_sentence_and_exit_code_2(trained, value, message):

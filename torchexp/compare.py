@@ -146,7 +146,7 @@ def build_table(
 
     Raises:
         ExperimentError: a pattern matches nothing, or there is nothing to compare.
-        ConfigError: `directions` names a metric that no compared experiment has logged.
+        ConfigError: `directions` names a metric that no compared experiment has validated.
     """
     names = experiments.select(patterns)
     if not names:
@@ -159,14 +159,12 @@ def build_table(
 
 def check_direction_names(summaries: list[Summary], directions: dict[str, str]) -> None:
     """Raise ConfigError for a direction given for a metric that none of the compared
-    experiments has logged (a typo would change nothing, silently)."""
-    entries = [entry[split] for summary in summaries for entry in summary.history for split in ("train", "validation")]
-    logged = {metric for metrics in entries for metric in metrics} - set(HIDDEN_TRAIN_METRICS)
-    unknown = [metric for metric in directions if metric not in logged]
-    if unknown and logged:
-        listed = ", ".join(sorted(logged))
-        what = f"--direction names {unknown[0]!r}, which none of the compared experiments logs"
-        raise ConfigError(f"{what} (they log {listed})")
+    experiments has validated (a typo would change nothing, silently)."""
+    validated = {metric for summary in summaries for entry in summary.history for metric in entry["validation"]}
+    unknown = [metric for metric in directions if metric not in validated]
+    if unknown and validated:
+        what = f"--direction names {unknown[0]!r}, which no compared experiment validates"
+        raise ConfigError(f"{what} (they validate {', '.join(sorted(validated))})")
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
