@@ -6,8 +6,6 @@ configuration, seed, classes and versions of config.json), so it stands alone: `
 `export` and `load_model` need nothing else from the experiment.
 """
 
-from typing import Any
-
 from torchexp import checkpoints
 from torchexp.config import fill_trainer_defaults
 from torchexp.directions import MINIMIZE, direction_of, read_directions

@@ -1,11 +1,11 @@
 """Retention: which checkpoints stay once an epoch's checkpoint is written.
 
 With trainer.keep_checkpoints K, the last K standard checkpoints stay, and the best by
-trainer.monitor (the lowest validation loss by default; its direction as the Runner declares,
-else by its name, `torchexp.directions`); releases always stay (they are another kind), and so does
-whatever a search still needs: a paused ASHA trial's rung checkpoint is its latest. Older
-standard checkpoints are removed, crash-safe (`Checkpoint.remove`). Mid-epoch checkpoints go
-as soon as their epoch's own checkpoint is written, whatever K.
+trainer.monitor (the lowest validation loss by default; better as the Runner declares, else
+by the metric's name: `torchexp.directions`); releases always stay (they are another kind),
+and so does whatever a search still needs: a paused ASHA trial's rung checkpoint is its
+latest. Older standard checkpoints are removed, crash-safe (`Checkpoint.remove`). Mid-epoch
+checkpoints go as soon as their epoch's own checkpoint is written, whatever K.
 """
 
 from typing import Any
