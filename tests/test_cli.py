@@ -612,6 +612,21 @@ MISTAKES = [
         name="new",
     ),
     Mistake(
+        "bad-monitor", "a trainer.monitor that is not split.name", ("init", "--set", "trainer.monitor=accuracy"), 2,
+        ("config is invalid", "trainer.monitor: 'accuracy' does not match"), name="new",
+    ),
+    Mistake(
+        "bad-compare-direction", "compare --direction with a direction that is not max or min",
+        ("compare", "--direction", "loss=down"), 2,
+        ("--direction 'loss=down' gives metric 'loss' the direction 'down': use 'max' or 'min' "
+         "('maximize', 'minimize')",),
+    ),
+    Mistake(
+        "compare-direction-of-no-metric", "compare --direction of a metric no experiment validates",
+        ("compare", "--direction", "r2=max"), 2,
+        ("--direction names 'r2', which no compared experiment validates (they validate accuracy, loss)",),
+    ),
+    Mistake(
         "train-over-later-epochs", "train --epoch E when later checkpoints exist", ("train", "--epoch", "1"), 4,
         ("epochs 2-3 have checkpoints that training from epoch 1 would overwrite: pass --overwrite to allow it",),
     ),

@@ -208,6 +208,7 @@ def test_load_schema_adds_the_trainer_section(tmp_path):
         "grad_clip_norm": None,
         "keep_freed_memory": None,
         "early_stopping_patience": None,
+        "monitor": "validation.loss",
         "checkpoint_every_minutes": 30,
         "keep_checkpoints": None,
         "max_epochs": 10,

@@ -12,6 +12,7 @@ from torchexp import checkpoints
 from torchexp.retention import choose_removals
 
 MLP = ("--set", "model.name=mlp", "--set", "trainer.max_epochs=5")
+LOSS = "validation.loss"  # trainer.monitor's default
 
 
 def run(root: str, *args: str, name: str = "x"):
@@ -26,9 +27,11 @@ def standard(epoch: int, loss: float | None) -> checkpoints.Checkpoint:
 
 def test_the_last_k_and_the_best_by_validation_loss_stay():
     found = [standard(epoch, loss) for epoch, loss in enumerate([0.9, 0.2, 0.5, 0.4, 0.3], start=1)]
-    assert [item.epoch for item in choose_removals(found, 2)] == [1, 3]  # 2 is the best, 4 and 5 the last
-    assert [item.epoch for item in choose_removals(found, 5)] == []
-    assert [item.epoch for item in choose_removals([standard(epoch, None) for epoch in (1, 2, 3)], 1)] == [1, 2]
+    unvalidated = [standard(epoch, None) for epoch in (1, 2, 3)]
+    # 2 is the best, 4 and 5 the last
+    assert [item.epoch for item in choose_removals(found, 2, LOSS, "minimize")] == [1, 3]
+    assert [item.epoch for item in choose_removals(found, 5, LOSS, "minimize")] == []
+    assert [item.epoch for item in choose_removals(unvalidated, 1, LOSS, "minimize")] == [1, 2]
 
 
 def test_training_keeps_the_last_checkpoints_the_best_and_every_release(tmp_path):

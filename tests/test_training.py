@@ -69,7 +69,7 @@ def test_create_release_without_validation_releases_the_latest_epoch(invoke, tmp
     assert invoke("train", "--device", "cpu").exit_code == 0
     result = invoke("create-release")
     assert result.exit_code == 0, result.output
-    assert "released epoch 2 (the latest: no epoch was validated)" in result.output
+    assert "released epoch 2 (the latest: no epoch recorded validation loss)" in result.output
     assert checkpoint_epochs(tmp_path, kind=".release") == [2]
 
 

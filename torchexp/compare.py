@@ -9,9 +9,10 @@ import json
 from typing import Any, Callable
 
 from torchexp.config import fill_trainer_defaults
+from torchexp.directions import direction_of, read_directions
 from torchexp.errors import ConfigError, ExperimentError
 from torchexp.experiments import Experiments
-from torchexp.metrics import find_best, guess_direction, is_number, point_of
+from torchexp.metrics import find_best, is_number, point_of
 from torchexp.states import CORRUPT, NOT_AN_EXPERIMENT
 from torchexp.files import replace_non_finite
 
@@ -78,23 +79,30 @@ class Table:
     keys: list[str]
 
 
-def summarize(experiments: Experiments, name: str, with_provenance: bool = False) -> Summary:
+def summarize(
+    experiments: Experiments, name: str, with_provenance: bool = False, directions: dict[str, str] | None = None
+) -> Summary:
     """Read what `compare` shows of the experiment (or folder) `name`, with what produced its
     last run among its config keys when asked; never raises for a broken experiment, which
-    becomes a summary that says what is wrong."""
+    becomes a summary that says what is wrong.
+
+    A metric's best is the lowest or the highest as `directions` ({name: "minimize" or
+    "maximize"}) says, else as the experiment's Runner declared it, else by its name.
+    """
     if name not in experiments:
         return Summary(name, NOT_AN_EXPERIMENT, problem="the folder has no config.json")
     view = experiments[name]
     try:
         config, unit = view.config, view.unit
         max_epochs, max_steps = (view.max_epochs, None) if unit == "epoch" else (None, view.max_steps)
+        declared = {**read_directions(view.experiment), **(directions or {})}
     except ExperimentError as error:
         return Summary(name, CORRUPT, problem=str(error))
     history = view.history
     validation_names = list(dict.fromkeys(metric for entry in history for metric in entry["validation"]))
     best = {}
     for metric in validation_names:
-        found = find_best(view.series("validation", metric), guess_direction(metric))
+        found = find_best(view.series("validation", metric), direction_of(metric, declared))
         if found is not None:
             best[metric] = {"value": found[1], unit: found[0]}
     test = view.latest_test
@@ -119,20 +127,44 @@ def summarize(experiments: Experiments, name: str, with_provenance: bool = False
     )
 
 
-def build_table(experiments: Experiments, patterns: tuple[str, ...] = (), all_keys: bool = False) -> Table:
+def build_table(
+    experiments: Experiments,
+    patterns: tuple[str, ...] = (),
+    all_keys: bool = False,
+    directions: dict[str, str] | None = None,
+) -> Table:
     """Summarize the experiments that `patterns` select (all by default), and choose the
     columns: the config keys that differ (all with `all_keys`), epochs, best validation
     metrics, the last epoch's train metrics, the latest test metrics, and the state.
 
+    Args:
+        experiments: the experiments folder.
+        patterns: names or shell-style patterns; none selects every experiment.
+        all_keys: show every config key, not only those that differ.
+        directions: {metric: "minimize" or "maximize"} above what the experiments recorded
+            (`compare --direction`, `torchexp.directions.parse_direction_overrides`).
+
     Raises:
         ExperimentError: a pattern matches nothing, or there is nothing to compare.
+        ConfigError: `directions` names a metric that no compared experiment has validated.
     """
     names = experiments.select(patterns)
     if not names:
         raise ExperimentError(f"no experiments to compare in {experiments.path}")
-    summaries = [summarize(experiments, name, all_keys) for name in names]
+    summaries = [summarize(experiments, name, all_keys, directions) for name in names]
+    check_direction_names(summaries, directions or {})
     keys = list_config_keys(summaries, all_keys)
     return Table(summaries, make_columns(summaries, keys), keys)
+
+
+def check_direction_names(summaries: list[Summary], directions: dict[str, str]) -> None:
+    """Raise ConfigError for a direction given for a metric that none of the compared
+    experiments has validated (a typo would change nothing, silently)."""
+    validated = {metric for summary in summaries for entry in summary.history for metric in entry["validation"]}
+    unknown = [metric for metric in directions if metric not in validated]
+    if unknown and validated:
+        what = f"--direction names {unknown[0]!r}, which no compared experiment validates"
+        raise ConfigError(f"{what} (they validate {', '.join(sorted(validated))})")
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:

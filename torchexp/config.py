@@ -10,6 +10,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from torchexp.directions import MONITOR_OPTION
 from torchexp.errors import ConfigError
 from torchexp.files import read_json
 
@@ -127,18 +128,19 @@ TRAINER_SCHEMA: dict = {
             "checkpoint's format, so that a kill loses at most this much training; null writes checkpoints at epoch "
             "ends only. 30 minutes costs well under 1 % of the time for models of up to a few GB.",
         },
+        "monitor": MONITOR_OPTION,
         "keep_checkpoints": {
             "type": ["integer", "null"],
             "minimum": 1,
             "default": None,
-            "description": "Standard checkpoints kept: the last this many, and the one with the lowest validation loss "
-            "(releases always stay); null keeps them all. verify needs an epoch's previous checkpoint.",
+            "description": "Standard checkpoints kept: the last this many, and the best by trainer.monitor (releases "
+            "always stay); null keeps them all. verify needs an epoch's previous checkpoint.",
         },
         "early_stopping_patience": {
             "type": ["integer", "null"],
             "minimum": 1,
             "default": None,
-            "description": "Stop when the validation loss has not improved for this many epochs; null disables it.",
+            "description": "Stop when trainer.monitor has not improved for this many epochs; null disables it.",
         },
     },
 }

@@ -30,11 +30,12 @@ from typing import Any, Iterator
 from torchexp import checkpoints
 from torchexp.budget import read_limit, unit_of
 from torchexp.config import fill_trainer_defaults
+from torchexp.directions import direction_of, read_directions
 from torchexp.errors import ExperimentError
 from torchexp.folder import NAME_PATTERN, Experiment
 from torchexp.locks import is_locked
 from torchexp.files import read_json_lines
-from torchexp.metrics import Stop, find_best, guess_direction, is_number, point_of, read_last_stop, read_metric_lines
+from torchexp.metrics import Stop, find_best, is_number, point_of, read_last_stop, read_metric_lines
 from torchexp.provenance import read_last
 from torchexp.results import read_reports
 from torchexp.states import CORRUPT, read_state, scan_checkpoint_names
@@ -228,18 +229,18 @@ class ExperimentView:
         Args:
             split: "validation" or "train".
             metric: a metric the project logs, e.g. "loss" or "accuracy".
-            direction: "minimize" or "maximize" ("min", "max"); default: "maximize" for
-                accuracy-like names (accuracy, f1, precision, recall, auc, score...),
-                "minimize" for the rest.
+            direction: "minimize" or "maximize" ("min", "max"); default: as the Runner's metric_directions
+                says (recorded by `train`), else by the name: accuracy-like "maximize", the rest "minimize".
             mode: deprecated name of `direction`, until torchexp 0.3.
 
         Raises:
-            ExperimentError: the experiment has no such metric; the message lists those it has.
+            ExperimentError: no such metric (the message lists those it has), or a broken directions.json.
         """
         if mode is not None:
             warnings.warn("ExperimentView.best(mode=...) is deprecated: use direction=", DeprecationWarning, stacklevel=2)
             direction = direction or mode
-        found = find_best(self.series(split, metric), direction or guess_direction(metric))
+        direction = direction or direction_of(metric, read_directions(self.experiment))
+        found = find_best(self.series(split, metric), direction)
         if found is None:
             names = sorted({name for entry in self.history for name in entry[split]})
             if not names:

@@ -8,6 +8,7 @@
   tensorboard/    event files
   results/        test reports
   metrics.jsonl   one line per logged epoch or test, and why each train stopped
+  directions.json the metric directions the Runner declares, as the last train recorded them
   provenance.jsonl  what produced it: code, data, environment, settings (at init and every train)
   verifications.jsonl  what verify found
   mlflow.json     the MLflow run mirroring it, per tracking URI (only with tracking on)
@@ -66,6 +67,7 @@ class Experiment:
         self.tensorboard_path = os.path.join(self.path, "tensorboard")
         self.results_path = os.path.join(self.path, "results")
         self.metrics_path = os.path.join(self.path, "metrics.jsonl")
+        self.directions_path = os.path.join(self.path, "directions.json")
         self.log_path = os.path.join(self.path, "verbose.log")
         self.lock_path = os.path.join(self.path, ".lock")
         self.provenance_path = os.path.join(self.path, "provenance.jsonl")

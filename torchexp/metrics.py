@@ -1,26 +1,24 @@
-"""Metrics: which way is better, the best epoch of a series, and reading metrics.jsonl.
+"""Metrics: the best epoch of a series, and reading metrics.jsonl.
 
-A direction is "minimize" or "maximize" (Optuna's words); "min" and "max" are accepted
-wherever a user types one. A metric is named `split.name` (`validation.loss`) where a
-split must be said, and a series is `[(epoch, value), ...]`. The experiments' API, `compare`,
-`create_release` and the search all choose "best" here.
+Which way is better is `torchexp.directions`' to say. A metric is named `split.name`
+(`validation.loss`) where a split must be said, and a series is `[(epoch, value), ...]`.
+The experiments' API, `compare`, `create_release`, early stopping, trainer.keep_checkpoints
+and the search all choose "best" here.
 
 metrics.jsonl holds one JSON line per logged iteration, epoch ("train", "validation"),
 test, and end of a `train` ("stop": why it stopped, a `Stop`), each with "kind" first.
 """
 
 import dataclasses
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
+# DIRECTIONS, MAXIMIZE and guess_direction stay importable from here, where torchexp 0.2 gave them.
+from torchexp.directions import DIRECTIONS, MAXIMIZE, guess_direction  # noqa: F401
+from torchexp.directions import MINIMIZE, direction_of, normalize_direction
 from torchexp.errors import ConfigError
 from torchexp.files import read_json_lines
 
-MINIMIZE = "minimize"
-MAXIMIZE = "maximize"
-DIRECTIONS = {"minimize": MINIMIZE, "maximize": MAXIMIZE, "min": MINIMIZE, "max": MAXIMIZE}
 SPLITS = ("train", "validation")
-# Metrics named like these are better when higher; every other one when lower.
-HIGHER_IS_BETTER = ("acc", "f1", "precision", "recall", "auc", "score", "iou", "dice")
 
 Series = list[tuple[int, float]]
 
@@ -30,28 +28,36 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def normalize_direction(direction: str) -> str:
-    """Return "minimize" or "maximize" for a direction or its short form.
-
-    Raises:
-        ConfigError: anything else; the message names it.
-    """
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"direction {direction!r} is not valid: use 'minimize' or 'maximize' ('min', 'max')")
-    return DIRECTIONS[direction]
-
-
-def guess_direction(metric: str) -> str:
-    """"maximize" for accuracy-like names (accuracy, f1, precision, recall, auc, score, iou,
-    dice), "minimize" for the rest (losses, errors)."""
-    return MAXIMIZE if any(word in metric.lower() for word in HIGHER_IS_BETTER) else MINIMIZE
-
-
 def find_best(series: Iterable[tuple[int, float]], direction: str) -> tuple[int, float] | None:
     """The (epoch, value) with the best value in `direction`, the earliest on a tie; None
     for an empty series."""
     sign = 1 if normalize_direction(direction) == MINIMIZE else -1
     return min(series, key=lambda item: (sign * item[1], item[0]), default=None)
+
+
+def recorded_series(records: Iterable[tuple[int, dict]], split: str, metric: str) -> Series:
+    """(epoch, value) of `split`'s `metric` in (epoch, {"train": {...}, "validation": {...}})
+    records, such as checkpoints' sidecars hold, where it is a number."""
+    return [(epoch, value) for epoch, metrics in records if is_number(value := (metrics.get(split) or {}).get(metric))]
+
+
+def has_stalled(history: dict[str, list[dict]], monitor: str, declared: Mapping[str, str], patience: int) -> bool:
+    """Whether, in a Runner's history, the last `patience` values of `monitor` (split.name)
+    beat none of those before them (a tie does not beat), better as `declared` or the
+    metric's name says (`direction_of`); False while it has `patience` values or fewer.
+
+    Raises:
+        ConfigError: `monitor` is not split.name, or its split has metrics, none of them this one.
+    """
+    split, metric = parse_metric(monitor)
+    names = sorted({name for entry in history[split] for name in entry})
+    if names and metric not in names:
+        logged = f"its {split} metrics are {', '.join(names)}"
+        raise ConfigError(f"trainer.monitor {monitor!r} is not a metric the project logs: {logged}")
+    series = [(index, entry[metric]) for index, entry in enumerate(history[split]) if is_number(entry.get(metric))]
+    if len(series) <= patience:
+        return False
+    return find_best(series, direction_of(metric, declared))[0] < series[-patience][0]
 
 
 def parse_metric(metric: str) -> tuple[str, str]:

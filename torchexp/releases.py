@@ -6,12 +6,12 @@ configuration, seed, classes and versions of config.json), so it stands alone: `
 `export` and `load_model` need nothing else from the experiment.
 """
 
-from typing import Any
-
 from torchexp import checkpoints
+from torchexp.config import fill_trainer_defaults
+from torchexp.directions import MINIMIZE, direction_of, read_directions
 from torchexp.errors import CheckpointError
 from torchexp.folder import Experiment
-from torchexp.metrics import MINIMIZE, find_best, is_number
+from torchexp.metrics import find_best, parse_metric, recorded_series
 
 Epoch = int | str | None  # an epoch number, "release" (the latest release) or None (the latest checkpoint)
 
@@ -36,28 +36,29 @@ def create_release(experiment: Experiment, epoch: int, definition: dict) -> str:
 
 def choose_release_epoch(experiment: Experiment) -> tuple[int, str]:
     """Return the epoch `create_release` releases by default, and why: the standard checkpoint
-    with the lowest validation loss, or the latest one when none was validated.
+    with the best trainer.monitor (the lowest validation loss by default), or the latest one
+    when none recorded it. Which way is better is as the experiment's directions.json
+    records the Runner's declaration, else by the metric's name (`torchexp.directions`).
 
-    Only the checkpoints' sidecars are read, not the checkpoints.
+    Only config.json, directions.json and the checkpoints' sidecars are read, not the checkpoints.
 
     Raises:
         CheckpointError: the experiment has no standard checkpoint.
+        ExperimentError: config.json or directions.json is unreadable.
     """
     found = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",))
     if not found:
         raise CheckpointError(f"experiment {experiment.name!r} has no standard checkpoint yet: train it first")
-    best = find_best([(info.epoch, loss) for info in found if is_number(loss := validation_loss(info))], MINIMIZE)
+    monitor = fill_trainer_defaults(experiment.read_definition()["config"])["trainer"]["monitor"]
+    split, metric = parse_metric(monitor)
+    direction = direction_of(metric, read_directions(experiment))
+    best = find_best(recorded_series(((info.epoch, info.metrics) for info in found), split, metric), direction)
     unit = found[-1].unit
     if best is None:
-        return found[-1].epoch, f"the latest: no {unit} was validated"
-    epoch, loss = best
+        return found[-1].epoch, f"the latest: no {unit} recorded {split} {metric}"
+    epoch, value = best
     among = f"{unit}{'s' if len(found) > 1 else ''} {checkpoints.describe_epochs(found)}"
-    return epoch, f"the lowest validation loss, {loss:.4g}, among {among}"
-
-
-def validation_loss(checkpoint: checkpoints.Checkpoint) -> Any:
-    """The validation loss a checkpoint's sidecar holds, or None."""
-    return (checkpoint.metrics.get("validation") or {}).get("loss")
+    return epoch, f"the {'lowest' if direction == MINIMIZE else 'highest'} {split} {metric}, {value:.4g}, among {among}"
 
 
 def find_weights(experiment: Experiment, epoch: Epoch = None) -> checkpoints.Checkpoint:

@@ -15,9 +15,11 @@ import torch
 from torchexp.budget import unit_of
 from torchexp.config import Config
 from torchexp.data import Data
+from torchexp.directions import declared_directions
 from torchexp.distributed import World
 from torchexp.folder import Experiment
 from torchexp.logs import format_metrics
+from torchexp.metrics import has_stalled
 from torchexp.trackers.fanout import RunTrackers
 
 # What numpy makes of JSON values that are not numbers, for the default serve_preprocess.
@@ -73,9 +75,11 @@ class Runner(abc.ABC):
             "step" (optimizer steps over the whole run).
         history: "train" and "validation" metrics at each point (epoch end, or validation
             step), each a list of dicts.
+        metric_directions: (class) which way metrics are better, e.g. {"r2": "max"}; else by name.
     """
 
     scheduler_interval = "epoch"
+    metric_directions: dict[str, str] = {}
 
     def __init__(
         self,
@@ -151,12 +155,11 @@ class Runner(abc.ABC):
 
     def train_early_stopping(self) -> bool:
         """Return True to stop training; by default after `trainer.early_stopping_patience`
-        epochs without a lower validation loss."""
-        patience = self.get_conf("trainer", "early_stopping_patience")
-        losses = [entry["loss"] for entry in self.history["validation"] if "loss" in entry]
-        if patience is None or len(losses) <= patience:
+        epochs without a better `trainer.monitor` (the validation loss by default), better
+        as `metric_directions` declares, else as the metric's name says."""
+        if (patience := self.get_conf("trainer", "early_stopping_patience")) is None:
             return False
-        return min(losses[-patience:]) >= min(losses[:-patience])
+        return has_stalled(self.history, self.get_conf("trainer", "monitor"), declared_directions(type(self)), patience)
 
     def train_iteration_log(self, metrics: dict[str, float]) -> None:
         """Log one iteration's metrics, every `--log-period` iterations."""

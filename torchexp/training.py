@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 from torchexp import checkpoints
 from torchexp.budget import Budget, read_budget
 from torchexp.cores import share_cores_with_workers
+from torchexp.directions import declared_directions, record_directions
 from torchexp.errors import CheckpointError, LockError, TrainingInterrupted, first_line
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
@@ -99,6 +100,8 @@ def train_held(
                 remove_later_checkpoints(experiment, epoch, runner.logger)
             processes = f" in {world.size} processes" if world.distributed else ""
             share_cores_with_workers(num_workers, runner.logger)
+            if world.is_main:  # for what reads the experiment without the project's classes: compare, create_release
+                record_directions(experiment, declared_directions(type(runner)))
             budget, source = read_budget(runner.config, *limit)
             runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to {budget.unit} {budget.limit} ({source})")
             provenance = record_provenance(runner, project.data_path, device)

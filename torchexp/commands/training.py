@@ -67,7 +67,7 @@ def test(app: App, epoch: int | None, step: int | None, release: bool, device: s
 
 
 @click.command("create_release")
-@with_point("Epoch to release.", "the lowest validation loss, or the latest without validation")
+@with_point("Epoch to release.", "the best by trainer.monitor (the lowest validation loss by default), else the latest")
 @click.option(
     "--registered-model",
     help="With MLflow tracking on, register the release as a version of this model.  [default: PROJECT-EXPERIMENT, e.g. mnist_classifier-fast]",

@@ -15,7 +15,8 @@ import typing
 from typing import Any
 
 from torchexp.errors import ConfigError
-from torchexp.metrics import DIRECTIONS, is_number
+from torchexp.directions import DIRECTIONS
+from torchexp.metrics import is_number
 from torchexp.search.pruners import PRUNERS
 
 OPTION = "option"  # the key of a field's metadata that holds its Option
@@ -62,7 +63,10 @@ class StudyOptions:
     """
 
     metric: str = option("validation.loss", "--metric", "What a trial is judged by: split.name of the epoch metrics.")
-    direction: str = option("minimize", "--direction", "Whether a lower or a higher metric is better.", choices=tuple(DIRECTIONS))
+    direction: str | None = option(
+        None, "--direction", "Whether a lower or a higher metric is better.", choices=tuple(DIRECTIONS),
+        default_text="as the Runner's metric_directions declares the metric, else by its name (minimize for a loss)",
+    )  # fmt: skip
     sampler: str = option("tpe", "--sampler", "How parameters are drawn; grid takes choices and int ranges.", choices=SAMPLERS)
     pruner: str = option(
         "asha",

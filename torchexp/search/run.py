@@ -12,15 +12,11 @@ from typing import Any
 
 from torchexp.budget import unit_of
 from torchexp.config import load_schema, parse_overrides
-from torchexp.errors import (
-    ConfigError,
-    ExperimentError,
-    TorchexpError,
-    TrainingInterrupted,
-)
+from torchexp.directions import declared_directions, direction_of, normalize_direction
+from torchexp.errors import ConfigError, ExperimentError, TorchexpError, TrainingInterrupted
 from torchexp.logs import close_logger, make_logger
-from torchexp.metrics import normalize_direction, parse_metric
-from torchexp.project import Project
+from torchexp.metrics import parse_metric
+from torchexp.project import Project, import_project_class
 from torchexp.search.options import RunOptions, StudyOptions, flag
 from torchexp.search.pruners import make_trial_pruner
 from torchexp.search.report import format_parameters
@@ -72,7 +68,8 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
     folder.check_usable()
     schema = load_schema(run.schema_path)
     space = load_space(run.space, run.config_path, schema, parse_overrides(list(run.overrides)))
-    settings = make_settings(folder.name, space, schema, options, run.storage)
+    declared = declared_directions(import_project_class(project.runner_class))
+    settings = make_settings(folder.name, space, schema, options, run.storage, declared)
     total = count_trials(settings, space, run.trials)
     database = connect_database(run.storage) if run.storage else None
     os.makedirs(folder.path, exist_ok=True)
@@ -103,20 +100,30 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
         close_logger(logger)
 
 
-def make_settings(name: str, space: SearchSpace, schema: dict, options: StudyOptions, storage_url: str | None) -> SearchSettings:
+def make_settings(
+    name: str,
+    space: SearchSpace,
+    schema: dict,
+    options: StudyOptions,
+    storage_url: str | None,
+    declared: dict[str, str] | None = None,
+) -> SearchSettings:
     """The study's settings from its options; max_epochs defaults to the space's
     trainer.max_epochs, or to its trainer.max_steps when it trains by steps (the study's
-    epochs, rungs and reports then count steps).
+    epochs, rungs and reports then count steps), and the direction to the metric's: as
+    `declared` (the Runner's metric_directions, normalized) says, else by its name.
 
     Raises:
         ConfigError: a malformed metric or direction, or min_epochs beyond max_epochs.
     """
-    parse_metric(options.metric)
+    metric = parse_metric(options.metric)[1]
     base = space.build_config(schema, {})
     unit = unit_of(base)
     max_epochs = options.max_epochs or base["trainer"][f"max_{unit}s"]
     check_rungs(options.min_epochs, max_epochs)
-    resolved = dataclasses.replace(options, max_epochs=max_epochs, direction=normalize_direction(options.direction))
+    given = options.direction
+    direction = normalize_direction(given) if given is not None else direction_of(metric, declared or {})
+    resolved = dataclasses.replace(options, max_epochs=max_epochs, direction=direction)
     return SearchSettings(**dataclasses.asdict(resolved), name=name, space=space.as_record(), storage=describe_storage(storage_url), unit=unit)
 
 
