@@ -66,8 +66,7 @@ class Runner(abc.ABC):
         seed: the experiment's seed.
         data: the project's Data, its loaders loaded.
         logger: the experiment's logger.
-        tracker: TensorBoard and metrics.jsonl, and the trackers a command turned on
-            (`torchexp.trackers`); `tracker.writer` for custom figures.
+        tracker: TensorBoard, metrics.jsonl and the trackers turned on; `tracker.writer` for figures.
         world: this process's rank among torchrun's processes (a single one by default).
         device: the device the model runs on.
         model, optimizer, scheduler: set by the init hooks.
@@ -155,8 +154,7 @@ class Runner(abc.ABC):
 
     def train_early_stopping(self) -> bool:
         """Return True to stop training; by default after `trainer.early_stopping_patience`
-        epochs without a better `trainer.monitor` (the validation loss by default), better
-        as `metric_directions` declares, else as the metric's name says."""
+        epochs without a better `trainer.monitor` (by `metric_directions`, else by its name)."""
         if (patience := self.get_conf("trainer", "early_stopping_patience")) is None:
             return False
         return has_stalled(self.history, self.get_conf("trainer", "monitor"), declared_directions(type(self)), patience)
