@@ -104,7 +104,7 @@ def test_serve_answers_the_example_and_refuses_a_malformed_instance(released, st
             (prediction,) = answer.json()["predictions"]
             assert prediction["label"] == "malignant" and 0.5 < prediction["malignant"] <= 1
             answer = client.post("/v1/models/x:predict", json={"instances": [{**example, "mean radius": None}]})
-            assert (answer.status_code, answer.json()) == (400, {"error": "instances[0]: feature 'mean radius' must be a number, not null"})
+            assert (answer.status_code, answer.json()) == (400, {"error": 'instances[0]: field "mean radius" must be a valid number, got null'})
             # The example has no page of its own: a browser is sent to the OpenAPI page.
             answer = client.get("/", headers={"Accept": "text/html"})
             assert (answer.status_code, answer.headers["location"]) == (307, "/docs")
