@@ -174,7 +174,7 @@ def load_schema(runner: Any) -> InstanceSchema | None:
 def describe_pydantic_fault(path: tuple, fault: dict, whole: str = "the instance") -> str:
     """One sentence for one of pydantic's errors at `path` (field names and list indexes);
     `whole` names what an empty path is."""
-    where = f'field "{format_path(path)}"' if path else whole
+    where = name_location(path, whole)
     kind, message = fault["type"], fault["msg"]
     if kind == "missing":
         return f"{where} is missing"
@@ -202,7 +202,7 @@ def describe_json_schema_error(error: Any) -> str:
         known, patterns = error.schema.get("properties", {}), error.schema.get("patternProperties", {})
         unknown = next(name for name in instance if name not in known and not any(re.search(pattern, name) for pattern in patterns))
         return f'field "{format_path((*path, unknown))}" is unknown'
-    where = f'field "{format_path(path)}"' if path else "the instance"
+    where = name_location(path, "the instance")
     if kind == "type":
         expected = " or ".join(JSON_TYPES.get(name, name) for name in ([value] if isinstance(value, str) else value))
         return f"{where} must be {expected}, got {describe_value(instance)}"
@@ -210,6 +210,14 @@ def describe_json_schema_error(error: Any) -> str:
     if rule is None:
         return f"{where}: {first_line(error)}"
     return f"{where} must {rule.format(short_json(value))}, got {describe_value(instance)}"
+
+
+def name_location(path: tuple, whole: str) -> str:
+    """Name where in an instance a fault is: `field "a.b[2]"`, `value [3][4]` inside an
+    array, or `whole` (e.g. "the instance") for an empty path."""
+    if not path:
+        return whole
+    return f"value {format_path(path)}" if isinstance(path[0], int) else f'field "{format_path(path)}"'
 
 
 def format_path(path: Any) -> str:
