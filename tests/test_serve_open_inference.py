@@ -3,6 +3,7 @@
 predictions must be the V1 route's for the same images; then the protocol's errors, each
 `{"error": "<one sentence>"}`, through FastAPI's TestClient."""
 
+import json
 import threading
 
 import httpx
@@ -65,7 +66,10 @@ def test_liveness_readiness_and_metadata_through_tritons_client(client):
         "name": NAME,
         "platform": "torchexp_torch",
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 28, 28]}],
-        "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}, {"name": "probabilities", "datatype": "FP64", "shape": [-1, 10]}],
+        "outputs": [
+            {"name": "label", "datatype": "INT64", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP64", "shape": [-1, 10]},
+        ],
     }
     assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
 
@@ -102,9 +106,14 @@ def test_infer_without_outputs_named_answers_every_output(client, address):
 def test_an_error_reaches_tritons_client_as_its_sentence(client):
     tensor = triton.InferInput("input", [1, 5], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 5), dtype=np.float32))
-    with pytest.raises(InferenceServerException, match=r"instances\[0\]: an instance must be 28 x 28 pixel values, not an array of shape \[5\]"):
+    with pytest.raises(
+        InferenceServerException,
+        match=r"instances\[0\]: an instance must be 28 x 28 pixel values, not an array of shape \[5\]",
+    ):
         client.infer(NAME, [tensor])
-    with pytest.raises(InferenceServerException, match=f"model 'other' is not served here: this server serves '{NAME}'"):
+    with pytest.raises(
+        InferenceServerException, match=f"model 'other' is not served here: this server serves '{NAME}'"
+    ):
         client.get_model_metadata("other")
 
 
@@ -126,18 +135,40 @@ def pixels_input(**fields) -> dict:
     [
         ({"inputs": []}, 'the inference request\'s field "inputs": list should have at least 1 item, not 0'),
         ({"id": 3, **pixels_input()}, 'the inference request\'s field "id" must be a valid string, got 3'),
-        (pixels_input(datatype="FP8"), 'the inference request\'s field "inputs[0].datatype" must be \'BOOL\', \'UINT8\', \'UINT16\', \'UINT32\', \'UINT64\', \'INT8\', \'INT16\', \'INT32\', \'INT64\', \'FP16\', \'FP32\', \'FP64\' or \'BYTES\', got "FP8"'),
-        (pixels_input(shape=[1, -28, 28]), 'the inference request\'s field "inputs[0].shape[1]" must be greater than or equal to 0, got -28'),
+        (
+            pixels_input(datatype="FP8"),
+            "the inference request's field \"inputs[0].datatype\" must be 'BOOL', 'UINT8', 'UINT16', 'UINT32', "
+            "'UINT64', 'INT8', 'INT16', 'INT32', 'INT64', 'FP16', 'FP32', 'FP64' or 'BYTES', got \"FP8\"",
+        ),
+        (
+            pixels_input(shape=[1, -28, 28]),
+            'the inference request\'s field "inputs[0].shape[1]" must be greater than or equal to 0, got -28',
+        ),
         (pixels_input(shape=[2, 28, 28]), 'input "input" holds 784 values where its shape [2, 28, 28] needs 1568'),
-        (pixels_input(shape=[]), 'input "input" has the shape [] of one value: its first dimension must count the instances'),
+        (
+            pixels_input(shape=[]),
+            'input "input" has the shape [] of one value: its first dimension must count the instances',
+        ),
         (pixels_input(shape=[0, 28, 28], data=[]), 'input "input" holds no instances: its shape is [0, 28, 28]'),
         (pixels_input(data=[300] * 784), 'input "input" is UINT8, from 0 to 255: it holds 300'),
         (pixels_input(data=[0.5] * 784), 'input "input" is UINT8: its data must be integers'),
-        (pixels_input(data=[[0] * 28] * 27 + [[0] * 3]), 'input "input" holds rows of unequal lengths: its data must be a tensor, flattened or nested'),
+        (
+            pixels_input(data=[[0] * 28] * 27 + [[0] * 3]),
+            'input "input" holds rows of unequal lengths: its data must be a tensor, flattened or nested',
+        ),
         (pixels_input(data=None), 'input "input" has no "data", and no binary_data_size for binary data'),
-        ({"inputs": pixels_input()["inputs"] * 2}, 'the model takes one input tensor, whose rows are the instances, not 2: "input", "input"'),
-        ({**pixels_input(), "outputs": [{"name": "logits"}]}, 'output "logits" is not an output of this model; its outputs: label, probabilities'),
-        ({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["seven"]}]}, 'instances[0]: an instance must be 28 x 28 numbers from 0 to 255, or {"b64": "<base64 PNG>"}'),
+        (
+            {"inputs": pixels_input()["inputs"] * 2},
+            'the model takes one input tensor, whose rows are the instances, not 2: "input", "input"',
+        ),
+        (
+            {**pixels_input(), "outputs": [{"name": "logits"}]},
+            'output "logits" is not an output of this model; its outputs: label, probabilities',
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES", "data": ["seven"]}]},
+            'instances[0]: an instance must be 28 x 28 numbers from 0 to 255, or {"b64": "<base64 PNG>"}',
+        ),
     ],
 )
 def test_a_bad_inference_request_is_400_with_one_sentence(local, body, sentence):
@@ -149,16 +180,28 @@ def test_nested_json_data_is_read_as_flattened(local):
     image = images(seed=5, count=1)
     flat = local.post(INFER, json=pixels_input(data=image.ravel().tolist())).json()
     nested = local.post(INFER, json=pixels_input(data=image.tolist())).json()
-    assert flat == nested and flat["outputs"][0]["data"] == [local.post(f"/v1/models/{NAME}:predict", json={"instances": image.tolist()}).json()["predictions"][0]["label"]]
+    assert flat == nested and flat["outputs"][0]["data"] == [
+        local.post(f"/v1/models/{NAME}:predict", json={"instances": image.tolist()}).json()["predictions"][0]["label"]
+    ]
 
 
 def test_binary_framing_errors_are_one_sentence(local):
-    header = b'{"inputs": [{"name": "input", "shape": [1, 28, 28], "datatype": "UINT8", "parameters": {"binary_data_size": 784}}]}'
-    answer = local.post(INFER, content=header + bytes(700), headers={"Inference-Header-Content-Length": str(len(header))})
-    assert answer.json() == {"error": 'input "input" has binary_data_size 784 where the body holds 700 bytes after its JSON'}
+    tensor = {"name": "input", "shape": [1, 28, 28], "datatype": "UINT8", "parameters": {"binary_data_size": 784}}
+    header = json.dumps({"inputs": [tensor]}).encode()
+    answer = local.post(
+        INFER, content=header + bytes(700), headers={"Inference-Header-Content-Length": str(len(header))}
+    )
+    assert answer.json() == {
+        "error": 'input "input" has binary_data_size 784 where the body holds 700 bytes after its JSON'
+    }
     answer = local.post(INFER, content=header + bytes(784), headers={"Inference-Header-Content-Length": "9999"})
-    assert answer.json() == {"error": f"the Inference-Header-Content-Length header must be the JSON's length in a body of {len(header) + 784} bytes, not '9999'"}
-    answer = local.post(INFER, content=header + bytes(784), headers={"Inference-Header-Content-Length": str(len(header))})
+    assert answer.json() == {
+        "error": "the Inference-Header-Content-Length header must be the JSON's length "
+        f"in a body of {len(header) + 784} bytes, not '9999'"
+    }
+    answer = local.post(
+        INFER, content=header + bytes(784), headers={"Inference-Header-Content-Length": str(len(header))}
+    )
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
 
 
@@ -167,7 +210,10 @@ def test_unknown_model_and_readiness_of_the_v2_routes(local):
     assert local.get("/v2/health/ready").json() == {"ready": True}
     assert local.get(f"/v2/models/{NAME}/ready").json() == {"ready": True, "name": NAME}
     for answer in (local.get("/v2/models/other"), local.post("/v2/models/other/infer", json=pixels_input())):
-        assert (answer.status_code, answer.json()) == (404, {"error": f"model 'other' is not served here: this server serves '{NAME}'"})
+        assert (answer.status_code, answer.json()) == (
+            404,
+            {"error": f"model 'other' is not served here: this server serves '{NAME}'"},
+        )
 
 
 def test_a_stopping_server_is_not_ready(experiments):
@@ -188,4 +234,6 @@ def test_openapi_documents_the_v2_routes(local):
     tensor = document["components"]["schemas"][request["properties"]["inputs"]["items"]["$ref"].split("/")[-1]]
     assert {"name", "shape", "datatype", "data"} <= set(tensor["properties"])
     assert {"200", "400", "404", "413", "503"} <= set(infer["responses"])
-    assert {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready"} <= set(document["paths"])
+    assert {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready"} <= set(
+        document["paths"]
+    )

@@ -30,7 +30,12 @@ class Drawing(pydantic.BaseModel):
     pixels: Annotated[list[Row], pydantic.Field(min_length=28, max_length=28)]
 
 
-IMAGE_ROWS = {"type": "array", "minItems": 28, "maxItems": 28, "items": {"type": "integer", "minimum": 0, "maximum": 255}}
+IMAGE_ROWS = {
+    "type": "array",
+    "minItems": 28,
+    "maxItems": 28,
+    "items": {"type": "integer", "minimum": 0, "maximum": 255},
+}
 DRAWING_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -76,7 +81,9 @@ def serve(experiments: str) -> Iterator[TestClient]:
 def instances_schema(client: TestClient) -> tuple[dict, dict]:
     """The items of the predict route's instances in /openapi.json, and its components."""
     document = client.get("/openapi.json").json()
-    body = document["paths"]["/v1/models/{name}:predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body = document["paths"]["/v1/models/{name}:predict"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
     return body["properties"]["instances"]["items"], document["components"]["schemas"]
 
 
@@ -87,7 +94,9 @@ def undeclared(experiments):
         yield client
 
 
-def test_a_pydantic_model_refuses_a_faulty_instance_before_serve_preprocess_naming_its_field(experiments, monkeypatch, undeclared):
+def test_a_pydantic_model_refuses_a_faulty_instance_before_serve_preprocess_naming_its_field(
+    experiments, monkeypatch, undeclared
+):
     expected = undeclared.post(PREDICT, json={"instances": [image(1), image(2)]}).json()
     seen = declare(monkeypatch, Drawing)
     faulty = image(2)
@@ -95,7 +104,10 @@ def test_a_pydantic_model_refuses_a_faulty_instance_before_serve_preprocess_nami
     with serve(experiments) as client:
         seen.clear()  # the warm-up's
         answer = client.post(PREDICT, json={"instances": [{"pixels": image(1)}, {"pixels": faulty}]})
-        assert (answer.status_code, answer.json()) == (400, {"error": 'instances[1]: field "pixels[27][3]" must be a valid integer, got "abc"'})
+        assert (answer.status_code, answer.json()) == (
+            400,
+            {"error": 'instances[1]: field "pixels[27][3]" must be a valid integer, got "abc"'},
+        )
         assert seen == []  # not even the valid instance 0 was preprocessed
         answer = client.post(PREDICT, json={"instances": [{"pixels": image(1), "label": 3}]})
         assert answer.json() == {"error": 'instances[0]: field "label" is unknown'}
@@ -106,7 +118,9 @@ def test_a_pydantic_model_refuses_a_faulty_instance_before_serve_preprocess_nami
         declared = client.post(PREDICT, json={"instances": [{"pixels": image(1)}, {"pixels": image(2)}]})
         assert declared.status_code == 200 and [instance["pixels"] for instance in seen] == [image(1), image(2)]
     # The undeclared project's predictions for the same pixels (MNIST adds the image it read for an object).
-    assert [{key: prediction[key] for key in ("label", "probabilities")} for prediction in declared.json()["predictions"]] == expected["predictions"]
+    assert [
+        {key: prediction[key] for key in ("label", "probabilities")} for prediction in declared.json()["predictions"]
+    ] == expected["predictions"]
 
 
 def test_a_pydantic_model_is_the_predict_routes_instance_in_openapi(experiments, monkeypatch):
@@ -146,14 +160,25 @@ def test_a_project_that_declares_nothing_is_served_as_before(undeclared):
     items, _ = instances_schema(undeclared)
     assert items == {}  # any JSON
     answer = undeclared.post(PREDICT, json={"instances": [{"pixels": image(1)}]})
-    assert answer.json() == {"error": """instances[0]: an image instance must be {"b64": "<base64 PNG>"}, not an object with keys ['pixels']"""}
+    assert answer.json() == {
+        "error": 'instances[0]: an image instance must be {"b64": "<base64 PNG>"}, '
+        "not an object with keys ['pixels']"
+    }
 
 
 @pytest.mark.parametrize(
     "declared, sentence",
     [
-        ({"type": "picture"}, "MNISTClassifierRunner.serve_schema returned an invalid JSON Schema: 'picture' is not valid under any of the given schemas at type"),
-        (42, "MNISTClassifierRunner.serve_schema returned 42, which is neither a JSON Schema (a dict) nor a type pydantic can validate: "),
+        (
+            {"type": "picture"},
+            'MNISTClassifierRunner.serve_schema returned an invalid JSON Schema: at "type", '
+            "'picture' is not valid under any of the given schemas",
+        ),
+        (
+            42,
+            "MNISTClassifierRunner.serve_schema returned 42, which is neither a JSON Schema (a dict) "
+            "nor a type pydantic can validate: ",
+        ),
     ],
 )
 def test_a_declaration_that_is_no_schema_is_one_sentence_at_start(experiments, monkeypatch, declared, sentence):
@@ -167,7 +192,9 @@ def test_a_failing_declaration_names_the_hook(experiments, monkeypatch):
         return self.data.state["instance_schema"]
 
     monkeypatch.setattr(MNISTClassifierRunner, "serve_schema", serve_schema)
-    with pytest.raises(ProjectError, match=r"^MNISTClassifierRunner\.serve_schema failed: KeyError: 'instance_schema'$"):
+    with pytest.raises(
+        ProjectError, match=r"^MNISTClassifierRunner\.serve_schema failed: KeyError: 'instance_schema'$"
+    ):
         build_app(experiments)
 
 
@@ -176,11 +203,23 @@ def test_a_failing_declaration_names_the_hook(experiments, monkeypatch):
     [
         ({"type": "number"}, "abc", 'the instance must be a number, got "abc"'),
         ({"type": ["string", "null"]}, 3, "the instance must be a string or null, got 3"),
-        ({"properties": {"a": {"properties": {"b": {"type": "integer"}}}}}, {"a": {"b": 1.5}}, 'field "a.b" must be an integer, got 1.5'),
-        ({"properties": {"size": {"enum": ["s", "m"]}}}, {"size": "xl"}, 'field "size" must be one of ["s", "m"], got "xl"'),
+        (
+            {"properties": {"a": {"properties": {"b": {"type": "integer"}}}}},
+            {"a": {"b": 1.5}},
+            'field "a.b" must be an integer, got 1.5',
+        ),
+        (
+            {"properties": {"size": {"enum": ["s", "m"]}}},
+            {"size": "xl"},
+            'field "size" must be one of ["s", "m"], got "xl"',
+        ),
         ({"properties": {"x": {"exclusiveMinimum": 0}}}, {"x": 0}, 'field "x" must be more than 0, got 0'),
         ({"items": {"maxLength": 2}}, ["ab", "abc"], 'value [1] must be at most 2 characters long, got "abc"'),
-        ({"anyOf": [{"type": "object"}, {"type": "array"}]}, "benign?", 'the instance must match one of the schema\'s alternatives, got "benign?"'),
+        (
+            {"anyOf": [{"type": "object"}, {"type": "array"}]},
+            "benign?",
+            'the instance must match one of the schema\'s alternatives, got "benign?"',
+        ),
         ({"patternProperties": {"^x_": {}}, "additionalProperties": False}, {"x_1": 1, "y": 2}, 'field "y" is unknown'),
     ],
 )

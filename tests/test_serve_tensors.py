@@ -26,7 +26,10 @@ def test_binary_data_is_little_endian_values_or_length_prefixed_texts():
     values = np.arange(6, dtype=np.int16).reshape(2, 3)
     assert read_instances("x", [2, 3], "INT16", None, values.astype("<i2").tobytes()) == values.tolist()
     assert read_instances("x", [2], "BYTES", None, length_prefixed("héllo", "")) == ["héllo", ""]
-    with pytest.raises(RequestError, match='^input "x" has 5 bytes of binary data, not a whole number of INT16 values \\(2 bytes each\\)$'):
+    with pytest.raises(
+        RequestError,
+        match='^input "x" has 5 bytes of binary data, not a whole number of INT16 values \\(2 bytes each\\)$',
+    ):
         read_instances("x", [2], "INT16", None, bytes(5))
     with pytest.raises(RequestError, match='^input "x" has a BYTES element of 9 bytes that runs past its binary data$'):
         read_instances("x", [1], "BYTES", None, (9).to_bytes(4, "little") + b"abc")
@@ -50,9 +53,16 @@ def test_data_of_another_kind_than_the_datatype_is_refused(datatype, data, sente
 
 
 def test_predictions_become_one_tensor_per_key_or_one_output():
-    tensors = predictions_to_tensors([{"label": 7, "probabilities": [0.25, 0.75], "name": "seven"}, {"label": 1, "probabilities": [0.5, 0.5], "name": "one"}])
+    tensors = predictions_to_tensors(
+        [
+            {"label": 7, "probabilities": [0.25, 0.75], "name": "seven"},
+            {"label": 1, "probabilities": [0.5, 0.5], "name": "one"},
+        ]
+    )
     assert {name: (datatype_of(array), array.shape) for name, array in tensors.items()} == {
-        "label": ("INT64", (2,)), "probabilities": ("FP64", (2, 2)), "name": ("BYTES", (2,))
+        "label": ("INT64", (2,)),
+        "probabilities": ("FP64", (2, 2)),
+        "name": ("BYTES", (2,)),
     }
     assert tensors["probabilities"].ravel().tolist() == [0.25, 0.75, 0.5, 0.5]
     (output,) = predictions_to_tensors([[1.5, 2.5], [3.5, 4.5]]).values()

@@ -155,14 +155,24 @@ def add_open_inference_routes(
     """
     request_schema, definitions = split_definitions(REQUEST.json_schema(ref_template=COMPONENTS + "{model}"))
     add_openapi_definitions(app, definitions)
-    name_parameter = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": [card.name]}, "description": "The model's name."}]
+    name_parameter = [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": [card.name]},
+            "description": "The model's name.",
+        }
+    ]
     model_input = describe_input(batcher.pipeline)
 
     def readiness(name: str | None = None) -> JSONResponse:
         ready = is_ready()
         body = {"ready": ready, **({"name": name} if name else {})}
         if not ready:
-            body["error"] = f"not ready: {batcher.failure or ('stopping' if app.state.stopping else 'warming up the model')}"
+            body["error"] = (
+                f"not ready: {batcher.failure or ('stopping' if app.state.stopping else 'warming up the model')}"
+            )
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/v2", response_model=ServerMetadata, tags=["Open Inference Protocol (V2)"])
@@ -175,7 +185,12 @@ def add_open_inference_routes(
         """200 while the process answers."""
         return {"live": True}
 
-    @app.get("/v2/health/ready", response_model=ReadyBody, responses={503: {"model": ReadyBody, "description": "Warming up, stopping, or failed to warm up"}}, tags=["Open Inference Protocol (V2)"])
+    @app.get(
+        "/v2/health/ready",
+        response_model=ReadyBody,
+        responses={503: {"model": ReadyBody, "description": "Warming up, stopping, or failed to warm up"}},
+        tags=["Open Inference Protocol (V2)"],
+    )
     async def server_ready() -> JSONResponse:
         """200 once the model is warmed up, 503 before that and while stopping."""
         return readiness()
@@ -183,7 +198,10 @@ def add_open_inference_routes(
     @app.get(
         "/v2/models/{name}/ready",
         response_model=ReadyBody,
-        responses={404: ERRORS[404], 503: {"model": ReadyBody, "description": "Warming up, stopping, or failed to warm up"}},
+        responses={
+            404: ERRORS[404],
+            503: {"model": ReadyBody, "description": "Warming up, stopping, or failed to warm up"},
+        },
         openapi_extra={"parameters": name_parameter},
         tags=["Open Inference Protocol (V2)"],
     )
@@ -192,18 +210,38 @@ def add_open_inference_routes(
         check_name(name)
         return readiness(name)
 
-    @app.get("/v2/models/{name}", response_model=ModelMetadata, responses={404: ERRORS[404]}, openapi_extra={"parameters": name_parameter}, tags=["Open Inference Protocol (V2)"])
+    @app.get(
+        "/v2/models/{name}",
+        response_model=ModelMetadata,
+        responses={404: ERRORS[404]},
+        openapi_extra={"parameters": name_parameter},
+        tags=["Open Inference Protocol (V2)"],
+    )
     async def model_metadata(name: str) -> dict[str, Any]:
         """The model's platform, its input and its outputs; the outputs are known once the
         model has answered its example at warm-up."""
         check_name(name)
-        return {"name": card.name, "platform": f"torchexp_{card.runtime}", "inputs": [model_input], "outputs": describe_outputs(batcher.pipeline.example_answer)}
+        return {
+            "name": card.name,
+            "platform": f"torchexp_{card.runtime}",
+            "inputs": [model_input],
+            "outputs": describe_outputs(batcher.pipeline.example_answer),
+        }
 
     @app.post(
         "/v2/models/{name}/infer",
         response_model=InferenceResponse,
-        responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}, "description": "Binary outputs when asked for (binary_data)"}},
-        openapi_extra={"parameters": name_parameter, "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}}},
+        responses={
+            **ERRORS,
+            200: {
+                "content": {"application/octet-stream": {}},
+                "description": "Binary outputs when asked for (binary_data)",
+            },
+        },
+        openapi_extra={
+            "parameters": name_parameter,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}},
+        },
         tags=["Open Inference Protocol (V2)"],
     )
     async def infer(name: str, request: Request) -> Response:
@@ -240,19 +278,31 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferenceReque
     except ValidationError as error:
         fault = error.errors(include_url=False)[0]
         whose = "the inference request's " if fault["loc"] else ""
-        raise RequestError(400, whose + describe_pydantic_fault(fault["loc"], fault, whole="the inference request")) from None
+        raise RequestError(
+            400, whose + describe_pydantic_fault(fault["loc"], fault, whole="the inference request")
+        ) from None
     if len(inference.inputs) != 1:
         names = ", ".join(f'"{tensor.name}"' for tensor in inference.inputs)
-        raise RequestError(400, f"the model takes one input tensor, whose rows are the instances, not {len(inference.inputs)}: {names}")
+        raise RequestError(
+            400, f"the model takes one input tensor, whose rows are the instances, not {len(inference.inputs)}: {names}"
+        )
     (tensor,) = inference.inputs
     size = tensor.parameters.binary_data_size
     if size is None and tensor.data is None:
         raise RequestError(400, f'input "{tensor.name}" has no "data", and no binary_data_size for binary data')
     if size is not None and size != len(binary):
-        raise RequestError(400, f'input "{tensor.name}" has binary_data_size {size} where the body holds {len(binary)} bytes after its JSON')
+        raise RequestError(
+            400,
+            f'input "{tensor.name}" has binary_data_size {size} where the body holds {len(binary)} bytes '
+            "after its JSON",
+        )
     if size is None and binary:
-        raise RequestError(400, f"the body holds {len(binary)} bytes after its JSON that no input's binary_data_size claims")
-    return inference, read_instances(tensor.name, tensor.shape, tensor.datatype, tensor.data, binary if size is not None else None)
+        raise RequestError(
+            400, f"the body holds {len(binary)} bytes after its JSON that no input's binary_data_size claims"
+        )
+    return inference, read_instances(
+        tensor.name, tensor.shape, tensor.datatype, tensor.data, binary if size is not None else None
+    )
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -264,7 +314,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     if not header_length.isdigit() or int(header_length) > len(body):
-        raise RequestError(400, f"the Inference-Header-Content-Length header must be the JSON's length in a body of {len(body)} bytes, not {header_length!r}")
+        raise RequestError(
+            400,
+            "the Inference-Header-Content-Length header must be the JSON's length "
+            f"in a body of {len(body)} bytes, not {header_length!r}",
+        )
     return body[: int(header_length)], body[int(header_length) :]
 
 
@@ -280,7 +334,9 @@ def write_response(model_name: str, inference: InferenceRequest, predictions: li
     outputs, chunks = [], []
     for output in requested:
         if output.name not in tensors:
-            raise RequestError(400, f'output "{output.name}" is not an output of this model; its outputs: {", ".join(tensors)}')
+            raise RequestError(
+                400, f'output "{output.name}" is not an output of this model; its outputs: {", ".join(tensors)}'
+            )
         array = tensors[output.name]
         entry: dict[str, Any] = {"name": output.name, "datatype": datatype_of(array), "shape": list(array.shape)}
         binary = output.parameters.binary_data
@@ -290,10 +346,16 @@ def write_response(model_name: str, inference: InferenceRequest, predictions: li
         else:
             entry["data"] = array.ravel().tolist()
         outputs.append(entry)
-    header = orjson.dumps({"model_name": model_name, **({"id": inference.id} if inference.id is not None else {}), "outputs": outputs})
+    header = orjson.dumps(
+        {"model_name": model_name, **({"id": inference.id} if inference.id is not None else {}), "outputs": outputs}
+    )
     if not chunks:
         return Response(header, media_type="application/json")
-    return Response(header + b"".join(chunks), media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(len(header))})
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 def describe_input(pipeline: Any) -> dict[str, Any]:
@@ -308,7 +370,11 @@ def describe_input(pipeline: Any) -> dict[str, Any]:
     except ValueError:  # rows of unequal lengths
         array = None
     if array is not None and array.dtype.kind in "biuf":
-        return {"name": INPUT_NAME, "datatype": "BOOL" if array.dtype.kind == "b" else "FP32", "shape": [-1, *array.shape]}
+        return {
+            "name": INPUT_NAME,
+            "datatype": "BOOL" if array.dtype.kind == "b" else "FP32",
+            "shape": [-1, *array.shape],
+        }
     shape = None
     if pipeline.schema is not None:
         schema, definitions = pipeline.schema.openapi()
@@ -343,4 +409,7 @@ def describe_outputs(example_answer: bytes | None) -> list[dict[str, Any]]:
     if example_answer is None:
         return []
     tensors = predictions_to_tensors(orjson.loads(example_answer)["predictions"])
-    return [{"name": name, "datatype": datatype_of(array), "shape": [-1, *array.shape[1:]]} for name, array in tensors.items()]
+    return [
+        {"name": name, "datatype": datatype_of(array), "shape": [-1, *array.shape[1:]]}
+        for name, array in tensors.items()
+    ]

@@ -44,7 +44,8 @@ from torchexp.serving.predict_route import PredictRoute, ServingApp
 from torchexp.serving.schemas import add_openapi_definitions
 
 DESCRIPTION = (
-    "A torchexp release served with the KServe V1 / TF Serving REST protocol.\n\n"
+    "A torchexp release served with the KServe V1 / TF Serving REST protocol, and with the Open Inference "
+    "Protocol (KServe V2) under /v2.\n\n"
     'GET / is the server\'s liveness as KServe V1 defines it, `{"status": "alive"}`, for every '
     "client whose Accept header does not prefer text/html to application/json (no header, "
     "`*/*`, `application/json`). A browser, whose Accept header does, gets the project's "
@@ -134,7 +135,9 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
     app.predict_route = PredictRoute(card.name, batcher, metrics, max_body_bytes)  # records its own metrics
     add_error_handlers(app)
     add_model_routes(app, card, batcher)
-    add_open_inference_routes(app, card, batcher, max_body_bytes, lambda name: check_name(name, card), lambda: is_ready(app, batcher))
+    add_open_inference_routes(
+        app, card, batcher, max_body_bytes, lambda name: check_name(name, card), lambda: is_ready(app, batcher)
+    )
     add_health_routes(app, batcher, metrics)
     add_root(app, card, batcher.pipeline.runner)
     return app

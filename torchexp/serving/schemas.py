@@ -28,7 +28,15 @@ from torchexp.hooks import describe_failure
 # Where OpenAPI keeps named schemas; the declared schema's references are rewritten to point there.
 COMPONENTS = "#/components/schemas/"
 SHOWN_CHARACTERS = 40  # longer values are cut in a sentence
-JSON_TYPES = {"object": "an object", "array": "an array", "string": "a string", "number": "a number", "integer": "an integer", "boolean": "true or false", "null": "null"}
+JSON_TYPES = {
+    "object": "an object",
+    "array": "an array",
+    "string": "a string",
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "true or false",
+    "null": "null",
+}
 # What a JSON Schema keyword requires, as the end of "field X must ..."; {} is the keyword's value.
 JSON_SCHEMA_RULES = {
     "minimum": "be at least {}",
@@ -102,7 +110,9 @@ class PydanticSchema:
             index, *path = faults[0]["loc"]
             others = sum(1 for fault in faults[1:] if fault["loc"][0] == index)
             sentence = describe_pydantic_fault(tuple(path), faults[0])
-            raise InvalidInstance(index, sentence + (f" (and {others} more problem{'s' * (others > 1)})" if others else "")) from None
+            raise InvalidInstance(
+                index, sentence + (f" (and {others} more problem{'s' * (others > 1)})" if others else "")
+            ) from None
 
     def openapi(self) -> tuple[dict, dict[str, dict]]:
         from pydantic import TypeAdapter
@@ -161,7 +171,8 @@ def load_schema(runner: Any) -> InstanceSchema | None:
         try:
             return JsonSchema(declared)
         except SchemaError as error:
-            raise ProjectError(f"{hook} returned an invalid JSON Schema: {error.message} at {format_path(error.path) or 'its top'}") from error
+            where = f'at "{format_path(error.path)}", ' if error.path else ""
+            raise ProjectError(f"{hook} returned an invalid JSON Schema: {where}{error.message}") from error
     try:
         return PydanticSchema(declared)
     except Exception as error:  # pydantic's own (PydanticSchemaGenerationError, ...) or a TypeError
@@ -200,7 +211,9 @@ def describe_json_schema_error(error: Any) -> str:
         return f'field "{format_path((*path, missing))}" is missing'
     if kind == "additionalProperties" and value is False:
         known, patterns = error.schema.get("properties", {}), error.schema.get("patternProperties", {})
-        unknown = next(name for name in instance if name not in known and not any(re.search(pattern, name) for pattern in patterns))
+        unknown = next(
+            name for name in instance if name not in known and not any(re.search(pattern, name) for pattern in patterns)
+        )
         return f'field "{format_path((*path, unknown))}" is unknown'
     where = name_location(path, "the instance")
     if kind == "type":

@@ -63,7 +63,9 @@ def read_instances(name: str, shape: list[int], datatype: str, data: Any, raw: b
         RequestError: 400 when the data does not fit the datatype or the shape.
     """
     if not shape:
-        raise RequestError(400, f'input "{name}" has the shape [] of one value: its first dimension must count the instances')
+        raise RequestError(
+            400, f'input "{name}" has the shape [] of one value: its first dimension must count the instances'
+        )
     array = read_binary(name, datatype, raw) if raw is not None else read_json(name, datatype, data)
     expected = math.prod(shape)
     if array.size != expected:
@@ -87,8 +89,14 @@ def read_json(name: str, datatype: str, data: Any) -> np.ndarray:
         return np.array(values, dtype=object)
     try:
         array = np.asarray(data)
-    except (ValueError, TypeError, RecursionError):  # rows of unequal lengths, nesting deeper than numpy's 64 dimensions
-        raise RequestError(400, f'input "{name}" holds rows of unequal lengths: its data must be a tensor, flattened or nested') from None
+    except (
+        ValueError,
+        TypeError,
+        RecursionError,
+    ):  # rows of unequal lengths, nesting deeper than numpy's 64 dimensions
+        raise RequestError(
+            400, f'input "{name}" holds rows of unequal lengths: its data must be a tensor, flattened or nested'
+        ) from None
     target = np.dtype(DATATYPES[datatype])
     if array.size and array.dtype.kind not in ACCEPTED_KINDS[target.kind]:
         wanted = {"b": "true or false", "u": "integers", "i": "integers", "f": "numbers"}[target.kind]
@@ -97,7 +105,11 @@ def read_json(name: str, datatype: str, data: Any) -> np.ndarray:
         limits = np.iinfo(target)
         low, high = array.min(), array.max()
         if low < limits.min or high > limits.max:
-            raise RequestError(400, f'input "{name}" is {datatype}, from {limits.min} to {limits.max}: it holds {low if low < limits.min else high}')
+            raise RequestError(
+                400,
+                f'input "{name}" is {datatype}, from {limits.min} to {limits.max}: '
+                f"it holds {low if low < limits.min else high}",
+            )
     return array.astype(target).ravel()
 
 
@@ -111,7 +123,11 @@ def read_binary(name: str, datatype: str, raw: bytes) -> np.ndarray:
         return np.array(split_bytes(name, raw), dtype=object)
     dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
     if len(raw) % dtype.itemsize:
-        raise RequestError(400, f'input "{name}" has {len(raw)} bytes of binary data, not a whole number of {datatype} values ({dtype.itemsize} bytes each)')
+        raise RequestError(
+            400,
+            f'input "{name}" has {len(raw)} bytes of binary data, not a whole number of {datatype} values '
+            f"({dtype.itemsize} bytes each)",
+        )
     return np.frombuffer(raw, dtype=dtype)
 
 
@@ -128,7 +144,9 @@ def split_bytes(name: str, raw: bytes) -> list[str]:
         (length,) = LENGTH.unpack_from(raw, offset)
         offset += LENGTH.size
         if offset + length > len(raw):
-            raise RequestError(400, f'input "{name}" has a BYTES element of {length} bytes that runs past its binary data')
+            raise RequestError(
+                400, f'input "{name}" has a BYTES element of {length} bytes that runs past its binary data'
+            )
         try:
             texts.append(raw[offset : offset + length].decode())
         except UnicodeDecodeError:

@@ -98,14 +98,17 @@ def area_under_roc(scores: torch.Tensor, positives: torch.Tensor) -> float:
 def describe_instance(names: list[str]) -> Any:
     """The pydantic type of an instance: a `Tumour`, the object of the named features; a
     list of their values is named first, so that a bad value is named too."""
-    tumour = pydantic.create_model("Tumour", __config__=pydantic.ConfigDict(extra="forbid"), **{name: (Feature, ...) for name in names})
+    fields = {name: (Feature, ...) for name in names}
+    tumour = pydantic.create_model("Tumour", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
     listed = Annotated[list[Feature], pydantic.Field(min_length=len(names), max_length=len(names))]
 
     def name_values(instance: Any) -> Any:
         if isinstance(instance, dict):
             return instance
         if not isinstance(instance, list):
-            raise ValueError(f"an instance must be an object of the {len(names)} named features or a list of their values")
+            raise ValueError(
+                f"an instance must be an object of the {len(names)} named features or a list of their values"
+            )
         if len(instance) != len(names):
             raise ValueError(f"an instance as a list must hold the {len(names)} features' values, not {len(instance)}")
         return dict(zip(names, instance))

@@ -87,12 +87,14 @@ def test_a_value_that_is_not_finite_is_refused(client):
     # JSON has no NaN or infinity, but Python's parser (and the server's, after orjson) accepts them.
     body = json.dumps({"instances": [EXAMPLE, {**EXAMPLE, "mean radius": float("nan")}]})
     answer = client.post("/v1/models/x:predict", content=body, headers={"content-type": "application/json"})
-    assert (answer.status_code, answer.json()) == (400, {"error": 'instances[1]: field "mean radius" must be a finite number, got NaN'})
+    sentence = 'instances[1]: field "mean radius" must be a finite number, got NaN'
+    assert (answer.status_code, answer.json()) == (400, {"error": sentence})
 
 
 def test_the_schema_is_on_the_openapi_page(client):
     document = client.get("/openapi.json").json()
-    items = document["paths"]["/v1/models/{name}:predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["instances"]["items"]
+    body = document["paths"]["/v1/models/{name}:predict"]["post"]["requestBody"]["content"]["application/json"]
+    items = body["schema"]["properties"]["instances"]["items"]
     named, listed = items["anyOf"]
     tumour = document["components"]["schemas"][named["$ref"].split("/")[-1]]
     assert tumour["required"] == list(EXAMPLE) and tumour["properties"]["mean radius"]["type"] == "number"
