@@ -55,16 +55,7 @@ class Runner(abc.ABC):
 
     `test` calls `test` with the weights of an epoch loaded, the model in eval mode and
     gradients off; `serve` and `export` call `serve_example`, `serve_preprocess`,
-    `serve_forward`, `serve_postprocess` and `serve_page`; `serve` calls them in this order:
-
-        serve_schema, serve_page            at start: what an instance is; the page for browsers
-        serve_example                       at start (OpenAPI's example), then at warm-up
-                                            through the steps below
-        for each batch of requests (KServe V1 and V2 alike):
-            (the schema checks each instance)
-            serve_preprocess                per instance
-            serve_forward                   on the batch (`serve --runtime torch`)
-            serve_postprocess               per instance
+    `serve_forward`, `serve_postprocess` and `serve_page`; `serve` checks instances with `serve_schema`.
 
     Attributes:
         experiment: paths of the experiment folder.
@@ -200,27 +191,7 @@ class Runner(abc.ABC):
         return None
 
     def serve_schema(self) -> Any:
-        """Return what one request instance is, or None (the default): a pydantic model (or
-        any type pydantic's TypeAdapter reads) or a JSON Schema (a dict).
-
-        `serve` checks every instance against it before `serve_preprocess`, answers a
-        faulty one with 400 and one sentence naming the instance, the field and the fault
-        (`instances[3]: field "radius" must be a valid number, got "abc"`), and shows the
-        schema in OpenAPI (/docs). The check is a gate: `serve_preprocess` still receives
-        the instance as the client sent it, so declare strict types (`pydantic.StrictFloat`,
-        `pydantic.FiniteFloat`, `ConfigDict(strict=True)`) where pydantic would otherwise
-        convert, e.g. the text "1.5" into a number. A pydantic model costs a few µs an
-        instance; a JSON Schema, which jsonschema checks in Python, 0.1-0.2 ms for 30 fields.
-
-            class Point(pydantic.BaseModel):
-                model_config = pydantic.ConfigDict(strict=True, extra="forbid")
-                x: float
-                y: float
-
-            def serve_schema(self):
-                return Point
-        """
-        return None
+        """Return a pydantic type or JSON Schema (dict) that instances must fit before `serve_preprocess`, or None."""
 
     def serve_preprocess(self, instance: Any) -> torch.Tensor:
         """Turn one request instance (JSON data) into the model's input for it, without

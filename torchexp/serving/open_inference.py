@@ -23,7 +23,6 @@ import asyncio
 import functools
 from typing import Annotated, Any, Callable, Literal
 
-import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,10 +33,17 @@ from torchexp.serving.batcher import Batcher
 from torchexp.serving.pipeline import RequestError
 from torchexp.serving.predict_route import PARSE_ON_LOOP_BYTES, ClientGone, parse_with_stdlib, read_body
 from torchexp.serving.schemas import COMPONENTS, add_openapi_definitions, describe_pydantic_fault, split_definitions
-from torchexp.serving.tensors import DATATYPES, datatype_of, predictions_to_tensors, read_instances, tensor_bytes
+from torchexp.serving.tensors import (
+    DATATYPES,
+    datatype_of,
+    describe_input,
+    describe_outputs,
+    predictions_to_tensors,
+    read_instances,
+    tensor_bytes,
+)
 
 HEADER_LENGTH = "inference-header-content-length"  # Triton's binary extension: the JSON's length in the body
-INPUT_NAME = "input"  # the name the metadata gives the input; a request may name it otherwise
 
 
 class InputParameters(BaseModel):
@@ -356,60 +362,3 @@ def write_response(model_name: str, inference: InferenceRequest, predictions: li
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
-
-
-def describe_input(pipeline: Any) -> dict[str, Any]:
-    """The metadata of the model's input: a batch of instances, shaped as the project's
-    example is, or (when the example is not an array) as its schema's array of fixed
-    lengths is; [-1], any shape, when neither says."""
-    example = pipeline.runner.serve_example()
-    if isinstance(example, str):
-        return {"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}
-    try:
-        array = np.asarray(example)
-    except ValueError:  # rows of unequal lengths
-        array = None
-    if array is not None and array.dtype.kind in "biuf":
-        return {
-            "name": INPUT_NAME,
-            "datatype": "BOOL" if array.dtype.kind == "b" else "FP32",
-            "shape": [-1, *array.shape],
-        }
-    shape = None
-    if pipeline.schema is not None:
-        schema, definitions = pipeline.schema.openapi()
-        shape = describe_array(schema, definitions)
-    return {"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *shape] if shape is not None else [-1]}
-
-
-def describe_array(schema: Any, definitions: dict[str, dict]) -> list[int] | None:
-    """The shape of a JSON Schema's array of numbers (nested arrays of fixed lengths), or
-    of the first such array among its alternatives; [] for a number; None for neither."""
-    if not isinstance(schema, dict):
-        return None
-    reference = schema.get("$ref", "")
-    if reference.startswith(COMPONENTS):
-        return describe_array(definitions.get(reference[len(COMPONENTS) :]), definitions)
-    if schema.get("type") in ("number", "integer"):
-        return []
-    for alternative in schema.get("anyOf", []) + schema.get("oneOf", []):
-        shape = describe_array(alternative, definitions)
-        if shape is not None:
-            return shape
-    length = schema.get("minItems")
-    if schema.get("type") == "array" and length is not None and schema.get("maxItems") == length:
-        inner = describe_array(schema.get("items"), definitions)
-        return None if inner is None else [length, *inner]
-    return None
-
-
-def describe_outputs(example_answer: bytes | None) -> list[dict[str, Any]]:
-    """The metadata of the model's outputs, from its answer to the project's example; none
-    before the warm-up or without an example."""
-    if example_answer is None:
-        return []
-    tensors = predictions_to_tensors(orjson.loads(example_answer)["predictions"])
-    return [
-        {"name": name, "datatype": datatype_of(array), "shape": [-1, *array.shape[1:]]}
-        for name, array in tensors.items()
-    ]

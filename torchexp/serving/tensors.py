@@ -1,4 +1,4 @@
-"""Tensors of the Open Inference Protocol (KServe V2): request inputs into instances, predictions into outputs.
+"""Tensors of the Open Inference Protocol (KServe V2): inputs into instances, predictions into outputs.
 
 A V2 input tensor carries a batch: its first dimension counts the instances, and each row
 (the tensor without that dimension) becomes one instance exactly as a KServe V1 client
@@ -14,7 +14,8 @@ instances is sent as BYTES [N], each element the value's JSON text.
 
 Data may come as JSON (flattened in row-major order, or nested) or, as Triton's binary
 tensor data extension sends it, as raw little-endian bytes after the JSON (BYTES elements
-each preceded by its length, 4 bytes little-endian).
+each preceded by its length, 4 bytes little-endian). The model's metadata describes the
+input from the project's example or schema, and the outputs from the example's prediction.
 """
 
 import json
@@ -23,8 +24,10 @@ import struct
 from typing import Any
 
 import numpy as np
+import orjson
 
 from torchexp.serving.pipeline import RequestError
+from torchexp.serving.schemas import COMPONENTS
 
 # The protocol's datatypes and their numpy types; BYTES elements are texts (numpy objects).
 DATATYPES = {
@@ -47,6 +50,7 @@ DATATYPES = {
 ACCEPTED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf"}
 OUTPUT_DATATYPES = {"b": "BOOL", "i": "INT64", "u": "UINT64", "f": "FP64"}
 LENGTH = struct.Struct("<I")  # the length before each BYTES element in binary data
+INPUT_NAME = "input"  # the name the metadata gives the input; a request may name it otherwise
 
 
 def read_instances(name: str, shape: list[int], datatype: str, data: Any, raw: bytes | None) -> list[Any]:
@@ -202,3 +206,60 @@ def tensor_bytes(array: np.ndarray) -> bytes:
     if array.dtype == object:
         return b"".join(LENGTH.pack(len(encoded)) + encoded for encoded in (value.encode() for value in array.flat))
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def describe_input(pipeline: Any) -> dict[str, Any]:
+    """The metadata of the model's input: a batch of instances, shaped as the project's
+    example is, or (when the example is not an array) as its schema's array of fixed
+    lengths is; [-1], any shape, when neither says."""
+    example = pipeline.runner.serve_example()
+    if isinstance(example, str):
+        return {"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}
+    try:
+        array = np.asarray(example)
+    except ValueError:  # rows of unequal lengths
+        array = None
+    if array is not None and array.dtype.kind in "biuf":
+        return {
+            "name": INPUT_NAME,
+            "datatype": "BOOL" if array.dtype.kind == "b" else "FP32",
+            "shape": [-1, *array.shape],
+        }
+    shape = None
+    if pipeline.schema is not None:
+        schema, definitions = pipeline.schema.openapi()
+        shape = describe_array(schema, definitions)
+    return {"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *shape] if shape is not None else [-1]}
+
+
+def describe_array(schema: Any, definitions: dict[str, dict]) -> list[int] | None:
+    """The shape of a JSON Schema's array of numbers (nested arrays of fixed lengths), or
+    of the first such array among its alternatives; [] for a number; None for neither."""
+    if not isinstance(schema, dict):
+        return None
+    reference = schema.get("$ref", "")
+    if reference.startswith(COMPONENTS):
+        return describe_array(definitions.get(reference[len(COMPONENTS) :]), definitions)
+    if schema.get("type") in ("number", "integer"):
+        return []
+    for alternative in schema.get("anyOf", []) + schema.get("oneOf", []):
+        shape = describe_array(alternative, definitions)
+        if shape is not None:
+            return shape
+    length = schema.get("minItems")
+    if schema.get("type") == "array" and length is not None and schema.get("maxItems") == length:
+        inner = describe_array(schema.get("items"), definitions)
+        return None if inner is None else [length, *inner]
+    return None
+
+
+def describe_outputs(example_answer: bytes | None) -> list[dict[str, Any]]:
+    """The metadata of the model's outputs, from its answer to the project's example; none
+    before the warm-up or without an example."""
+    if example_answer is None:
+        return []
+    tensors = predictions_to_tensors(orjson.loads(example_answer)["predictions"])
+    return [
+        {"name": name, "datatype": datatype_of(array), "shape": [-1, *array.shape[1:]]}
+        for name, array in tensors.items()
+    ]
