@@ -109,15 +109,16 @@ class PydanticSchema:
             faults = error.errors(include_url=False)
             index, *path = faults[0]["loc"]
             others = sum(1 for fault in faults[1:] if fault["loc"][0] == index)
-            sentence = describe_pydantic_fault(tuple(path), faults[0])
-            raise InvalidInstance(
-                index, sentence + (f" (and {others} more problem{'s' * (others > 1)})" if others else "")
-            ) from None
+            more = f" (and {others} more problem{'s' * (others > 1)})" if others else ""
+            raise InvalidInstance(index, describe_pydantic_fault(tuple(path), faults[0]) + more) from None
 
     def openapi(self) -> tuple[dict, dict[str, dict]]:
         from pydantic import TypeAdapter
 
-        return split_definitions(TypeAdapter(self.declared).json_schema(ref_template=COMPONENTS + "{model}"))
+        try:
+            return split_definitions(TypeAdapter(self.declared).json_schema(ref_template=COMPONENTS + "{model}"))
+        except Exception:  # a type pydantic validates but cannot write as JSON Schema: OpenAPI shows any JSON
+            return {}, {}
 
 
 class JsonSchema:
@@ -212,9 +213,10 @@ def describe_json_schema_error(error: Any) -> str:
     if kind == "additionalProperties" and value is False:
         known, patterns = error.schema.get("properties", {}), error.schema.get("patternProperties", {})
         unknown = next(
-            name for name in instance if name not in known and not any(re.search(pattern, name) for pattern in patterns)
+            (name for name in instance if name not in known and not any(re.search(p, name) for p in patterns)), None
         )
-        return f'field "{format_path((*path, unknown))}" is unknown'
+        if unknown is not None:
+            return f'field "{format_path((*path, unknown))}" is unknown'
     where = name_location(path, "the instance")
     if kind == "type":
         expected = " or ".join(JSON_TYPES.get(name, name) for name in ([value] if isinstance(value, str) else value))

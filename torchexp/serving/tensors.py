@@ -160,12 +160,14 @@ def split_bytes(name: str, raw: bytes) -> list[str]:
 
 
 def flatten(data: Any) -> list[Any]:
-    """The leaves of nested lists, in row-major order."""
-    if not isinstance(data, list):
-        return [data]
-    leaves: list[Any] = []
-    for item in data:
-        leaves.extend(flatten(item))
+    """The leaves of nested lists, in row-major order (without recursion: JSON may nest deeply)."""
+    leaves, pending = [], [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            pending.extend(reversed(item))
+        else:
+            leaves.append(item)
     return leaves
 
 
