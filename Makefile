@@ -63,6 +63,7 @@ benchmarks: venv hey
 	$(BIN)/python benchmarks/default_epoch.py --data-path $(DATA)
 	$(BIN)/python benchmarks/compare.py --data-path $(DATA)
 	$(BIN)/python benchmarks/serve.py --data-path $(DATA)
+	$(BIN)/python benchmarks/serve_schema.py
 	$(BIN)/python benchmarks/checkpoint_safety.py --data-path $(DATA)
 	$(BIN)/python benchmarks/distributed.py --data-path $(DATA)
 	$(BIN)/python benchmarks/sample_seeds.py

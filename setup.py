@@ -15,6 +15,7 @@ EXTRAS = {
     ],
     "serve": [
         "fastapi",
+        "pydantic>=2",  # declared instance schemas (Runner.serve_schema), the V2 protocol's bodies
         "uvicorn[standard]",  # httptools and uvloop parse and loop in C
         "orjson",  # reads predict bodies several times faster than the json module
         "prometheus-client",  # /metrics
@@ -34,7 +35,10 @@ EXTRAS = {
 }
 EXTRAS["benchmarks"] = ["lightning"]  # benchmarks/image_folder.py times Lightning's Trainer beside torchexp
 EXTRAS["all"] = sorted({package for extra in ("search", "serve", "export", "loaders", "plots", "mlflow", "wandb") for package in EXTRAS[extra]})
-EXTRAS["test"] = ["pytest", "pytest-xdist", "hypothesis", "httpx", "selenium", "schemathesis", "scikit-learn"]
+# tritonclient[http]: Triton's own client of the Open Inference Protocol, against `serve`'s V2 routes.
+EXTRAS["test"] = [
+    "pytest", "pytest-xdist", "hypothesis", "httpx", "selenium", "schemathesis", "scikit-learn", "tritonclient[http]"
+]
 
 setup(
     name="torchexp",

@@ -104,7 +104,20 @@ def test_serve_answers_the_example_and_refuses_a_malformed_instance(released, st
             (prediction,) = answer.json()["predictions"]
             assert prediction["label"] == "malignant" and 0.5 < prediction["malignant"] <= 1
             answer = client.post("/v1/models/x:predict", json={"instances": [{**example, "mean radius": None}]})
-            assert (answer.status_code, answer.json()) == (400, {"error": "instances[0]: feature 'mean radius' must be a number, not null"})
+            sentence = 'instances[0]: field "mean radius" must be a valid number, got null'
+            assert (answer.status_code, answer.json()) == (400, {"error": sentence})
+            # The Open Inference Protocol (V2): a row of the 30 values is an instance, as a list is in V1.
+            metadata = client.get("/v2/models/x").json()
+            assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}]  # the schema's list
+            malignant, label = metadata["outputs"]
+            assert (malignant["datatype"], label["datatype"], label["shape"]) == ("FP64", "BYTES", [-1])
+            tensor = {"name": "input", "shape": [1, 30], "datatype": "FP32", "data": list(FIRST_TUMOUR)}
+            answer = client.post("/v2/models/x/infer", json={"inputs": [tensor]})
+            assert answer.status_code == 200, answer.text
+            malignant, label = answer.json()["outputs"]
+            listed = client.post("/v1/models/x:predict", json={"instances": [list(FIRST_TUMOUR)]})
+            listed = listed.json()["predictions"][0]
+            assert (malignant["data"], label["data"]) == ([listed["malignant"]], [listed["label"]])
             # The example has no page of its own: a browser is sent to the OpenAPI page.
             answer = client.get("/", headers={"Accept": "text/html"})
             assert (answer.status_code, answer.headers["location"]) == (307, "/docs")

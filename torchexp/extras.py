@@ -12,7 +12,7 @@ from torchexp.errors import MissingExtraError
 # The modules each extra brings that its commands import (setup.py lists the packages).
 EXTRA_MODULES = {
     "search": ("optuna", "optuna_dashboard", "scipy"),
-    "serve": ("fastapi", "uvicorn", "orjson", "prometheus_client", "PIL"),
+    "serve": ("fastapi", "pydantic", "uvicorn", "orjson", "prometheus_client", "PIL"),
     "export": ("onnx", "onnxscript", "onnxruntime", "safetensors"),
     "loaders": ("torchdata",),
     "plots": ("matplotlib",),

@@ -26,7 +26,7 @@ RUNNER_HOOKS = (
     "__init__", "init_model", "init_optimizer", "init_others", "train_step", "validation_step", "test",
     "train_before_epoch_tasks", "train_after_epoch_tasks", "train_early_stopping", "train_iteration_log",
     "train_epoch_log", "save_states_others", "load_states_others",
-    "serve_example", "serve_preprocess", "serve_forward", "serve_postprocess", "serve_page",
+    "serve_example", "serve_schema", "serve_preprocess", "serve_forward", "serve_postprocess", "serve_page",
 )  # fmt: skip
 
 

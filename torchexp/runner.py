@@ -58,7 +58,7 @@ class Runner(abc.ABC):
 
     `test` calls `test` with the weights of an epoch loaded, the model in eval mode and
     gradients off; `serve` and `export` call `serve_example`, `serve_preprocess`,
-    `serve_forward`, `serve_postprocess` and `serve_page`.
+    `serve_forward`, `serve_postprocess` and `serve_page`; `serve` checks instances with `serve_schema`.
 
     Attributes:
         experiment: paths of the experiment folder.
@@ -192,6 +192,9 @@ class Runner(abc.ABC):
         server's OpenAPI page shows it. None (the default) means the project has none.
         """
         return None
+
+    def serve_schema(self) -> Any:
+        """Return a pydantic type or JSON Schema (dict) that instances must fit before `serve_preprocess`, or None."""
 
     def serve_preprocess(self, instance: Any) -> torch.Tensor:
         """Turn one request instance (JSON data) into the model's input for it, without

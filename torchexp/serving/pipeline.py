@@ -1,8 +1,9 @@
 """One request's instances through the project's serving hooks and a predictor.
 
-The project's Runner turns each instance into a tensor (`serve_preprocess`) and each output
-row into a JSON prediction (`serve_postprocess`); a predictor runs the stacked batch. The
-batch worker thread calls all of it, never the event loop.
+The project's Runner may declare what an instance is (`serve_schema`, checked first: see
+schemas.py), turns each instance into a tensor (`serve_preprocess`) and each output row into
+a JSON prediction (`serve_postprocess`); a predictor runs the stacked batch. The batch
+worker thread calls all of it, never the event loop.
 """
 
 import json
@@ -12,6 +13,7 @@ import orjson
 import torch
 
 from torchexp.errors import first_line
+from torchexp.serving.schemas import InvalidInstance, load_schema
 
 
 class RequestError(Exception):
@@ -41,21 +43,32 @@ class Pipeline:
     Args:
         runner: the project's Runner (its serve_* hooks; its model is not used here).
         predictor: what runs a batch.
+
+    Raises:
+        ProjectError: the Runner's `serve_schema` declares something that is not a schema.
     """
 
     def __init__(self, runner: Any, predictor: Predictor):
         self.runner = runner
         self.predictor = predictor
+        self.schema = load_schema(runner)  # None when the project declares none: nothing is checked
         # The shape of one preprocessed instance, learnt from the project's example at
         # warm-up: instances of another shape are refused before they reach the model.
         self.input_shape: tuple[int, ...] | None = None
+        self.example_answer: bytes | None = None  # the example's answer at warm-up, for the V2 protocol's metadata
 
     def prepare(self, instances: list[Any]) -> list[torch.Tensor]:
-        """Preprocess each instance with `serve_preprocess`.
+        """Check the instances against the project's schema, if it declares one, then
+        preprocess each with `serve_preprocess`.
 
         Raises:
             RequestError: 400 naming the first bad instance, e.g. "instances[3]: ...".
         """
+        if self.schema is not None:
+            try:
+                self.schema.validate(instances)
+            except InvalidInstance as error:
+                raise RequestError(400, f"instances[{error.index}]: {error}") from None
         tensors = []
         for index, instance in enumerate(instances):
             try:
@@ -96,7 +109,7 @@ class Pipeline:
         self.input_shape = tuple(tensor.shape)
         for size in batch_sizes:
             outputs = self.predict([tensor] * size)
-            self.answer(outputs[:1], [tensor], [example])
+            self.example_answer = self.answer(outputs[:1], [tensor], [example])
 
 
 def encode_json(document: Any) -> bytes:

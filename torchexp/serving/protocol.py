@@ -11,7 +11,9 @@
     GET  /livez, /readyz            liveness (the process answers) apart from readiness
                                     (warmed up and not stopping), for probes and load balancers
     GET  /metrics                   Prometheus text format
-    GET  /docs, /openapi.json       FastAPI's OpenAPI page and schema
+    GET  /docs, /openapi.json       FastAPI's OpenAPI page and schema, with the project's
+                                    instance schema (its Runner's `serve_schema`), if any
+    GET, POST /v2/...               the Open Inference Protocol (KServe V2): open_inference.py
 
 GET / follows KServe's own REST client, whose V1 liveness check is a GET of the server's
 base URL with httpx's default `Accept: */*`, reading `status` from the JSON answer; a tie
@@ -35,12 +37,15 @@ from starlette.exceptions import HTTPException
 from torchexp.version import __version__
 from torchexp.serving.batcher import Batcher
 from torchexp.serving.metrics import ServerMetrics
+from torchexp.serving.open_inference import add_open_inference_routes
 from torchexp.serving.page import PAGE_POLICY, load_page, prefers_html
 from torchexp.serving.pipeline import RequestError
 from torchexp.serving.predict_route import PredictRoute, ServingApp
+from torchexp.serving.schemas import add_openapi_definitions
 
 DESCRIPTION = (
-    "A torchexp release served with the KServe V1 / TF Serving REST protocol.\n\n"
+    "A torchexp release served with the KServe V1 / TF Serving REST protocol, and with the Open Inference "
+    "Protocol (KServe V2) under /v2.\n\n"
     'GET / is the server\'s liveness as KServe V1 defines it, `{"status": "alive"}`, for every '
     "client whose Accept header does not prefer text/html to application/json (no header, "
     "`*/*`, `application/json`). A browser, whose Accept header does, gets the project's "
@@ -130,6 +135,9 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
     app.predict_route = PredictRoute(card.name, batcher, metrics, max_body_bytes)  # records its own metrics
     add_error_handlers(app)
     add_model_routes(app, card, batcher)
+    add_open_inference_routes(
+        app, card, batcher, max_body_bytes, lambda name: check_name(name, card), lambda: is_ready(app, batcher)
+    )
     add_health_routes(app, batcher, metrics)
     add_root(app, card, batcher.pipeline.runner)
     return app
@@ -138,10 +146,13 @@ def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_bo
 def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher) -> None:
     """The KServe V1 routes: metadata/readiness and predict."""
     example = batcher.pipeline.runner.serve_example()
+    # The project's declared instance, if any (its definitions become OpenAPI components).
+    items, definitions = batcher.pipeline.schema.openapi() if batcher.pipeline.schema is not None else ({}, {})
+    add_openapi_definitions(app, definitions)
     instances_schema = {
         "type": "array",
         "minItems": 1,
-        "items": {},
+        "items": items,
         "description": "Instances as the project's serve_preprocess hook reads them.",
     }
     # Documented as the one name served (FastAPI does not check it: check_name answers 404).

@@ -9,9 +9,9 @@ size and the serving hooks read the feature names and the normalization statisti
 `self.data.state`, never from the data set.
 """
 
-import math
-from typing import Any
+from typing import Annotated, Any
 
+import pydantic
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +25,8 @@ FIRST_TUMOUR = (
     1.095, 0.9053, 8.589, 153.4, 0.006399, 0.04904, 0.05373, 0.01587, 0.03003, 0.006193,
     25.38, 17.33, 184.6, 2019.0, 0.1622, 0.6656, 0.7119, 0.2654, 0.4601, 0.1189,
 )
+# A feature's value: a finite number. Strict: neither true nor false nor the text "17.99" is one.
+Feature = Annotated[float, pydantic.Strict(), pydantic.AllowInfNan(False)]
 
 
 class BreastCancerRunner(torchexp.Runner):
@@ -65,27 +67,18 @@ class BreastCancerRunner(torchexp.Runner):
         """The data set's first tumour as a client sends it: its 30 features by name."""
         return dict(zip(self.data.state["features"], FIRST_TUMOUR))
 
-    def serve_preprocess(self, instance: Any) -> torch.Tensor:
+    def serve_schema(self) -> Any:
         """An instance is an object of the 30 named features (`{"mean radius": 17.99, ...}`)
-        or a list of their 30 values in the data set's order.
+        or a list of their 30 values in the data set's order, each a finite number: torchexp
+        checks every instance against this before `serve_preprocess`, answers a faulty one
+        with a sentence naming the feature, and shows the schema on /docs."""
+        return describe_instance(self.data.state["features"])
 
-        Returns:
-            The 30 features, normalized with the training set's statistics.
-
-        Raises:
-            ValueError: a feature missing or unknown, a value that is not a finite number,
-                or another kind of instance; the message is one sentence for the client.
-        """
+    def serve_preprocess(self, instance: Any) -> torch.Tensor:
+        """Return the 30 features of an instance the schema accepted, normalized with the
+        training set's statistics."""
         names = self.data.state["features"]
-        if isinstance(instance, dict):
-            values = read_named_features(instance, names)
-        elif isinstance(instance, list):
-            values = read_listed_features(instance, names)
-        else:
-            raise ValueError(
-                f'an instance must be an object of the {len(names)} named features, e.g. {{"{names[0]}": {FIRST_TUMOUR[0]}, ...}}, '
-                f"or a list of their {len(names)} values, not {describe_json(instance)}"
-            )
+        values = [instance[name] for name in names] if isinstance(instance, dict) else instance
         return normalize(torch.tensor(values, dtype=torch.float32), self.data.state)
 
     def serve_postprocess(self, output: torch.Tensor, model_input: torch.Tensor, instance: Any) -> dict:
@@ -102,59 +95,23 @@ def area_under_roc(scores: torch.Tensor, positives: torch.Tensor) -> float:
     return ((differences > 0).double() + 0.5 * (differences == 0).double()).mean().item()
 
 
-def read_named_features(instance: dict, names: list[str]) -> list[float]:
-    """Return the values of an object of named features, in the data set's order.
+def describe_instance(names: list[str]) -> Any:
+    """The pydantic type of an instance: a `Tumour`, the object of the named features; a
+    list of their values is named first, so that a bad value is named too."""
+    fields = {name: (Feature, ...) for name in names}
+    tumour = pydantic.create_model("Tumour", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
+    listed = Annotated[list[Feature], pydantic.Field(min_length=len(names), max_length=len(names))]
 
-    Raises:
-        ValueError: an unknown or missing feature, or a value that is not a finite number.
-    """
-    unknown = [key for key in instance if key not in names]
-    if unknown:
-        raise ValueError(f"unknown {name_features(unknown)}: an instance holds the {len(names)} features of scikit-learn's load_breast_cancer, such as {names[0]!r}")
-    missing = [name for name in names if name not in instance]
-    if missing:
-        raise ValueError(f"the instance lacks the {name_features(missing)}: it needs all {len(names)}")
-    return [check_number(name, instance[name]) for name in names]
+    def name_values(instance: Any) -> Any:
+        if isinstance(instance, dict):
+            return instance
+        if not isinstance(instance, list):
+            raise ValueError(
+                f"an instance must be an object of the {len(names)} named features or a list of their values"
+            )
+        if len(instance) != len(names):
+            raise ValueError(f"an instance as a list must hold the {len(names)} features' values, not {len(instance)}")
+        return dict(zip(names, instance))
 
-
-def read_listed_features(instance: list, names: list[str]) -> list[float]:
-    """Return the values of a list of the features' values.
-
-    Raises:
-        ValueError: not one value per feature, or a value that is not a finite number.
-    """
-    if len(instance) != len(names):
-        raise ValueError(f"an instance as a list must hold the {len(names)} features' values, not {len(instance)}")
-    return [check_number(name, value) for name, value in zip(names, instance)]
-
-
-def check_number(name: str, value: Any) -> float:
-    """Return a feature's value as a float.
-
-    Raises:
-        ValueError: the value is not a finite number; JSON's true and false are not numbers.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"feature {name!r} must be a number, not {describe_json(value)}")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer of hundreds of digits
-        number = math.inf
-    if not math.isfinite(number):
-        raise ValueError(f"feature {name!r} must be a finite number, not {number}")
-    return number
-
-
-def name_features(names: list[str]) -> str:
-    """Name features in a message, the first three and how many more: "feature 'a'", or
-    "features 'a', 'b', 'c' and 2 more"."""
-    shown = ", ".join(repr(name) for name in names[:3])
-    if len(names) > 3:
-        shown += f" and {len(names) - 3} more"
-    return f"feature{'s' if len(names) > 1 else ''} {shown}"
-
-
-def describe_json(value: Any) -> str:
-    """What a JSON value is, in words, without quoting it (it may be long)."""
-    kinds = {bool: "true or false", int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object", type(None): "null"}
-    return kinds.get(type(value), f"a {type(value).__name__}")
+    # What the OpenAPI page shows: either form.
+    return Annotated[tumour, pydantic.BeforeValidator(name_values, json_schema_input_type=tumour | listed)]
