@@ -11,12 +11,11 @@ e.results                                 # test results by (epoch, kind)
 e.checkpoints                             # checkpoints with their records
 e.best("validation", "loss")              # (epoch, value)
 model = e.load_model()                    # the project's torch.nn.Module, in eval mode
-e.predictor().predict(instances)          # what `serve` answers for these instances
 ```
 
-Everything but `load_model` and `predictor` reads JSON alone: no torch import, and nothing is ever written
-into an experiment, not even its `.lock`. Each attribute reads the files afresh, so a view
-of an experiment that is training shows its latest epochs.
+Everything but `load_model` and `predictor` reads JSON alone: no torch import, and nothing
+is ever written into an experiment, not even its `.lock`. Each attribute reads the files
+afresh, so a view of an experiment that is training shows its latest epochs.
 
 A search study is a folder holding `study.json` and one experiment per trial; its trials
 are named `STUDY/trial-0003`.
@@ -32,13 +31,12 @@ from torchexp import checkpoints
 from torchexp.budget import read_limit, unit_of
 from torchexp.config import fill_trainer_defaults
 from torchexp.errors import ExperimentError
-from torchexp.folder import NAME_PATTERN, Experiment
+from torchexp.folder import Experiment, list_folder_names
 from torchexp.locks import is_locked
 from torchexp.files import read_json_lines
 from torchexp.metrics import Stop, find_best, guess_direction, is_number, point_of, read_last_stop, read_metric_lines
 from torchexp.provenance import read_last
 from torchexp.results import read_reports
-from torchexp.serving.options import DEFAULTS
 from torchexp.states import CORRUPT, read_state, scan_checkpoint_names
 
 STUDY_FILE = "study.json"
@@ -271,23 +269,12 @@ class ExperimentView:
 
         return load_inference_runner(self.experiment, epoch, device, runner_class, data_class).model
 
-    def predictor(self, checkpoint: int | str = "release", device: str = DEFAULTS.device, max_batch_size: int = DEFAULTS.max_batch_size) -> Any:
-        """Return a `torchexp.predictor.Predictor`: its `predict(instances)` answers a client's
-        instances exactly as `serve --runtime torch` does, through the project's serving hooks.
-
-        Args:
-            checkpoint: "release" for the latest release, N for epoch N, or a checkpoint's
-                file name such as "3.checkpoint.pt".
-            device: "auto" (a GPU when there is one, as `serve`), "cpu", "cuda" or "cuda:N".
-            max_batch_size: most instances run through the model at once, as `serve --max-batch-size`.
-
-        Raises:
-            CheckpointError, DeviceError, ExperimentError, ProjectError, ConfigError: as
-                `torchexp.predictor.load_predictor` says.
-        """
+    def predictor(self, checkpoint: int | str = "release", **options: Any) -> Any:
+        """Return a `torchexp.Predictor` whose `predict(instances)` answers as `serve` does; the
+        arguments (checkpoint, device, max_batch_size) are `torchexp.load_predictor`'s."""
         from torchexp.predictor import open_predictor
 
-        return open_predictor(self.experiment, checkpoint, device, max_batch_size, self.name)
+        return open_predictor(self.experiment, checkpoint, name=self.name, **options)
 
 
 class Experiments:
@@ -403,15 +390,6 @@ def scan_folders(path: str) -> list[tuple[str, bool]]:
         else:
             found.append((name, False))
     return found
-
-
-def list_folder_names(path: str) -> list[str]:
-    """Sorted names of the sub-folders of `path` that could be experiments."""
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return []
-    return sorted(entry.name for entry in entries if entry.is_dir() and NAME_PATTERN.fullmatch(entry.name))
 
 
 def check_split(split: str) -> None:

@@ -19,17 +19,23 @@ involved, and nothing is written into the experiment.
 
 from typing import Any, NoReturn
 
-import orjson
-
 from torchexp import checkpoints
 from torchexp.errors import ConfigError, InstanceError, ProjectError
+from torchexp.extras import require_extra
 from torchexp.folder import Experiment
 from torchexp.hooks import describe_failure
 from torchexp.releases import Selector, select_checkpoint
-from torchexp.serving import predictors
-from torchexp.serving.answers import WARM_UP_FAILED, Failure, answer_requests, check_instances
 from torchexp.serving.options import DEFAULTS
-from torchexp.serving.pipeline import Pipeline, RequestError
+
+# The serving modules read and write JSON with orjson, which the serve extra brings: without
+# it, importing this module is one sentence naming the extra. FastAPI is not needed.
+require_extra("serve", "torchexp.Predictor", ("orjson",))
+
+import orjson  # noqa: E402
+
+from torchexp.serving import predictors  # noqa: E402
+from torchexp.serving.answers import WARM_UP_FAILED, Failure, answer_requests, check_instances  # noqa: E402
+from torchexp.serving.pipeline import Pipeline, RequestError  # noqa: E402
 
 
 class Predictor:
@@ -100,18 +106,26 @@ def load_predictor(
         DeviceError: `device` does not exist here.
         ProjectError: the project's hooks failed to build the model or on its `serve_example`.
         ConfigError: `max_batch_size` is not a whole number of 1 or more.
+        MissingExtraError: (on import) the serve extra is not installed.
     """
     return open_predictor(Experiment(experiments_path, name), checkpoint, device, max_batch_size)
 
 
-def open_predictor(experiment: Experiment, checkpoint: Selector, device: str, max_batch_size: int, name: str | None = None) -> Predictor:
+def open_predictor(
+    experiment: Experiment,
+    checkpoint: Selector = "release",
+    device: str = DEFAULTS.device,
+    max_batch_size: int = DEFAULTS.max_batch_size,
+    name: str | None = None,
+) -> Predictor:
     """`load_predictor` for an experiment's folder; `name` is how the predictor names it
     (default: the folder's name). Raises as `load_predictor` does."""
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ConfigError(f"max_batch_size {max_batch_size!r} is not valid: pass a whole number of 1 or more")
     experiment.check_exists()
     found = select_checkpoint(experiment, checkpoint)
-    runner, model = predictors.load_predictor(experiment, found, "torch", device, threads=1)  # threads: the ONNX runtime's alone
+    # The threads are the ONNX runtime's alone; torch's are the caller's to set.
+    runner, model = predictors.load_predictor(experiment, found, "torch", device, threads=1)
     pipeline = Pipeline(runner, model)
     warm_up(pipeline)
     return Predictor(name or experiment.name, found, pipeline, max_batch_size)

@@ -104,7 +104,8 @@ def select_checkpoint(experiment: Experiment, selector: Selector) -> checkpoints
         return find_weights(experiment, selector)
     if not isinstance(selector, str) or checkpoints.parse_filename(selector) is None:
         raise CheckpointError(
-            f"checkpoint {selector!r} is not valid: pass 'release', an epoch number or a checkpoint's file name such as 3.checkpoint.pt"
+            f"checkpoint {selector!r} is not valid: pass 'release', an epoch number "
+            "or a checkpoint's file name such as 3.checkpoint.pt"
         )
     experiment.check_exists()
     found = checkpoints.list_checkpoints(experiment.checkpoints_path)

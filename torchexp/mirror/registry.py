@@ -36,6 +36,7 @@ from torchexp.version import __version__
 
 MODEL_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "release_model.py")
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # MLflow's bar as it copies the release's files into the model
+ANY_TYPE_WARNING = "Any type hint is inferred as AnyType"  # how MLflow's warning about `list[Any]` begins
 
 
 def default_model_name(experiment: Experiment, definition: dict) -> str:
@@ -123,7 +124,7 @@ def register_release(client: Any, mirror: RunMirror, project: Project, release: 
     artifact_path = f"release-{release.epoch}"
     with tempfile.TemporaryDirectory(prefix="torchexp-mlflow-") as scratch:
         requirements = list_requirements(project)
-        logger.debug(f"saving the release of epoch {release.epoch} as an MLflow model requiring {', '.join(requirements)}")
+        logger.debug(f"the MLflow model of the release of epoch {release.epoch} requires {', '.join(requirements)}")
         save_release_model(experiment, release, requirements, scratch)
         with calling_mlflow(target, f"register the release of epoch {release.epoch} as {name!r}"):
             client.log_artifacts(run_id, os.path.join(scratch, "model"), artifact_path)
@@ -132,7 +133,9 @@ def register_release(client: Any, mirror: RunMirror, project: Project, release: 
     return version, True
 
 
-def save_release_model(experiment: Experiment, release: checkpoints.Checkpoint, requirements: list[str], scratch: str) -> None:
+def save_release_model(
+    experiment: Experiment, release: checkpoints.Checkpoint, requirements: list[str], scratch: str
+) -> None:
     """Save the release as an MLflow pyfunc model from code in `scratch`/model.
 
     The release's experiment is copied into `scratch`/experiments first, and a predictor
@@ -164,11 +167,13 @@ def copy_release(experiment: Experiment, release: checkpoints.Checkpoint, experi
     and its sidecar) into an experiment of the same name under `experiments_path`."""
     copy = Experiment(experiments_path, experiment.name)
     os.makedirs(copy.checkpoints_path)
-    for source, destination in ((experiment.config_path, copy.config_path), (experiment.data_state_path, copy.data_state_path)):
+    copies = [(experiment.config_path, copy.config_path), (experiment.data_state_path, copy.data_state_path)]
+    for path in (release.path, sidecar_path(release.path)):
+        copies.append((path, os.path.join(copy.checkpoints_path, os.path.basename(path))))
+    for source, destination in copies:
+        # A missing file is left missing: the predictor loaded from the copy names it.
         if os.path.exists(source):
             shutil.copyfile(source, destination)
-    for path in (release.path, sidecar_path(release.path)):
-        shutil.copyfile(path, os.path.join(copy.checkpoints_path, os.path.basename(path)))
     return copy
 
 
@@ -186,16 +191,22 @@ def list_requirements(project: Project) -> list[str]:
 @contextlib.contextmanager
 def quiet_saving() -> Iterator[None]:
     """Within the block, MLflow draws no progress bar as it copies the release's files into
-    the model, and does not warn that it leaves instances unchecked: `list[Any]` is meant,
-    since an instance is whatever JSON the project's `serve_preprocess` reads."""
+    the model, and its warning that it does not check instances against `list[Any]` is
+    dropped: the project's `serve_preprocess` checks them. Other warnings are shown after it.
+
+    MLflow warns within `warnings.catch_warnings` blocks of its own that show every warning
+    once, so that no filter set here would hold; the warnings are recorded instead.
+    """
     previous = os.environ.get(PROGRESS_BAR)
     os.environ[PROGRESS_BAR] = "false"
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Any type hint is inferred as AnyType", category=UserWarning)
+        with warnings.catch_warnings(record=True) as caught:
             yield
     finally:
         if previous is None:
             os.environ.pop(PROGRESS_BAR, None)
         else:
             os.environ[PROGRESS_BAR] = previous
+    for warning in caught:
+        if ANY_TYPE_WARNING not in str(warning.message):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

@@ -39,8 +39,11 @@ def check_instances(instances: Any) -> list[Any]:
     return instances
 
 
+OnBatch = Callable[[int, float], None]  # called with a model batch's size and seconds
+
+
 def answer_requests(
-    pipeline: Pipeline, requests: list[list[Any]], max_batch_size: int, on_batch: Callable[[int, float], None] | None = None
+    pipeline: Pipeline, requests: list[list[Any]], max_batch_size: int, on_batch: OnBatch | None = None
 ) -> list[bytes | Failure]:
     """Answer requests run together: preprocess each request's instances, run all of them
     through the model in batches of at most `max_batch_size`, postprocess each request's.
@@ -83,7 +86,7 @@ def answer_requests(
 
 
 def predict_in_batches(
-    pipeline: Pipeline, tensors: list[torch.Tensor], max_batch_size: int, on_batch: Callable[[int, float], None] | None = None
+    pipeline: Pipeline, tensors: list[torch.Tensor], max_batch_size: int, on_batch: OnBatch | None = None
 ) -> torch.Tensor:
     """Run the model on `tensors` in batches of at most `max_batch_size` (one request may
     hold more instances than that); return the outputs in order."""

@@ -165,7 +165,8 @@ class Batcher:
         started = time.perf_counter()
         for job in jobs:
             self.metrics.queue_seconds.observe(started - job.arrived)
-        results = answer_requests(self.pipeline, [job.instances for job in jobs], self.max_batch_size, self.record_batch)
+        requests = [job.instances for job in jobs]
+        results = answer_requests(self.pipeline, requests, self.max_batch_size, self.record_batch)
         answers: list[Answer] = []
         errors: dict[int, RequestError] = {}  # a failure of the model, shared by the batch's jobs, is logged once
         for job, result in zip(jobs, results):
