@@ -52,7 +52,7 @@ def read_real_digits(count: int) -> list[list[list[int]]]:
     return pixels.reshape(count, 28, 28).tolist()
 
 
-def test_a_release_is_a_registered_model_from_code_that_answers_instances_as_serve_does(server, tmp_path, data_path, monkeypatch):
+def test_a_release_is_a_registered_model_from_code_that_answers_as_serve_does(server, tmp_path, data_path, monkeypatch):
     uri = ("--mlflow-uri", server.url)
     run_cli(tmp_path, data_path, *init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=1"), name=NAME)
     run_cli(tmp_path, data_path, *uri, "train", "--device", "cpu", name=NAME)
@@ -70,7 +70,8 @@ def test_a_release_is_a_registered_model_from_code_that_answers_instances_as_ser
     assert version.run_id == run_id
     model_folder = client.download_artifacts(run_id, "release-1", str(tmp_path / "downloaded"))
     model_files = {os.path.relpath(os.path.join(folder, name), model_folder) for folder, _, names in os.walk(model_folder) for name in names}
-    assert {"MLmodel", "release_model.py", "input_example.json", f"artifacts/{NAME}/checkpoints/1.checkpoint.release.pt"} <= model_files
+    release_file = f"artifacts/{NAME}/checkpoints/1.checkpoint.release.pt"
+    assert {"MLmodel", "release_model.py", "input_example.json", release_file} <= model_files
     assert not any(path.endswith((".pkl", ".pickle")) or "pickle" in path for path in model_files)  # nothing cloudpickled
     mlmodel = open(os.path.join(model_folder, "MLmodel")).read()
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in mlmodel and "python_model:" not in mlmodel
@@ -83,6 +84,10 @@ def test_a_release_is_a_registered_model_from_code_that_answers_instances_as_ser
         assert served.post(f"/v1/models/{NAME}:predict", json=pixels_body(*digits)).json()["predictions"] == expected
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     assert mlflow.pyfunc.load_model("models:/mnist_classifier-served/1").predict(digits) == expected
+    settings = {"device": "cpu", "max_batch_size": 8}
+    configured = mlflow.pyfunc.load_model("models:/mnist_classifier-served/1", model_config=settings)
+    assert configured.unwrap_python_model().predictor.max_batch_size == 8  # one batch of the 8 digits, as with 32
+    assert configured.predict(digits) == expected
     assert predictions_from_mlflow_server(server.url, "mnist_classifier-served", 1, digits, tmp_path) == expected
 
 
@@ -108,7 +113,8 @@ def predictions_from_mlflow_server(tracking_uri: str, name: str, version: int, i
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(process, url, tmp_path / "models-serve.log")
-        request = urllib.request.Request(f"{url}/invocations", json.dumps({"inputs": instances}).encode(), {"Content-Type": "application/json"})
+        body = json.dumps({"inputs": instances}).encode()
+        request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.load(response)["predictions"]
     finally:

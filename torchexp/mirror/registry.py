@@ -159,6 +159,8 @@ def save_release_model(
             artifacts={"experiment": copy.path},
             input_example=None if example is None else [example],
             pip_requirements=requirements,
+            # The settings a loader may change (mlflow.pyfunc.load_model(..., model_config=...)).
+            model_config={"device": DEFAULTS.device, "max_batch_size": DEFAULTS.max_batch_size},
         )
 
 

@@ -76,12 +76,13 @@ def answer_requests(
             answers.update((index, failure) for index, _ in prepared)
         else:
             offset = 0
-            for index, tensors in prepared:
+            for index, request_tensors in prepared:
+                count = len(request_tensors)
                 try:
-                    answers[index] = pipeline.answer(outputs[offset : offset + len(tensors)], tensors, requests[index])
+                    answers[index] = pipeline.answer(outputs[offset : offset + count], request_tensors, requests[index])
                 except Exception as error:
                     answers[index] = Failure("postprocessing failed", error)
-                offset += len(tensors)
+                offset += count
     return [answers[index] for index in range(len(requests))]
 
 
