@@ -43,6 +43,8 @@ REFERENCE_IDS = [
     "torchexp.experiments.Experiments",
     "torchexp.experiments.ExperimentView",
     "torchexp.experiments.ExperimentView.best",
+    "torchexp.predictor.load_predictor",
+    "torchexp.predictor.Predictor",
     "torchexp.config.Config",
     "torchexp.config.build_config",
     "torchexp.config.load_schema",

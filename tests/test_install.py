@@ -120,6 +120,13 @@ def test_a_command_whose_extra_is_missing_says_which_to_install_and_its_help_wor
     assert done.stderr.strip() == f"Error: {EXTRA_SENTENCES[arguments]}"
 
 
+def test_a_predictor_without_the_serve_extra_says_which_to_install(lean, tmp_path):
+    script = "import torchexp\ntry:\n    torchexp.Predictor\nexcept torchexp.TorchexpError as error:\n    print(type(error).__name__, error)"
+    done = run([lean, "-c", script], tmp_path)
+    expected = "torchexp.Predictor needs orjson, which is not installed: pip install 'torchexp[serve]'"
+    assert done.stdout.strip() == f"MissingExtraError {expected}", done.stderr
+
+
 def test_tracking_without_mlflow_says_which_extra_to_install(lean, tmp_path):
     base = [lean, "-m", "mnist_classifier", "--experiments-path", str(tmp_path), "--mlflow-uri", "http://127.0.0.1:5000"]
     done = run([*base, "sync"], tmp_path)

@@ -1,6 +1,8 @@
-"""Releases in MLflow's Model Registry from their ONNX export, served by `mlflow models
-serve` with the labels torchexp's `serve` gives on real MNIST test digits; the MLflow UI
-shows a trained run's validation-loss chart; a PostgreSQL-backed server works the same."""
+"""Releases in MLflow's Model Registry as pyfunc models from code that answer a client's
+instances through the project's serving hooks, nothing pickled: loaded back with
+`mlflow.pyfunc.load_model` and served by `mlflow models serve`, they answer real MNIST test
+digits as torchexp's predictor and `serve` do; the MLflow UI shows a trained run's
+validation-loss chart; a PostgreSQL-backed server works the same."""
 
 import json
 import os
@@ -21,7 +23,10 @@ from postgres_server import postgres_server
 from serve_fixtures import NAME, build_app, pixels_body
 
 pytest.importorskip("mlflow")
+import mlflow.pyfunc  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+
+import torchexp  # noqa: E402
 
 MNIST_TEST_IMAGES = os.path.join(REPO, "..", "shared", "datasets", "MNIST", "raw", "t10k-images-idx3-ubyte")
 SERVE_TIMEOUT = 180  # seconds for `mlflow models serve` to answer /ping on a busy machine
@@ -47,7 +52,7 @@ def read_real_digits(count: int) -> list[list[list[int]]]:
     return pixels.reshape(count, 28, 28).tolist()
 
 
-def test_a_release_is_a_registered_onnx_model_that_mlflow_serves_with_serves_labels(server, tmp_path, data_path):
+def test_a_release_is_a_registered_model_from_code_that_answers_as_serve_does(server, tmp_path, data_path, monkeypatch):
     uri = ("--mlflow-uri", server.url)
     run_cli(tmp_path, data_path, *init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=1"), name=NAME)
     run_cli(tmp_path, data_path, *uri, "train", "--device", "cpu", name=NAME)
@@ -63,17 +68,27 @@ def test_a_release_is_a_registered_onnx_model_that_mlflow_serves_with_serves_lab
     assert version.tags["epoch"] == "1" and version.tags["checkpoint_sha256"] == release_sidecar["sha256"]
     run_id = json.loads((tmp_path / "experiments" / NAME / "mlflow.json").read_text())["runs"][server.url]["run_id"]
     assert version.run_id == run_id
-    model_files = {info.path for info in client.list_artifacts(run_id, "release-1")}
-    assert {"release-1/MLmodel", "release-1/model.onnx", "release-1/input_example.json"} <= model_files
-    assert not any(path.endswith((".pkl", ".pickle")) for path in model_files)
-    mlmodel = open(client.download_artifacts(run_id, "release-1/MLmodel")).read()
-    assert "onnx:" in mlmodel and "signature:" in mlmodel
+    model_folder = client.download_artifacts(run_id, "release-1", str(tmp_path / "downloaded"))
+    model_files = {os.path.relpath(os.path.join(folder, name), model_folder) for folder, _, names in os.walk(model_folder) for name in names}
+    release_file = f"artifacts/{NAME}/checkpoints/1.checkpoint.release.pt"
+    assert {"MLmodel", "release_model.py", "input_example.json", release_file} <= model_files
+    assert not any(path.endswith((".pkl", ".pickle")) or "pickle" in path for path in model_files)  # nothing cloudpickled
+    mlmodel = open(os.path.join(model_folder, "MLmodel")).read()
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in mlmodel and "python_model:" not in mlmodel
+    assert f"torchexp[serve]=={torchexp.__version__}" in open(os.path.join(model_folder, "requirements.txt")).read()
     assert run_cli(tmp_path, data_path, *uri, "sync", name=NAME).output.strip() == f"experiment {NAME}: nothing new"  # registered once
 
     digits = read_real_digits(8)
+    expected = torchexp.load_predictor(str(tmp_path / "experiments"), NAME, device="cpu").predict(digits)
     with TestClient(build_app(str(tmp_path / "experiments"))) as served:
-        expected = [prediction["label"] for prediction in served.post(f"/v1/models/{NAME}:predict", json=pixels_body(*digits)).json()["predictions"]]
-    assert labels_from_mlflow(server.url, "mnist_classifier-served", 1, digits, tmp_path) == expected
+        assert served.post(f"/v1/models/{NAME}:predict", json=pixels_body(*digits)).json()["predictions"] == expected
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    assert mlflow.pyfunc.load_model("models:/mnist_classifier-served/1").predict(digits) == expected
+    settings = {"device": "cpu", "max_batch_size": 8}
+    configured = mlflow.pyfunc.load_model("models:/mnist_classifier-served/1", model_config=settings)
+    assert configured.unwrap_python_model().predictor.max_batch_size == 8  # one batch of the 8 digits, as with 32
+    assert configured.predict(digits) == expected
+    assert predictions_from_mlflow_server(server.url, "mnist_classifier-served", 1, digits, tmp_path) == expected
 
 
 def test_a_release_of_an_experiment_with_sharded_checkpoints_is_registered_from_its_single_file(server, tmp_path, data_path):
@@ -88,27 +103,23 @@ def test_a_release_of_an_experiment_with_sharded_checkpoints_is_registered_from_
     assert version.tags["checkpoint_sha256"] == release_sidecar["sha256"]
 
 
-def labels_from_mlflow(tracking_uri: str, name: str, version: int, digits: list, tmp_path) -> list[int]:
-    """Serve models:/name/version with `mlflow models serve` and return its labels for the digits."""
-    from mnist_classifier.runner import MNISTClassifierRunner
-
-    inputs = [MNISTClassifierRunner.serve_preprocess(None, digit).tolist() for digit in digits]
+def predictions_from_mlflow_server(tracking_uri: str, name: str, version: int, instances: list, tmp_path) -> list:
+    """Serve models:/name/version with `mlflow models serve` and return its predictions of the instances."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}/{version}", "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     with open(tmp_path / "models-serve.log", "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(process, url, tmp_path / "models-serve.log")
-        request = urllib.request.Request(f"{url}/invocations", json.dumps({"inputs": {"input": inputs}}).encode(), {"Content-Type": "application/json"})
+        body = json.dumps({"inputs": instances}).encode()
+        request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
-            predictions = json.load(response)["predictions"]
+            return json.load(response)["predictions"]
     finally:
         os.killpg(process.pid, 9)
         process.wait(timeout=30)
-    scores = predictions["output"] if isinstance(predictions, dict) else predictions
-    return [int(np.argmax(row)) for row in scores]
 
 
 def wait_until_serving(process: subprocess.Popen, url: str, log_path) -> None:

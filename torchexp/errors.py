@@ -84,6 +84,12 @@ class TrackingError(TorchexpError):
     exit_code = 13
 
 
+class InstanceError(TorchexpError, ValueError):
+    """An instance given to a predictor is malformed, as `serve` would answer it with 400."""
+
+    exit_code = 14
+
+
 class TrainingInterrupted(TorchexpError):
     """Training stopped on a signal after saving an interrupt checkpoint."""
 

@@ -13,9 +13,9 @@ e.best("validation", "loss")              # (epoch, value)
 model = e.load_model()                    # the project's torch.nn.Module, in eval mode
 ```
 
-Everything but `load_model` reads JSON alone: no torch import, and nothing is ever written
-into an experiment, not even its `.lock`. Each attribute reads the files afresh, so a view
-of an experiment that is training shows its latest epochs.
+Everything but `load_model` and `predictor` reads JSON alone: no torch import, and nothing
+is ever written into an experiment, not even its `.lock`. Each attribute reads the files
+afresh, so a view of an experiment that is training shows its latest epochs.
 
 A search study is a folder holding `study.json` and one experiment per trial; its trials
 are named `STUDY/trial-0003`.
@@ -32,7 +32,7 @@ from torchexp.budget import read_limit, unit_of
 from torchexp.config import fill_trainer_defaults
 from torchexp.directions import direction_of, read_directions
 from torchexp.errors import ExperimentError
-from torchexp.folder import NAME_PATTERN, Experiment
+from torchexp.folder import Experiment, list_folder_names
 from torchexp.locks import is_locked
 from torchexp.files import read_json_lines
 from torchexp.metrics import Stop, find_best, is_number, point_of, read_last_stop, read_metric_lines
@@ -270,6 +270,13 @@ class ExperimentView:
 
         return load_inference_runner(self.experiment, epoch, device, runner_class, data_class).model
 
+    def predictor(self, checkpoint: int | str = "release", **options: Any) -> Any:
+        """Return a `torchexp.Predictor` whose `predict(instances)` answers as `serve` does; the
+        arguments (checkpoint, device, max_batch_size) are `torchexp.load_predictor`'s."""
+        from torchexp.predictor import open_predictor
+
+        return open_predictor(self.experiment, checkpoint, name=self.name, **options)
+
 
 class Experiments:
     """The experiments of a folder, read-only: iterable, `len()`, `in`, and `[name]`.
@@ -384,15 +391,6 @@ def scan_folders(path: str) -> list[tuple[str, bool]]:
         else:
             found.append((name, False))
     return found
-
-
-def list_folder_names(path: str) -> list[str]:
-    """Sorted names of the sub-folders of `path` that could be experiments."""
-    try:
-        entries = list(os.scandir(path))
-    except OSError:
-        return []
-    return sorted(entry.name for entry in entries if entry.is_dir() and NAME_PATTERN.fullmatch(entry.name))
 
 
 def check_split(split: str) -> None:

@@ -21,13 +21,14 @@ EXTRA_MODULES = {
 }
 
 
-def require_extra(extra: str, what: str) -> None:
+def require_extra(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
     """Raise MissingExtraError unless every module of `extra` can be imported.
 
     Args:
         extra: a key of EXTRA_MODULES.
         what: what needs it, for the message, e.g. "serve" or "compare --plot".
+        modules: of the extra's modules, those `what` imports; default: all of them.
     """
-    for module in EXTRA_MODULES[extra]:
+    for module in modules or EXTRA_MODULES[extra]:
         if importlib.util.find_spec(module) is None:
             raise MissingExtraError(f"{what} needs {module}, which is not installed: pip install 'torchexp[{extra}]'")

@@ -49,6 +49,15 @@ def validate_name(name: str | None) -> str:
     return name
 
 
+def list_folder_names(path: str) -> list[str]:
+    """Sorted names of the sub-folders of `path` that could be experiments."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return []
+    return sorted(entry.name for entry in entries if entry.is_dir() and NAME_PATTERN.fullmatch(entry.name))
+
+
 class Experiment:
     """Paths and files of one experiment folder.
 

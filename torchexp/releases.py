@@ -14,6 +14,7 @@ from torchexp.folder import Experiment
 from torchexp.metrics import find_best, parse_metric, recorded_series
 
 Epoch = int | str | None  # an epoch number, "release" (the latest release) or None (the latest checkpoint)
+Selector = int | str  # an epoch number, "release" (the latest release) or a checkpoint's file name
 
 
 def create_release(experiment: Experiment, epoch: int, definition: dict) -> str:
@@ -85,6 +86,35 @@ def find_weights(experiment: Experiment, epoch: Epoch = None) -> checkpoints.Che
         raise CheckpointError(f"experiment {experiment.name!r} has no {' or '.join(kinds)} checkpoint yet: {hint}")
     latest = found[-1].epoch
     return next(info for kind in kinds for info in found if info.epoch == latest and info.kind == kind)
+
+
+def select_checkpoint(experiment: Experiment, selector: Selector) -> checkpoints.Checkpoint:
+    """Return the checkpoint `selector` names.
+
+    Args:
+        experiment: the experiment, which must exist.
+        selector: N for epoch N's standard checkpoint (its release when it has only that),
+            "release" for the latest release, or a checkpoint's file name ("3.checkpoint.pt",
+            "3.checkpoint.release.pt").
+
+    Raises:
+        CheckpointError: there is no such checkpoint, or `selector` is none of these; the
+            message lists what exists.
+    """
+    if selector == "release" or (isinstance(selector, int) and not isinstance(selector, bool)):
+        return find_weights(experiment, selector)
+    if not isinstance(selector, str) or checkpoints.parse_filename(selector) is None:
+        raise CheckpointError(
+            f"checkpoint {selector!r} is not valid: pass 'release', an epoch number "
+            "or a checkpoint's file name such as 3.checkpoint.pt"
+        )
+    experiment.check_exists()
+    found = checkpoints.list_checkpoints(experiment.checkpoints_path)
+    for info in found:
+        if info.name == selector:
+            return info
+    names = ", ".join(info.name for info in found) or "none"
+    raise CheckpointError(f"experiment {experiment.name!r} has no checkpoint {selector} (its checkpoints: {names})")
 
 
 def find_release(experiment: Experiment, epoch: int | None) -> checkpoints.Checkpoint:

@@ -76,8 +76,8 @@ def test(app: App, epoch: int | None, step: int | None, release: bool, device: s
 def create_release(app: App, epoch: int | None, step: int | None, registered_model: str | None) -> None:
     """Write a release checkpoint: an epoch's (or a step's) weights and the metadata to use them.
 
-    With MLflow tracking on, the release is also registered in MLflow's Model Registry from
-    its ONNX export.
+    With MLflow tracking on, the release is also registered in MLflow's Model Registry, as a
+    model that answers a client's instances as `serve` does.
     """
     experiment = app.open_experiment()
     epoch = choose_point(experiment, epoch, step)

@@ -7,6 +7,8 @@ Modules, from the request inward:
     tensors         V2 tensors: input rows into instances, predictions into output tensors
     page            what GET / answers: liveness to API clients, the project's page to browsers
     batcher         dynamic batching on one worker thread, off the event loop
+    answers         requests' instances through the pipeline to their JSON answers: the path the
+                    batcher and the Python predictor (`torchexp.predictor`) share
     pipeline        one request's instances through the project's hooks and a predictor
     schemas         the project's declared instance (pydantic or JSON Schema), checked first
     predictors      what runs a batch: the release's torch model, or its ONNX export

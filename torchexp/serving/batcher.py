@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from torchexp.errors import first_line
 from torchexp.hooks import describe_failure
+from torchexp.serving.answers import WARM_UP_FAILED, Failure, answer_requests
 from torchexp.serving.metrics import ServerMetrics
 from torchexp.serving.pipeline import Pipeline, RequestError
 
@@ -162,52 +163,25 @@ class Batcher:
     def run(self, jobs: list[Job]) -> None:
         """Preprocess, predict and answer a batch of jobs; a bad job fails alone."""
         started = time.perf_counter()
-        answers: list[Answer] = []
-        prepared = []
         for job in jobs:
             self.metrics.queue_seconds.observe(started - job.arrived)
-            try:
-                prepared.append((job, self.pipeline.prepare(job.instances)))
-            except Exception as error:
-                answers.append((job, None, self.as_request_error(error, "preprocessing failed")))
-        if prepared:
-            answers += self.answer(prepared)
+        requests = [job.instances for job in jobs]
+        results = answer_requests(self.pipeline, requests, self.max_batch_size, self.record_batch)
+        answers: list[Answer] = []
+        errors: dict[int, RequestError] = {}  # a failure of the model, shared by the batch's jobs, is logged once
+        for job, result in zip(jobs, results):
+            if isinstance(result, Failure):
+                if id(result) not in errors:
+                    errors[id(result)] = self.as_request_error(result.error, result.step)
+                answers.append((job, None, errors[id(result)]))
+            else:
+                answers.append((job, result, None))
         hand_back(answers)
 
-    def answer(self, prepared: list[tuple[Job, list[Any]]]) -> list[Answer]:
-        """Run the prepared jobs' tensors through the model as one batch; return each job's answer."""
-        tensors = [tensor for _, job_tensors in prepared for tensor in job_tensors]
-        try:
-            outputs = self.predict(tensors)
-        except Exception as error:
-            failure = self.as_request_error(error, "the model failed on this batch")
-            return [(job, None, failure) for job, _ in prepared]
-        answers: list[Answer] = []
-        offset = 0
-        for job, job_tensors in prepared:
-            count = len(job_tensors)
-            try:
-                body = self.pipeline.answer(outputs[offset : offset + count], job_tensors, job.instances)
-            except Exception as error:
-                answers.append((job, None, self.as_request_error(error, "postprocessing failed")))
-            else:
-                answers.append((job, body, None))
-            offset += count
-        return answers
-
-    def predict(self, tensors: list[Any]) -> Any:
-        """Run the model on `tensors` in chunks of at most `max_batch_size` (a request may
-        hold more instances than that), recording batch sizes and times."""
-        import torch
-
-        outputs = []
-        for start in range(0, len(tensors), self.max_batch_size):
-            chunk = tensors[start : start + self.max_batch_size]
-            began = time.perf_counter()
-            outputs.append(self.pipeline.predict(chunk))
-            self.metrics.inference_seconds.observe(time.perf_counter() - began)
-            self.metrics.batch_size.observe(len(chunk))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    def record_batch(self, size: int, seconds: float) -> None:
+        """Count one batch the model ran, and its time."""
+        self.metrics.inference_seconds.observe(seconds)
+        self.metrics.batch_size.observe(size)
 
     def as_request_error(self, error: Exception, what: str) -> RequestError:
         """Return a RequestError for `error`; anything else than one is a server fault, logged."""
@@ -219,7 +193,7 @@ class Batcher:
 
     def refuse_all(self, error: Exception) -> None:
         """After a failed warm-up: report it, then answer every request with 503 until STOP."""
-        self.failure = f"warm-up with the project's serve_example failed: {describe_failure(error, inference=True) or first_line(error)}"
+        self.failure = f"{WARM_UP_FAILED}: {describe_failure(error, inference=True) or first_line(error)}"
         self.logger.error(self.failure, exc_info=error)
         if self.on_failure is not None:
             self.on_failure(self.failure)

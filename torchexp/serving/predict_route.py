@@ -20,6 +20,7 @@ import orjson
 from fastapi import FastAPI
 
 from torchexp.errors import first_line
+from torchexp.serving.answers import check_instances
 from torchexp.serving.batcher import Batcher
 from torchexp.serving.metrics import ServerMetrics
 from torchexp.serving.pipeline import RequestError
@@ -135,12 +136,7 @@ def parse_instances(body: bytes) -> list[Any]:
         document = parse_with_stdlib(body)
     if not isinstance(document, dict) or "instances" not in document:
         raise RequestError(400, 'the request body must be a JSON object with "instances": a list of instances')
-    instances = document["instances"]
-    if not isinstance(instances, list):
-        raise RequestError(400, f'"instances" must be a list, not {type(instances).__name__}')
-    if not instances:
-        raise RequestError(400, '"instances" is empty: send at least one instance')
-    return instances
+    return check_instances(document["instances"])
 
 
 def parse_with_stdlib(body: bytes) -> Any:
