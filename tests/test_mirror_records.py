@@ -89,3 +89,28 @@ def test_status_follows_how_the_last_train_ended(experiment):
         assert describe_status(experiment, training=False) == status, reason
     append(experiment.provenance_path, event="train", time="2026-12-04T10:01:00+0000")
     assert describe_status(experiment, training=False) == "KILLED"  # a later run left no end
+
+
+def test_the_default_mlflow_experiment_is_the_projects_name():
+    assert resolve_target("sqlite:///m.db", {}, project="digits").experiment_for("/a/experiments") == "digits"
+    assert resolve_target("sqlite:///m.db", {"MLFLOW_EXPERIMENT_NAME": "team"}, project="digits").experiment_name == "team"
+
+
+def test_the_command_line_names_the_mlflow_experiment_after_its_project(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from torchexp.cli import make_cli
+    from torchexp.commands.context import pass_app
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    seen = []
+    cli = make_cli("digits.data:DigitsData", "digits.runner:DigitsRunner")
+
+    @cli.command()
+    @pass_app
+    def where(app):
+        seen.append(app.tracking.experiment_name)
+
+    result = CliRunner().invoke(cli, ["--mlflow-uri", f"sqlite:///{tmp_path}/m.db", "where"])
+    assert result.exit_code == 0, result.output
+    assert seen == ["digits"]

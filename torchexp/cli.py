@@ -26,6 +26,7 @@ from torchexp.commands.training import create_release, test, train
 from torchexp.commands.verify import verify
 from torchexp.errors import ConfigError, TorchexpError
 from torchexp.mirror.target import MlflowTarget, resolve_target
+from torchexp.project import project_name
 from torchexp.trackers.plugins import TrackerSpec, choose_trackers
 from torchexp.version import __version__
 
@@ -116,7 +117,7 @@ def make_cli(
     ) -> None:
         """Experiments with validated configs, exact-resume checkpoints, releases and TensorBoard."""
         verbosity = {None: "normal", True: "verbose", False: "quiet"}[verbose]
-        target = resolve_target(mlflow_uri)
+        target = resolve_target(mlflow_uri, project=project_name(runner_class))
         ctx.obj = App(data_class, runner_class, experiment_name, experiments_path, data_path, verbosity, target, choose_other_trackers(trackers, target))
         ctx.obj.debug = debug
 

@@ -124,6 +124,11 @@ def class_spec(spec: ClassSpec) -> str:
     return f"{spec.__module__}:{spec.__qualname__}"
 
 
+def project_name(spec: ClassSpec) -> str:
+    """The top-level package of a project's class: `mnist_classifier`, the project's name."""
+    return class_spec(spec).partition(":")[0].split(".")[0]
+
+
 def find_project_root(spec: ClassSpec) -> str | None:
     """The folder that holds the top-level package of a class's module: the project's root
     (where its pyproject.toml is, for a project `torchexp create` wrote), or None when

@@ -2,7 +2,8 @@
 
 `--mlflow-uri`, or else MLFLOW_TRACKING_URI, turns the mirror on; without either nothing
 is mirrored and mlflow is never imported. The MLflow experiment is MLFLOW_EXPERIMENT_NAME,
-or else the name of the folder that holds the experiments.
+or else the project's name (its package, `mnist_classifier`), so that two projects' runs of
+the same name stay apart; without a project, the name of the folder that holds the experiments.
 """
 
 import dataclasses
@@ -34,8 +35,9 @@ class MlflowTarget:
         return self.experiment_name or os.path.basename(os.path.abspath(experiments_path))
 
 
-def resolve_target(uri: str | None, environ: Mapping[str, str] = os.environ) -> MlflowTarget | None:
+def resolve_target(uri: str | None, environ: Mapping[str, str] = os.environ, project: str | None = None) -> MlflowTarget | None:
     """The mirror's target from `--mlflow-uri` or MLFLOW_TRACKING_URI; None when neither is set.
+    Its experiment is MLFLOW_EXPERIMENT_NAME, else `project` (the project's name), else None.
 
     Raises:
         ConfigError: the URI is malformed; the message names it.
@@ -44,7 +46,7 @@ def resolve_target(uri: str | None, environ: Mapping[str, str] = os.environ) -> 
     if uri is None:
         return None
     check_uri(uri)
-    return MlflowTarget(uri, environ.get("MLFLOW_EXPERIMENT_NAME") or None)
+    return MlflowTarget(uri, environ.get("MLFLOW_EXPERIMENT_NAME") or project or None)
 
 
 def check_uri(uri: str) -> None:
