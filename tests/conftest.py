@@ -1,23 +1,37 @@
 """Shared fixtures: tiny MNIST IDX files, a CLI runner rooted in tmp_path, no MNIST
 download, and a line read from a process that cannot hang a test."""
 
+import importlib
+import itertools
 import os
 import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 from typing import Callable
 
 import numpy as np
 import pytest
+from hypothesis import settings as hypothesis_settings
+from hypothesis.configuration import set_hypothesis_home_dir
 import torch
 from click.testing import CliRunner
 
 import mnist_classifier.data
 from mnist_classifier.__main__ import cli
 
+# Property tests draw the same examples on every run (a failure in CI is a failure here too),
+# and keep no example database: nothing is written into the checkout (.hypothesis/).
+hypothesis_settings.register_profile("torchexp", derandomize=True, database=None)
+hypothesis_settings.load_profile("torchexp")
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "torchexp-tests-hypothesis"))  # its caches
+
+FIRST_PORT = 20000  # the ports free_port hands out: 1000 per xdist worker
+PORTS_PER_WORKER = 1000
+PORT_COUNTER = itertools.count()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "config.default.json")
 SCHEMA = os.path.join(REPO, "config.schema.json")
@@ -118,10 +132,28 @@ def snapshot(root: str) -> dict[str, bytes]:
 
 
 def free_port() -> int:
-    """A TCP port free on the loopback address now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A TCP port free on the loopback address now, from a range of its own per xdist worker,
+    below the kernel's ephemeral ports (32768 on), and never handed out twice by a process:
+    a port the kernel picks for us could be picked again by another worker's test before our
+    server binds it."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    for _ in range(PORTS_PER_WORKER):
+        port = FIRST_PORT + worker * PORTS_PER_WORKER + next(PORT_COUNTER) % PORTS_PER_WORKER
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port from {FIRST_PORT + worker * PORTS_PER_WORKER} on")
+
+
+def import_or_skip(module: str, requirement: str):
+    """pytest.importorskip, but a failure under `requirement`=1 (CI), where a test that does
+    not run is a test that did not pass."""
+    if os.environ.get(requirement) == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
 
 
 def assert_identical(actual, expected, where: str = "checkpoint") -> None:

@@ -1,6 +1,7 @@
 """What the MLflow mirror's tests share: reading a run back, and a training process to kill."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,10 +23,14 @@ def read_steps(server, run_id: str, key: str) -> list[int]:
     return sorted(metric.step for metric in MlflowClient(server.url).get_metric_history(run_id, key))
 
 
-def start_training(tmp_path, data_path, uri: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "mnist_classifier", "--experiments-path", str(tmp_path / "experiments"), "--data-path", data_path]
+def start_training(tmp_path, data_path, uri: str, gate: str | None = None) -> subprocess.Popen:
+    """`train` in a process of its own; with `gate`, held before epoch 2 until that file exists
+    (tests/gated_project.py)."""
+    program = ["-m", "mnist_classifier"] if gate is None else [os.path.join(REPO, "tests", "gated_project.py")]
+    command = [sys.executable, *program, "--experiments-path", str(tmp_path / "experiments"), "--data-path", data_path]
     command += ["--experiment-name", "x", "--mlflow-uri", uri, "train", "--device", "cpu"]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, **({"TORCHEXP_TEST_GATE": gate} if gate else {})}
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:

@@ -3,11 +3,10 @@ restarted; training goes on with one warning, and `sync` then sends every epoch 
 
 import os
 
-import pytest
 
-from conftest import free_port, init_args
+from conftest import free_port, import_or_skip, init_args
 
-pytest.importorskip("mlflow")
+import_or_skip("mlflow", "TORCHEXP_REQUIRE_MLFLOW")
 from mirror_helpers import EPOCH_KEYS, has_step, read_run, read_steps, start_training, wait_for  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow_server import start_mlflow_server  # noqa: E402
@@ -18,10 +17,12 @@ def test_a_server_killed_mid_training_then_restarted_gets_every_epoch_once_from_
     folder = str(tmp_path / "mlflow")
     os.makedirs(folder)
     with start_mlflow_server(folder) as server:
-        training = start_training(tmp_path, data_path, server.url)
+        gate = tmp_path / "server-killed"
+        training = start_training(tmp_path, data_path, server.url, gate=str(gate))
         try:
             wait_for(lambda: has_step(server, tmp_path, "validation/loss", 1), training, "epoch 1 reached MLflow")
             server.kill()
+            gate.touch()  # training waits before epoch 2 until the server is down
             output = training.communicate(timeout=300)[0]
         finally:
             training.kill()

@@ -15,14 +15,14 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from conftest import REPO, free_port, init_args, snapshot
+from conftest import REPO, free_port, import_or_skip, init_args, snapshot
 from mlflow_browser import open_browser, wait_for_metric_chart
 from mlflow_server import is_healthy, start_mlflow_server
 from mnist_classifier.__main__ import cli
 from postgres_server import postgres_server
 from serve_fixtures import NAME, build_app, pixels_body
 
-pytest.importorskip("mlflow")
+import_or_skip("mlflow", "TORCHEXP_REQUIRE_MLFLOW")
 import mlflow.pyfunc  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 

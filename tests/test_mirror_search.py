@@ -10,7 +10,9 @@ from click.testing import CliRunner
 import search_project
 from search_project import FAIL_RAISE, search_args, write_space
 
-pytest.importorskip("mlflow")
+from conftest import import_or_skip  # noqa: E402
+
+import_or_skip("mlflow", "TORCHEXP_REQUIRE_MLFLOW")
 from mlflow import MlflowClient  # noqa: E402
 
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, free_port, init_args, snapshot
+from conftest import REPO, free_port, import_or_skip, init_args, snapshot
 
-pytest.importorskip("mlflow")
+import_or_skip("mlflow", "TORCHEXP_REQUIRE_MLFLOW")
 from mirror_helpers import EPOCH_KEYS, has_step, read_run, read_steps, start_training, wait_for  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
