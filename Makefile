@@ -7,7 +7,7 @@ NAME ?= mnist
 EPOCHS ?= 10
 DEVICE ?= auto
 
-.PHONY: main test test-slow browser hey venv benchmarks gpu-check compare-architectures docs clean
+.PHONY: main test test-slow browser postgres hey venv benchmarks gpu-check compare-architectures docs clean
 
 $(BIN)/activate: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ main: venv
 
 # The page test drives Debian's Chromium: installed here when missing and we are root,
 # otherwise the test says why it skips (and fails under TORCHEXP_REQUIRE_BROWSER=1, as in CI).
-test: venv browser
+test: venv browser postgres
 	$(BIN)/python -m pytest -q
 
 # The tests marked slow (torchrun's --max-restarts recovery, the 12-kill resume): CI runs
@@ -43,6 +43,16 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver > /dev/null || \
 	  echo "could not install chromium: the browser test will be skipped"; \
+	fi
+
+# The tests of a search and an MLflow server on PostgreSQL start a throwaway server with
+# PostgreSQL 15's initdb and pg_ctl: installed here from Debian's packages when missing.
+postgres:
+	@if ! [ -x /usr/lib/postgresql/15/bin/initdb ] && [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	  echo "installing postgresql-15 from Debian's packages for the PostgreSQL tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 > /dev/null || \
+	  echo "could not install postgresql-15: the PostgreSQL tests will fail"; \
 	fi
 
 # hey (Debian's package), the compiled HTTP load generator of benchmarks/serve.py.

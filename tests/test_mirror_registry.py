@@ -1,6 +1,6 @@
 """Releases in MLflow's Model Registry as pyfunc models from code that answer a client's
 instances through the project's serving hooks, nothing pickled: loaded back with
-`mlflow.pyfunc.load_model` and served by `mlflow models serve`, they answer real MNIST test
+`mlflow.pyfunc.load_model` and served by `mlflow models serve`, they answer MNIST test
 digits as torchexp's predictor and `serve` do; the MLflow UI shows a trained run's
 validation-loss chart; a PostgreSQL-backed server works the same."""
 
@@ -28,7 +28,6 @@ from mlflow import MlflowClient  # noqa: E402
 
 import torchexp  # noqa: E402
 
-MNIST_TEST_IMAGES = os.path.join(REPO, "..", "shared", "datasets", "MNIST", "raw", "t10k-images-idx3-ubyte")
 SERVE_TIMEOUT = 180  # seconds for `mlflow models serve` to answer /ping on a busy machine
 
 
@@ -44,9 +43,9 @@ def run_cli(tmp_path, data_path, *args: str, code: int = 0, name: str = "x"):
     return result
 
 
-def read_real_digits(count: int) -> list[list[list[int]]]:
-    """The first `count` images of MNIST's real test set, 28 x 28 values 0-255."""
-    with open(MNIST_TEST_IMAGES, "rb") as file:
+def read_test_digits(data_path: str, count: int) -> list[list[list[int]]]:
+    """The first `count` images of the test set under `data_path`, 28 x 28 values 0-255."""
+    with open(os.path.join(data_path, "MNIST", "raw", "t10k-images-idx3-ubyte"), "rb") as file:
         file.seek(16)
         pixels = np.frombuffer(file.read(count * 28 * 28), dtype=np.uint8)
     return pixels.reshape(count, 28, 28).tolist()
@@ -78,7 +77,7 @@ def test_a_release_is_a_registered_model_from_code_that_answers_as_serve_does(se
     assert f"torchexp[serve]=={torchexp.__version__}" in open(os.path.join(model_folder, "requirements.txt")).read()
     assert run_cli(tmp_path, data_path, *uri, "sync", name=NAME).output.strip() == f"experiment {NAME}: nothing new"  # registered once
 
-    digits = read_real_digits(8)
+    digits = read_test_digits(data_path, 8)
     expected = torchexp.load_predictor(str(tmp_path / "experiments"), NAME, device="cpu").predict(digits)
     with TestClient(build_app(str(tmp_path / "experiments"))) as served:
         assert served.post(f"/v1/models/{NAME}:predict", json=pixels_body(*digits)).json()["predictions"] == expected
