@@ -331,15 +331,17 @@ def template_client(tmp_path_factory):
             yield client
 
 
-def test_a_project_without_a_page_answers_liveness_and_sends_browsers_to_the_openapi_page(template_client):
+def test_a_project_without_a_page_answers_liveness_and_shows_browsers_a_page_of_the_api_that_works_offline(template_client):
     assert kserve_v1_is_server_live(template_client.app)
     assert_alive(template_client.get("/", headers={"accept": "*/*"}))
     for accept in (BROWSERS["chromium"], "text/html"):
-        redirect = template_client.get("/", headers={"accept": accept}, follow_redirects=False)
-        assert (redirect.status_code, redirect.headers["location"], redirect.headers["vary"]) == (307, "/docs", "Accept")
-        docs = template_client.get("/", headers={"accept": accept})
-        assert docs.status_code == 200 and docs.url.path == "/docs"
-        assert "SwaggerUIBundle" in docs.text and "/openapi.json" in docs.text
-        assert "Draw a digit" not in docs.text
+        page = template_client.get("/", headers={"accept": accept}, follow_redirects=False)
+        assert (page.status_code, page.headers["vary"], page.headers["content-type"]) == (200, "Accept", "text/html; charset=utf-8")
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        # Every route, from this server alone: nothing is loaded from another site (unlike /docs).
+        assert "<code>/v1/models/{name}:predict</code>" in page.text and "<code>/v2/models/{name}/infer</code>" in page.text
+        assert "POST" in page.text and 'href="openapi.json"' in page.text
+        assert "src=" not in page.text and "https://" not in page.text and "cdn" not in page.text.lower()
+        assert "Draw a digit" not in page.text
     assert template_client.get("/static/page.js").status_code == 404
     assert template_client.post(PREDICT, json={"instances": [[1.0, 1.0]]}).status_code == 200

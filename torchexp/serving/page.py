@@ -4,7 +4,9 @@ KServe's V1 protocol makes GET / the server's liveness, answered `{"status": "al
 KServe's own REST client asks for it with no Accept header of its own (httpx's `*/*`). A
 browser's Accept header prefers text/html. So / answers the JSON unless the request
 prefers text/html to application/json; then it answers the project's page, when its
-Runner's `serve_page` hook names one, or else a redirect to FastAPI's OpenAPI page, /docs.
+Runner's `serve_page` hook names one, or else torchexp's own page of the API (`describe_api`):
+every route and what it answers, from this server alone. FastAPI's /docs would be blank
+offline, as its Swagger UI loads its scripts from a CDN.
 
 A page is a folder: its `index.html`, in which `{{MODEL_NAME}}` becomes the served model's
 name, and the files it loads, served under /static/. Its Content-Security-Policy keeps it
@@ -89,3 +91,30 @@ def read_q(parameters: list[str]) -> float:
                 return 1.0
             return q if 0 <= q <= 1 else 1.0
     return 1.0
+
+
+def describe_api(model_name: str, routes: list[tuple[str, str, str]]) -> str:
+    """torchexp's page of the API, for a browser at / when the project has none.
+
+    Args:
+        model_name: the served model's name.
+        routes: (method, path, what it does) of each route, in the order the app has them.
+    """
+    rows = "".join(
+        f"<tr><td>{html.escape(method)}</td><td><code>{html.escape(path)}</code></td><td>{html.escape(summary)}</td></tr>"
+        for method, path, summary in routes
+    )
+    name = html.escape(model_name)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{name}: torchexp serve</title>
+<style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}td{{padding:.2rem .6rem;border-bottom:1px solid #ddd}}
+pre{{background:#f4f4f4;padding:.6rem;overflow-x:auto}}</style></head>
+<body><h1>{name}</h1>
+<p>A release served by torchexp. Predict with KServe V1:</p>
+<pre>curl -X POST http://HOST:PORT/v1/models/{name}:predict -H 'Content-Type: application/json' -d '{{"instances": [...]}}'</pre>
+<p>or with the Open Inference Protocol (V2) at <code>/v2/models/{name}/infer</code>, e.g. from Triton's
+<code>tritonclient.http</code>. The whole API, with the shape of every request and answer:
+<a href="openapi.json">openapi.json</a> (and <a href="docs">/docs</a>, whose page loads its scripts from the internet).</p>
+<table><thead><tr><th>method</th><th>path</th><th>what it does</th></tr></thead><tbody>{rows}</tbody></table>
+</body></html>
+"""

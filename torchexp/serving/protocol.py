@@ -3,7 +3,7 @@
     GET  /                          KServe V1's server liveness, {"status": "alive"}; a request
                                     whose Accept header prefers text/html (a browser's) gets
                                     the project's page instead, or, when the project has none,
-                                    a redirect to /docs
+                                    torchexp's page of this API (offline, unlike /docs)
     GET  /static/<file>             the files of the project's page, when it has one
     GET  /v1/models/<name>          {"name", "ready", ...}: the model's metadata and readiness
     POST /v1/models/<name>:predict  {"instances": [...]} -> {"predictions": [...]}, answered in
@@ -29,7 +29,8 @@ import time
 from typing import Any, AsyncIterator, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -38,7 +39,7 @@ from torchexp.version import __version__
 from torchexp.serving.batcher import Batcher
 from torchexp.serving.metrics import ServerMetrics
 from torchexp.serving.open_inference import add_open_inference_routes
-from torchexp.serving.page import PAGE_POLICY, load_page, prefers_html
+from torchexp.serving.page import PAGE_POLICY, describe_api, load_page, prefers_html
 from torchexp.serving.pipeline import RequestError
 from torchexp.serving.predict_route import PredictRoute, ServingApp
 from torchexp.serving.schemas import add_openapi_definitions
@@ -225,17 +226,26 @@ def add_root(app: FastAPI, card: ModelCard, runner: Any) -> None:
         "/",
         summary="Liveness (KServe V1), or the project's page for a browser",
         response_model=AliveBody,
-        responses={200: {"content": {"text/html": {}}}, 307: {"description": "A browser, to /docs: the project has no page"}},
+        responses={200: {"content": {"text/html": {}}}},
     )
     async def root(request: Request) -> Response:
         """Liveness, as KServe V1 defines it: `{"status": "alive"}` while the process answers.
         A request whose Accept header prefers text/html (a browser's) gets the project's
-        page instead, or a redirect to /docs when the project has none."""
+        page instead, or, when the project has none, torchexp's page of this API."""
         if not prefers_html(request.headers.get("accept", "")):
             return JSONResponse({"status": "alive"}, headers=vary)
-        if page is None:
-            return RedirectResponse(request.scope.get("root_path", "").rstrip("/") + app.docs_url, status_code=307, headers=vary)
-        return HTMLResponse(page.index, headers={**vary, "Content-Security-Policy": PAGE_POLICY})
+        index = page.index if page is not None else describe_api(card.name, list_routes(app))
+        return HTMLResponse(index, headers={**vary, "Content-Security-Policy": PAGE_POLICY})
+
+
+def list_routes(app: FastAPI) -> list[tuple[str, str, str]]:
+    """(method, path, summary) of the app's API routes, as OpenAPI lists them."""
+    return [
+        (method, route.path, route.summary or route.name.replace("_", " "))
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.include_in_schema
+        for method in sorted(route.methods or ())
+    ]
 
 
 def add_error_handlers(app: FastAPI) -> None:
