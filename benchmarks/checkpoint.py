@@ -66,7 +66,7 @@ def run_config(name: str, config_path: str, args, experiments_path: str) -> None
     common.create_experiment(experiments_path, name, args.data_path, config_path, args.seed)
     runner = common.make_runner(experiments_path, name, args.data_path, TimedRunner, common.subset_data_class(args.samples))
     try:
-        loop.train(runner, torch.device("cpu"), max_epochs=1, log_period=100)
+        loop.train(runner, torch.device("cpu"), 1, log_period=100)
     finally:
         common.close_runner(runner)
     samples_per_s = args.samples / runner.iterations_seconds

@@ -58,7 +58,7 @@ def make_seed_experiment(folder: str, args) -> str:
     common.create_experiment(folder, SEED_NAME, args.data_path, common.DEFAULT_CONFIG, args.seed, overrides)
     runner = common.make_runner(folder, SEED_NAME, args.data_path, MNISTClassifierRunner, common.subset_data_class(args.train_samples))
     try:
-        loop.train(runner, torch.device("cpu"), max_epochs=EPOCHS, log_period=1)
+        loop.train(runner, torch.device("cpu"), EPOCHS, log_period=1)
     finally:
         common.close_runner(runner)
     epoch, _ = choose_release_epoch(runner.experiment)

@@ -29,7 +29,7 @@ def make_experiment(experiments_path: str, data_path: str, seed: int) -> str:
     common.create_experiment(experiments_path, name, data_path, common.DEFAULT_CONFIG, seed, ["data.val_split=0"])
     runner = common.make_runner(experiments_path, name, data_path, MNISTClassifierRunner, common.subset_data_class(640))
     try:
-        loop.train(runner, torch.device("cpu"), max_epochs=1, log_period=100)
+        loop.train(runner, torch.device("cpu"), 1, log_period=100)
     finally:
         common.close_runner(runner)
     return name

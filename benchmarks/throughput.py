@@ -176,7 +176,7 @@ def make_torchexp(overrides: list[str], epochs: int = 1):
         runner = common.make_runner(args.experiments_path, name, args.data_path, TimedRunner, common.subset_data_class(samples))
         try:
             started = time.perf_counter()
-            loop.train(runner, torch.device("cpu"), max_epochs=epochs, log_period=100)
+            loop.train(runner, torch.device("cpu"), epochs, log_period=100)
             call_seconds = time.perf_counter() - started
         finally:
             common.close_runner(runner)
