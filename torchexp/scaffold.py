@@ -26,10 +26,15 @@ from torchexp.files import current_umask
 TEMPLATE_SUFFIX = ".tmpl"
 PACKAGE_PLACEHOLDER = "PACKAGE"  # in template paths, the package's name
 RENAMED = {"gitignore": ".gitignore"}  # hidden files are stored visible: package data globs skip them
-# What a project predicts, and the words its README uses for it; the first is the default.
+# What a project predicts, with the words its shared templates use for it (`${summary}`,
+# `${outputs}`, `${columns}`); the first is the default.
 TASKS = {
     "classification": {"summary": "a classifier of points", "outputs": "classes", "columns": "the class, 0, 1, ..."},
-    "regression": {"summary": "a regression of numbers on points", "outputs": "targets", "columns": "the TARGETS numbers to predict"},
+    "regression": {
+        "summary": "a model that predicts numbers from points (a regression)",
+        "outputs": "targets",
+        "columns": "the TARGETS numbers to predict",
+    },
 }
 
 

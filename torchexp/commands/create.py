@@ -15,7 +15,7 @@ from torchexp.scaffold import TASKS, create_project
     type=click.Choice(list(TASKS)),
     default=next(iter(TASKS)),
     show_default=True,
-    help="What the project predicts: a class (cross-entropy, accuracy) or numbers (mean squared error, MAE, RMSE, R²).",
+    help="What the project predicts: a class (cross-entropy, accuracy) or numbers (squared error, MAE, RMSE, R²).",
 )
 def create(name: str, folder: str, task: str) -> None:
     """Write a new project: a package with its data, model, runner, configuration and tests,
