@@ -35,7 +35,8 @@ COMMAND_LINE = "torchexp.command_line"  # ctx.meta's key: the group's arguments,
 
 
 class TorchexpGroup(click.Group):
-    """A click group that shows torchexp errors as one sentence and exits with their code."""
+    """A click group that shows torchexp errors as one sentence and exits with their code,
+    and says where one of its own options given after the command goes."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         # The garbage collections of the interpreter's exit trace every object left, and
