@@ -35,7 +35,9 @@ def run(root, *args: str, name: str | None = "x", data=None, experiments=None, g
     base += ["--data-path", str(data or os.path.join(root, "data"))]
     if name is not None:
         base += ["--experiment-name", name]
-    result = CliRunner().invoke(group, [*base, *args], catch_exceptions=False)
+    # The name `python -m mnist_classifier` gives it, which usage errors show.
+    prog_name = "mnist_classifier" if group is cli else None
+    result = CliRunner().invoke(group, [*base, *args], catch_exceptions=False, prog_name=prog_name)
     assert "Traceback" not in result.output
     return result
 
@@ -382,6 +384,32 @@ def test_version_option():
     assert result.exit_code == 0 and torchexp.__version__ in result.output
 
 
+@pytest.mark.parametrize(
+    "args, option, placed",
+    [
+        (["train", "--experiment-name", "x"], "--experiment-name", "--experiment-name x train"),
+        (
+            ["--data-path", "d", "test", "--epoch", "2", "--experiment-name=x", "--quiet"],
+            "--experiment-name",
+            "--data-path d --experiment-name=x --quiet test --epoch 2",
+        ),
+        (["info", "--debug", "--tracker", "wandb", "--", "--quiet"], "--debug", "--debug --tracker wandb info -- --quiet"),
+    ],
+)
+def test_a_project_option_after_the_command_is_shown_before_it(args, option, placed):
+    result = CliRunner().invoke(cli, args, prog_name="mnist_classifier")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        f"Error: No such option '{option}'. Project options go before the command: mnist_classifier {placed}"
+    )
+
+
+def test_an_option_of_neither_the_project_nor_the_command_gets_no_placement_hint():
+    result = CliRunner().invoke(cli, ["train", "--deb"], prog_name="mnist_classifier")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == "Error: No such option '--deb'. Did you mean '--device'?"
+
+
 # Registered before the command line runs, this exit handler runs after the command line's
 # own (they run last registered, first), and sees what the interpreter's last garbage
 # collections will have to trace.
@@ -512,7 +540,7 @@ MISTAKES = [
     ),
     Mistake(
         "unknown-set-key", "--set of a key the schema does not declare", ("init", "--set", "training.lrr=0.1"), 2,
-        ("unknown config key training.lrr: the schema does not declare it",), name="new",
+        ("unknown config key training.lrr: the schema does not declare it (did you mean 'training.lr'?)",), name="new",
     ),
     Mistake(
         "malformed-set", "--set without a value", ("init", "--set", "training.lr"), 2,
@@ -537,6 +565,12 @@ MISTAKES = [
     ),
     Mistake(
         "no-name", "no --experiment-name", ("train",), 3, ("no experiment name given: pass --experiment-name NAME",), name=None,
+    ),
+    Mistake(
+        "option-after-command", "a project option after the command", ("train", "--experiment-name", "x", "--max-epochs", "4"), 2,
+        ("Error: No such option '--experiment-name'. Project options go before the command: mnist_classifier "
+         "--experiments-path {root}/experiments --data-path {root}/data --experiment-name x train --max-epochs 4\n",),
+        name=None,
     ),
     Mistake(
         "test-unknown-epoch", "test of an epoch without a checkpoint", ("test", "--epoch", "7"), 4,

@@ -174,6 +174,29 @@ def test_set_values_refuses_keys_the_schema_does_not_declare(override, unknown):
         set_values({}, SMALL_SCHEMA, parse_overrides([override]))
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.lrr=1", "unknown config key training.lrr: the schema does not declare it (did you mean 'training.lr'?)"),
+        ("trainig.lr=1", "unknown config key trainig: the schema does not declare it (did you mean 'training.lr'?)"),
+        ("model.layers.widht=3", "unknown config key model.layers.widht: the schema does not declare it (did you mean 'model.layers.width'?)"),
+        ("trainig.lrr=1", "unknown config key trainig: the schema does not declare it (did you mean 'training.lr'?)"),
+        ("training.lr.x=1", "unknown config key training.lr.x: the schema does not declare it"),
+        ("training.momentum=0.9", "unknown config key training.momentum: the schema does not declare it"),  # none near it
+    ],
+)
+def test_an_unknown_key_names_the_declared_key_nearest_to_it(override, message):
+    with pytest.raises(ConfigError) as refused:
+        set_values({}, SMALL_SCHEMA, parse_overrides([override]))
+    assert str(refused.value) == message
+
+
+def test_an_unknown_trainer_option_names_the_nearest_one():
+    with pytest.raises(ConfigError) as refused:
+        build_config(CONFIG, SCHEMA, ["trainer.max_epoch=3"])
+    assert str(refused.value) == "unknown config key trainer.max_epoch: the schema does not declare it (did you mean 'trainer.max_epochs'?)"
+
+
 def test_set_values_refuses_a_key_under_a_value_that_is_not_a_section():
     with pytest.raises(ConfigError, match=r"override 'model.layers.width=3': layers is not a section"):
         set_values({"model": {"layers": 5}}, SMALL_SCHEMA, parse_overrides(["model.layers.width=3"]))

@@ -1,6 +1,8 @@
 """`torchexp create`: a project that runs, tests and passes its own tests before any change."""
 
+import csv
 import errno
+import importlib.util
 import json
 import os
 import pathlib
@@ -8,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner
@@ -15,6 +18,7 @@ from click.testing import CliRunner
 import torchexp.scaffold
 from conftest import REPO, read_package_data, snapshot
 from torchexp.cli import main
+from torchexp.errors import ConfigError, DataError
 
 TEMPLATES = os.path.join(REPO, "torchexp", "templates")
 
@@ -79,6 +83,92 @@ def installed(project, tmp_path_factory) -> str:
     )
     assert done.returncode == 0, done.stderr
     return target
+
+
+def write_csv(path: pathlib.Path, data_set: str) -> pathlib.Path:
+    """Write scikit-learn's `data_set` ("diabetes", "digits") to `path` as a user's CSV file:
+    a header, then each row's features and its target."""
+    import sklearn.datasets
+
+    features, targets = getattr(sklearn.datasets, f"load_{data_set}")(return_X_y=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow([*(f"f{index}" for index in range(features.shape[1])), "target"])
+        writer.writerows([*row, target] for row, target in zip(features.tolist(), targets.tolist()))
+    return path
+
+
+def create_on_csv(folder: pathlib.Path, name: str, task: str, data_set: str) -> pathlib.Path:
+    """Create project `name` of `task` in `folder`, its data set scikit-learn's `data_set` as
+    a CSV file that SOURCE names, as a user brings their own; return its root."""
+    assert create("--name", name, "--path", str(folder), "--task", task).exit_code == 0
+    source = write_csv(folder / f"{data_set}.csv", data_set)
+    edit(folder / name / name / "data.py", "SOURCE: str | None = None", f"SOURCE: str | None = {str(source)!r}")
+    return folder / name
+
+
+def change_the_network(root: pathlib.Path) -> None:
+    """Give the classification project `root` another network, with a configuration key of
+    its own, as a user would."""
+    package = root / root.name
+    (package / "model.py").write_text(
+        "from torch import nn\n\n\n"
+        "def build_model(features: int, classes: int, hidden: int, dropout: float) -> nn.Module:\n"
+        "    return nn.Sequential(\n"
+        "        nn.Linear(features, hidden), nn.BatchNorm1d(hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, classes)\n"
+        "    )\n"
+    )
+    edit(package / "runner.py", 'self.get_conf("model", "hidden"))', 'self.get_conf("model", "hidden"), self.get_conf("model", "dropout"))')
+    edit(package / "config.default.json", '"hidden": 32', '"hidden": 16,\n    "dropout": 0.1')
+    edit(
+        package / "config.schema.json",
+        '"description": "Units in each of the two hidden layers."}',
+        '"description": "Units of the hidden layer."},\n'
+        '        "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.1, "description": "Dropout after the hidden layer."}',
+    )
+
+
+def run_own_tests(roots: list[str], folder: str) -> dict[str, dict[str, str]]:
+    """Run the own tests of the projects at `roots` in one pytest process (each process
+    spends seconds importing torch, pytest's plugins, FastAPI and onnxruntime); return
+    project name -> test name -> "passed", or what went wrong."""
+    report = os.path.join(folder, "report.xml")
+    tests = [os.path.join(root, "tests") for root in roots]
+    pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *tests]
+    done = run_python(*pytest_args, cwd=folder, path=os.pathsep.join(roots))
+    assert os.path.isfile(report), done.stdout + done.stderr
+    outcomes: dict[str, dict[str, str]] = {}
+    for case in ElementTree.parse(report).iter("testcase"):
+        project = case.get("classname", "").rsplit(".", 1)[-1].removeprefix("test_")  # tests/test_NAME.py
+        problems = [child for child in case if child.tag in ("failure", "error", "skipped")]
+        outcome = "; ".join(f"{problem.tag}: {problem.get('message')}" for problem in problems) or "passed"
+        outcomes.setdefault(project, {})[case.get("name")] = outcome
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def own_tests(project, tmp_path_factory) -> dict[str, dict[str, str]]:
+    """The outcomes of the own tests of four projects (`run_own_tests`): `demo` and
+    `regressor` as created, `digits`, a classification project changed as a user would
+    (scikit-learn's digits as its CSV, 10 classes of 64 features, and another network with
+    a configuration key of its own) and `diabetes`, a regression project on scikit-learn's
+    diabetes CSV (10 features, whole-number targets from 25 to 346)."""
+    folder = tmp_path_factory.mktemp("own")
+    assert create("--name", "regressor", "--path", str(folder), "--task", "regression").exit_code == 0
+    digits = create_on_csv(folder, "digits", "classification", "digits")
+    change_the_network(digits)
+    diabetes = create_on_csv(folder, "diabetes", "regression", "diabetes")
+    return run_own_tests([project, str(folder / "regressor"), str(digits), str(diabetes)], str(folder))
+
+
+def load_data_module(project: str) -> object:
+    """Import the data module of the project at `project` (its data.py imports nothing of
+    the project's), as `NAME.data`, without putting the project on the import path."""
+    name = os.path.basename(project)
+    spec = importlib.util.spec_from_file_location(f"{name}.data", os.path.join(project, name, "data.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # load_model from a folder outside the project: the model's class and where its Runner was
@@ -162,37 +252,74 @@ def test_load_model_of_a_project_not_installed_names_its_root_and_the_fix(projec
     )
 
 
-def test_the_projects_own_tests_pass(project):
-    done = run_python("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project, path=project)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "6 passed" in done.stdout
+@pytest.mark.parametrize("name", ["demo", "regressor"])
+def test_the_projects_own_tests_pass(own_tests, name):
+    assert list(own_tests[name].values()) == ["passed"] * 6, own_tests[name]
 
 
-def test_a_project_changed_as_a_user_would_passes_its_own_tests(tmp_path):
-    """3 classes of 5 features instead of 2 of 2, another network with a configuration key
-    of its own: the project's tests know nothing of the sizes, and pass unchanged."""
-    assert create("--name", "changed", "--path", str(tmp_path)).exit_code == 0
-    root = tmp_path / "changed"
-    package = root / "changed"
-    edit(package / "data.py", "CENTRES = ((-1.0, -1.0), (1.0, 1.0))", "CENTRES = ((2.0, 0, 0, 0, 0), (0, 2.0, 0, 0, 0), (0, 0, 2.0, 0, 0))")
-    (package / "model.py").write_text(
-        "from torch import nn\n\n\n"
-        "def build_model(features: int, classes: int, hidden: int, dropout: float) -> nn.Module:\n"
-        "    return nn.Sequential(\n"
-        "        nn.Linear(features, hidden), nn.BatchNorm1d(hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, classes)\n"
-        "    )\n"
+def test_a_project_changed_as_a_user_would_passes_its_own_tests(own_tests):
+    """10 classes of 64 features from the user's CSV instead of 2 of 2 synthetic, another
+    network with a configuration key of its own: the project's tests know nothing of the
+    sizes, and pass unchanged."""
+    assert list(own_tests["digits"].values()) == ["passed"] * 6, own_tests["digits"]
+
+
+def test_a_regression_project_passes_its_own_tests_on_a_csv_of_whole_numbers(own_tests):
+    assert list(own_tests["diabetes"].values()) == ["passed"] * 6, own_tests["diabetes"]
+
+
+def test_a_regression_project_has_the_files_of_a_classification_one(tmp_path):
+    result = create("--name", "regressor", "--path", str(tmp_path), "--task", "regression")
+    root = tmp_path / "regressor"
+    assert result.exit_code == 0 and result.output.startswith(f"created regression project regressor in {root}:\n")
+    written = [os.path.relpath(os.path.join(folder, name), root) for folder, _, files in os.walk(root) for name in files]
+    assert sorted(written) == sorted(torchexp.scaffold.render_project("regressor", "classification"))
+    assert 'metric_directions = {"r2": "max"}' in (root / "regressor" / "runner.py").read_text()
+
+
+def test_an_unknown_task_is_refused_writing_nothing(tmp_path):
+    result = create("--name", "demo", "--path", str(tmp_path), "--task", "ranking")
+    assert result.exit_code == 2
+    assert "Error: Invalid value for '--task': 'ranking' is not one of 'classification', 'regression'." in result.output
+    with pytest.raises(ConfigError, match="^task 'ranking' is not one torchexp create writes: use classification or"):
+        torchexp.scaffold.create_project("demo", str(tmp_path), "ranking")
+    assert os.listdir(tmp_path) == []
+
+
+TO_PREDICT = "for numbers to predict, create a regression project: torchexp create --task regression"
+
+
+@pytest.mark.parametrize(
+    "data_set, message",
+    [
+        (
+            "diabetes",
+            "makes 347 classes (its class column's largest value + 1) of 442 rows, fewer than 10 rows per class "
+            f"(ROWS_PER_CLASS in demo.data): {TO_PREDICT}",
+        ),
+        ("fractions", f"has 0.5 in its class column, not a class 0, 1, ...: {TO_PREDICT}"),
+    ],
+)
+def test_a_classification_project_refuses_numbers_to_predict_naming_regression(project, tmp_path, data_set, message):
+    path = tmp_path / "points.csv"
+    if data_set == "fractions":
+        path.write_text("x0,class\n1.0,0\n2.0,0.5\n3.0,1\n")
+    else:
+        write_csv(path, data_set)
+    with pytest.raises(DataError) as refused:
+        load_data_module(project).read_data_file(str(tmp_path))
+    assert str(refused.value) == f"the data file {path} {message}"
+
+
+def test_a_missing_source_is_one_sentence_naming_it(project, tmp_path):
+    data = load_data_module(project)
+    data.SOURCE = str(tmp_path / "mine.csv")
+    with pytest.raises(DataError) as refused:
+        data.write_data_file(str(tmp_path / "data"))
+    assert str(refused.value) == (
+        f"the data set's source {data.SOURCE} is missing: set SOURCE in demo.data to your CSV file"
     )
-    edit(package / "runner.py", 'self.get_conf("model", "hidden"))', 'self.get_conf("model", "hidden"), self.get_conf("model", "dropout"))')
-    edit(package / "config.default.json", '"hidden": 32', '"hidden": 16,\n    "dropout": 0.1')
-    edit(
-        package / "config.schema.json",
-        '"description": "Units in each of the two hidden layers."}',
-        '"description": "Units of the hidden layer."},\n'
-        '        "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.1, "description": "Dropout after the hidden layer."}',
-    )
-    done = run_python("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=str(root), path=str(root))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "6 passed" in done.stdout
+    assert os.listdir(tmp_path) == []
 
 
 def test_the_templates_are_installed_as_package_data():

@@ -7,6 +7,7 @@ and an exit code here, and nowhere else.
 
 import atexit
 import gc
+import shlex
 import traceback
 from typing import Any
 
@@ -31,10 +32,12 @@ from torchexp.trackers.plugins import TrackerSpec, choose_trackers
 from torchexp.version import __version__
 
 PROJECT_COMMANDS = (init, info, train, test, create_release, verify, tensorboard, serve, compare, export, search, sync)
+COMMAND_LINE = "torchexp.command_line"  # ctx.meta's key: the group's arguments, as given
 
 
 class TorchexpGroup(click.Group):
-    """A click group that shows torchexp errors as one sentence and exits with their code."""
+    """A click group that shows torchexp errors as one sentence and exits with their code,
+    and says where one of its own options given after the command goes."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         # The garbage collections of the interpreter's exit trace every object left, and
@@ -45,6 +48,10 @@ class TorchexpGroup(click.Group):
         atexit.register(gc.freeze)
         return super().main(*args, **kwargs)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[COMMAND_LINE] = list(args)  # for the hint on a project option after the command
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -54,12 +61,49 @@ class TorchexpGroup(click.Group):
                 click.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
             click.echo(f"Error: {error}", err=True)
             ctx.exit(error.exit_code)
+        except click.NoSuchOption as error:
+            raise self.place_group_option(ctx, error) from None
+
+    def place_group_option(self, ctx: click.Context, error: click.NoSuchOption) -> click.NoSuchOption:
+        """Return `error`, saying where the option goes when it is one of the group's given
+        after the command (`train --experiment-name x`), with the command line moved right."""
+        if error.ctx is None or error.ctx.parent is not ctx:
+            return error
+        theirs = {name for param in error.ctx.command.params for name in param.opts + param.secondary_opts}
+        options = {
+            name: param
+            for param in self.params
+            if isinstance(param, click.Option) and not param.is_eager  # not --version
+            for name in param.opts + param.secondary_opts
+            if name not in theirs
+        }
+        if error.option_name not in options:
+            return error
+        moved = move_group_options(ctx.meta.get(COMMAND_LINE, []), options)
+        hint = f"Project options go before the command: {ctx.command_path} {shlex.join(moved)}"
+        return click.NoSuchOption(error.option_name, f"{error.message} {hint}", ctx=error.ctx)
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         # Accept create-release for create_release, as users type either.
         if args and args[0].replace("-", "_") in self.commands:
             args = [args[0].replace("-", "_"), *args[1:]]
         return super().resolve_command(ctx, args)
+
+
+def move_group_options(args: list[str], options: dict[str, click.Option]) -> list[str]:
+    """Return a command line with the group's options (`options`, by name) and their values
+    moved before everything else, the command first among the rest."""
+    group, rest = [], []
+    index = 0
+    while index < len(args):
+        if args[index] == "--":  # what follows is the command's, whatever it looks like
+            rest += args[index:]
+            break
+        option = options.get(args[index].split("=", 1)[0])
+        takes = 0 if option is None or "=" in args[index] or option.is_flag or option.count else option.nargs
+        (rest if option is None else group).extend(args[index : index + 1 + takes])
+        index += 1 + takes
+    return group + rest
 
 
 def make_cli(

@@ -10,6 +10,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from torchexp.config_keys import check_key_declared
 from torchexp.directions import MONITOR_OPTION
 from torchexp.errors import ConfigError
 from torchexp.files import read_json
@@ -251,16 +252,6 @@ def set_values(conf: dict, schema: dict, values: dict[str, Any]) -> dict:
                 raise ConfigError(f"override '{path}={json.dumps(value)}': {key} is not a section")
         node[keys[-1]] = copy.deepcopy(value)
     return conf
-
-
-def check_key_declared(schema: dict, keys: list[str]) -> None:
-    """Raise ConfigError unless the schema declares the key path."""
-    node = schema
-    for depth, key in enumerate(keys):
-        properties = node.get("properties", {}) if isinstance(node, dict) else {}
-        if key not in properties:
-            raise ConfigError(f"unknown config key {'.'.join(keys[: depth + 1])}: the schema does not declare it")
-        node = properties[key]
 
 
 def fill_defaults(conf: dict, schema: dict) -> dict:

@@ -3,8 +3,10 @@
 The templates live in `torchexp/templates/project/` as real files with a `.tmpl` suffix
 (so that pytest and linters leave them alone), filled with `string.Template`: `${name}`
 is the package's name, `${prefix}` the prefix of its class names. A folder named
-`PACKAGE` becomes the package's folder, and `PACKAGE` in a file name the package's name. The project is built in a temporary folder
-beside the target and renamed into place, so a failure leaves nothing behind.
+`PACKAGE` becomes the package's folder, and `PACKAGE` in a file name the package's name.
+A template of one task names it before its extension (`PACKAGE/runner.regression.py.tmpl`):
+only a project of that task gets it, as `runner.py`. The project is built in a temporary
+folder beside the target and renamed into place, so a failure leaves nothing behind.
 """
 
 import importlib.resources
@@ -24,6 +26,16 @@ from torchexp.files import current_umask
 TEMPLATE_SUFFIX = ".tmpl"
 PACKAGE_PLACEHOLDER = "PACKAGE"  # in template paths, the package's name
 RENAMED = {"gitignore": ".gitignore"}  # hidden files are stored visible: package data globs skip them
+# What a project predicts, with the words its shared templates use for it (`${summary}`,
+# `${outputs}`, `${columns}`); the first is the default.
+TASKS = {
+    "classification": {"summary": "a classifier of points", "outputs": "classes", "columns": "the class, 0, 1, ..."},
+    "regression": {
+        "summary": "a model that predicts numbers from points (a regression)",
+        "outputs": "targets",
+        "columns": "the TARGETS numbers to predict",
+    },
+}
 
 
 def check_project_name(name: str) -> None:
@@ -72,46 +84,61 @@ def list_templates(folder: Any, relative: str = "") -> list[tuple[str, Any]]:
     return found
 
 
+def find_template_task(template_path: str) -> str | None:
+    """Return the task a template is written for (`x.regression.py.tmpl` -> regression), or
+    None for a template of every task."""
+    names = os.path.basename(template_path).split(".")[1:]
+    return next((task for task in names if task in TASKS), None)
+
+
 def make_target_path(template_path: str, name: str) -> str:
-    """Return where a template's file goes in the project: `PACKAGE/x.py.tmpl` -> `NAME/x.py`."""
+    """Return where a template's file goes in the project: `PACKAGE/x.py.tmpl` and
+    `PACKAGE/x.TASK.py.tmpl` -> `NAME/x.py`."""
     parts = template_path[: -len(TEMPLATE_SUFFIX)].replace(PACKAGE_PLACEHOLDER, name).split("/")
+    first, *others = parts[-1].split(".")
+    parts[-1] = ".".join([first, *(other for other in others if other not in TASKS)])
     parts[-1] = RENAMED.get(parts[-1], parts[-1])
     return os.path.join(*parts)
 
 
-def render_project(name: str) -> dict[str, str]:
-    """Return the project's files, path (relative to the project folder) to text."""
-    values = {"name": name, "prefix": make_class_prefix(name), "torchexp_version": __version__}
+def render_project(name: str, task: str = "classification") -> dict[str, str]:
+    """Return the files of a project of `task`, path (relative to the project folder) to text."""
+    values = {"name": name, "prefix": make_class_prefix(name), "torchexp_version": __version__, **TASKS[task]}
     templates = importlib.resources.files("torchexp") / "templates" / "project"
     return {
         make_target_path(path, name): string.Template(template.read_text(encoding="utf-8")).substitute(values)
         for path, template in list_templates(templates)
+        if find_template_task(path) in (None, task)
     }
 
 
-def create_project(name: str, folder: str = ".") -> tuple[str, list[str]]:
+def create_project(name: str, folder: str = ".", task: str = "classification") -> tuple[str, list[str]]:
     """Write a new project `folder/name`, all or nothing.
 
     Args:
         name: the project's name, which is also its package's name.
         folder: an existing folder to create the project in.
+        task: what the project predicts, one of `TASKS`: "classification" (a class and
+            its probabilities) or "regression" (numbers).
 
     Returns:
         The project's path and the paths of its files, relative to it.
 
     Raises:
-        ConfigError: the name is not usable, `folder` is not a folder, or `folder/name`
-            exists; nothing is written.
+        ConfigError: the name or the task is not usable, `folder` is not a folder, or
+            `folder/name` exists; nothing is written.
         StorageError: the project could not be written; nothing is left behind.
     """
     check_project_name(name)
+    if task not in TASKS:
+        raise ConfigError(f"task {task!r} is not one torchexp create writes: use {' or '.join(TASKS)}")
     target = os.path.join(folder, name)
     if not os.path.isdir(folder):
         kind = "a file, not a folder" if os.path.exists(folder) else "missing"
         raise ConfigError(f"folder {folder} is {kind}: pass --path an existing folder")
     if os.path.lexists(target):
         raise ConfigError(f"{target} already exists: choose another name or --path")
-    files = render_project(name)
+    files = render_project(name, task)
     try:
         staging = tempfile.mkdtemp(dir=folder, prefix=f".{name}.creating-")
     except OSError as error:

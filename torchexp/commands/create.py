@@ -4,17 +4,24 @@ import os
 
 import click
 
-from torchexp.scaffold import create_project
+from torchexp.scaffold import TASKS, create_project
 
 
 @click.command()
 @click.option("--name", required=True, help="The project's name, also its package's: a Python identifier, e.g. digits.")
 @click.option("--path", "folder", default=".", show_default=True, help="Existing folder to create the project folder NAME in.")
-def create(name: str, folder: str) -> None:
+@click.option(
+    "--task",
+    type=click.Choice(list(TASKS)),
+    default=next(iter(TASKS)),
+    show_default=True,
+    help="What the project predicts: a class (cross-entropy, accuracy) or numbers (squared error, MAE, RMSE, R²).",
+)
+def create(name: str, folder: str, task: str) -> None:
     """Write a new project: a package with its data, model, runner, configuration and tests,
     on a small synthetic data set, ready to init, train and test."""
-    target, files = create_project(name, folder)
-    click.echo(f"created project {name} in {target}:")
+    target, files = create_project(name, folder, task)
+    click.echo(f"created {task} project {name} in {target}:")
     for path in files:
         click.echo(f"  {path}")
     relative = os.path.relpath(target)
