@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import search_project
 from conftest import assert_identical, snapshot
 from mnist_classifier.__main__ import cli as mnist_cli
-from search_project import FAIL_NAN, FAIL_RAISE, FLAT, search_args, write_space
+from search_project import FAIL_NAN, FAIL_RAISE, FLAT, UNREDUCED, search_args, write_space
 
 MOMENTA = {"training.momentum": {"choice": [0.1, 0.3, 0.5]}}
 
@@ -99,6 +99,18 @@ def test_a_trial_that_fails_or_diverges_is_failed_with_its_error_and_the_study_g
     assert "failed: SearchTestRunner.train_step failed: RuntimeError: the model blew up" in result.output
     summary = next(line for line in result.output.splitlines() if line.startswith("study study: 3 trials ("))
     assert "1 complete" in summary and "2 failed" in summary
+
+
+def test_a_search_whose_every_trial_failed_exits_with_the_first_failure(run, tmp_path):
+    space = write_space(str(tmp_path), {"training.momentum": {"choice": [UNREDUCED]}})
+    result = run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--sampler", "random", "--pruner", "none"))
+    assert result.exit_code == 11, result.output
+    assert "study study: 2 trials (2 failed), 0 epochs trained" in result.output  # the table comes first
+    assert result.output.splitlines()[-1] == (
+        "Error: all 2 trials of study 'study' failed; the first, trial 0: SearchTestRunner.train_step returned a loss of "
+        "shape [16]: return a scalar (a 0-dim tensor), e.g. loss.mean()"
+    )
+    assert "Traceback" not in result.output
 
 
 def test_median_pruning_stops_trials_worse_than_the_median(run, tmp_path):

@@ -66,7 +66,7 @@ def search(app: App, status: bool, dashboard: bool, host: str, port: int, **valu
     records them, and a later run must give the same.
     """
     require_extra("search", "search")
-    from torchexp.search.report import summarize
+    from torchexp.search.report import check_some_trial_succeeded, summarize
     from torchexp.search.run import open_study, run_search
 
     options, run = split_options(values)
@@ -81,6 +81,7 @@ def search(app: App, status: bool, dashboard: bool, host: str, port: int, **valu
         return
     done = run_search(app.project, app.experiments_path, app.experiment_name, options, run)
     click.echo(summarize(done.study, done.folder, done.settings, program_name()))
+    check_some_trial_succeeded(done.study, done.settings)
 
 
 def program_name() -> str:

@@ -3,6 +3,7 @@
 import json
 from typing import Any
 
+from torchexp.errors import ProjectError
 from torchexp.search.scheduler import is_claimed
 from torchexp.search.study import SearchSettings, StudyFolder
 from torchexp.search.trial import best_epoch, trained_epochs
@@ -88,3 +89,21 @@ def summarize(study: Any, folder: StudyFolder, settings: SearchSettings, program
     epochs = sum(int(row[4]) for row in rows)
     title = f"study {settings.name}: {len(trials)} trials ({', '.join(f'{n} {word}' for word, n in counts.items()) or 'none'}), {epochs} {settings.unit}s trained; {settings.direction} {settings.metric}"
     return "\n".join([title, format_table(rows, settings.unit), describe_best(study, folder, settings, program)])
+
+
+def check_some_trial_succeeded(study: Any, settings: SearchSettings) -> None:
+    """Raise when every trial of the study failed: a search with nothing to show is an error.
+
+    Raises:
+        ProjectError: every trial failed; the sentence gives their number and the first one's error.
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if not trials or any(trial.state != TrialState.FAIL for trial in trials):
+        return
+    first = trials[0]
+    error = first.user_attrs.get("error", "no error was recorded")
+    if len(trials) == 1:
+        raise ProjectError(f"the only trial of study {settings.name!r}, trial {first.number}, failed: {error}")
+    raise ProjectError(f"all {len(trials)} trials of study {settings.name!r} failed; the first, trial {first.number}: {error}")
