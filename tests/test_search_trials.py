@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import search_project
+import torchexp
 from conftest import assert_identical, snapshot
 from mnist_classifier.__main__ import cli as mnist_cli
 from search_project import FAIL_NAN, FAIL_RAISE, FLAT, UNREDUCED, search_args, write_space
@@ -32,6 +33,11 @@ def load_study(tmp_path, name: str = "study"):
 
 def read_log(tmp_path, trial: str) -> str:
     return search_project.read_trial_log(str(tmp_path / "experiments"), trial)
+
+
+def trial_state(tmp_path, number: int) -> str:
+    """A trial's state as `compare` and `ExperimentView.state` show it."""
+    return torchexp.Experiments(str(tmp_path / "experiments" / "study"))[f"trial-{number:04d}"].state
 
 
 def test_every_trial_is_an_experiment_that_info_test_and_create_release_work_on(run, tmp_path):
@@ -96,6 +102,9 @@ def test_a_trial_that_fails_or_diverges_is_failed_with_its_error_and_the_study_g
         FAIL_RAISE: ("FAIL", "SearchTestRunner.train_step failed: RuntimeError: the model blew up"),
     }
     assert "failed: validation.loss is nan at epoch 1" in result.output
+    assert {trial.params["training.momentum"]: trial_state(tmp_path, trial.number) for trial in load_study(tmp_path).trials} == {
+        0.1: "finished", FAIL_NAN: "failed", FAIL_RAISE: "failed"
+    }
     assert "failed: SearchTestRunner.train_step failed: RuntimeError: the model blew up" in result.output
     summary = next(line for line in result.output.splitlines() if line.startswith("study study: 3 trials ("))
     assert "1 complete" in summary and "2 failed" in summary
@@ -125,6 +134,7 @@ def test_median_pruning_stops_trials_worse_than_the_median(run, tmp_path):
         assert list(trial.intermediate_values) == [1]
         assert any(other.state.name == "COMPLETE" and other.number < trial.number and other.params["training.momentum"] < trial.params["training.momentum"] for other in trials)
         assert "worse than the median of earlier trials" in trial.user_attrs["stopped"]
+        assert trial_state(tmp_path, trial.number) == "pruned"
     assert all(len(trial.intermediate_values) == 3 for trial in trials if trial.state.name == "COMPLETE")
 
 
@@ -142,6 +152,7 @@ def test_asha_pauses_promotes_from_the_checkpoint_and_prunes_the_rest(run, tmp_p
     for momentum in (0.4, 0.5, 0.6):
         assert trials[momentum].state.name == "PRUNED" and list(trials[momentum].intermediate_values) == [1]
         assert trials[momentum].user_attrs["stopped"] == "not promoted from rung 0"
+        assert trial_state(tmp_path, trials[momentum].number) == "pruned"  # as compare shows it, not "stopped at --max-epochs"
     complete = [trial for trial in trials.values() if trial.state.name == "COMPLETE"]
     assert 2 <= len(complete) <= 3
     assert f"best: trial {best.number}, validation.loss 0.4333 at epoch 3" in result.output

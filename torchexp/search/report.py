@@ -5,8 +5,8 @@ from typing import Any
 
 from torchexp.errors import ProjectError
 from torchexp.search.scheduler import is_claimed
-from torchexp.search.study import SearchSettings, StudyFolder
-from torchexp.search.trial import best_epoch, trained_epochs
+from torchexp.search.study import SearchSettings, StudyFolder, trained_epochs
+from torchexp.search.trial import best_epoch
 
 HEADER = ("trial", "parameters", "value", "state")  # then "epochs", or "steps" for a study trained by steps
 

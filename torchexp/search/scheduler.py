@@ -19,9 +19,10 @@ import os
 from typing import Any
 
 from torchexp.locks import FileLock, is_locked
+from torchexp.metrics import PRUNED
 from torchexp.search.asha import is_paused
 from torchexp.search.samplers import make_sampler
-from torchexp.search.study import Search, StudyFolder
+from torchexp.search.study import Search, StudyFolder, record_stop
 
 RUNNING_STATUS = "running"
 PAUSED_STATUS = "paused"
@@ -115,7 +116,7 @@ def pick_work(search: Search, total_trials: int) -> Work | str:
         return "wait"
     for trial in trials:
         if is_paused(trial):
-            prune_paused(study, trial)
+            prune_paused(search, trial)
     return "done"
 
 
@@ -161,11 +162,12 @@ def fail_unfinished_creations(study: Any, trials: list[Any]) -> None:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
-def prune_paused(study: Any, trial: Any) -> None:
+def prune_paused(search: Search, trial: Any) -> None:
     """Tell Optuna a paused trial is PRUNED: nothing can promote it any more. Its value is its
-    last reported metric (Optuna's rule for pruned trials)."""
+    last reported metric (Optuna's rule for pruned trials). Its metrics.jsonl says so too."""
     import optuna
 
-    rung = trial.user_attrs.get("rung")
-    optuna.trial.Trial(study, trial._trial_id).set_user_attr("stopped", f"not promoted from rung {rung}")
-    study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+    reason = f"not promoted from rung {trial.user_attrs.get('rung')}"
+    optuna.trial.Trial(search.study, trial._trial_id).set_user_attr("stopped", reason)
+    search.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+    record_stop(search.folder.trial_experiment(trial.number), PRUNED, reason, search.settings)
