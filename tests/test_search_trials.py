@@ -161,6 +161,22 @@ def test_asha_pauses_promotes_from_the_checkpoint_and_prunes_the_rest(run, tmp_p
     assert f"{epochs} epochs trained" in result.output
 
 
+def test_asha_with_too_few_trials_to_fill_the_last_rung_trains_its_leader_on_to_it(run, tmp_path):
+    # Rungs at epochs 1, 2 and 4: of 2 trials, floor(2 / 2) = 1 is promoted to epoch 2, and floor(1 / 2) = 0 to epoch 4.
+    space = write_space(str(tmp_path), {"training.momentum": {"choice": [0.1, 0.2]}})
+    options = ("--trials", "2", "--max-epochs", "4", "--min-epochs", "1", "--sampler", "grid", "--pruner", "asha", "--reduction-factor", "2")
+    result = run(*search_args(space, *options))
+    assert result.exit_code == 0, result.output
+    trials = {trial.params["training.momentum"]: trial for trial in load_study(tmp_path).trials}
+    leader = trials[0.1]
+    assert leader.state.name == "COMPLETE" and sorted(leader.intermediate_values) == [1, 2, 3, 4]
+    assert trials[0.2].state.name == "PRUNED" and list(trials[0.2].intermediate_values) == [1]
+    assert "rungs reached: epoch 1 by 2 trials, epoch 2 by 1 trial, epoch 4 by 1 trial" in result.output
+    assert f"best: trial {leader.number}, validation.loss 0.35 at epoch 4" in result.output
+    log = (tmp_path / "experiments" / "study" / "search.log").read_text()
+    assert f"no trial reached the last rung, epoch 4: trial {leader.number}, the best at the highest rung reached (rung 1)" in log
+
+
 def test_a_trial_its_early_stopping_ended_on_a_rung_completes_instead_of_pausing(run, tmp_path):
     # Rungs at epochs 2 and 4; the loss stays flat, so patience 1 stops the trial after epoch 2.
     space = write_space(str(tmp_path), {"training.momentum": {"choice": [FLAT]}}, {"trainer.early_stopping_patience": 1})

@@ -4,6 +4,7 @@ import json
 from typing import Any
 
 from torchexp.errors import ProjectError
+from torchexp.search.pruners import make_trial_pruner
 from torchexp.search.scheduler import is_claimed
 from torchexp.search.study import SearchSettings, StudyFolder, trained_epochs
 from torchexp.search.trial import best_epoch
@@ -87,8 +88,10 @@ def summarize(study: Any, folder: StudyFolder, settings: SearchSettings, program
         word = row[3].split(":")[0].split(" at ")[0]
         counts[word] = counts.get(word, 0) + 1
     epochs = sum(int(row[4]) for row in rows)
+    rungs = make_trial_pruner(settings).describe_rungs(trials)
     title = f"study {settings.name}: {len(trials)} trials ({', '.join(f'{n} {word}' for word, n in counts.items()) or 'none'}), {epochs} {settings.unit}s trained; {settings.direction} {settings.metric}"
-    return "\n".join([title, format_table(rows, settings.unit), describe_best(study, folder, settings, program)])
+    lines = [title, format_table(rows, settings.unit), *([rungs] if rungs else []), describe_best(study, folder, settings, program)]
+    return "\n".join(lines)
 
 
 def check_some_trial_succeeded(study: Any, settings: SearchSettings) -> None:

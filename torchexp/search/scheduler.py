@@ -11,7 +11,9 @@ release the lock, then train holding the claim. Under the lock a process picks, 
 2. a paused trial that the pruner promotes (ASHA's);
 3. a new trial, while the study has fewer trials than asked for, in any state;
 4. otherwise it waits while other processes hold claims (their results may promote a
-   paused trial), or the search is done.
+   paused trial);
+5. then the pruner's last promotion (ASHA's leader, when no trial reached the last rung),
+   or the search is done.
 """
 
 import dataclasses
@@ -114,6 +116,15 @@ def pick_work(search: Search, total_trials: int) -> Work | str:
         return start_trial(search, len(trials))
     if any(is_resumable(trial) and is_claimed(folder, trial.number) for trial in trials):
         return "wait"
+    last = search.pruner.find_last_promotion(trials)
+    if last is not None and (claim := try_claim(folder, last[0].number)) is not None:
+        trial, epochs = last
+        search.logger.info(
+            f"no trial reached the last rung, {search.settings.unit} {epochs}: trial {trial.number}, the best at the "
+            f"highest rung reached (rung {trial.user_attrs.get('rung')}), trains on to it so that the study has a complete trial"
+        )
+        mark_running(study, trial._trial_id, epochs)
+        return Work(trial.number, trial._trial_id, "promote", epochs, claim)
     for trial in trials:
         if is_paused(trial):
             prune_paused(search, trial)
