@@ -234,11 +234,17 @@ def test_status_prints_the_table_without_training(run, tmp_path):
     assert snapshot(str(tmp_path / "experiments")) == before
 
 
-def test_a_missing_metric_stops_the_search_naming_those_that_exist(run, tmp_path):
+def test_a_misspelled_metric_is_refused_before_any_trial_trains_and_writes_nothing(run, tmp_path):
     space = write_space(str(tmp_path), MOMENTA)
-    result = run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--metric", "validation.f1"))
-    assert result.exit_code == 2
-    assert "Error: metric validation.f1 is not among the metrics of epoch 1 (train.accuracy, train.loss, validation.accuracy, validation.loss)" in result.output
+    before = snapshot(str(tmp_path))
+    result = run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--metric", "validation.acurracy"))
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1] == (
+        "Error: metric validation.acurracy is not among the metrics SearchTestRunner.validation_step returns "
+        "(validation.accuracy, validation.loss): choose one of them with --metric; nothing was written"
+    )
+    assert "training" not in result.output
+    assert snapshot(str(tmp_path)) == before and not os.path.exists(tmp_path / "experiments")
 
 
 def test_timeout_starts_nothing_once_passed(run, tmp_path):
