@@ -3,7 +3,8 @@
 The validation loss of epoch e is `training.momentum + 1 / e` (Adam ignores momentum), so a
 test knows how trials rank at every rung. Momentum FAIL_NAN makes the loss NaN, FAIL_RAISE
 makes training raise, UNREDUCED makes train_step return each sample's loss (a user's
-bug), and FLAT keeps the loss at FLAT every epoch (early stopping ends it). SEARCH_TEST_GATE in the environment names a gate folder:
+bug), and FLAT keeps the loss at FLAT every epoch (early stopping ends it). SEARCH_TEST_GATE
+in the environment names a gate folder:
 before every epoch after the first, a trial writes `<trial>-epoch-<N>` there and waits
 until the test creates `open` in it, so that a test can signal a trial at a known point
 instead of racing a timer.

@@ -73,17 +73,23 @@ def test_a_runner_hook_that_fails_in_training_is_named_and_recorded_as_the_stop(
     assert view.stop.detail == "ProjectError: ExplodingRunner.train_step failed: RuntimeError: the loss went through the roof"
 
 
+NO_LOSS = "return the loss (a 0-dim tensor) or a dict of metrics holding it under 'loss'"
+
+
 @pytest.mark.parametrize(
     "runner, sentence",
     [
-        ("UnreducedLossRunner", "train_step returned a loss of shape [4]: return a scalar (a 0-dim tensor), e.g. loss.mean()"),
-        ("ForgetfulRunner", "train_step returned None: return the loss (a 0-dim tensor) or a dict of metrics holding it under 'loss'"),
+        (
+            "UnreducedLossRunner",
+            "train_step returned a loss of shape [4]: return a scalar (a 0-dim tensor), e.g. loss.mean()",
+        ),
+        ("ForgetfulRunner", f"train_step returned None: {NO_LOSS}"),
         (
             "ItemLossRunner",
-            "train_step returned a loss that does not require grad, so backward cannot use it: return the tensor computed "
-            "from the model's output, not its .item() nor one computed under torch.no_grad()",
+            "train_step returned a loss that does not require grad, so backward cannot use it: return the tensor "
+            "computed from the model's output, not its .item() nor one computed under torch.no_grad()",
         ),
-        ("ForgetfulValidationRunner", "validation_step returned None: return the loss (a 0-dim tensor) or a dict of metrics holding it under 'loss'"),
+        ("ForgetfulValidationRunner", f"validation_step returned None: {NO_LOSS}"),
     ],
     ids=["unreduced", "none", "item", "validation-none"],
 )

@@ -102,9 +102,9 @@ def test_a_trial_that_fails_or_diverges_is_failed_with_its_error_and_the_study_g
         FAIL_RAISE: ("FAIL", "SearchTestRunner.train_step failed: RuntimeError: the model blew up"),
     }
     assert "failed: validation.loss is nan at epoch 1" in result.output
-    assert {trial.params["training.momentum"]: trial_state(tmp_path, trial.number) for trial in load_study(tmp_path).trials} == {
-        0.1: "finished", FAIL_NAN: "failed", FAIL_RAISE: "failed"
-    }
+    trials = load_study(tmp_path).trials
+    shown = {trial.params["training.momentum"]: trial_state(tmp_path, trial.number) for trial in trials}
+    assert shown == {0.1: "finished", FAIL_NAN: "failed", FAIL_RAISE: "failed"}
     assert "failed: SearchTestRunner.train_step failed: RuntimeError: the model blew up" in result.output
     summary = next(line for line in result.output.splitlines() if line.startswith("study study: 3 trials ("))
     assert "1 complete" in summary and "2 failed" in summary
@@ -116,8 +116,8 @@ def test_a_search_whose_every_trial_failed_exits_with_the_first_failure(run, tmp
     assert result.exit_code == 11, result.output
     assert "study study: 2 trials (2 failed), 0 epochs trained" in result.output  # the table comes first
     assert result.output.splitlines()[-1] == (
-        "Error: all 2 trials of study 'study' failed; the first, trial 0: SearchTestRunner.train_step returned a loss of "
-        "shape [16]: return a scalar (a 0-dim tensor), e.g. loss.mean()"
+        "Error: all 2 trials of study 'study' failed; the first, trial 0: SearchTestRunner.train_step returned "
+        "a loss of shape [16]: return a scalar (a 0-dim tensor), e.g. loss.mean()"
     )
     assert "Traceback" not in result.output
 
@@ -152,7 +152,8 @@ def test_asha_pauses_promotes_from_the_checkpoint_and_prunes_the_rest(run, tmp_p
     for momentum in (0.4, 0.5, 0.6):
         assert trials[momentum].state.name == "PRUNED" and list(trials[momentum].intermediate_values) == [1]
         assert trials[momentum].user_attrs["stopped"] == "not promoted from rung 0"
-        assert trial_state(tmp_path, trials[momentum].number) == "pruned"  # as compare shows it, not "stopped at --max-epochs"
+        # As compare shows it, not "stopped at --max-epochs".
+        assert trial_state(tmp_path, trials[momentum].number) == "pruned"
     complete = [trial for trial in trials.values() if trial.state.name == "COMPLETE"]
     assert 2 <= len(complete) <= 3
     assert f"best: trial {best.number}, validation.loss 0.4333 at epoch 3" in result.output
@@ -164,7 +165,8 @@ def test_asha_pauses_promotes_from_the_checkpoint_and_prunes_the_rest(run, tmp_p
 def test_asha_with_too_few_trials_to_fill_the_last_rung_trains_its_leader_on_to_it(run, tmp_path):
     # Rungs at epochs 1, 2 and 4: of 2 trials, floor(2 / 2) = 1 is promoted to epoch 2, and floor(1 / 2) = 0 to epoch 4.
     space = write_space(str(tmp_path), {"training.momentum": {"choice": [0.1, 0.2]}})
-    options = ("--trials", "2", "--max-epochs", "4", "--min-epochs", "1", "--sampler", "grid", "--pruner", "asha", "--reduction-factor", "2")
+    options = ("--trials", "2", "--max-epochs", "4", "--min-epochs", "1", "--reduction-factor", "2")
+    options += ("--sampler", "grid", "--pruner", "asha")
     result = run(*search_args(space, *options))
     assert result.exit_code == 0, result.output
     trials = {trial.params["training.momentum"]: trial for trial in load_study(tmp_path).trials}
@@ -174,7 +176,8 @@ def test_asha_with_too_few_trials_to_fill_the_last_rung_trains_its_leader_on_to_
     assert "rungs reached: epoch 1 by 2 trials, epoch 2 by 1 trial, epoch 4 by 1 trial" in result.output
     assert f"best: trial {leader.number}, validation.loss 0.35 at epoch 4" in result.output
     log = (tmp_path / "experiments" / "study" / "search.log").read_text()
-    assert f"no trial reached the last rung, epoch 4: trial {leader.number}, the best at the highest rung reached (rung 1)" in log
+    leading = f"trial {leader.number}, the best at the highest rung reached (rung 1), trains on to it"
+    assert f"no trial reached the last rung, epoch 4: {leading}" in log
 
 
 def test_a_trial_its_early_stopping_ended_on_a_rung_completes_instead_of_pausing(run, tmp_path):

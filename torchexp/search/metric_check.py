@@ -55,7 +55,8 @@ def check_metric_reported(project: Project, conf: dict, seed: int, metric: str, 
             runner = build_runner(project, Experiment(folder, "metric-check"), conf, seed, logger)
             reported = step_metrics(runner, split, torch_device)
     except ProjectError as error:
-        raise ProjectError(f"checking {flag('metric')} {metric} on one {split} batch before the first trial: {error}") from error
+        checking = f"checking {flag('metric')} {metric} on one {split} batch before the first trial"
+        raise ProjectError(f"{checking}: {error}") from error
     finally:
         close_logger(logger)
     if name not in reported:
@@ -106,6 +107,7 @@ def step_metrics(runner: Any, split: str, device: Any) -> set[str]:
     if batch is None:
         return set()
     runner.model.train(split == "train")
+    batch = prepare_batch(batch, runner.get_conf("trainer", "channels_last"))
     with torch.no_grad():
-        output = getattr(runner, STEPS[split])(prepare_batch(batch, runner.get_conf("trainer", "channels_last")), device)
+        output = getattr(runner, STEPS[split])(batch, device)
     return set(as_metrics(output, runner, STEPS[split])) - {"weight"}

@@ -90,8 +90,8 @@ def summarize(study: Any, folder: StudyFolder, settings: SearchSettings, program
     epochs = sum(int(row[4]) for row in rows)
     rungs = make_trial_pruner(settings).describe_rungs(trials)
     title = f"study {settings.name}: {len(trials)} trials ({', '.join(f'{n} {word}' for word, n in counts.items()) or 'none'}), {epochs} {settings.unit}s trained; {settings.direction} {settings.metric}"
-    lines = [title, format_table(rows, settings.unit), *([rungs] if rungs else []), describe_best(study, folder, settings, program)]
-    return "\n".join(lines)
+    lines = [title, format_table(rows, settings.unit), rungs, describe_best(study, folder, settings, program)]
+    return "\n".join(line for line in lines if line is not None)
 
 
 def check_some_trial_succeeded(study: Any, settings: SearchSettings) -> None:
@@ -109,4 +109,5 @@ def check_some_trial_succeeded(study: Any, settings: SearchSettings) -> None:
     error = first.user_attrs.get("error", "no error was recorded")
     if len(trials) == 1:
         raise ProjectError(f"the only trial of study {settings.name!r}, trial {first.number}, failed: {error}")
-    raise ProjectError(f"all {len(trials)} trials of study {settings.name!r} failed; the first, trial {first.number}: {error}")
+    every = f"all {len(trials)} trials of study {settings.name!r} failed"
+    raise ProjectError(f"{every}; the first, trial {first.number}: {error}")

@@ -117,12 +117,12 @@ def pick_work(search: Search, total_trials: int) -> Work | str:
     if any(is_resumable(trial) and is_claimed(folder, trial.number) for trial in trials):
         return "wait"
     last = search.pruner.find_last_promotion(trials)
-    if last is not None and (claim := try_claim(folder, last[0].number)) is not None:
-        trial, epochs = last
-        search.logger.info(
-            f"no trial reached the last rung, {search.settings.unit} {epochs}: trial {trial.number}, the best at the "
-            f"highest rung reached (rung {trial.user_attrs.get('rung')}), trains on to it so that the study has a complete trial"
-        )
+    if last is not None:
+        trial, epochs, why = last
+        claim = try_claim(folder, trial.number)
+        if claim is None:  # a paused trial's claim is free under this lock; were it not, pruning it would be wrong
+            return "wait"
+        search.logger.info(why)
         mark_running(study, trial._trial_id, epochs)
         return Work(trial.number, trial._trial_id, "promote", epochs, claim)
     for trial in trials:
