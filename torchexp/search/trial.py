@@ -191,4 +191,3 @@ def best_value(values: dict[int, float], direction: str) -> float:
 def best_epoch(values: dict[int, float], direction: str) -> int:
     """The epoch of the best value (the earliest, on a tie)."""
     return find_best(values.items(), direction)[0]
-
