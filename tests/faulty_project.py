@@ -58,3 +58,34 @@ class ExplodingRunner(LegacyRunner):
 class FailingTestRunner(LegacyRunner):
     def test(self, epoch, device):
         return {"mse": 1 / len(self.data.datasets.get("unlabelled", []))}
+
+
+class UnreducedLossRunner(LegacyRunner):
+    """Returns the per-sample losses, computed with reduction="none"."""
+
+    def train_step(self, batch, device):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.model(x), y, reduction="none").squeeze(1)
+
+
+class ForgetfulRunner(LegacyRunner):
+    """Computes the loss and forgets to return it."""
+
+    def train_step(self, batch, device):
+        x, y = batch
+        ((self.model(x) - y) ** 2).mean()
+
+
+class ItemLossRunner(LegacyRunner):
+    """Returns the loss as a Python number."""
+
+    def train_step(self, batch, device):
+        x, y = batch
+        return {"loss": ((self.model(x) - y) ** 2).mean().item()}
+
+
+class ForgetfulValidationRunner(LegacyRunner):
+    """Validates, and forgets to return the metrics."""
+
+    def validation_step(self, batch, device):
+        super().validation_step(batch, device)

@@ -2,7 +2,9 @@
 
 The validation loss of epoch e is `training.momentum + 1 / e` (Adam ignores momentum), so a
 test knows how trials rank at every rung. Momentum FAIL_NAN makes the loss NaN, FAIL_RAISE
-makes training raise, and FLAT keeps the loss at FLAT every epoch (early stopping ends it). SEARCH_TEST_GATE in the environment names a gate folder:
+makes training raise, UNREDUCED makes train_step return each sample's loss (a user's
+bug), and FLAT keeps the loss at FLAT every epoch (early stopping ends it). SEARCH_TEST_GATE
+in the environment names a gate folder:
 before every epoch after the first, a trial writes `<trial>-epoch-<N>` there and waits
 until the test creates `open` in it, so that a test can signal a trial at a known point
 instead of racing a timer.
@@ -27,6 +29,7 @@ from torchexp import make_cli
 FAIL_NAN = 0.99
 FAIL_RAISE = 0.98
 FLAT = 0.97
+UNREDUCED = 0.96
 GATE_SECONDS = 120  # a trial waits this long at a gate the test never opens, then fails
 OPEN = "open"
 
@@ -42,6 +45,9 @@ class SearchTestRunner(MNISTClassifierRunner):
     def train_step(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         if self.get_conf("training", "momentum") == FAIL_RAISE:
             raise RuntimeError("the model blew up")
+        if self.get_conf("training", "momentum") == UNREDUCED:
+            images, labels = batch
+            return {"loss": torch.nn.functional.nll_loss(self.model(images), labels, reduction="none")}
         return super().train_step(batch, device)
 
     def validation_step(self, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:

@@ -73,6 +73,35 @@ def test_a_runner_hook_that_fails_in_training_is_named_and_recorded_as_the_stop(
     assert view.stop.detail == "ProjectError: ExplodingRunner.train_step failed: RuntimeError: the loss went through the roof"
 
 
+NO_LOSS = "return the loss (a 0-dim tensor) or a dict of metrics holding it under 'loss'"
+
+
+@pytest.mark.parametrize(
+    "runner, sentence",
+    [
+        (
+            "UnreducedLossRunner",
+            "train_step returned a loss of shape [4]: return a scalar (a 0-dim tensor), e.g. loss.mean()",
+        ),
+        ("ForgetfulRunner", f"train_step returned None: {NO_LOSS}"),
+        (
+            "ItemLossRunner",
+            "train_step returned a loss that does not require grad, so backward cannot use it: return the tensor "
+            "computed from the model's output, not its .item() nor one computed under torch.no_grad()",
+        ),
+        ("ForgetfulValidationRunner", f"validation_step returned None: {NO_LOSS}"),
+    ],
+    ids=["unreduced", "none", "item", "validation-none"],
+)
+def test_a_step_that_returns_no_scalar_loss_is_one_sentence_naming_it_and_what_it_returned(folder, runner, sentence):
+    assert run(folder, "LegacyData", runner, "init").exit_code == 0
+    result = run(folder, "LegacyData", runner, "train", "--device", "cpu")
+    assert result.exit_code == 11, result.output
+    assert result.output.splitlines()[-1] == f"Error: {runner}.{sentence}"
+    assert "Traceback" not in result.output
+    assert torchexp.Experiments(os.path.join(folder, "experiments"))["x"].state == "failed"
+
+
 def test_a_failing_test_hook_is_named(folder):
     assert run(folder, "LegacyData", "FailingTestRunner", "init").exit_code == 0
     assert run(folder, "LegacyData", "FailingTestRunner", "train", "--device", "cpu").exit_code == 0

@@ -145,9 +145,12 @@ class FloatRunner(TinyRunner):
         return 0.5
 
 
-@pytest.mark.parametrize("runner_class, kind", [(NoLossRunner, "dict"), (FloatRunner, "float")])
-def test_train_step_returning_no_loss_is_a_type_error(tmp_path, runner_class, kind):
-    with pytest.raises(TypeError, match=rf"train_step must return the loss or a dict of metrics with 'loss', not {kind}"):
+@pytest.mark.parametrize(
+    "runner_class, returned", [(NoLossRunner, "a dict without 'loss' \\(its keys: error\\)"), (FloatRunner, "a float")]
+)
+def test_train_step_returning_no_loss_is_a_project_error_naming_what_it_returned(tmp_path, runner_class, returned):
+    sentence = rf"^{runner_class.__name__}.train_step returned {returned}: return the loss \(a 0-dim tensor\) or a dict"
+    with pytest.raises(ProjectError, match=sentence):
         train(tmp_path, runner_class)
 
 

@@ -8,9 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 import search_project
+import torchexp
 from conftest import assert_identical, snapshot
 from mnist_classifier.__main__ import cli as mnist_cli
-from search_project import FAIL_NAN, FAIL_RAISE, FLAT, search_args, write_space
+from search_project import FAIL_NAN, FAIL_RAISE, FLAT, UNREDUCED, search_args, write_space
 
 MOMENTA = {"training.momentum": {"choice": [0.1, 0.3, 0.5]}}
 
@@ -32,6 +33,11 @@ def load_study(tmp_path, name: str = "study"):
 
 def read_log(tmp_path, trial: str) -> str:
     return search_project.read_trial_log(str(tmp_path / "experiments"), trial)
+
+
+def trial_state(tmp_path, number: int) -> str:
+    """A trial's state as `compare` and `ExperimentView.state` show it."""
+    return torchexp.Experiments(str(tmp_path / "experiments" / "study"))[f"trial-{number:04d}"].state
 
 
 def test_every_trial_is_an_experiment_that_info_test_and_create_release_work_on(run, tmp_path):
@@ -96,9 +102,24 @@ def test_a_trial_that_fails_or_diverges_is_failed_with_its_error_and_the_study_g
         FAIL_RAISE: ("FAIL", "SearchTestRunner.train_step failed: RuntimeError: the model blew up"),
     }
     assert "failed: validation.loss is nan at epoch 1" in result.output
+    trials = load_study(tmp_path).trials
+    shown = {trial.params["training.momentum"]: trial_state(tmp_path, trial.number) for trial in trials}
+    assert shown == {0.1: "finished", FAIL_NAN: "failed", FAIL_RAISE: "failed"}
     assert "failed: SearchTestRunner.train_step failed: RuntimeError: the model blew up" in result.output
     summary = next(line for line in result.output.splitlines() if line.startswith("study study: 3 trials ("))
     assert "1 complete" in summary and "2 failed" in summary
+
+
+def test_a_search_whose_every_trial_failed_exits_with_the_first_failure(run, tmp_path):
+    space = write_space(str(tmp_path), {"training.momentum": {"choice": [UNREDUCED]}})
+    result = run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--sampler", "random", "--pruner", "none"))
+    assert result.exit_code == 11, result.output
+    assert "study study: 2 trials (2 failed), 0 epochs trained" in result.output  # the table comes first
+    assert result.output.splitlines()[-1] == (
+        "Error: all 2 trials of study 'study' failed; the first, trial 0: SearchTestRunner.train_step returned "
+        "a loss of shape [16]: return a scalar (a 0-dim tensor), e.g. loss.mean()"
+    )
+    assert "Traceback" not in result.output
 
 
 def test_median_pruning_stops_trials_worse_than_the_median(run, tmp_path):
@@ -113,6 +134,7 @@ def test_median_pruning_stops_trials_worse_than_the_median(run, tmp_path):
         assert list(trial.intermediate_values) == [1]
         assert any(other.state.name == "COMPLETE" and other.number < trial.number and other.params["training.momentum"] < trial.params["training.momentum"] for other in trials)
         assert "worse than the median of earlier trials" in trial.user_attrs["stopped"]
+        assert trial_state(tmp_path, trial.number) == "pruned"
     assert all(len(trial.intermediate_values) == 3 for trial in trials if trial.state.name == "COMPLETE")
 
 
@@ -130,12 +152,32 @@ def test_asha_pauses_promotes_from_the_checkpoint_and_prunes_the_rest(run, tmp_p
     for momentum in (0.4, 0.5, 0.6):
         assert trials[momentum].state.name == "PRUNED" and list(trials[momentum].intermediate_values) == [1]
         assert trials[momentum].user_attrs["stopped"] == "not promoted from rung 0"
+        # As compare shows it, not "stopped at --max-epochs".
+        assert trial_state(tmp_path, trials[momentum].number) == "pruned"
     complete = [trial for trial in trials.values() if trial.state.name == "COMPLETE"]
     assert 2 <= len(complete) <= 3
     assert f"best: trial {best.number}, validation.loss 0.4333 at epoch 3" in result.output
     epochs = sum(len(trial.intermediate_values) for trial in trials.values())
     assert epochs < 6 * 3
     assert f"{epochs} epochs trained" in result.output
+
+
+def test_asha_with_too_few_trials_to_fill_the_last_rung_trains_its_leader_on_to_it(run, tmp_path):
+    # Rungs at epochs 1, 2 and 4: of 2 trials, floor(2 / 2) = 1 is promoted to epoch 2, and floor(1 / 2) = 0 to epoch 4.
+    space = write_space(str(tmp_path), {"training.momentum": {"choice": [0.1, 0.2]}})
+    options = ("--trials", "2", "--max-epochs", "4", "--min-epochs", "1", "--reduction-factor", "2")
+    options += ("--sampler", "grid", "--pruner", "asha")
+    result = run(*search_args(space, *options))
+    assert result.exit_code == 0, result.output
+    trials = {trial.params["training.momentum"]: trial for trial in load_study(tmp_path).trials}
+    leader = trials[0.1]
+    assert leader.state.name == "COMPLETE" and sorted(leader.intermediate_values) == [1, 2, 3, 4]
+    assert trials[0.2].state.name == "PRUNED" and list(trials[0.2].intermediate_values) == [1]
+    assert "rungs reached: epoch 1 by 2 trials, epoch 2 by 1 trial, epoch 4 by 1 trial" in result.output
+    assert f"best: trial {leader.number}, validation.loss 0.35 at epoch 4" in result.output
+    log = (tmp_path / "experiments" / "study" / "search.log").read_text()
+    leading = f"trial {leader.number}, the best at the highest rung reached (rung 1), trains on to it"
+    assert f"no trial reached the last rung, epoch 4: {leading}" in log
 
 
 def test_a_trial_its_early_stopping_ended_on_a_rung_completes_instead_of_pausing(run, tmp_path):
@@ -195,11 +237,17 @@ def test_status_prints_the_table_without_training(run, tmp_path):
     assert snapshot(str(tmp_path / "experiments")) == before
 
 
-def test_a_missing_metric_stops_the_search_naming_those_that_exist(run, tmp_path):
+def test_a_misspelled_metric_is_refused_before_any_trial_trains_and_writes_nothing(run, tmp_path):
     space = write_space(str(tmp_path), MOMENTA)
-    result = run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--metric", "validation.f1"))
-    assert result.exit_code == 2
-    assert "Error: metric validation.f1 is not among the metrics of epoch 1 (train.accuracy, train.loss, validation.accuracy, validation.loss)" in result.output
+    before = snapshot(str(tmp_path))
+    result = run(*search_args(space, "--trials", "2", "--max-epochs", "1", "--metric", "validation.acurracy"))
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1] == (
+        "Error: metric validation.acurracy is not among the metrics SearchTestRunner.validation_step returns "
+        "(validation.accuracy, validation.loss): choose one of them with --metric; nothing was written"
+    )
+    assert "training" not in result.output
+    assert snapshot(str(tmp_path)) == before and not os.path.exists(tmp_path / "experiments")
 
 
 def test_timeout_starts_nothing_once_passed(run, tmp_path):

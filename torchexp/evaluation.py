@@ -53,7 +53,8 @@ def average_validation(runner: Any, precision: Precision) -> dict[str, float]:
     runner.model.eval()
     with torch.no_grad(), precision.autocast():
         for batch in progress_bar(reading(loader, "validation"), total, "validation", runner.quiet):
-            metrics = as_metrics(runner.validation_step(prepare_batch(batch, channels_last), runner.device), "validation_step")
+            output = runner.validation_step(prepare_batch(batch, channels_last), runner.device)
+            metrics = as_metrics(output, runner, "validation_step")
             weight = metrics.pop("weight", None)
             sums.add(metrics, batch_size_of(batch) if weight is None else weight)
     runner.model.train()

@@ -177,7 +177,8 @@ def train_epoch(run: Run, epoch: int) -> Iterator[None]:
         last = accumulator.closes_group(index, total)
         with accumulator.syncing(last, total):
             with run.precision.autocast():
-                metrics = as_metrics(runner.train_step(prepare_batch(batch, channels_last), run.device), "train_step")
+                output = runner.train_step(prepare_batch(batch, channels_last), run.device)
+            metrics = as_metrics(output, runner, "train_step", needs_grad=True)
             weight = metrics.pop("weight", None)
             run.precision.backward(accumulator.loss_to_backward(metrics["loss"], weight, index, total))
         run.last_metrics = {name: value.detach() for name, value in metrics.items()}

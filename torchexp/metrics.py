@@ -77,6 +77,7 @@ MAX_EPOCHS = "max_epochs"  # it reached the epochs it was asked for (trainer.max
 MAX_STEPS = "max_steps"  # it reached the steps it was asked for (trainer.max_steps or --max-steps)
 EARLY_STOPPING = "early_stopping"  # train_early_stopping said so
 OBSERVER = "observer"  # an epoch observer (a search's pruner) said so
+PRUNED = "pruned"  # a search pruned the trial: its pruner stopped it, or ASHA never promoted it; written by the search
 INTERRUPTED = "interrupted"  # SIGINT or SIGTERM; an interrupt checkpoint was saved
 FAILED = "failed"  # an error ended it
 ITERATION = "iteration"  # it reached the iteration it was asked to stop at (verify re-runs part of an epoch)
@@ -87,7 +88,7 @@ class Stop:
     """Why a `train` ended.
 
     Attributes:
-        reason: one of MAX_EPOCHS, MAX_STEPS, EARLY_STOPPING, OBSERVER, INTERRUPTED, FAILED, ITERATION.
+        reason: one of MAX_EPOCHS, MAX_STEPS, EARLY_STOPPING, OBSERVER, PRUNED, INTERRUPTED, FAILED, ITERATION.
         done: the epochs (or steps) done when it ended.
         limit: the epochs (or steps) that run was to reach.
         detail: one sentence: the observer's reason, the signal, the error.

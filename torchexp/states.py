@@ -16,6 +16,7 @@ FINISHED = "finished"  # the planned trainer.max_epochs (or max_steps) are done
 STOPPED_EARLY = "stopped early"  # early stopping, or an epoch observer (a search's pruner) ended it
 STOPPED_AT_MAX_EPOCHS = "stopped at --max-epochs"  # a `train --max-epochs` below trainer.max_epochs (or a search's rung) ended it
 STOPPED_AT_MAX_STEPS = "stopped at --max-steps"  # likewise, for an experiment trained by steps
+PRUNED = "pruned"  # a search pruned it (a trial its pruner stopped, or that ASHA never promoted)
 INTERRUPTED = "interrupted"  # a signal stopped it, or it was killed (nobody trains it, and it did not say why it ended)
 FAILED = "failed"  # an error ended its last train
 RUNNING = "running"  # a process holds the experiment's lock now
@@ -28,6 +29,7 @@ STATES_OF_STOPS = {
     metrics.MAX_STEPS: STOPPED_AT_MAX_STEPS,
     metrics.EARLY_STOPPING: STOPPED_EARLY,
     metrics.OBSERVER: STOPPED_EARLY,
+    metrics.PRUNED: PRUNED,
     metrics.INTERRUPTED: INTERRUPTED,
     metrics.FAILED: FAILED,
 }
@@ -43,7 +45,7 @@ def read_state(experiment: Experiment, max_epochs: int) -> str:
     """Return the state of an experiment whose config asks for `max_epochs` epochs (or
     steps, for one trained by steps: checkpoint numbers count them): one of running,
     interrupted, not started, finished, stopped at --max-epochs (--max-steps), stopped
-    early, failed."""
+    early, pruned, failed."""
     if is_locked(experiment.lock_path):
         return RUNNING
     found = scan_checkpoint_names(experiment.checkpoints_path)

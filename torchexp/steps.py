@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from torchexp.distributed import World, average_metrics, gather_objects, sum_metrics
+from torchexp.errors import ProjectError
 
 
 def prepare_batch(batch: Any, channels_last: bool) -> Any:
@@ -30,13 +31,67 @@ def batch_size_of(batch: Any) -> int:
     raise TypeError("a batch must contain at least one tensor")
 
 
-def as_metrics(output: Any, step: str) -> dict[str, torch.Tensor]:
-    """Turn a step's return value into a dict of tensors holding "loss"."""
+def as_metrics(output: Any, runner: object, hook: str, needs_grad: bool = False) -> dict[str, torch.Tensor]:
+    """Turn a step's return value into a dict of tensors holding "loss", each one number.
+
+    Args:
+        output: what the hook returned.
+        runner: the project's Runner, whose class names the hook in a message.
+        hook: "train_step" or "validation_step".
+        needs_grad: the loss is to be backpropagated (train_step's).
+
+    Raises:
+        ProjectError: the hook returned neither the loss nor a dict holding it, a metric of
+            more than one number, or (`needs_grad`) a loss backward cannot use; the
+            sentence names the hook and what it returned.
+    """
     if isinstance(output, torch.Tensor):
-        return {"loss": output}
-    if not isinstance(output, dict) or "loss" not in output:
-        raise TypeError(f"{step} must return the loss or a dict of metrics with 'loss', not {type(output).__name__}")
-    return {name: torch.as_tensor(value) for name, value in output.items()}
+        metrics = {"loss": output}
+    elif isinstance(output, dict) and "loss" in output:
+        metrics = {name: as_metric_tensor(value, runner, hook, name) for name, value in output.items()}
+    else:
+        raise ProjectError(
+            f"{type(runner).__name__}.{hook} returned {describe_output(output)}: "
+            "return the loss (a 0-dim tensor) or a dict of metrics holding it under 'loss'"
+        )
+    for name, value in metrics.items():
+        if value.numel() != 1:
+            raise ProjectError(
+                f"{type(runner).__name__}.{hook} returned {describe_metric(name)} of shape {list(value.shape)}: "
+                f"return a scalar (a 0-dim tensor), e.g. {name}.{'sum' if name == 'weight' else 'mean'}()"
+            )
+    if needs_grad and not metrics["loss"].requires_grad:
+        raise ProjectError(
+            f"{type(runner).__name__}.{hook} returned a loss that does not require grad, so backward cannot use it: "
+            "return the tensor computed from the model's output, not its .item() nor one computed under torch.no_grad()"
+        )
+    return metrics
+
+
+def as_metric_tensor(value: Any, runner: object, hook: str, name: str) -> torch.Tensor:
+    """A metric a step returned in its dict, as a tensor.
+
+    Raises:
+        ProjectError: it is not a number nor a tensor.
+    """
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        sentence = f"{type(runner).__name__}.{hook} returned {describe_metric(name)} as {value!r:.40}"
+        raise ProjectError(f"{sentence}: return a number or a tensor") from None
+
+
+def describe_output(output: Any) -> str:
+    """What a step returned instead of the loss, in words: None, a dict without 'loss', a list."""
+    if output is None:
+        return "None"
+    if isinstance(output, dict):
+        return f"a dict without 'loss' (its keys: {', '.join(map(str, output)) or 'none'})"
+    return f"a {type(output).__name__}"
+
+
+def describe_metric(name: str) -> str:
+    return "a loss" if name == "loss" else f"the metric {name!r}"
 
 
 class MetricSums:

@@ -63,10 +63,12 @@ def search(app: App, status: bool, dashboard: bool, host: str, port: int, **valu
     command again, or on several machines at once with a shared --storage, to continue
     the study: an interrupted trial resumes from its checkpoint, and --trials counts the
     study's trials in all. The options from --metric on define the study: its first run
-    records them, and a later run must give the same.
+    records them, and a later run must give the same; it checks --metric on one batch of
+    the project's step before it writes anything. When every trial of the study failed,
+    search exits with code 11 after printing the table.
     """
     require_extra("search", "search")
-    from torchexp.search.report import summarize
+    from torchexp.search.report import check_some_trial_succeeded, summarize
     from torchexp.search.run import open_study, run_search
 
     options, run = split_options(values)
@@ -81,6 +83,7 @@ def search(app: App, status: bool, dashboard: bool, host: str, port: int, **valu
         return
     done = run_search(app.project, app.experiments_path, app.experiment_name, options, run)
     click.echo(summarize(done.study, done.folder, done.settings, program_name()))
+    check_some_trial_succeeded(done.study, done.settings)
 
 
 def program_name() -> str:

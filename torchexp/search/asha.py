@@ -9,6 +9,11 @@ trial, so a trial that may still be promoted must not be finished) with the user
 checkpoint to the next rung, bit-identical to a trial trained straight through. A trial
 that reaches the last rung is COMPLETE. Paused trials are told PRUNED only when the study
 has all its trials and nothing can be promoted any more: that is final.
+
+With fewer trials than reduction_factor**k, floor(n_k / eta) may be 0 below the last rung,
+and no trial would reach it: a study with nothing to release. Then, once the study has all
+its trials and nothing runs, its leader (the best paused trial at the highest rung a paused
+trial is at) trains on to the last rung (`find_leader`), once per study.
 """
 
 import math
@@ -59,3 +64,24 @@ def find_promotions(trials: list[Any], rungs: list[int], eta: int, direction: st
         for _, _, trial in reached[: len(reached) // eta]:
             if is_paused(trial, rung):
                 yield trial, rungs[rung + 1]
+
+
+def find_leader(trials: list[Any], rungs: list[int], direction: str) -> Any | None:
+    """The best paused trial, by its value at its rung, of those paused at the highest rung
+    any trial is paused at; None when no trial is paused."""
+    paused = [trial for trial in trials if is_paused(trial)]
+    if not paused:
+        return None
+    top = max(trial.user_attrs["rung"] for trial in paused)
+    sign = 1 if direction == "minimize" else -1
+    ranked = [
+        (sign * value, trial.number, trial)
+        for trial in paused
+        if trial.user_attrs["rung"] == top and (value := rung_value(trial, rungs[top], direction)) is not None
+    ]
+    return min(ranked, key=lambda entry: entry[:2])[2] if ranked else None
+
+
+def count_reached(trials: list[Any], rungs: list[int], direction: str) -> list[int]:
+    """How many trials (in any state) reported as far as each rung."""
+    return [sum(rung_value(trial, epochs, direction) is not None for trial in trials) for epochs in rungs]

@@ -13,7 +13,7 @@ Importing this module does not import optuna; its methods do.
 import abc
 from typing import TYPE_CHECKING, Any, Iterator
 
-from torchexp.search.asha import find_promotions, make_rungs
+from torchexp.search.asha import count_reached, find_leader, find_promotions, make_rungs
 
 if TYPE_CHECKING:
     from torchexp.search.study import SearchSettings
@@ -60,6 +60,21 @@ class TrialPruner(abc.ABC):
             trials: the study's frozen trials.
         """
         return iter(())
+
+    def find_last_promotion(self, trials: list[Any]) -> tuple[Any, int, str] | None:
+        """(paused trial, epochs to train it to, why in words) to train on once the study
+        has all its trials and none is running, before the paused ones are pruned; None:
+        prune them.
+
+        Args:
+            trials: the study's frozen trials.
+        """
+        return None
+
+    def describe_rungs(self, trials: list[Any]) -> str | None:
+        """How many trials reached each rung, in words, for the study's summary; None
+        without rungs."""
+        return None
 
 
 class NoPruner(TrialPruner):
@@ -124,6 +139,33 @@ class AshaPruner(TrialPruner):
 
     def find_promotions(self, trials: list[Any]) -> Iterator[tuple[Any, int]]:
         return find_promotions(trials, self.rungs, self.settings.reduction_factor, self.settings.direction)
+
+    def find_last_promotion(self, trials: list[Any]) -> tuple[Any, int, str] | None:
+        # Too few trials for promotions to fill the last rung: its leader trains on to it,
+        # once, so that the study has a trial trained to max_epochs to release.
+        import optuna
+
+        last = self.settings.max_epochs
+        complete = optuna.trial.TrialState.COMPLETE
+        if any(trial.state == complete or trial.user_attrs.get("target_epochs") == last for trial in trials):
+            return None
+        leader = find_leader(trials, self.rungs, self.settings.direction)
+        if leader is None:
+            return None
+        why = (
+            f"no trial reached the last rung, {self.settings.unit} {last}: trial {leader.number}, the best at the "
+            f"highest rung reached (rung {leader.user_attrs['rung']}), trains on to it so that the study has a "
+            "complete trial"
+        )
+        return leader, last, why
+
+    def describe_rungs(self, trials: list[Any]) -> str | None:
+        if len(self.rungs) == 1:
+            return None
+        counts = count_reached(trials, self.rungs, self.settings.direction)
+        unit = self.settings.unit
+        reached = [f"{unit} {epochs} by {count} trial{'s' * (count != 1)}" for epochs, count in zip(self.rungs, counts)]
+        return f"rungs reached: {', '.join(reached)}"
 
 
 PRUNERS: dict[str, type[TrialPruner]] = {"asha": AshaPruner, "median": MedianPruner, "none": NoPruner}

@@ -3,9 +3,11 @@
 import json
 from typing import Any
 
+from torchexp.errors import ProjectError
+from torchexp.search.pruners import make_trial_pruner
 from torchexp.search.scheduler import is_claimed
-from torchexp.search.study import SearchSettings, StudyFolder
-from torchexp.search.trial import best_epoch, trained_epochs
+from torchexp.search.study import SearchSettings, StudyFolder, trained_epochs
+from torchexp.search.trial import best_epoch
 
 HEADER = ("trial", "parameters", "value", "state")  # then "epochs", or "steps" for a study trained by steps
 
@@ -86,5 +88,26 @@ def summarize(study: Any, folder: StudyFolder, settings: SearchSettings, program
         word = row[3].split(":")[0].split(" at ")[0]
         counts[word] = counts.get(word, 0) + 1
     epochs = sum(int(row[4]) for row in rows)
+    rungs = make_trial_pruner(settings).describe_rungs(trials)
     title = f"study {settings.name}: {len(trials)} trials ({', '.join(f'{n} {word}' for word, n in counts.items()) or 'none'}), {epochs} {settings.unit}s trained; {settings.direction} {settings.metric}"
-    return "\n".join([title, format_table(rows, settings.unit), describe_best(study, folder, settings, program)])
+    lines = [title, format_table(rows, settings.unit), rungs, describe_best(study, folder, settings, program)]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def check_some_trial_succeeded(study: Any, settings: SearchSettings) -> None:
+    """Raise when every trial of the study failed: a search with nothing to show is an error.
+
+    Raises:
+        ProjectError: every trial failed; the sentence gives their number and the first one's error.
+    """
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if not trials or any(trial.state != TrialState.FAIL for trial in trials):
+        return
+    first = trials[0]
+    error = first.user_attrs.get("error", "no error was recorded")
+    if len(trials) == 1:
+        raise ProjectError(f"the only trial of study {settings.name!r}, trial {first.number}, failed: {error}")
+    every = f"all {len(trials)} trials of study {settings.name!r} failed"
+    raise ProjectError(f"{every}; the first, trial {first.number}: {error}")

@@ -17,6 +17,7 @@ from torchexp.errors import ConfigError, ExperimentError, TorchexpError, Trainin
 from torchexp.logs import close_logger, make_logger
 from torchexp.metrics import parse_metric
 from torchexp.project import Project, import_project_class
+from torchexp.search.metric_check import check_metric_reported
 from torchexp.search.options import RunOptions, StudyOptions, flag
 from torchexp.search.pruners import make_trial_pruner
 from torchexp.search.report import format_parameters
@@ -41,7 +42,8 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
     """Validate the options, create or continue the study, and work on it until done.
 
     Everything is checked before anything is written: the space against the schema, the
-    storage by connecting to it, and a continued study's settings against study.json.
+    storage by connecting to it, a new study's metric on one batch of the project's step
+    (`torchexp.search.metric_check`), and a continued study's settings against study.json.
 
     Args:
         project: the project whose experiments the trials are.
@@ -54,8 +56,9 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
         The search, for its summary; its logger is closed.
 
     Raises:
-        ConfigError: a missing space or trials, a bad space, metric or option, or settings
-            that differ from the study's.
+        ConfigError: a missing space or trials, a bad space, metric or option, a metric the
+            project does not report, or settings that differ from the study's.
+        ProjectError: the project's hooks failed in the metric's check.
         StorageError: the storage cannot be reached.
         TrainingInterrupted: Ctrl-C or SIGTERM; the trial in progress is saved.
     """
@@ -72,6 +75,8 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
     settings = make_settings(folder.name, space, schema, options, run.storage, declared)
     total = count_trials(settings, space, run.trials)
     database = connect_database(run.storage) if run.storage else None
+    if not folder.exists():  # a study's metric was checked when it was created
+        check_metric_reported(project, space.build_config(schema, {}), settings.seed, settings.metric, run.device)
     os.makedirs(folder.path, exist_ok=True)
     with hold_scheduler_lock(folder):
         folder.write_or_check_settings(settings)

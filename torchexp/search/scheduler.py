@@ -11,7 +11,9 @@ release the lock, then train holding the claim. Under the lock a process picks, 
 2. a paused trial that the pruner promotes (ASHA's);
 3. a new trial, while the study has fewer trials than asked for, in any state;
 4. otherwise it waits while other processes hold claims (their results may promote a
-   paused trial), or the search is done.
+   paused trial);
+5. then the pruner's last promotion (ASHA's leader, when no trial reached the last rung),
+   or the search is done.
 """
 
 import dataclasses
@@ -19,9 +21,10 @@ import os
 from typing import Any
 
 from torchexp.locks import FileLock, is_locked
+from torchexp.metrics import PRUNED
 from torchexp.search.asha import is_paused
 from torchexp.search.samplers import make_sampler
-from torchexp.search.study import Search, StudyFolder
+from torchexp.search.study import Search, StudyFolder, record_stop
 
 RUNNING_STATUS = "running"
 PAUSED_STATUS = "paused"
@@ -113,9 +116,18 @@ def pick_work(search: Search, total_trials: int) -> Work | str:
         return start_trial(search, len(trials))
     if any(is_resumable(trial) and is_claimed(folder, trial.number) for trial in trials):
         return "wait"
+    last = search.pruner.find_last_promotion(trials)
+    if last is not None:
+        trial, epochs, why = last
+        claim = try_claim(folder, trial.number)
+        if claim is None:  # a paused trial's claim is free under this lock; were it not, pruning it would be wrong
+            return "wait"
+        search.logger.info(why)
+        mark_running(study, trial._trial_id, epochs)
+        return Work(trial.number, trial._trial_id, "promote", epochs, claim)
     for trial in trials:
         if is_paused(trial):
-            prune_paused(study, trial)
+            prune_paused(search, trial)
     return "done"
 
 
@@ -161,11 +173,12 @@ def fail_unfinished_creations(study: Any, trials: list[Any]) -> None:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
-def prune_paused(study: Any, trial: Any) -> None:
+def prune_paused(search: Search, trial: Any) -> None:
     """Tell Optuna a paused trial is PRUNED: nothing can promote it any more. Its value is its
-    last reported metric (Optuna's rule for pruned trials)."""
+    last reported metric (Optuna's rule for pruned trials). Its metrics.jsonl says so too."""
     import optuna
 
-    rung = trial.user_attrs.get("rung")
-    optuna.trial.Trial(study, trial._trial_id).set_user_attr("stopped", f"not promoted from rung {rung}")
-    study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+    reason = f"not promoted from rung {trial.user_attrs.get('rung')}"
+    optuna.trial.Trial(search.study, trial._trial_id).set_user_attr("stopped", reason)
+    search.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+    record_stop(search.folder.trial_experiment(trial.number), PRUNED, reason, search.settings)

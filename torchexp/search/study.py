@@ -20,14 +20,17 @@ from typing import Any
 
 import optuna
 
+from torchexp import checkpoints
 from torchexp.errors import ConfigError, ExperimentError
 from torchexp.files import read_json, write_json_atomic
 from torchexp.folder import Experiment, validate_name
+from torchexp.metrics import Stop
 from torchexp.project import Project
 from torchexp.search.options import RunOptions, StudyOptions, declared_fields, flag
 from torchexp.search.pruners import TrialPruner
 from torchexp.search.samplers import make_sampler
 from torchexp.trackers.fanout import Trackers
+from torchexp.trackers.tensorboard import TensorBoardTracker
 
 SETTINGS_FILE = "study.json"
 SETTINGS_FORMAT = 1
@@ -233,3 +236,20 @@ def load_study(storage: Any, settings: SearchSettings, space: Any, pruner: Trial
     if stored != settings.direction:
         raise ConfigError(f"the storage already holds a study {settings.name!r} that is to {stored}, not {settings.direction}: choose another --experiment-name")
     return study
+
+
+def trained_epochs(experiment: Experiment) -> int:
+    """Epochs an experiment has trained: its latest standard checkpoint's epoch, or 0."""
+    if not experiment.exists():
+        return 0
+    found = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",))
+    return found[-1].epoch if found else 0
+
+
+def record_stop(experiment: Experiment, reason: str, detail: str, settings: SearchSettings) -> None:
+    """Append to a trial's metrics.jsonl how the study ended it (`torchexp.metrics.PRUNED`,
+    or FAILED for a metric that was not finite) as a "stop" line after its last `train`'s,
+    so that `compare` and `ExperimentView.state` say so rather than how training ended."""
+    if experiment.exists():
+        stop = Stop(reason, trained_epochs(experiment), settings.max_epochs, detail, settings.unit)
+        TensorBoardTracker(experiment.tensorboard_path, experiment.metrics_path).log_stop(stop)

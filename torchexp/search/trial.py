@@ -14,11 +14,11 @@ from torchexp import checkpoints
 from torchexp.creation import init_experiment
 from torchexp.errors import ConfigError, ProjectError, TorchexpError, first_line
 from torchexp.folder import Experiment
-from torchexp.metrics import EARLY_STOPPING, find_best, is_number, parse_metric, read_last_stop
+from torchexp.metrics import EARLY_STOPPING, FAILED, PRUNED, find_best, is_number, parse_metric, read_last_stop
 from torchexp.search.options import flag
 from torchexp.search.pruners import TrialPruner
 from torchexp.search.scheduler import PAUSED_STATUS, Work
-from torchexp.search.study import Search
+from torchexp.search.study import Search, record_stop, trained_epochs
 from torchexp.training import train_experiment
 
 
@@ -146,15 +146,19 @@ def record_outcome(search: Search, work: Work, outcome: Outcome) -> str:
     study, settings = search.study, search.settings
     state = optuna.trial.TrialState
     trial = optuna.trial.Trial(study, work.trial_id)
+    experiment = search.folder.trial_experiment(work.number)
     if outcome.kind == "failed":
         trial.set_user_attr("error", outcome.reason)
         study.tell(work.number, state=state.FAIL)
+        last = read_last_stop(experiment.metrics_path)
+        if last is None or last.reason != FAILED:  # a metric that is not finite: training itself ended well
+            record_stop(experiment, FAILED, outcome.reason, settings)
         return f"failed: {outcome.reason}"
     if outcome.kind == "pruned":
         trial.set_user_attr("stopped", outcome.reason)
         study.tell(work.number, state=state.PRUNED)
+        record_stop(experiment, PRUNED, outcome.reason, settings)
         return f"pruned: {outcome.reason}"
-    experiment = search.folder.trial_experiment(work.number)
     epochs = trained_epochs(experiment)
     # The config's early stopping may end a trial on a rung: it would train no further there.
     stop = read_last_stop(experiment.metrics_path)
@@ -187,11 +191,3 @@ def best_value(values: dict[int, float], direction: str) -> float:
 def best_epoch(values: dict[int, float], direction: str) -> int:
     """The epoch of the best value (the earliest, on a tie)."""
     return find_best(values.items(), direction)[0]
-
-
-def trained_epochs(experiment: Experiment) -> int:
-    """Epochs an experiment has trained: its latest standard checkpoint's epoch, or 0."""
-    if not experiment.exists():
-        return 0
-    found = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",))
-    return found[-1].epoch if found else 0
