@@ -26,6 +26,7 @@ from torchexp.commands.training import create_release, test, train
 from torchexp.commands.verify import verify
 from torchexp.errors import ConfigError, TorchexpError
 from torchexp.mirror.target import MlflowTarget, resolve_target
+from torchexp.process import GC_FREEZE, allows, running_command_line
 from torchexp.trackers.plugins import TrackerSpec, choose_trackers
 from torchexp.version import __version__
 
@@ -36,13 +37,16 @@ class TorchexpGroup(click.Group):
     """A click group that shows torchexp errors as one sentence and exits with their code."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        # The garbage collections of the interpreter's exit trace every object left, and
-        # torch.optim imports torch._dynamo (and sympy): over a second of every training
-        # process went there. Objects alive at exit are frozen out of those collections
-        # instead; the operating system takes the memory back.
-        atexit.unregister(gc.freeze)
-        atexit.register(gc.freeze)
-        return super().main(*args, **kwargs)
+        # The command owns its process: torchexp.process lists what that allows.
+        with running_command_line():
+            if allows(GC_FREEZE):
+                # The garbage collections of the interpreter's exit trace every object left,
+                # and torch.optim imports torch._dynamo (and sympy): over a second of every
+                # training process went there. Objects alive at exit are frozen out of those
+                # collections instead; the operating system takes the memory back.
+                atexit.unregister(gc.freeze)
+                atexit.register(gc.freeze)
+            return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
