@@ -3,7 +3,7 @@
 Imported as a library (`torchexp.Experiments`, `load_model`, training from Python),
 torchexp changes nothing process-wide that outlives the call: the process is its caller's.
 The command line owns its process and makes three changes there, each named by an
-environment variable: 0 turns it off, 1 turns it on in a library caller's process too.
+environment variable: 0 turns it off; 1 turns the last two on in a library caller's process.
 
 - TORCHEXP_GC_FREEZE: objects still alive at exit are frozen out of the interpreter's last
   garbage collections, which took over a second of every training process (`torchexp.cli`).
