@@ -108,7 +108,8 @@ def test_experiments_are_read_where_fcntl_does_not_exist(tmp_path):
     with open(experiment.metrics_path, "w") as file:
         file.write(json.dumps({"kind": "train", "epoch": 1, "metrics": {"loss": 0.5}, "seconds": 2.0}) + "\n")
     with experiment.lock():  # taken through fcntl here, and seen without it there
-        done = subprocess.run([sys.executable, "-c", READ_WITHOUT_FCNTL, experiments], capture_output=True, text=True, cwd=REPO, timeout=60)
+        command = [sys.executable, "-c", READ_WITHOUT_FCNTL, experiments]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
     names, history, running, state = json.loads(done.stdout)
     assert (names, history) == (["x"], [{"epoch": 1, "train": {"loss": 0.5}, "validation": {}, "seconds": 2.0}])

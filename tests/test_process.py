@@ -25,7 +25,7 @@ import atexit, gc, json, logging, os, signal, sys
 asked = {"audit hooks": [], "exit callbacks": []}
 add_audit_hook, register = sys.addaudithook, atexit.register
 sys.addaudithook = lambda hook: asked["audit hooks"].append(hook.__module__) or add_audit_hook(hook)
-atexit.register = lambda callback, *args: asked["exit callbacks"].append(callback.__module__) or register(callback, *args)
+atexit.register = lambda hook, *args: asked["exit callbacks"].append(hook.__module__) or register(hook, *args)
 import torch, torch._dynamo
 
 def look():
@@ -33,7 +33,8 @@ def look():
         "gc": [gc.isenabled(), gc.get_threshold(), gc.get_freeze_count()],
         "environment": dict(os.environ),
         "signal handlers": [str(signal.getsignal(number)) for number in (signal.SIGINT, signal.SIGTERM)],
-        "torch": [torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark],
+        "torch": [torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                  torch.backends.cudnn.benchmark],
         "root logger": [logging.root.level, len(logging.root.handlers)],
     }
 
@@ -66,10 +67,12 @@ print(json.dumps({"changed": changed, **asked}))
 
 
 def test_library_use_changes_nothing_process_wide(tmp_path):
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TORCHEXP_") and key != "CUBLAS_WORKSPACE_CONFIG"}
+    ours = ("TORCHEXP_", "CUBLAS_WORKSPACE_CONFIG")  # nothing that would turn a setting on
+    env = {key: value for key, value in os.environ.items() if not key.startswith(ours)}
     data_path = write_mnist(str(tmp_path / "data"))
     arguments = [str(tmp_path / "experiments"), data_path, CONFIG, SCHEMA]
-    done = subprocess.run([sys.executable, "-c", LIBRARY_USE, *arguments], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    command = [sys.executable, "-c", LIBRARY_USE, *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.splitlines()[-1])
     # filelock (the locks) and tqdm (the progress bars) add exit callbacks, and filelock an

@@ -46,7 +46,9 @@ class FileLock:
         self.thread_lock = threading.Lock()
         # on_acquired also rules out filelock's soft fallback (a marker file, which a killed
         # holder leaves behind): where the file system cannot lock, taking the lock fails.
-        self.native = filelock.FileLock(path, thread_local=False, poll_interval=POLL_INTERVAL_S, on_acquired=write_holder)
+        self.native = filelock.FileLock(
+            path, thread_local=False, poll_interval=POLL_INTERVAL_S, on_acquired=write_holder
+        )
 
     def acquire(self, blocking: bool = True) -> bool:
         """Take the lock, waiting for it unless `blocking` is False; return whether it was taken."""

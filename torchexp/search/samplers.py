@@ -49,7 +49,8 @@ def see_paused_as_pruned(study: optuna.Study) -> optuna.Study:
     """A copy of `study` in memory, as the sampler sees it: its paused trials PRUNED, the
     rest as stored, every trial under its own number."""
     seen = optuna.create_study(directions=study.directions, sampler=optuna.samplers.RandomSampler())
-    seen.add_trials([read_as_pruned(trial) if is_paused(trial) else trial for trial in study.get_trials(deepcopy=False)])
+    trials = study.get_trials(deepcopy=False)
+    seen.add_trials([read_as_pruned(trial) if is_paused(trial) else trial for trial in trials])
     return seen
 
 
@@ -136,10 +137,14 @@ class PausedAwareTPESampler(optuna.samplers.TPESampler):
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return super().infer_relative_search_space(self.see(study, trial), trial)
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return super().sample_relative(self.see(study, trial), trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         seen = self.see(study, trial)
         if param_name in self.start.names and self.is_starting(seen):
             return self.start.place(param_name, param_distribution)
