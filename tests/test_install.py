@@ -3,7 +3,7 @@ command that needs an extra says which one in one sentence.
 
 The wheel is built from this checkout and installed into a fresh virtual environment that
 sees only the core packages (torch, torchvision, tensorboard, jsonschema, click, tqdm,
-numpy) and what they need: they are linked from this environment into a folder its `.pth`
+numpy, filelock) and what they need: they are linked from this environment into a folder its `.pth`
 names, so that nothing is downloaded and optuna, FastAPI, onnx and matplotlib stay out of
 reach. pip then installs the wheel with no index: were a service package among the wheel's
 requirements, it could not be found and the install would fail.
@@ -22,7 +22,7 @@ from packaging.requirements import Requirement
 
 from conftest import CONFIG, REPO, SCHEMA, write_mnist
 
-CORE = ("torch", "torchvision", "tensorboard", "jsonschema", "click", "tqdm", "numpy")
+CORE = ("torch", "torchvision", "tensorboard", "jsonschema", "click", "tqdm", "numpy", "filelock")
 EXTRA_SENTENCES = {
     ("search", "--space", "space.json", "--trials", "1"): "search needs optuna, which is not installed: pip install 'torchexp[search]'",
     ("serve",): "serve needs fastapi, which is not installed: pip install 'torchexp[serve]'",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from torchexp import memory
+from torchexp import memory, process
 
 # Runs 20 training steps of the MNIST example's CNN on the CPU, then prints the minor page
 # faults they took: the activations a step frees are what the next step allocates again.
@@ -106,14 +106,39 @@ def test_mallopt_turns_mmap_off_and_raises_the_trim_threshold(monkeypatch):
     assert calls == [(memory.M_MMAP_MAX, 0), (memory.M_TRIM_THRESHOLD, 2**30)]
 
 
-def test_by_default_ddp_keeps_freed_memory_and_fsdp_returns_it(monkeypatch):
+@pytest.fixture
+def recorded_settings(monkeypatch) -> list[str]:
+    """The glibc settings keep_freed_memory_when_configured applies, recorded instead."""
     calls = []
+    monkeypatch.delenv(process.MALLOPT, raising=False)
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append("kept") or True)
     monkeypatch.setattr(memory, "return_freed_memory", lambda: calls.append("returned") or True)
-    logger = logging.getLogger("test_memory")
-    for setting, strategy in ((None, "ddp"), (None, "fsdp"), (True, "fsdp"), (False, "ddp"), (False, "fsdp")):
-        memory.keep_freed_memory_when_configured(setting, logger, strategy)
-    assert calls == ["kept", "returned", "kept", "returned"]
+    return calls
+
+
+def configure(settings: tuple[tuple[bool | None, str], ...]) -> None:
+    for setting, strategy in settings:
+        memory.keep_freed_memory_when_configured(setting, logging.getLogger("test_memory"), strategy)
+
+
+def test_by_default_ddp_keeps_freed_memory_and_fsdp_returns_it(recorded_settings):
+    with process.running_command_line():
+        configure(((None, "ddp"), (None, "fsdp"), (True, "fsdp"), (False, "ddp"), (False, "fsdp")))
+    assert recorded_settings == ["kept", "returned", "kept", "returned"]
+
+
+def test_a_library_callers_process_is_changed_only_where_its_config_asks(recorded_settings):
+    configure(((None, "ddp"), (None, "fsdp")))
+    assert recorded_settings == []
+    configure(((True, "ddp"), (False, "fsdp")))
+    assert recorded_settings == ["kept", "returned"]
+
+
+def test_torchexp_mallopt_0_turns_it_off_even_in_the_command_line(recorded_settings, monkeypatch):
+    monkeypatch.setenv(process.MALLOPT, "0")
+    with process.running_command_line():
+        configure(((None, "ddp"), (True, "ddp"), (False, "fsdp")))
+    assert recorded_settings == []
 
 
 @glibc_only

@@ -106,7 +106,8 @@ def test_a_first_train_does_not_warn(root):
     assert "provenance differs" not in run(root, "train", "--max-epochs", "1", "--device", "cpu").output
 
 
-def test_reads_are_watched_only_inside_the_block_and_only_for_reading(tmp_path):
+def test_reads_are_watched_only_inside_the_block_and_only_for_reading(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHEXP_READ_HOOK", "1")  # as the command line's process
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.bin").write_bytes(b"abc")

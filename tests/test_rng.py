@@ -21,6 +21,7 @@ def test_deterministic_algorithms_are_on_inside_and_restored_after(no_cublas_set
         assert torch.backends.cudnn.benchmark is False
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # set for the block only
 
 
 def test_a_users_cublas_setting_is_kept(monkeypatch):

@@ -1,5 +1,6 @@
 """The search's samplers: TPE sees ASHA's paused trials, and the first trials cover the space."""
 
+import ast
 import types
 
 import optuna
@@ -8,7 +9,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from torchexp.search.options import StudyOptions
-from torchexp.search.samplers import PausedAsPruned, make_sampler, place_in
+from torchexp.search import samplers
+from torchexp.search.samplers import make_sampler, place_in, see_paused_as_pruned
 from torchexp.search.space import Parameter
 
 SPACE = types.SimpleNamespace(parameters=[Parameter("lr", "float", 0.0, 1.0), Parameter("decay", "float", 1e-5, 1e-1, log=True)])
@@ -82,16 +84,30 @@ def test_optunas_own_tpe_ignores_paused_trials():
 
 
 def test_the_samplers_view_reads_paused_trials_as_pruned_and_nothing_else_changes():
-    study = optuna.create_study()
+    study = optuna.create_study(direction="maximize")
     pause(study, 0.5, 0.3)
     running = ask(study, 1)
     study.tell(ask(study, 2), 0.1)
-    view = PausedAsPruned(study)
-    assert [trial.number for trial in view._get_trials(states=(TrialState.PRUNED,))] == [0]
-    assert [trial.number for trial in view._get_trials(states=(TrialState.RUNNING,))] == [running.number]
-    assert [trial.number for trial in view.get_trials(states=(TrialState.COMPLETE,))] == [2]
+    seen = see_paused_as_pruned(study)
+    pruned = seen.get_trials(states=(TrialState.PRUNED,))
+    assert [(trial.number, trial.intermediate_values, trial.params["lr"]) for trial in pruned] == [(0, {1: 0.3}, 0.5)]
+    assert [trial.number for trial in seen.get_trials(states=(TrialState.RUNNING,))] == [running.number]
+    assert [(trial.number, trial.value) for trial in seen.get_trials(states=(TrialState.COMPLETE,))] == [(2, 0.1)]
     assert study.get_trials()[0].state == TrialState.RUNNING
-    assert view.direction == study.direction
+    assert seen.direction == study.direction
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_the_samplers_use_optunas_public_api_alone():
+    # Optuna may change its private names in any release; the samplers read and override none.
+    with open(samplers.__file__, encoding="utf-8") as file:
+        tree = ast.parse(file.read())
+    read = [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and is_private(node.attr)]
+    defined = [node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and is_private(node.name)]
+    assert (read, defined) == ([], [])
 
 
 @pytest.mark.parametrize(

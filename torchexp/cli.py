@@ -27,6 +27,7 @@ from torchexp.commands.training import create_release, test, train
 from torchexp.commands.verify import verify
 from torchexp.errors import ConfigError, TorchexpError
 from torchexp.mirror.target import MlflowTarget, resolve_target
+from torchexp.process import GC_FREEZE, allows, running_command_line
 from torchexp.project import project_name
 from torchexp.trackers.plugins import TrackerSpec, choose_trackers
 from torchexp.version import __version__
@@ -40,13 +41,16 @@ class TorchexpGroup(click.Group):
     and says where one of its own options given after the command goes."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        # The garbage collections of the interpreter's exit trace every object left, and
-        # torch.optim imports torch._dynamo (and sympy): over a second of every training
-        # process went there. Objects alive at exit are frozen out of those collections
-        # instead; the operating system takes the memory back.
-        atexit.unregister(gc.freeze)
-        atexit.register(gc.freeze)
-        return super().main(*args, **kwargs)
+        # The command owns its process: torchexp.process lists what that allows.
+        with running_command_line():
+            if allows(GC_FREEZE):
+                # The garbage collections of the interpreter's exit trace every object left,
+                # and torch.optim imports torch._dynamo (and sympy): over a second of every
+                # training process went there. Objects alive at exit are frozen out of those
+                # collections instead; the operating system takes the memory back.
+                atexit.unregister(gc.freeze)
+                atexit.register(gc.freeze)
+            return super().main(*args, **kwargs)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[COMMAND_LINE] = list(args)  # for the hint on a project option after the command

@@ -7,9 +7,11 @@ has cores, and they wait for each other; so do a trainer's threads beside its Da
 workers. `serve` and `train` count what they may use instead.
 """
 
+import contextlib
 import logging
 import math
 import os
+from typing import Iterator
 
 # cgroup v2 keeps "quota period" in one file; v1 keeps them in two. -1 or "max": no quota.
 CGROUP_V2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
@@ -66,3 +68,17 @@ def share_cores_with_workers(num_workers: int, logger: logging.Logger) -> None:
     if threads < torch.get_num_threads():
         torch.set_num_threads(threads)
         logger.info(f"{threads} torch thread{'s' if threads > 1 else ''}: {cores} usable cores less {num_workers} loader workers (OMP_NUM_THREADS overrides)")
+
+
+@contextlib.contextmanager
+def keeping_torch_threads() -> Iterator[None]:
+    """Within the block, `share_cores_with_workers` may change torch's thread count;
+    afterwards it is as it was, so that a caller training in-process gets its own back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

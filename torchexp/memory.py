@@ -17,12 +17,19 @@ the next gathers come from the heap, which fragments and is never trimmed (1.8 G
 heap held after 5 steps of a 100 M-parameter GPT on 2 ranks, no less than DDP's peak). So
 by default the threshold is fixed at glibc's initial 128 KiB, which stops it from rising:
 every large block is mapped, and unmapped when freed.
+
+Either is a change to the whole process that lasts until it exits. The default (null) is
+made in torchexp's command line's own process only; a library caller's process is changed
+where its experiment's config says true or false, and never under TORCHEXP_MALLOPT=0
+(`torchexp.process`).
 """
 
 import ctypes
 import logging
 import os
 from collections.abc import Callable
+
+from torchexp.process import MALLOPT, allows
 
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -73,7 +80,9 @@ def find_mallopt() -> Callable[[int, int], int] | None:
 
 def keep_freed_memory_when_configured(enabled: bool | None, logger: logging.Logger, strategy: str = "ddp") -> None:
     """Apply trainer.keep_freed_memory (None: keep it, except under fsdp, where freed memory
-    goes back to the kernel at once), and say so in the log."""
+    goes back to the kernel at once; in the command line's process only), and say so in the log."""
+    if not allows(MALLOPT, asked=enabled is not None):
+        return
     if enabled is None:
         enabled = strategy != "fsdp"
     if enabled and keep_freed_memory():

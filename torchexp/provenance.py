@@ -7,7 +7,8 @@ provenance.jsonl), and carried by every checkpoint's sidecar, every release and 
 - code: the project's git commit, whether its work tree is dirty, and a hash of the
   uncommitted diff; outside a git work tree, a hash of the project package's sources;
 - data: a digest of the files the data set was read from: `Data.data_files`, by default
-  the files `Data.create` or `Data.load_datasets` opened under --data-path;
+  the files `Data.create` or `Data.load_datasets` opened under --data-path, as the command
+  line's audit hook notes them (in a library caller's process, `Data.data_files` alone);
 - environment: Python, torch, CUDA, cuDNN, numpy, the CPU and its flags, the GPU;
 - settings: trainer.precision and trainer.deterministic, which decide exactness.
 
@@ -27,12 +28,14 @@ import time
 from typing import Any, Iterator
 
 from torchexp.files import hash_file, read_json_lines
+from torchexp.process import READ_HOOK, allows
 
 GIT_TIMEOUT_S = 10  # a git that does not answer in this long is taken as absent
 SOURCE_SUFFIXES = (".py", ".json")  # a package's sources, outside git
 
 # The files opened for reading while a data set loads, collected by an audit hook that is
 # installed once and records only while a `watching_reads` block is active in this context.
+# Python cannot remove an audit hook, so only the command line installs it (torchexp.process).
 WATCHED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("torchexp_watched_reads", default=None)
 HOOK_INSTALLED = False
 
@@ -55,9 +58,13 @@ def record_read(event: str, arguments: tuple) -> None:
 @contextlib.contextmanager
 def watching_reads() -> Iterator[list[str]]:
     """Within the block, collect the paths of the files this thread opens for reading (through
-    Python's `open`, `os.open`, numpy and torch.load among them)."""
+    Python's `open`, `os.open`, numpy and torch.load among them).
+
+    In a library caller's process the list stays empty, unless TORCHEXP_READ_HOOK=1 or the
+    command line installed the hook before: the project's `Data.data_files` names the files.
+    """
     global HOOK_INSTALLED
-    if not HOOK_INSTALLED:
+    if not HOOK_INSTALLED and allows(READ_HOOK):
         sys.addaudithook(record_read)
         HOOK_INSTALLED = True
     reads: list[str] = []

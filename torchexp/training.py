@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 from torchexp import checkpoints
 from torchexp.budget import Budget, read_budget
-from torchexp.cores import share_cores_with_workers
+from torchexp.cores import keeping_torch_threads, share_cores_with_workers
 from torchexp.directions import declared_directions, record_directions
 from torchexp.errors import CheckpointError, LockError, TrainingInterrupted, first_line
 from torchexp.folder import Experiment
@@ -93,7 +93,7 @@ def train_held(
     A function of its own so that the runner, and the DistributedDataParallel module it
     holds, are gone when it returns: `leave` must not find them alive.
     """
-    with hold_experiment(experiment, world, device):
+    with hold_experiment(experiment, world, device), keeping_torch_threads():
         runner = project.make_runner(experiment, experiment.read_definition(), num_workers, world)
         try:
             if epoch is not None and overwrite and world.is_main:

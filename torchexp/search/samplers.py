@@ -6,8 +6,9 @@ paused at a rung:
 - **Paused trials count.** A paused trial stays RUNNING in Optuna (it may be promoted), so
   Optuna's TPE would not see it until it finishes. Here it is seen as Optuna sees a pruned
   trial, through its last intermediate value: the deeper its rung and the better its value,
-  the more it pulls the next draws. The storage is untouched; paused trials stay resumable
-  and promotable.
+  the more it pulls the next draws. TPE draws from a copy of the study in memory where
+  paused trials are PRUNED, made once per trial with Optuna's public API alone; the storage
+  is untouched, and paused trials stay resumable and promotable.
 - **The first trials cover the space.** Until TPE has enough observations, trial k takes
   point k of one scrambled Sobol sequence seeded by the study's seed, instead of a random
   draw from a generator seeded with k: consecutive seeds gave every study's first four
@@ -16,7 +17,6 @@ paused at a rung:
 
 import copy
 import math
-from collections.abc import Container
 from typing import Any
 
 import optuna
@@ -45,27 +45,21 @@ class GridSampler(optuna.samplers.GridSampler):
         pass
 
 
-class PausedAsPruned:
-    """A study as the sampler sees it: its paused trials read as PRUNED, the rest as stored."""
-
-    def __init__(self, study: Any):
-        self.study = study
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None, use_cache: bool = False) -> list[FrozenTrial]:
-        seen = [read_as_pruned(trial) if is_paused(trial) else trial for trial in self.study._get_trials(deepcopy=deepcopy, states=None, use_cache=use_cache)]
-        return [trial for trial in seen if states is None or trial.state in states]
-
-    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy=deepcopy, states=states)
+def see_paused_as_pruned(study: optuna.Study) -> optuna.Study:
+    """A copy of `study` in memory, as the sampler sees it: its paused trials PRUNED, the
+    rest as stored, every trial under its own number."""
+    seen = optuna.create_study(directions=study.directions, sampler=optuna.samplers.RandomSampler())
+    trials = study.get_trials(deepcopy=False)
+    seen.add_trials([read_as_pruned(trial) if is_paused(trial) else trial for trial in trials])
+    return seen
 
 
 def read_as_pruned(trial: FrozenTrial) -> FrozenTrial:
-    """A copy of a paused trial in the PRUNED state, its intermediate values kept."""
+    """A copy of a paused trial in the PRUNED state, its intermediate values kept (a
+    finished trial has an end: its start stands for it)."""
     seen = copy.copy(trial)
     seen.state = TrialState.PRUNED
+    seen.datetime_complete = trial.datetime_start
     return seen
 
 
@@ -127,7 +121,7 @@ class PausedAwareTPESampler(optuna.samplers.TPESampler):
     Optuna's TPE is multivariate by default for one objective: once it has enough
     observations it draws all parameters at once (`sample_relative`); before that, and for
     parameters outside the joint space, one at a time (`sample_independent`). Each entry
-    point sees the study through `PausedAsPruned`.
+    point draws from the study as `see_paused_as_pruned` copies it, once per trial.
 
     Args:
         start: the trial's Sobol point, used while the study has fewer than
@@ -138,22 +132,33 @@ class PausedAwareTPESampler(optuna.samplers.TPESampler):
     def __init__(self, start: SobolStart, seed: int):
         super().__init__(seed=seed, n_startup_trials=STARTUP_TRIALS)
         self.start = start
+        self.seen: tuple[int, optuna.Study] | None = None  # (trial number, the study it sees)
 
-    def infer_relative_search_space(self, study: Any, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return super().infer_relative_search_space(PausedAsPruned(study), trial)
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return super().infer_relative_search_space(self.see(study, trial), trial)
 
-    def sample_relative(self, study: Any, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return super().sample_relative(PausedAsPruned(study), trial, search_space)
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return super().sample_relative(self.see(study, trial), trial, search_space)
 
-    def sample_independent(self, study: Any, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
-        seen = PausedAsPruned(study)
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        seen = self.see(study, trial)
         if param_name in self.start.names and self.is_starting(seen):
             return self.start.place(param_name, param_distribution)
         return super().sample_independent(seen, trial, param_name, param_distribution)
 
-    def is_starting(self, study: PausedAsPruned) -> bool:
+    def see(self, study: optuna.Study, trial: FrozenTrial) -> optuna.Study:
+        """The study as this trial's draws see it, copied at its first draw."""
+        if self.seen is None or self.seen[0] != trial.number:
+            self.seen = (trial.number, see_paused_as_pruned(study))
+        return self.seen[1]
+
+    def is_starting(self, study: optuna.Study) -> bool:
         """Whether the study has too few observations for TPE to model."""
-        return len(study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True)) < STARTUP_TRIALS
+        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) < STARTUP_TRIALS
 
 
 def make_sampler(settings: StudyOptions, space: Any, count: int) -> Any:
