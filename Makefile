@@ -77,6 +77,7 @@ benchmarks: venv hey
 	$(BIN)/python benchmarks/checkpoint_safety.py --data-path $(DATA)
 	$(BIN)/python benchmarks/distributed.py --data-path $(DATA)
 	$(BIN)/python benchmarks/sample_seeds.py
+	$(BIN)/python benchmarks/page_faults.py
 	$(BIN)/python benchmarks/image_folder.py --data-path $(DATA)
 
 # mlp, cnn and cnn_bn on real MNIST (configs/architectures.json): a grid search whose

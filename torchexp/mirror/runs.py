@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from torchexp import process
 from torchexp.errors import TrackingError, first_line
 from torchexp.extras import require_extra
 from torchexp.folder import Experiment
@@ -38,13 +39,13 @@ def connect(target: MlflowTarget) -> Any:
         MissingExtraError: mlflow is not installed.
     """
     require_extra("mlflow", "mirroring to MLflow (--mlflow-uri or MLFLOW_TRACKING_URI)")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", REQUEST_TIMEOUT_S)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", REQUEST_RETRIES)
+    if process.COMMAND_LINE:  # the process is the command line's; a library caller's keeps MLflow's settings
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", REQUEST_TIMEOUT_S)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", REQUEST_RETRIES)
+        # MLflow's own INFO lines ("Waiting up to 300 seconds for model version...") are not
+        # the command's to say; its warnings still show.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow import MlflowClient
-
-    # MLflow's own INFO lines ("Waiting up to 300 seconds for model version...") are not the
-    # command's to say; its warnings still show.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
     return MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
 
