@@ -37,7 +37,8 @@ EXTRAS["benchmarks"] = ["lightning"]  # benchmarks/image_folder.py times Lightni
 EXTRAS["all"] = sorted({package for extra in ("search", "serve", "export", "loaders", "plots", "mlflow", "wandb") for package in EXTRAS[extra]})
 # tritonclient[http]: Triton's own client of the Open Inference Protocol, against `serve`'s V2 routes.
 EXTRAS["test"] = [
-    "pytest", "pytest-xdist", "hypothesis", "httpx", "selenium", "schemathesis", "scikit-learn", "tritonclient[http]"
+    "pytest", "pytest-xdist", "hypothesis", "httpx", "selenium", "schemathesis", "scikit-learn", "tritonclient[http]",
+    "ruff", "mypy",  # make lint, which make test runs first
 ]
 
 setup(
