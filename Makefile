@@ -7,7 +7,7 @@ NAME ?= mnist
 EPOCHS ?= 10
 DEVICE ?= auto
 
-.PHONY: main test test-slow browser postgres hey venv benchmarks gpu-check compare-architectures docs clean
+.PHONY: main lint test test-slow browser postgres hey venv benchmarks gpu-check compare-architectures docs clean
 
 $(BIN)/activate: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,15 @@ main: venv
 	$(BIN)/python -m mnist_classifier --experiment-name $(NAME) --data-path $(DATA) train --max-epochs $(EPOCHS) --device $(DEVICE)
 	$(BIN)/python -m mnist_classifier --experiment-name $(NAME) --data-path $(DATA) test --epoch $(EPOCHS) --device $(DEVICE)
 
+# ruff's lint rules and formatting, and mypy's type checks, of torchexp (pyproject.toml sets them).
+lint: venv
+	$(BIN)/ruff check torchexp
+	$(BIN)/ruff format --check torchexp
+	$(BIN)/mypy
+
 # The page test drives Debian's Chromium: installed here when missing and we are root,
 # otherwise the test says why it skips (and fails under TORCHEXP_REQUIRE_BROWSER=1, as in CI).
-test: venv browser postgres
+test: venv lint browser postgres
 	$(BIN)/python -m pytest -q
 
 # The tests marked slow (torchrun's --max-restarts recovery, the 12-kill resume): CI runs

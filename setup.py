@@ -49,6 +49,7 @@ EXTRAS["all"] = sorted({package for extra in ("search", "serve", "export", "load
 EXTRAS["test"] = [
     "pytest", "pytest-xdist", "hypothesis", "httpx", "httpx2>=2.17,<3", "selenium", "schemathesis", "scikit-learn",
     "tritonclient[http]",
+    "ruff", "mypy",  # make lint, which make test runs first
 ]
 
 setup(

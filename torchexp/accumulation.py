@@ -18,7 +18,8 @@ group's real size.
 """
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

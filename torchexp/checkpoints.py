@@ -20,7 +20,8 @@ import re
 import shutil
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torchexp import sidecar
 from torchexp.errors import CheckpointError, first_line

@@ -294,7 +294,8 @@ def validate_config(conf: dict, schema: dict) -> None:
     # Without a registry of its own, jsonschema fetches a `$ref` it does not hold from the
     # network (or a file URL): a schema refers only to itself, and to the JSON Schema
     # meta-schemas jsonschema ships.
-    validator = Draft202012Validator(schema, registry=Registry(retrieve=refuse_retrieval))
+    # referencing's own @frozen hides attrs' alias `retrieve` (of `_retrieve`) from mypy's attrs plugin.
+    validator = Draft202012Validator(schema, registry=Registry(retrieve=refuse_retrieval))  # type: ignore[call-arg]
     try:
         errors = sorted(validator.iter_errors(conf), key=lambda e: list(map(str, e.absolute_path)))
     except Unresolvable as error:

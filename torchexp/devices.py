@@ -1,8 +1,12 @@
 """Turning `--device` values into torch devices, with a clear error for absent ones."""
 
 import re
+from typing import TYPE_CHECKING
 
 from torchexp.errors import DeviceError
+
+if TYPE_CHECKING:
+    import torch  # imported lazily at run time: `--help` and check_device_spec need no torch
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -18,7 +22,7 @@ def check_device_spec(spec: str) -> str:
     return spec
 
 
-def resolve_device(spec: str) -> "torch.device":  # noqa: F821 - torch is imported lazily
+def resolve_device(spec: str) -> "torch.device":
     """Return the torch device for `spec`; `auto` picks CUDA when there is one.
 
     Raises:

@@ -16,7 +16,8 @@ wherever a user types one.
 """
 
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from torchexp.errors import ConfigError, ExperimentError, TorchexpError
 from torchexp.files import read_json, write_json_atomic

@@ -10,7 +10,8 @@ import dataclasses
 import datetime
 import gc
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -157,7 +158,7 @@ def sum_metrics(sums: dict[str, Any], count: Any, device: torch.device) -> tuple
     return {name: sum_across(torch.as_tensor(value, device=device)) for name, value in sums.items()}, total
 
 
-def average_metrics(sums: dict[str, Any], count: int, world: World, device: torch.device) -> dict[str, float]:
+def average_metrics(sums: dict[str, Any], count: float, world: World, device: torch.device) -> dict[str, float]:
     """Return the per-sample means of summed metrics, over every rank's samples."""
     if world.distributed:
         sums, count = sum_metrics(sums, count, device)

@@ -25,16 +25,17 @@ import difflib
 import fnmatch
 import os
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from torchexp import checkpoints
 from torchexp.budget import read_limit, unit_of
 from torchexp.config import fill_trainer_defaults
 from torchexp.directions import direction_of, read_directions
 from torchexp.errors import ExperimentError
+from torchexp.files import read_json_lines
 from torchexp.folder import Experiment, list_folder_names
 from torchexp.locks import is_locked
-from torchexp.files import read_json_lines
 from torchexp.metrics import Stop, find_best, is_number, point_of, read_last_stop, read_metric_lines
 from torchexp.provenance import read_last
 from torchexp.results import read_reports

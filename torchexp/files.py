@@ -11,19 +11,20 @@ import json
 import math
 import os
 import tempfile
-from typing import IO, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import IO, Any, cast
 
 from torchexp.errors import StorageError, TorchexpError
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # refuse larger JSON files rather than exhaust memory
 
 
-def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> str:
+def write_atomic(path: str, write: Callable[[IO[bytes]], object]) -> str:
     """Write a file through `write(file)` so that it appears whole or not at all.
 
     Args:
         path: destination path.
-        write: called with a binary file object open on the temporary file.
+        write: called with a binary file object open on the temporary file; what it returns is ignored.
 
     Returns:
         The SHA-256 hex digest of the file's bytes, hashed as they were written.
@@ -37,7 +38,7 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> str:
     return digest
 
 
-def write_temporary(path: str, write: Callable[[IO[bytes]], None]) -> tuple[str, str]:
+def write_temporary(path: str, write: Callable[[IO[bytes]], object]) -> tuple[str, str]:
     """Write a file through `write(file)` to a temporary file beside `path`, flushed and
     fsynced; return its path and the SHA-256 of its bytes. `publish` renames it into place.
 
@@ -56,7 +57,8 @@ def write_temporary(path: str, write: Callable[[IO[bytes]], None]) -> tuple[str,
             os.fchmod(file.fileno(), 0o666 & ~current_umask())
             guarded = WriteGuard(file)
             try:
-                write(guarded)
+                # WriteGuard passes every attribute it does not define through to the file.
+                write(cast(IO[bytes], guarded))
             except Exception:
                 # torch.save's C++ writer turns a failed write (disk full) into an
                 # unrelated RuntimeError; report the write's own error instead.

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 from torchexp.errors import ExperimentError, LockError
 from torchexp.files import current_umask, read_json, write_json_atomic

@@ -29,7 +29,8 @@ them decides what is written:
 import contextlib
 import json
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 HParamValue = bool | int | float | str
 

@@ -13,9 +13,9 @@ from torchexp.config import Config, fill_trainer_defaults
 from torchexp.errors import ExperimentError
 from torchexp.folder import Experiment
 from torchexp.hooks import project_errors
+from torchexp.logs import make_logger
 from torchexp.project import class_spec, describe_import_failure, load_class
 from torchexp.releases import Epoch, find_weights
-from torchexp.logs import make_logger
 from torchexp.trackers.fanout import RunTrackers
 
 

@@ -13,7 +13,8 @@ Both implement what the training loop relies on:
     to(device)          deliver batches on this device
 """
 
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
@@ -135,7 +136,8 @@ class SeededSamples(Dataset):
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        # A map-style data set has a length, which torch's Dataset class does not declare.
+        return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
@@ -178,6 +180,8 @@ class SeededDataLoader(DataLoader):
         num_workers: worker processes; see torch.utils.data.DataLoader.
     """
 
+    batch_size: int  # always given: DataLoader's None (no automatic batching) is never used here
+
     def __init__(
         self,
         dataset: Dataset,
@@ -187,7 +191,7 @@ class SeededDataLoader(DataLoader):
         transform: Callable[[Batch], Batch] | None = None,
         num_workers: int = 0,
     ):
-        self.epoch_sampler = EpochSampler(len(dataset), shuffle, seed)
+        self.epoch_sampler = EpochSampler(len(dataset), shuffle, seed)  # type: ignore[arg-type]  # as in SeededSamples
         super().__init__(
             SeededSamples(dataset, seed),
             batch_size=batch_size,
@@ -224,7 +228,8 @@ class SeededDataLoader(DataLoader):
         self.device = torch.device(device)
         return self
 
-    def __iter__(self) -> Iterator[Batch]:
+    # Yields the batches moved and transformed, where DataLoader returns its iterator object.
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         for items in super().__iter__():
             items = tuple(item.to(self.device, non_blocking=True) for item in items)
             yield self.transform(items) if self.transform else items

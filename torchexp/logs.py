@@ -4,7 +4,7 @@ progress bars. The numbers a run logs go to trackers (`torchexp.trackers`).
 
 import logging
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from tqdm import tqdm
 
@@ -46,8 +46,9 @@ def close_logger(logger: logging.Logger) -> None:
         logger.removeHandler(handler)
 
 
-def progress_bar(iterable: Iterable, total: int, description: str, quiet: bool) -> tqdm:
-    """Return a tqdm bar, silent when output is not a terminal or when quiet."""
+def progress_bar(iterable: Iterable, total: int | None, description: str, quiet: bool) -> tqdm:
+    """Return a tqdm bar, silent when output is not a terminal or when quiet; `total` is None
+    for a loader of unknown length (a stream)."""
     disable = quiet or not sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=description, disable=disable, mininterval=PROGRESS_MIN_INTERVAL, leave=False)
 

@@ -45,7 +45,7 @@ def comparison_figure(curves: list[tuple[str, dict[str, list[tuple[int, float]]]
     width, height = PANEL_INCHES
     figure = Figure(figsize=(width * len(metrics), height + LEGEND_LINE_INCHES * len(curves)), dpi=DPI, layout="constrained")
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    for axis, metric in zip(axes, metrics):
+    for axis, metric in zip(axes, metrics, strict=True):
         for label, series in curves:
             points = series.get(metric, [])
             axis.plot([epoch for epoch, _ in points], [value for _, value in points], marker="o", markersize=3, label=label)

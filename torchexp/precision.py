@@ -16,7 +16,8 @@ import contextlib
 import dataclasses
 import os
 import platform
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

@@ -7,7 +7,8 @@ States are stored as tensors and plain data so that checkpoints load with
 import contextlib
 import os
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,9 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 
 def capture_rng_states() -> dict[str, Any]:
     """Return the state of every generator as tensors and plain data."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = np.random.get_state()
+    assert isinstance(state, tuple), "numpy's global generator is a Mersenne Twister, whose legacy state is a tuple"
+    name, keys, position, has_gauss, cached_gaussian = state
     return {
         "python": random.getstate(),
         "numpy": {

@@ -100,8 +100,10 @@ class Runner(abc.ABC):
         self.quiet = quiet
         self.world = world
         self.device = torch.device("cpu")
-        self.model: torch.nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        # None until init_model and init_optimizer set them (training checks that they do), but
+        # typed as set: the hooks that use them run after, and need no None check each.
+        self.model: torch.nn.Module = None  # type: ignore[assignment]
+        self.optimizer: torch.optim.Optimizer = None  # type: ignore[assignment]
         self.scheduler: Any = None
         self.counters = {"epoch": 0, "iteration": 0, "step": 0}
         self.history: dict[str, list[dict[str, float]]] = {"train": [], "validation": []}

@@ -19,9 +19,9 @@ import sys
 import tempfile
 from typing import Any
 
-from torchexp.version import __version__
 from torchexp.errors import ConfigError, StorageError
 from torchexp.files import current_umask
+from torchexp.version import __version__
 
 TEMPLATE_SUFFIX = ".tmpl"
 PACKAGE_PLACEHOLDER = "PACKAGE"  # in template paths, the package's name
@@ -53,12 +53,13 @@ def check_project_name(name: str) -> None:
         raise ConfigError("project name 'tests' is the name of the project's own tests folder: choose another name")
     if name in sys.stdlib_module_names or name in sys.builtin_module_names:
         raise ConfigError(f"project name {name!r} is the name of a module of Python's standard library: choose another name")
+    where: str | None
     try:
         found = importlib.util.find_spec(name)
+        where = None if found is None else found.origin or "this environment"
     except (ImportError, ValueError):
-        found = True
-    if found is not None:
-        where = getattr(found, "origin", None) or "this environment"
+        where = "this environment"
+    if where is not None:
         raise ConfigError(f"project name {name!r} is taken by an installed module ({where}): choose another name")
 
 

@@ -21,10 +21,12 @@ whole state dict in one process (releases, verify, compare).
 import contextlib
 import glob
 import io
+import itertools
 import os
 import pickle
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -235,7 +237,7 @@ def empty_state(metadata: Any, parts: tuple[str, ...] | None = None) -> dict[str
 def place(state: Any, path: tuple, value: Any) -> None:
     """Set `value` at `path` (keys and list indices) in a nested state, making the dicts and
     lists on the way."""
-    for key, following in zip(path, path[1:]):
+    for key, following in itertools.pairwise(path):
         fresh: Any = [] if isinstance(following, int) else {}
         if isinstance(state, list):
             state.extend([None] * (key + 1 - len(state)))

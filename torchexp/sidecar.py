@@ -20,7 +20,8 @@ import hashlib
 import json
 import os
 import shutil
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 from torchexp.errors import CheckpointError, StorageError
 from torchexp.files import hash_file, publish, read_json, remove_quietly, replace_non_finite, write_temporary
@@ -40,7 +41,7 @@ def read_sidecar(path: str) -> dict | None:
     return sidecar if isinstance(sidecar, dict) else None
 
 
-def write_with_sidecar(path: str, write: Callable[[IO[bytes]], None], fields: dict) -> dict:
+def write_with_sidecar(path: str, write: Callable[[IO[bytes]], object], fields: dict) -> dict:
     """Write a file through `write(file)`, then its sidecar; return the sidecar.
 
     Args:

@@ -12,7 +12,7 @@ checkpoints are still DCP folders, so that they resume on any number of ranks.
 """
 
 import collections
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -72,10 +72,10 @@ def format_text(table: Table, width: int | None = None) -> str:
     """
     cells = [[format_cell(c, s) for s in table.summaries] for c in table.columns]
     widths = [max(map(len, column_cells), default=0) for column_cells in cells]
-    widths = [max(w, header_width(c.name)) for c, w in zip(table.columns, widths)]
+    widths = [max(w, header_width(c.name)) for c, w in zip(table.columns, widths, strict=True)]
     if width is not None:
         fit_widths(widths, [c.cuttable for c in table.columns], width)
-    headers = [wrap_header(c.name, w) for c, w in zip(table.columns, widths)]
+    headers = [wrap_header(c.name, w) for c, w in zip(table.columns, widths, strict=True)]
     height = max(map(len, headers))
     lines = []
     for line in range(height):
@@ -84,13 +84,15 @@ def format_text(table: Table, width: int | None = None) -> str:
         lines.append(join_cells(parts, widths, table.columns))
     lines.append(COLUMN_GAP.join("─" * w for w in widths))
     for row in range(len(table.summaries)):
-        lines.append(join_cells([cut(column_cells[row], w) for column_cells, w in zip(cells, widths)], widths, table.columns))
+        row_cells = [cut(column_cells[row], w) for column_cells, w in zip(cells, widths, strict=True)]
+        lines.append(join_cells(row_cells, widths, table.columns))
     notes = [f"{s.name}: {s.problem}" for s in table.summaries if s.problem]
     return "\n".join([line.rstrip() for line in lines] + notes) + "\n"
 
 
 def join_cells(parts: list[str], widths: list[int], columns: list[Column]) -> str:
-    return COLUMN_GAP.join(part.rjust(w) if c.numeric else part.ljust(w) for part, w, c in zip(parts, widths, columns))
+    aligned = (part.rjust(w) if c.numeric else part.ljust(w) for part, w, c in zip(parts, widths, columns, strict=True))
+    return COLUMN_GAP.join(aligned)
 
 
 def header_width(name: str) -> int:

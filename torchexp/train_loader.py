@@ -19,8 +19,10 @@ or is refused for mid-epoch checkpoints in one sentence (`refusal`):
 A loader may have no length (a stream): an epoch is then one pass.
 """
 
+import contextlib
 import inspect
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -227,6 +229,7 @@ def draw_batches(loader: DataLoader, seed: int, epoch: int, rank: int, world: in
     if loader.batch_sampler is None:
         return indexes
     size = loader.batch_size
+    assert size is not None, "a DataLoader builds its own batch sampler from its batch_size"
     stop = len(indexes) - len(indexes) % size if loader.drop_last else len(indexes)
     return [indexes[begin : begin + size] for begin in range(0, stop, size)]
 
@@ -236,16 +239,24 @@ def run_seeded(sampler: Iterable, seed: int, epoch: int) -> list[Any]:
     global ones and its own `generator`, each put back afterwards."""
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
-    generator = getattr(sampler, "generator", None)
-    own = generator.get_state() if isinstance(generator, torch.Generator) else None
-    with seeded_globals(mix_seed(seed, epoch)):
-        if own is not None:
-            generator.manual_seed(mix_seed(seed, epoch))
-        try:
-            return [list(item) if isinstance(item, (list, tuple)) else int(item) for item in sampler]
-        finally:
-            if own is not None:
-                generator.set_state(own)
+    epoch_seed = mix_seed(seed, epoch)
+    with seeded_globals(epoch_seed), seeded_generator(getattr(sampler, "generator", None), epoch_seed):
+        return [list(item) if isinstance(item, (list, tuple)) else int(item) for item in sampler]
+
+
+@contextlib.contextmanager
+def seeded_generator(generator: Any, seed: int) -> Iterator[None]:
+    """Within the block, `generator` starts from `seed` if it is a torch.Generator (anything
+    else is left alone); afterwards it is as it was."""
+    if not isinstance(generator, torch.Generator):
+        yield
+        return
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(state)
 
 
 def is_sharded(sampler: Any) -> bool:

@@ -6,7 +6,8 @@ exactly as they do for `train`. torch is imported inside the functions, not at m
 """
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from torchexp import checkpoints
 from torchexp.budget import Budget, read_budget

@@ -38,8 +38,8 @@ def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | N
         with_tensors: include the model's and optimizer's states; a sharded checkpoint
             keeps them in DCP's shards instead.
     """
-    keeps_state = feed is not None and feed.keeps_state and runner.counters["iteration"] > 0
-    loader_state = feed.state_dict() if keeps_state else None
+    mid_epoch = runner.counters["iteration"] > 0
+    loader_state = feed.state_dict() if feed is not None and feed.keeps_state and mid_epoch else None
     others = runner.save_states_others()
     check_plain_data(others, "others", f"{type(runner).__name__}.save_states_others returned")
     check_plain_data(loader_state, "state", f"the train loader's state_dict() ({type(feed.loader).__name__ if feed else ''}) returned")

@@ -18,7 +18,8 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -125,6 +126,7 @@ def verify_checkpoint(
 
     started = time.perf_counter()
     expected = target.load()
+    assert target.sidecar is not None, "load() verified the checkpoint against its sidecar"
     check_world_size(target, int(expected.get("world_size", 1)), world)
     points_before = len(expected["history"]["train"]) - (target.kind == "standard")
     start = find_start(experiment, target, points_before)
@@ -233,7 +235,7 @@ def walk_pairs(first: Any, second: Any, path: str) -> Iterator[tuple[str, Any, A
         for key in second:
             yield from walk_pairs(first[key], second[key], f"{path}[{key!r}]" if path != "state" else str(key))
     elif isinstance(second, (list, tuple)) and isinstance(first, (list, tuple)) and len(first) == len(second):
-        for index, (item, expected) in enumerate(zip(first, second)):
+        for index, (item, expected) in enumerate(zip(first, second, strict=True)):
             yield from walk_pairs(item, expected, f"{path}[{index}]")
     else:
         yield path, first, second

@@ -1,6 +1,6 @@
 """Options several commands share."""
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 

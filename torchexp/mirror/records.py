@@ -75,7 +75,7 @@ def describe_params(experiment: Experiment, definition: dict) -> dict[str, str]:
     params = flatten(definition.get("config") or {})
     params["seed"] = str(definition.get("seed"))
     found = checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard", "interrupt"))
-    precision = next((info.sidecar.get("precision") for info in found if (info.sidecar or {}).get("precision")), None)
+    precision = next(filter(None, ((info.sidecar or {}).get("precision") for info in found)), None)
     if precision:
         params["precision"] = str(precision)
     return params
@@ -147,7 +147,7 @@ def describe_status(experiment: Experiment, training: bool | None = None) -> str
     # the start's second ended that run; none means the run was killed without an end.
     if stop is None or float(stop.get("time") or 0) < started:
         return KILLED
-    return STOP_STATUS.get(stop.get("reason"), FINISHED)
+    return STOP_STATUS.get(stop.get("reason", ""), FINISHED)
 
 
 def read_last_start(experiment: Experiment) -> float | None:

@@ -22,7 +22,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from torchexp import checkpoints
 from torchexp.errors import TrackingError, first_line
@@ -126,6 +127,7 @@ def register_release(client: Any, mirror: RunMirror, project: Project, release: 
         requirements = list_requirements(project)
         logger.debug(f"the MLflow model of the release of epoch {release.epoch} requires {', '.join(requirements)}")
         save_release_model(experiment, release, requirements, scratch)
+        assert release.sidecar is not None, "the copy loaded, verified against the release's sidecar"
         with calling_mlflow(target, f"register the release of epoch {release.epoch} as {name!r}"):
             client.log_artifacts(run_id, os.path.join(scratch, "model"), artifact_path)
             tags = {"epoch": str(release.epoch), "checkpoint_sha256": release.sidecar["sha256"], "experiment": experiment.name}

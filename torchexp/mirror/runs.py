@@ -213,7 +213,11 @@ class RunMirror:
         params = {key: value for key, value in records.describe_params(self.experiment, definition).items() if key not in known.params}
         wanted_tags = {**records.describe_tags(self.experiment, definition, read_last(self.experiment.provenance_path)), **tags}
         new_tags = {key: value for key, value in wanted_tags.items() if known.tags.get(key) != value}
-        points = [point for point in records.read_points(self.experiment) if point.step not in self.read_steps(run_id, point.key)]
+        points = [
+            point
+            for point in records.read_points(self.experiment)
+            if point.step not in self.read_steps(run_id, known, point.key)
+        ]
         self.log_batches(run_id, [Metric(p.key, p.value, p.timestamp_ms, p.step) for p in points], [Param(k, v) for k, v in params.items()], [RunTag(k, v) for k, v in new_tags.items()])
         known.params.update(params)
         known.tags.update(new_tags)
@@ -238,11 +242,11 @@ class RunMirror:
         run = self.client.get_run(run_id)
         return Known(dict(run.data.params), dict(run.data.tags), {}, None, run.info.status)
 
-    def read_steps(self, run_id: str, key: str) -> set[int]:
-        """The steps the run has of metric `key`, read from the server on first need."""
-        if key not in self.known.steps:
-            self.known.steps[key] = {metric.step for metric in self.client.get_metric_history(run_id, key)}
-        return self.known.steps[key]
+    def read_steps(self, run_id: str, known: Known, key: str) -> set[int]:
+        """The steps the run has of metric `key`, read from the server on first need into `known`."""
+        if key not in known.steps:
+            known.steps[key] = {metric.step for metric in self.client.get_metric_history(run_id, key)}
+        return known.steps[key]
 
     def log_batches(self, run_id: str, metrics: list, params: list, tags: list) -> None:
         """log_batch within MLflow's limits per request."""

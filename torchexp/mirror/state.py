@@ -13,7 +13,7 @@ release made while no server was reachable is registered under it by `sync`.
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from torchexp.errors import ExperimentError
 from torchexp.files import read_json, write_json_atomic

@@ -9,9 +9,12 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchexp.files import replace_non_finite, write_atomic
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 class NullWriter:
@@ -38,7 +41,7 @@ class TensorBoardTracker:
         self.metrics_path = metrics_path
         self.enabled = enabled
         self.purge_step: int | None = None  # TensorBoard hides earlier runs' events from this step on
-        self._writer = None
+        self._writer: SummaryWriter | None = None
 
     @property
     def writer(self) -> Any:
@@ -146,8 +149,10 @@ def is_logged_after(line: str, step: int, epoch: int) -> bool:
 
 
 def tensorboard_command(logdir: str | None, logdir_spec: str | None, host: str, port: int) -> list[str]:
-    """Return the argument list that starts TensorBoard (no shell involved)."""
+    """Return the argument list that starts TensorBoard (no shell involved) on `logdir_spec`,
+    or on `logdir` when that is None."""
     command = [sys.executable, "-m", "tensorboard.main", "--host", host, "--port", str(port)]
     if logdir_spec is not None:
         return command + ["--logdir_spec", logdir_spec]
+    assert logdir is not None, "tensorboard_command needs a logdir or a logdir_spec"
     return command + ["--logdir", os.fspath(logdir)]

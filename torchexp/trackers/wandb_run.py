@@ -33,6 +33,8 @@ EXIT_CODES = {FINISHED: 0}  # any other status ends the W&B run as failed (exit 
 # loses what it has not written, and the resumed run will not send what a checkpoint covers.
 FLUSH_INTERVAL_S = 0.1
 
+Pending = tuple[str, int, dict[str, float], dict[str, Any]]  # log_metrics' arguments: kind, step, metrics, where
+
 
 class WandbTracker(Tracker):
     """Sends each experiment to one W&B run: config, metrics by epoch or step, tests, releases.
@@ -50,7 +52,7 @@ class WandbTracker(Tracker):
         super().__init__(logger, **options)
         require_extra("wandb", "the wandb tracker (--tracker wandb)")
         self.run: Any = None
-        self.pending: list[tuple[str, int, dict[str, float], dict[str, Any]]] = []
+        self.pending: list[Pending] = []
         self.exit_code = 0
         self.state_path = ""
         self.next_step = 0  # W&B's step of the next row
@@ -90,7 +92,8 @@ class WandbTracker(Tracker):
 
     def log_checkpoint(self, step: int, epoch: int) -> None:
         """Send what the checkpoint of (`step`, `epoch`) covers, in the order it was logged."""
-        covered, self.pending, pending = [], [], self.pending
+        covered: list[Pending] = []
+        pending, self.pending = self.pending, []
         for entry in pending:
             (covered if is_covered(entry[0], entry[1], entry[3], step, epoch) else self.pending).append(entry)
         rows = [{axis_of(kind, where): at, **{f"{kind}/{name}": value for name, value in metrics.items()}} for kind, at, metrics, where in covered]
