@@ -29,7 +29,7 @@ def test_an_experiment_is_one_run_with_its_config_epochs_tests_provenance_and_ar
     run = read_run(server, tmp_path)
     client = MlflowClient(server.url)
     assert run.info.run_id == first.info.run_id  # the resume continued the same run
-    assert client.get_experiment(run.info.experiment_id).name == "experiments"  # the experiments folder's name
+    assert client.get_experiment(run.info.experiment_id).name == "mnist_classifier"  # the project's name
     assert run.info.status == "FINISHED"
     for key in EPOCH_KEYS:
         assert read_steps(server, run.info.run_id, key) == [1, 2], key
@@ -87,7 +87,7 @@ def test_bad_uris_and_folders_are_one_sentence_and_change_nothing(mlflow_server,
     down = f"http://127.0.0.1:{free_port()}"
     result = cli_in("sync", uri=down, code=13)
     assert result.output.strip() == (
-        f"Error: MLflow at {down} cannot be reached (connection refused) to find the MLflow experiment 'experiments': is the server running there?"
+        f"Error: MLflow at {down} cannot be reached (connection refused) to find the MLflow experiment 'mnist_classifier': is the server running there?"
     )
     result = cli_in("sync", uri=server.url, name="notes", code=3)
     assert result.output.strip() == f"Error: 'notes' in {tmp_path / 'experiments'} is neither an experiment nor a study: there is nothing to sync"
