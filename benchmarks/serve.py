@@ -1,7 +1,8 @@
 """Requests per second and latency of `serve` under `hey`, against the model's own ceiling
 and a plain FastAPI endpoint, side by side.
 
-For each runtime (torch, and onnx: the release's ONNX export in onnxruntime), on a release
+For each runtime (torch; onnx: the release's ONNX export in onnxruntime; aoti: its
+torch.export + AOTInductor package, compiled at export), on a release
 of the fast preset (configs/fast.json: its model, one short epoch; the arithmetic, and so
 the speed, does not depend on the weights' values), three columns:
 
@@ -29,10 +30,12 @@ hey shares the machine's cores with it, as a client on the same host would.
 The summary gives, per runtime: serve's requests/s at 32 clients over the ceiling's
 images/s at the batch serve forms (goal at least 0.5) and its p99 (goal at most 50 ms),
 and serve's requests/s at 1 client over plain's (goal at least 1); beside them, the requests/s
-the goal asks for against the floor's, and serve's share of the floor. Every line is JSON;
-the first and the summary carry the machine's CPU flags.
+the goal asks for against the floor's, and serve's share of the floor. When onnx and aoti
+are both measured, it also gives aoti's requests/s at 32 clients over onnx's (goal at least
+1: a compiled package runs a batch without returning to the interpreter, as onnxruntime
+does). Every line is JSON; the first and the summary carry the machine's CPU flags.
 
-    .venv/bin/python benchmarks/serve.py [--duration 10] [--runtimes torch,onnx] [--rounds 1]
+    .venv/bin/python benchmarks/serve.py [--duration 10] [--runtimes torch,onnx,aoti] [--rounds 1]
 """
 
 import argparse
@@ -53,11 +56,13 @@ import common  # after the path set-up above
 
 NAME = "served"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-GOAL_CEILING_RATIO, GOAL_P99_MS, GOAL_CLIENTS, GOAL_LONE_RATIO = 0.5, 50.0, 32, 1.0
+GOAL_CEILING_RATIO, GOAL_P99_MS, GOAL_CLIENTS, GOAL_LONE_RATIO, GOAL_AOTI_ONNX_RATIO = 0.5, 50.0, 32, 1.0, 1.0
+EXPORTED_RUNTIMES = ("onnx", "aoti")  # the runtimes that run an export, written before the servers start
 
 
 def prepare_release(experiments: str, args: argparse.Namespace) -> None:
-    """Create the experiment with `init`, train one short epoch, release it, export ONNX."""
+    """Create the experiment with `init`, train one short epoch, release it, and export it
+    for each runtime measured that runs an export; print how long each export took."""
     import torch
     from torchexp import loop
 
@@ -67,11 +72,13 @@ def prepare_release(experiments: str, args: argparse.Namespace) -> None:
     common.create_experiment(experiments, NAME, args.data_path, common.PRESETS["fast"], args.seed)
     runner = common.make_runner(experiments, NAME, args.data_path, MNISTClassifierRunner, common.subset_data_class(args.train_samples))
     try:
-        loop.train(runner, torch.device("cpu"), max_epochs=1, log_period=1000)
+        loop.train(runner, torch.device("cpu"), 1, log_period=1000)
     finally:
         common.close_runner(runner)
     create_release(runner.experiment, 1, runner.experiment.read_definition())
-    common.time_process(common.cli_command(experiments, NAME, args.data_path, "export", "--format", "onnx", "--check-samples", "200"))
+    for runtime in (runtime for runtime in EXPORTED_RUNTIMES if runtime in args.runtimes):
+        seconds, _ = common.time_process(common.cli_command(experiments, NAME, args.data_path, "export", "--format", runtime, "--check-samples", "200"))
+        common.emit({"benchmark": "serve", "export": runtime, "seconds": round(seconds, 1)})
 
 
 def write_body(path: str, data_path: str) -> None:
@@ -223,6 +230,13 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
                     ">= plain at 1 client": ratio_plain >= GOAL_LONE_RATIO,
                 },
             }
+    busy = {runtime: medians.get(f"{runtime}/serve@{GOAL_CLIENTS}", {}).get("requests_per_s") for runtime in EXPORTED_RUNTIMES}
+    if all(busy.values()):
+        ratio = round(busy["aoti"] / busy["onnx"], 3)
+        summary["aoti/serve against onnx/serve"] = {
+            f"@{GOAL_CLIENTS} requests/s / onnx's": ratio,
+            f">= {GOAL_AOTI_ONNX_RATIO} (goal met)": ratio >= GOAL_AOTI_ONNX_RATIO,
+        }
     return {"benchmark": "serve", "summary": True, "machine": common.machine(), "medians": medians, "goals": summary}
 
 
@@ -232,7 +246,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds of load before each level (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds over the servers, alternating their order (default: %(default)s)")
     parser.add_argument("--concurrency", default="1,32", help="client counts (default: %(default)s)")
-    parser.add_argument("--runtimes", default="torch,onnx", help="runtimes served (default: %(default)s)")
+    parser.add_argument("--runtimes", default="torch,onnx,aoti", help="runtimes served (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="serve --workers of the extra torch variant; 1 leaves it out (default: %(default)s)")
     parser.add_argument("--max-batch", type=int, default=32, help="the ceiling's large batch: serve's --max-batch-size (default: %(default)s)")
     parser.add_argument("--ceiling-seconds", type=float, default=3, help="seconds per batch size of the ceiling (default: %(default)s)")
@@ -272,6 +286,13 @@ def load_model(experiments: str, runtime: str, threads: int):
 
         session = open_onnx_session(export_path(experiment, find_release(experiment, None).epoch, "onnx"), threads)
         return lambda batch: session.run(["output"], {"input": batch.numpy()})[0]
+    if runtime == "aoti":
+        from torchexp.export import export_path
+        from torchexp.formats import FORMATS
+        from torchexp.releases import find_release
+
+        path = export_path(experiment, find_release(experiment, None).epoch, "aoti")
+        return FORMATS["aoti"].load_predictor(path, None, torch.device("cpu"), threads).predict
     model = load_inference_runner(experiment, "release", "cpu").model
 
     def run(batch: torch.Tensor) -> torch.Tensor:

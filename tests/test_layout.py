@@ -68,3 +68,54 @@ def test_the_runner_is_its_hooks_in_at_most_250_lines():
     documented = ast.get_docstring(runner)
     for hook in ("init_model", "train_before_epoch_tasks", "train_step", "validation_step", "train_epoch_log", "save_states_others", "train_early_stopping"):
         assert hook in documented, f"Runner's docstring does not place {hook} in the order of calls"
+
+
+def find_import_circles(prefixes: tuple[str, ...]) -> list[list[str]]:
+    """Return the import circles among the torchexp modules whose dotted names start with
+    one of `prefixes`: imports inside functions count, those under `if TYPE_CHECKING:` do not."""
+    names = {module_name(module): module for module in modules()}
+    chosen = {name for name in names if name.startswith(prefixes)}
+    graph = {name: sorted(runtime_imports(os.path.join(PACKAGE, names[name])) & chosen - {name}) for name in chosen}
+    circles, done = [], set()
+
+    def visit(name: str, path: list[str]) -> None:
+        for imported in graph[name]:
+            if imported in path:
+                circles.append(path[path.index(imported):] + [imported])
+            elif imported not in done:
+                visit(imported, path + [imported])
+        done.add(name)
+
+    for name in sorted(chosen):
+        if name not in done:
+            visit(name, [name])
+    return circles
+
+
+def module_name(module: str) -> str:
+    """torchexp's dotted name of a module path relative to the package, e.g. serving/server.py."""
+    parts = ["torchexp", *module[: -len(".py")].split(os.sep)]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def runtime_imports(path: str) -> set[str]:
+    """The modules a file imports when it runs: every import at any depth, less those in
+    `if TYPE_CHECKING:` blocks."""
+    with open(path, encoding="utf-8") as file:
+        tree = ast.parse(file.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return found
+
+
+def test_serving_export_and_formats_import_no_module_back():
+    prefixes = ("torchexp.serving", "torchexp.export", "torchexp.formats")
+    assert find_import_circles(prefixes) == []
+    assert {"torchexp.serving.launcher", "torchexp.formats.aoti"} <= {module_name(module) for module in modules()}

@@ -60,10 +60,12 @@ def export_experiment(project: Project, experiment: Experiment, epoch: int | Non
 
     Raises:
         ConfigError: `fmt` is not a format of FORMATS.
+        TorchexpError: this machine cannot write the format (`ExportFormat.check_ready`).
     """
-    compares_outputs = find_format(fmt).compares_outputs
+    export_format = find_format(fmt)
+    export_format.check_ready()
     release = find_release(experiment, epoch)
-    batches = load_check_batches(project, experiment, check_samples, logger) if compares_outputs else []
+    batches = load_check_batches(project, experiment, check_samples, logger) if export_format.compares_outputs else []
     with project_errors(logger, inference=True):
         return export_release(experiment, release, fmt, batches, logger)
 

@@ -40,6 +40,10 @@ class AotiFormat(ExportFormat):
     runtime_help = "runs its AOTInductor package, compiled code that holds the model's whole graph, on the CPU"
     extra = None
 
+    def check_ready(self) -> None:
+        with quiet_compiler_logs():
+            find_compiler()
+
     def export(self, source: ExportSource) -> tuple[bytes, dict]:
         """Return the package of the runner's model and the machine it was compiled for.
 
@@ -49,7 +53,9 @@ class AotiFormat(ExportFormat):
         """
         import torch
 
-        compiler = find_compiler()
+        with quiet_compiler_logs():
+            compiler = find_compiler()
+            target = describe_target()
         example = example_input(source.runner)
         try:
             program = torch.export.export(
@@ -67,12 +73,13 @@ class AotiFormat(ExportFormat):
                 raise TorchexpError(f"the model of {source.point}'s release cannot be compiled by AOTInductor: {first_line(error)}") from error
             with open(path, "rb") as file:
                 content = file.read()
-        return content, {"target": describe_target(), "compiler": compiler, "versions": export_versions()}
+        return content, {"target": target, "compiler": compiler, "versions": export_versions()}
 
     def check(self, source: ExportSource, content: bytes, batches: list[Any]) -> dict:
         """Run the package against torch (`check_outputs`)."""
         try:
-            model = load_package(content)
+            with quiet_compiler_logs():
+                model = load_package(content)
         except Exception as error:  # the loader raises RuntimeError from C++
             raise TorchexpError(f"the AOTInductor export of {source.point}'s release cannot be loaded: {first_line(error)}") from error
         return check_outputs(source, self, "the compiled package", lambda inputs: model(inputs.contiguous()).float().numpy(), batches)
@@ -82,11 +89,12 @@ class AotiFormat(ExportFormat):
 
     def load_predictor(self, path: str, runner: Any, device: Any, threads: int) -> "AotiPredictor":
         content, record = self.read_export(path)
-        check_target(path, record.get("target") or {})
-        try:
-            return AotiPredictor(load_package(content))
-        except Exception as error:  # the loader raises RuntimeError from C++
-            raise CheckpointError(f"AOTInductor export {path} cannot be loaded: {first_line(error)}: write it with export --format aoti again") from error
+        with quiet_compiler_logs():
+            check_target(path, record.get("target") or {})
+            try:
+                return AotiPredictor(load_package(content))
+            except Exception as error:  # the loader raises RuntimeError from C++
+                raise CheckpointError(f"AOTInductor export {path} cannot be loaded: {first_line(error)}: write it with export --format aoti again") from error
 
 
 class AotiPredictor:

@@ -57,6 +57,8 @@ class ExportFormat(abc.ABC):
         extra: the torchexp extra it needs (`torchexp.extras`), or None.
         compares_outputs: whether its check runs the model on test samples.
         cpu_only: whether its runtime runs on the CPU alone.
+        torch_threads: whether its runtime runs on torch's intra-op (OpenMP) threads, which
+            keep spinning after each batch (`torchexp.serving.threads`).
     """
 
     name: str
@@ -67,6 +69,11 @@ class ExportFormat(abc.ABC):
     extra: str | None = "export"
     compares_outputs: bool = True
     cpu_only: bool = True
+    torch_threads: bool = True
+
+    def check_ready(self) -> None:
+        """Raise TorchexpError, before anything is loaded, when this machine cannot write the
+        format (a compiler it needs is missing); nothing to check by default."""
 
     @abc.abstractmethod
     def export(self, source: ExportSource) -> tuple[bytes, dict]:

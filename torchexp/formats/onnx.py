@@ -27,6 +27,7 @@ class OnnxFormat(ExportFormat):
     suffix = "onnx"
     help = "the model, for onnxruntime and other runtimes"
     runtime_help = "runs its ONNX export in onnxruntime, on the CPU"
+    torch_threads = False
 
     def export(self, source: ExportSource) -> tuple[bytes, dict]:
         """Return the ONNX file of the runner's model, its properties naming the release.
