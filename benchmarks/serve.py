@@ -77,7 +77,8 @@ def prepare_release(experiments: str, args: argparse.Namespace) -> None:
         common.close_runner(runner)
     create_release(runner.experiment, 1, runner.experiment.read_definition())
     for runtime in (runtime for runtime in EXPORTED_RUNTIMES if runtime in args.runtimes):
-        seconds, _ = common.time_process(common.cli_command(experiments, NAME, args.data_path, "export", "--format", runtime, "--check-samples", "200"))
+        arguments = ("export", "--format", runtime, "--check-samples", "200")
+        seconds, _ = common.time_process(common.cli_command(experiments, NAME, args.data_path, *arguments))
         common.emit({"benchmark": "serve", "export": runtime, "seconds": round(seconds, 1)})
 
 
@@ -230,7 +231,7 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
                     ">= plain at 1 client": ratio_plain >= GOAL_LONE_RATIO,
                 },
             }
-    busy = {runtime: medians.get(f"{runtime}/serve@{GOAL_CLIENTS}", {}).get("requests_per_s") for runtime in EXPORTED_RUNTIMES}
+    busy = {name: medians.get(f"{name}/serve@{GOAL_CLIENTS}", {}).get("requests_per_s") for name in EXPORTED_RUNTIMES}
     if all(busy.values()):
         ratio = round(busy["aoti"] / busy["onnx"], 3)
         summary["aoti/serve against onnx/serve"] = {

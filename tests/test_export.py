@@ -183,7 +183,8 @@ class SkewedSession:
 def test_an_onnx_export_that_does_not_reproduce_the_model_is_not_written(released, tmp_path, monkeypatch):
     root = copy_experiment(released, "mlp", tmp_path)
     make_session = onnx_format.make_session
-    monkeypatch.setattr(onnx_format, "make_session", lambda content, threads: SkewedSession(make_session(content, threads)))
+    skewed = lambda content, threads: SkewedSession(make_session(content, threads))  # noqa: E731
+    monkeypatch.setattr(onnx_format, "make_session", skewed)
     result = run(root, "mlp", "export", "--format", "onnx")
     assert result.exit_code == 1
     assert "does not reproduce the model: onnxruntime's outputs differ from torch's by up to 0.01" in result.output

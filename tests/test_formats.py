@@ -26,7 +26,14 @@ PREDICT = f"/v1/models/{NAME}:predict"
 
 
 def invoke(root, *arguments: str):
-    base = ["--experiments-path", str(root / "experiments"), "--data-path", str(root / "data"), "--experiment-name", NAME]
+    base = [
+        "--experiments-path",
+        str(root / "experiments"),
+        "--data-path",
+        str(root / "data"),
+        "--experiment-name",
+        NAME,
+    ]
     return CliRunner().invoke(cli, [*base, *arguments])
 
 
@@ -108,7 +115,9 @@ def test_an_aoti_export_for_another_cpu_is_refused_before_it_runs(exported, tmp_
 
 def test_serving_aoti_without_its_export_names_the_command_that_writes_it(tmp_path_factory):
     experiments = shared_release(tmp_path_factory)
-    with pytest.raises(CheckpointError, match=r"AOTInductor export .*1.release.pt2 does not exist: write it with export --format aoti$"):
+    with pytest.raises(
+        CheckpointError, match=r"AOTInductor export .*1.release.pt2 does not exist: write it with export --format aoti$"
+    ):
         build_app(experiments, runtime="aoti")
 
 
@@ -137,10 +146,18 @@ def test_an_unknown_format_or_runtime_is_one_sentence(exported, tmp_path_factory
     assert "Error: Invalid value for '--format': 'tflite' is not one of 'onnx', 'safetensors', 'aoti'." in result.output
     result = invoke(exported, "serve", "--runtime", "tflite")
     assert result.exit_code == 2
-    assert "Error: Invalid value for '--runtime': 'tflite' is not one of 'torch', 'onnx', 'safetensors', 'aoti'." in result.output
+    assert (
+        "Error: Invalid value for '--runtime': 'tflite' is not one of 'torch', 'onnx', 'safetensors', 'aoti'."
+        in result.output
+    )
 
     experiment = Experiment(str(exported / "experiments"), NAME)
-    project = Project("mnist_classifier.data:MNISTClassifierData", "mnist_classifier.runner:MNISTClassifierRunner", str(exported / "data"), "quiet")
+    project = Project(
+        "mnist_classifier.data:MNISTClassifierData",
+        "mnist_classifier.runner:MNISTClassifierRunner",
+        str(exported / "data"),
+        "quiet",
+    )
     with pytest.raises(ConfigError, match=r"^export format 'tflite' is not one of onnx, safetensors, aoti$"):
         export_experiment(project, experiment, None, "tflite", 20, None)
     with pytest.raises(ConfigError, match=r"^serve runtime 'tflite' is not one of torch, onnx, safetensors, aoti$"):

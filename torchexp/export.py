@@ -43,7 +43,9 @@ def export_path(experiment: Experiment, epoch: int, fmt: str) -> str:
     return os.path.join(experiment.path, "exports", f"{epoch}.release.{find_format(fmt).suffix}")
 
 
-def export_experiment(project: Project, experiment: Experiment, epoch: int | None, fmt: str, check_samples: int, logger: Any) -> str:
+def export_experiment(
+    project: Project, experiment: Experiment, epoch: int | None, fmt: str, check_samples: int, logger: Any
+) -> str:
     """Export a release (default: the latest), checking it on real test samples where the
     format runs the model.
 
@@ -98,7 +100,11 @@ def load_check_batches(project: Project, experiment: Experiment, samples: int, l
 
 
 def export_release(
-    experiment: Experiment, release: checkpoints.Checkpoint, fmt: str, check_batches: Iterable[Any] = (), logger: Any = None
+    experiment: Experiment,
+    release: checkpoints.Checkpoint,
+    fmt: str,
+    check_batches: Iterable[Any] = (),
+    logger: Any = None,
 ) -> str:
     """Export a release and write its sidecar.
 
@@ -127,10 +133,17 @@ def export_release(
     content, fields = export_format.export(source)
     check = export_format.check(source, content, list(check_batches))
     path = export_path(experiment, release.epoch, fmt)
-    record = {"format": fmt, "epoch": release.epoch, "release_sha256": release.sidecar["sha256"], "provenance": release.sidecar.get("provenance")}
+    record = {
+        "format": fmt,
+        "epoch": release.epoch,
+        "release_sha256": release.sidecar["sha256"],
+        "provenance": release.sidecar.get("provenance"),
+    }
     write_export(path, content, {**record, **fields, "check": check})
     if logger is not None:
-        logger.info(f"exported the release of {source.point} as {fmt} to {path} ({export_format.describe_check(check)})")
+        logger.info(
+            f"exported the release of {source.point} as {fmt} to {path} ({export_format.describe_check(check)})"
+        )
     return path
 
 

@@ -20,7 +20,7 @@ FORMAT_HELP = "; ".join(f"{fmt.name}: {fmt.help}" for fmt in FORMATS.values()) +
     default=DEFAULT_CHECK_SAMPLES,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Test samples (from --data-path) on which the export must reproduce torch's outputs (formats that run the model).",
+    help="Test samples (from --data-path) on which an export that runs the model must reproduce torch's outputs.",
 )
 @pass_app
 def export(app: App, fmt: str, epoch: int | None, step: int | None, check_samples: int) -> None:

@@ -13,9 +13,13 @@ MAX_BODY_HELP = (
     "5,000 28x28 instances as JSON, and bounds the memory one request can take: between "
     "TorchServe's 6.5 MB and Triton's 64 MiB."
 )
-RUNTIME_HELP = "; ".join(
-    ["torch runs the release's model", *(f"{fmt.name} {fmt.runtime_help} (write it with `export --format {fmt.name}`)" for fmt in FORMATS.values())]
-) + "."
+RUNTIME_HELP = (
+    "; ".join(
+        ["torch runs the release's model"]
+        + [f"{fmt.name} {fmt.runtime_help} (write it with `export --format {fmt.name}`)" for fmt in FORMATS.values()]
+    )
+    + "."
+)
 
 
 @click.command()

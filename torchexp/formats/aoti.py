@@ -21,13 +21,21 @@ import tempfile
 from typing import Any, Iterator
 
 from torchexp.errors import CheckpointError, TorchexpError, first_line
-from torchexp.formats.base import ExportFormat, ExportSource, check_outputs, describe_comparison, example_input, export_versions
+from torchexp.formats.base import (
+    ExportFormat,
+    ExportSource,
+    check_outputs,
+    describe_comparison,
+    example_input,
+    export_versions,
+)
 
 # Kernels read the number of OpenMP threads when they run rather than when they are
 # compiled, so that `serve --threads` holds for a package exported on another machine.
 INDUCTOR_CONFIGS = {"cpp.dynamic_threads": True}
 # torch.export takes a batch of 1 for a constant; the example goes in twice instead.
 TRACE_BATCH = 2
+REWRITE = "write it with export --format aoti"
 
 
 class AotiFormat(ExportFormat):
@@ -36,7 +44,10 @@ class AotiFormat(ExportFormat):
     name = "aoti"
     title = "AOTInductor"
     suffix = "pt2"
-    help = "the model compiled for this machine's CPU by torch.export and AOTInductor (takes a C++ compiler and tens of seconds)"
+    help = (
+        "the model compiled for this machine's CPU by torch.export and AOTInductor (takes a C++ compiler and "
+        "tens of seconds)"
+    )
     runtime_help = "runs its AOTInductor package, compiled code that holds the model's whole graph, on the CPU"
     extra = None
 
@@ -64,13 +75,17 @@ class AotiFormat(ExportFormat):
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             )
         except Exception as error:  # torch.export raises many types of its own
-            raise TorchexpError(f"the model of {source.point}'s release cannot be captured by torch.export: {first_line(error)}") from error
+            raise TorchexpError(
+                f"the model of {source.point}'s release cannot be captured by torch.export: {first_line(error)}"
+            ) from error
         with tempfile.TemporaryDirectory(prefix="torchexp-aoti-") as folder, quiet_compiler_logs():
             path = os.path.join(folder, "model.pt2")
             try:
                 torch._inductor.aoti_compile_and_package(program, package_path=path, inductor_configs=INDUCTOR_CONFIGS)
             except Exception as error:  # the compiler's errors come through inductor's own types
-                raise TorchexpError(f"the model of {source.point}'s release cannot be compiled by AOTInductor: {first_line(error)}") from error
+                raise TorchexpError(
+                    f"the model of {source.point}'s release cannot be compiled by AOTInductor: {first_line(error)}"
+                ) from error
             with open(path, "rb") as file:
                 content = file.read()
         return content, {"target": target, "compiler": compiler, "versions": export_versions()}
@@ -81,8 +96,12 @@ class AotiFormat(ExportFormat):
             with quiet_compiler_logs():
                 model = load_package(content)
         except Exception as error:  # the loader raises RuntimeError from C++
-            raise TorchexpError(f"the AOTInductor export of {source.point}'s release cannot be loaded: {first_line(error)}") from error
-        return check_outputs(source, self, "the compiled package", lambda inputs: model(inputs.contiguous()).float().numpy(), batches)
+            raise TorchexpError(
+                f"the AOTInductor export of {source.point}'s release cannot be loaded: {first_line(error)}"
+            ) from error
+        return check_outputs(
+            source, self, "the compiled package", lambda inputs: model(inputs.contiguous()).float().numpy(), batches
+        )
 
     def describe_check(self, check: dict) -> str:
         return describe_comparison("the compiled package", check)
@@ -94,7 +113,10 @@ class AotiFormat(ExportFormat):
             try:
                 return AotiPredictor(load_package(content))
             except Exception as error:  # the loader raises RuntimeError from C++
-                raise CheckpointError(f"AOTInductor export {path} cannot be loaded: {first_line(error)}: write it with export --format aoti again") from error
+                reason = first_line(error)
+                raise CheckpointError(
+                    f"AOTInductor export {path} cannot be loaded: {reason}: {REWRITE} again"
+                ) from error
 
 
 class AotiPredictor:
@@ -152,14 +174,18 @@ def check_target(path: str, target: dict) -> None:
     """
     from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
-    rewrite = "write it with export --format aoti on this machine"
+    rewrite = f"{REWRITE} on this machine"
     machine, isa = target.get("machine"), target.get("cpu_isa")
     if machine != platform.machine():
-        raise CheckpointError(f"AOTInductor export {path} was compiled for {machine}, not this machine's {platform.machine()}: {rewrite}")
+        raise CheckpointError(
+            f"AOTInductor export {path} was compiled for {machine}, not this machine's {platform.machine()}: {rewrite}"
+        )
     available = [str(item) for item in valid_vec_isa_list()]
     if isa and isa not in available:
         has = ", ".join(available) or "none"
-        raise CheckpointError(f"AOTInductor export {path} uses {isa} instructions, which this CPU lacks (it has: {has}): {rewrite}")
+        raise CheckpointError(
+            f"AOTInductor export {path} uses {isa} instructions, which this CPU lacks (it has: {has}): {rewrite}"
+        )
 
 
 @contextlib.contextmanager

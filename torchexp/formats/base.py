@@ -158,7 +158,9 @@ def check_release_unchanged(what: str, path: str, record: dict, rewrite: str) ->
     release_path = os.path.join(checkpoints_path, checkpoints.make_filename(record.get("epoch", 0), "release"))
     release = sidecar.read_sidecar(release_path)
     if release is not None and release.get("sha256") != record.get("release_sha256"):
-        raise CheckpointError(f"{what} was made from an earlier release of epoch {record.get('epoch')}: {rewrite} again")
+        raise CheckpointError(
+            f"{what} was made from an earlier release of epoch {record.get('epoch')}: {rewrite} again"
+        )
 
 
 def example_input(runner: Any) -> Any:
@@ -176,10 +178,14 @@ def example_input(runner: Any) -> Any:
     try:
         return runner.serve_preprocess(instance).unsqueeze(0)
     except ValueError as error:
-        raise TorchexpError(f"{type(runner).__name__}.serve_preprocess refuses its own serve_example(): {first_line(error)}") from error
+        raise TorchexpError(
+            f"{type(runner).__name__}.serve_preprocess refuses its own serve_example(): {first_line(error)}"
+        ) from error
 
 
-def check_outputs(source: ExportSource, fmt: ExportFormat, runtime: str, run: Callable[[Any], Any], batches: list[Any]) -> dict:
+def check_outputs(
+    source: ExportSource, fmt: ExportFormat, runtime: str, run: Callable[[Any], Any], batches: list[Any]
+) -> dict:
     """Compare `run` (the export in its runtime) with torch on the example instance and on
     `batches`, and refuse an export whose outputs differ beyond the tolerance.
 
@@ -201,17 +207,22 @@ def check_outputs(source: ExportSource, fmt: ExportFormat, runtime: str, run: Ca
         check = compare_outputs(source.runner.model, run, inputs)
     except Exception as error:  # the model, or the runtime, fails on the example or on test samples
         raise TorchexpError(
-            f"the {fmt.title} export of {source.point}'s release cannot be checked against the model: {type(error).__name__}: {first_line(error)}"
+            f"the {fmt.title} export of {source.point}'s release cannot be checked against the model: "
+            f"{type(error).__name__}: {first_line(error)}"
         ) from error
     test_samples = sum(len(batch) for batch in batches)
     # An export is often made where the release is and the data set is not: the sidecar says
     # what the check could run on.
-    check["inputs"] = f"the example instance and {test_samples} test samples" if test_samples else "the example instance only: no test set"
+    check["inputs"] = (
+        f"the example instance and {test_samples} test samples"
+        if test_samples
+        else "the example instance only: no test set"
+    )
     if check["tolerance_used"] > 1:
         raise TorchexpError(
-            f"the {fmt.title} export of {source.point}'s release does not reproduce the model: {runtime}'s outputs differ "
-            f"from torch's by up to {check['max_abs_difference']:.3g} (allowed: {CHECK_ATOL:g} + {CHECK_RTOL:g} x |output|), "
-            "so nothing was written"
+            f"the {fmt.title} export of {source.point}'s release does not reproduce the model: {runtime}'s outputs "
+            f"differ from torch's by up to {check['max_abs_difference']:.3g} "
+            f"(allowed: {CHECK_ATOL:g} + {CHECK_RTOL:g} x |output|), so nothing was written"
         )
     return check
 
@@ -237,7 +248,11 @@ def compare_outputs(model: Any, run: Callable[[Any], Any], batches: list[Any]) -
             same = (actual == expected) | (np.isnan(actual) & np.isnan(expected))
             with np.errstate(invalid="ignore"):
                 difference = np.where(same, 0.0, np.nan_to_num(np.abs(actual - expected), nan=np.inf, posinf=np.inf))
-                used = np.where(same, 0.0, np.nan_to_num(difference / (CHECK_ATOL + CHECK_RTOL * np.abs(expected)), nan=np.inf, posinf=np.inf))
+                used = np.where(
+                    same,
+                    0.0,
+                    np.nan_to_num(difference / (CHECK_ATOL + CHECK_RTOL * np.abs(expected)), nan=np.inf, posinf=np.inf),
+                )
             max_difference = max(max_difference, float(difference.max(initial=0.0)))
             tolerance_used = max(tolerance_used, float(used.max(initial=0.0)))
             if is_class_scores(expected):
@@ -262,7 +277,9 @@ def is_class_scores(outputs: Any) -> bool:
 def describe_comparison(runtime: str, check: dict) -> str:
     """Say in a few words what `check_outputs` found."""
     agreement = "" if check["argmax_agreement"] is None else f", the same label on {check['argmax_agreement']:.2%}"
-    return f"{runtime} matches torch on {check['inputs']}: max |difference| {check['max_abs_difference']:.2g}{agreement}"
+    return (
+        f"{runtime} matches torch on {check['inputs']}: max |difference| {check['max_abs_difference']:.2g}{agreement}"
+    )
 
 
 def export_versions(*packages: str) -> dict[str, str]:

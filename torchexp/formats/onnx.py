@@ -10,7 +10,14 @@ import json
 from typing import Any
 
 from torchexp.errors import CheckpointError, TorchexpError, first_line
-from torchexp.formats.base import ExportFormat, ExportSource, check_outputs, describe_comparison, example_input, export_versions
+from torchexp.formats.base import (
+    ExportFormat,
+    ExportSource,
+    check_outputs,
+    describe_comparison,
+    example_input,
+    export_versions,
+)
 from torchexp.version import __version__
 
 # The lowest opset the torch.export-based exporter implements natively (lower ones go
@@ -51,12 +58,18 @@ class OnnxFormat(ExportFormat):
                 verbose=False,
             )
             proto = program.model_proto
-            properties = {"torchexp_experiment": source.name, "torchexp_epoch": str(source.release.epoch), "torchexp": __version__}
+            properties = {
+                "torchexp_experiment": source.name,
+                "torchexp_epoch": str(source.release.epoch),
+                "torchexp": __version__,
+            }
             provenance = json.dumps(source.release.sidecar.get("provenance"))
             onnx.helper.set_model_props(proto, {**properties, "torchexp_provenance": provenance})
             onnx.checker.check_model(proto)
         except Exception as error:  # the exporter raises many types of its own and of torch.export's
-            raise TorchexpError(f"the model of {source.point}'s release cannot be exported to ONNX: {first_line(error)}") from error
+            raise TorchexpError(
+                f"the model of {source.point}'s release cannot be exported to ONNX: {first_line(error)}"
+            ) from error
         return proto.SerializeToString(), {"opset": OPSET, "versions": export_versions("onnx", "onnxruntime")}
 
     def check(self, source: ExportSource, content: bytes, batches: list[Any]) -> dict:
@@ -66,7 +79,9 @@ class OnnxFormat(ExportFormat):
         try:
             session = make_session(content, torch.get_num_threads())
         except Exception as error:  # onnxruntime raises its own exception types from C++
-            raise TorchexpError(f"the ONNX export of {source.point}'s release cannot be loaded by onnxruntime: {first_line(error)}") from error
+            raise TorchexpError(
+                f"the ONNX export of {source.point}'s release cannot be loaded by onnxruntime: {first_line(error)}"
+            ) from error
         return check_outputs(source, self, "onnxruntime", lambda inputs: run_session(session, inputs.numpy()), batches)
 
     def describe_check(self, check: dict) -> str:

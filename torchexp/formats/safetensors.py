@@ -53,9 +53,14 @@ class SafetensorsFormat(ExportFormat):
 
         loaded = load(content)
         released = source.state["model"]
-        same = loaded.keys() == released.keys() and all(torch.equal(loaded[key], released[key].cpu()) for key in released)
+        same = loaded.keys() == released.keys() and all(
+            torch.equal(loaded[key], released[key].cpu()) for key in released
+        )
         if not same:
-            raise TorchexpError(f"the safetensors export of {source.point}'s release does not load back equal to it, so nothing was written")
+            raise TorchexpError(
+                f"the safetensors export of {source.point}'s release does not load back equal to it, "
+                "so nothing was written"
+            )
         return {"tensors": len(loaded), "round_trip": "equal"}
 
     def describe_check(self, check: dict) -> str:
@@ -73,4 +78,3 @@ class SafetensorsFormat(ExportFormat):
             raise CheckpointError(f"safetensors export {path} cannot be read: {first_line(error)}") from error
         load_weights(runner, device, {"model": weights}, path)
         return EagerPredictor(runner, device, self.name)
-

@@ -16,7 +16,9 @@ from torchexp.serving.threads import choose_threads
 from torchexp.serving.workers import serve_with_workers
 
 
-def serve_release(experiment: Experiment, options: ServeOptions, announce: Callable[[str], None], verbosity: str = "normal") -> None:
+def serve_release(
+    experiment: Experiment, options: ServeOptions, announce: Callable[[str], None], verbosity: str = "normal"
+) -> None:
     """Serve the experiment's release until Ctrl-C or SIGTERM.
 
     Args:
@@ -41,6 +43,14 @@ def serve_release(experiment: Experiment, options: ServeOptions, announce: Calla
             serve_with_workers(experiment, options, sock, announce, verbosity)
         else:
             threads = choose_threads(options.threads, options.runtime)
-            serve_on(sock, experiment, release, options, threads, lambda card: announce(describe_serving(card, threads, sock)), verbosity)
+            serve_on(
+                sock,
+                experiment,
+                release,
+                options,
+                threads,
+                lambda card: announce(describe_serving(card, threads, sock)),
+                verbosity,
+            )
     finally:
         sock.close()

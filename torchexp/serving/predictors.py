@@ -19,7 +19,9 @@ from torchexp.inference import load_runner, make_inference_runner
 from torchexp.serving.options import check_runtime
 
 
-def load_predictor(experiment: Experiment, release: checkpoints.Checkpoint, runtime: str, device: str, threads: int) -> tuple[Any, Any]:
+def load_predictor(
+    experiment: Experiment, release: checkpoints.Checkpoint, runtime: str, device: str, threads: int
+) -> tuple[Any, Any]:
     """Build the project's Runner from a release and the predictor that runs its model.
 
     Args:
@@ -48,8 +50,11 @@ def load_predictor(experiment: Experiment, release: checkpoints.Checkpoint, runt
     cpu_only = export_format.cpu_only
     torch_device = resolve_device("cpu" if cpu_only and device == "auto" else device)
     if cpu_only and torch_device.type != "cpu":
-        raise DeviceError(f"serve --runtime {runtime} runs on the CPU, not on {device}: drop --device or use --runtime torch")
+        raise DeviceError(
+            f"serve --runtime {runtime} runs on the CPU, not on {device}: drop --device or use --runtime torch"
+        )
     # The runner serves the hooks (and builds the model a format may fill): a release
     # carries its configuration, seed and classes.
     runner = make_inference_runner(experiment, release.load())
-    return runner, export_format.load_predictor(export_path(experiment, release.epoch, runtime), runner, torch_device, threads)
+    path = export_path(experiment, release.epoch, runtime)
+    return runner, export_format.load_predictor(path, runner, torch_device, threads)
