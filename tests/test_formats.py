@@ -172,3 +172,12 @@ def test_the_command_line_offers_every_format_and_its_runtime():
     for name, fmt in FORMATS.items():
         assert f"{name}: {fmt.help}" in " ".join(export_help.split())
         assert f"{name} {fmt.runtime_help} (write it with `export --format {name}`)" in " ".join(serve_help.split())
+
+
+def test_a_format_class_without_its_name_or_suffix_is_refused_when_defined():
+    from torchexp.formats.base import ExportFormat
+
+    with pytest.raises(TypeError, match="export format Partial does not set suffix, runtime_help"):
+
+        class Partial(ExportFormat):
+            name, title, help = "partial", "Partial", "nothing"

@@ -3,7 +3,8 @@
 `torch.export` captures the model with a dynamic batch dimension, and AOTInductor compiles
 it with this machine's C++ compiler into a `.pt2` package: a shared library with the
 weights inside, that runs the whole graph in one call from Python. Eager torch returns to
-the interpreter between operators; the package does not, which is what `serve --runtime
+the interpreter between operators; the package does not (it holds the interpreter's lock
+for the whole call: torch's loader does not release it), which is what `serve --runtime
 aoti` is for. The package holds code for this machine's kind of CPU (its vector
 instructions), is compared with torch before it is written, and is loaded from the verified
 bytes only.
@@ -178,7 +179,8 @@ def check_target(path: str, target: dict) -> None:
     machine, isa = target.get("machine"), target.get("cpu_isa")
     if machine != platform.machine():
         raise CheckpointError(
-            f"AOTInductor export {path} was compiled for {machine}, not this machine's {platform.machine()}: {rewrite}"
+            f"AOTInductor export {path} was compiled for {machine or 'an unrecorded machine'}, "
+            f"not this machine's {platform.machine()}: {rewrite}"
         )
     available = [str(item) for item in valid_vec_isa_list()]
     if isa and isa not in available:

@@ -71,6 +71,13 @@ class ExportFormat(abc.ABC):
     cpu_only: bool = True
     torch_threads: bool = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a format class that leaves a required attribute unset, when it is defined."""
+        super().__init_subclass__(**kwargs)
+        missing = [name for name in ("name", "title", "suffix", "help", "runtime_help") if not hasattr(cls, name)]
+        if missing:
+            raise TypeError(f"export format {cls.__name__} does not set {', '.join(missing)}")
+
     def check_ready(self) -> None:
         """Raise TorchexpError, before anything is loaded, when this machine cannot write the
         format (a compiler it needs is missing); nothing to check by default."""
