@@ -2,6 +2,7 @@
 runtime answers as torch does; the command line's choices are the registry's."""
 
 import json
+import pathlib
 import platform
 import shutil
 
@@ -42,8 +43,7 @@ def exported(tmp_path_factory):
     """A copy of the shared tiny release with an export in every format, each made once
     through the command line (aoti compiles for tens of seconds)."""
     root = tmp_path_factory.mktemp("formats") / "root"
-    shutil.copytree(shared_release(tmp_path_factory), root / "experiments")
-    shutil.copytree(tmp_path_factory.getbasetemp() / "serve-shared-release" / "data", root / "data")
+    shutil.copytree(pathlib.Path(shared_release(tmp_path_factory)).parent, root)  # experiments/ and data/
     for name in FORMATS:
         result = invoke(root, "export", "--format", name, "--check-samples", "20")
         assert result.exit_code == 0, result.output
