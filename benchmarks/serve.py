@@ -1,7 +1,8 @@
 """Requests per second and latency of `serve` under `hey`, against the model's own ceiling
 and a plain FastAPI endpoint, side by side.
 
-For each runtime (torch, and onnx: the release's ONNX export in onnxruntime), on a release
+For each runtime (torch; onnx: the release's ONNX export in onnxruntime; aoti: its
+torch.export + AOTInductor package, compiled at export), on a release
 of the fast preset (configs/fast.json: its model, one short epoch; the arithmetic, and so
 the speed, does not depend on the weights' values), three columns:
 
@@ -29,10 +30,12 @@ hey shares the machine's cores with it, as a client on the same host would.
 The summary gives, per runtime: serve's requests/s at 32 clients over the ceiling's
 images/s at the batch serve forms (goal at least 0.5) and its p99 (goal at most 50 ms),
 and serve's requests/s at 1 client over plain's (goal at least 1); beside them, the requests/s
-the goal asks for against the floor's, and serve's share of the floor. Every line is JSON;
-the first and the summary carry the machine's CPU flags.
+the goal asks for against the floor's, and serve's share of the floor. When onnx and aoti
+are both measured, it also gives aoti's requests/s at 32 clients over onnx's (goal at least
+1: a compiled package runs a batch without returning to the interpreter, as onnxruntime
+does). Every line is JSON; the first and the summary carry the machine's CPU flags.
 
-    .venv/bin/python benchmarks/serve.py [--duration 10] [--runtimes torch,onnx] [--rounds 1]
+    .venv/bin/python benchmarks/serve.py [--duration 10] [--runtimes torch,onnx,aoti] [--rounds 1]
 """
 
 import argparse
@@ -53,11 +56,13 @@ import common  # after the path set-up above
 
 NAME = "served"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-GOAL_CEILING_RATIO, GOAL_P99_MS, GOAL_CLIENTS, GOAL_LONE_RATIO = 0.5, 50.0, 32, 1.0
+GOAL_CEILING_RATIO, GOAL_P99_MS, GOAL_CLIENTS, GOAL_LONE_RATIO, GOAL_AOTI_ONNX_RATIO = 0.5, 50.0, 32, 1.0, 1.0
+EXPORTED_RUNTIMES = ("onnx", "aoti")  # the runtimes that run an export, written before the servers start
 
 
 def prepare_release(experiments: str, args: argparse.Namespace) -> None:
-    """Create the experiment with `init`, train one short epoch, release it, export ONNX."""
+    """Create the experiment with `init`, train one short epoch, release it, and export it
+    for each runtime measured that runs an export; print how long each export took."""
     import torch
     from torchexp import loop
 
@@ -67,11 +72,14 @@ def prepare_release(experiments: str, args: argparse.Namespace) -> None:
     common.create_experiment(experiments, NAME, args.data_path, common.PRESETS["fast"], args.seed)
     runner = common.make_runner(experiments, NAME, args.data_path, MNISTClassifierRunner, common.subset_data_class(args.train_samples))
     try:
-        loop.train(runner, torch.device("cpu"), max_epochs=1, log_period=1000)
+        loop.train(runner, torch.device("cpu"), 1, log_period=1000)
     finally:
         common.close_runner(runner)
     create_release(runner.experiment, 1, runner.experiment.read_definition())
-    common.time_process(common.cli_command(experiments, NAME, args.data_path, "export", "--format", "onnx", "--check-samples", "200"))
+    for runtime in (runtime for runtime in EXPORTED_RUNTIMES if runtime in args.runtimes):
+        arguments = ("export", "--format", runtime, "--check-samples", "200")
+        seconds, _ = common.time_process(common.cli_command(experiments, NAME, args.data_path, *arguments))
+        common.emit({"benchmark": "serve", "export": runtime, "seconds": round(seconds, 1)})
 
 
 def write_body(path: str, data_path: str) -> None:
@@ -160,20 +168,32 @@ def read_hey(output: str) -> dict:
     errors.update({"connection": int(count) for count in re.findall(r"\[(\d+)\]\s+(?:Post|Get|dial)", output)})
     return {
         "requests_per_s": round(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), 1),
-        "p50_ms": round(1000 * float(re.search(r"50%+ in ([\d.]+) secs", output).group(1)), 2),
-        "p99_ms": round(1000 * float(re.search(r"99%+ in ([\d.]+) secs", output).group(1)), 2),
+        "p50_ms": read_percentile_ms(output, 50),
+        "p99_ms": read_percentile_ms(output, 99),
         "responses": sum(statuses.values()),
         "errors": errors,
     }
 
 
+def read_percentile_ms(output: str, percent: int) -> float | None:
+    """A latency percentile of hey's summary in ms, or None where hey printed none (too few
+    responses)."""
+    found = re.search(rf"{percent}%+ in ([\d.]+) secs", output)
+    return round(1000 * float(found.group(1)), 2) if found else None
+
+
 def measure_round(round_index: int, experiments: str, body: str, args: argparse.Namespace, results: dict) -> None:
-    measure_server(round_index, "http", "floor", experiments, body, args, results)
-    for runtime in args.runtimes:
-        ceiling = measure_ceiling(experiments, runtime, args)
-        results.setdefault((runtime, "ceiling"), []).append(ceiling)
-        common.emit({"benchmark": "serve", "round": round_index, "runtime": runtime, "variant": "ceiling", **ceiling})
-        variants = ["plain", "serve"] + (["serve_workers"] if runtime == "torch" and args.workers > 1 else [])
+    """Measure what --variants names, the runtimes (and their servers) in this round's order:
+    every other round goes backwards, so that no server always follows the same one."""
+    if "floor" in args.variants:
+        measure_server(round_index, "http", "floor", experiments, body, args, results)
+    for runtime in args.runtimes if round_index % 2 == 0 else reversed(args.runtimes):
+        if "ceiling" in args.variants:
+            ceiling = measure_ceiling(experiments, runtime, args)
+            results.setdefault((runtime, "ceiling"), []).append(ceiling)
+            common.emit({"benchmark": "serve", "round": round_index, "runtime": runtime, "variant": "ceiling", **ceiling})
+        variants = [variant for variant in ("plain", "serve") if variant in args.variants]
+        variants += ["serve_workers"] if "serve" in args.variants and runtime == "torch" and args.workers > 1 else []
         for variant in variants if round_index % 2 == 0 else reversed(variants):
             measure_server(round_index, runtime, variant, experiments, body, args, results)
 
@@ -191,22 +211,28 @@ def measure_server(round_index: int, runtime: str, variant: str, experiments: st
         stop_server(process)
 
 
+def median_of(runs: list[dict], key: str) -> float | None:
+    """The median of a figure over rounds, those without it (a missing percentile) left out."""
+    values = [run[key] for run in runs if run[key] is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
 def summarize(results: dict, args: argparse.Namespace) -> dict:
     """Medians over rounds, the ratios the goals are stated in, and whether each is met."""
     medians = {
-        f"{runtime}/{column}": {key: round(statistics.median(run[key] for run in runs), 3) for key in runs[0] if key != "errors"}
+        f"{runtime}/{column}": {key: median_of(runs, key) for key in runs[0] if key != "errors"}
         for (runtime, column), runs in results.items()
     }
     summary = {}
     floor = medians.get(f"http/floor@{GOAL_CLIENTS}", {}).get("requests_per_s")
     for runtime in args.runtimes:
-        ceiling = medians[f"{runtime}/ceiling"][f"batch_{args.max_batch}_images_per_s"]
-        goal = round(GOAL_CEILING_RATIO * ceiling, 1)
+        ceiling = medians.get(f"{runtime}/ceiling", {}).get(f"batch_{args.max_batch}_images_per_s")
         for variant in ("serve", "serve_workers"):
             busy, lone = medians.get(f"{runtime}/{variant}@{GOAL_CLIENTS}"), medians.get(f"{runtime}/{variant}@1")
             plain = medians.get(f"{runtime}/plain@1")
-            if busy is None or lone is None or plain is None:
+            if busy is None or lone is None or plain is None or ceiling is None:
                 continue
+            goal = round(GOAL_CEILING_RATIO * ceiling, 1)
             ratio_ceiling = round(busy["requests_per_s"] / ceiling, 3)
             ratio_plain = round(lone["requests_per_s"] / plain["requests_per_s"], 3)
             summary[f"{runtime}/{variant}"] = {
@@ -219,10 +245,17 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
                 "goal within the floor": goal <= floor if floor else None,
                 "goals met": {
                     f">= {GOAL_CEILING_RATIO} of the ceiling": ratio_ceiling >= GOAL_CEILING_RATIO,
-                    f"p99 <= {GOAL_P99_MS} ms": busy["p99_ms"] <= GOAL_P99_MS,
+                    f"p99 <= {GOAL_P99_MS} ms": busy["p99_ms"] is not None and busy["p99_ms"] <= GOAL_P99_MS,
                     ">= plain at 1 client": ratio_plain >= GOAL_LONE_RATIO,
                 },
             }
+    busy = {name: medians.get(f"{name}/serve@{GOAL_CLIENTS}", {}).get("requests_per_s") for name in EXPORTED_RUNTIMES}
+    if all(busy.values()):
+        ratio = round(busy["aoti"] / busy["onnx"], 3)
+        summary["aoti/serve against onnx/serve"] = {
+            f"@{GOAL_CLIENTS} requests/s / onnx's": ratio,
+            f">= {GOAL_AOTI_ONNX_RATIO} (goal met)": ratio >= GOAL_AOTI_ONNX_RATIO,
+        }
     return {"benchmark": "serve", "summary": True, "machine": common.machine(), "medians": medians, "goals": summary}
 
 
@@ -232,15 +265,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds of load before each level (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds over the servers, alternating their order (default: %(default)s)")
     parser.add_argument("--concurrency", default="1,32", help="client counts (default: %(default)s)")
-    parser.add_argument("--runtimes", default="torch,onnx", help="runtimes served (default: %(default)s)")
+    parser.add_argument("--runtimes", default="torch,onnx,aoti", help="runtimes served (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="serve --workers of the extra torch variant; 1 leaves it out (default: %(default)s)")
     parser.add_argument("--max-batch", type=int, default=32, help="the ceiling's large batch: serve's --max-batch-size (default: %(default)s)")
     parser.add_argument("--ceiling-seconds", type=float, default=3, help="seconds per batch size of the ceiling (default: %(default)s)")
     parser.add_argument("--train-samples", type=int, default=2048, help="images of the release's one training epoch (default: %(default)s)")
+    parser.add_argument("--variants", default="ceiling,floor,plain,serve",
+                        help="what to measure: ceiling, floor, plain, serve (default: %(default)s)")
     parser.add_argument("--serve-options", default="", help="extra options of serve, e.g. '--max-delay-ms 2 --threads 1'")
     args = parser.parse_args()
     args.concurrency = [int(value) for value in args.concurrency.split(",")]
     args.runtimes = args.runtimes.split(",")
+    args.variants = args.variants.split(",")
     if shutil.which("hey") is None:
         raise SystemExit("hey is not installed: `make hey` installs Debian's package (as root), or see https://github.com/rakyll/hey")
     common.emit({"benchmark": "serve", "machine": common.machine(), "duration_s": args.duration, "rounds": args.rounds,
@@ -272,6 +308,13 @@ def load_model(experiments: str, runtime: str, threads: int):
 
         session = open_onnx_session(export_path(experiment, find_release(experiment, None).epoch, "onnx"), threads)
         return lambda batch: session.run(["output"], {"input": batch.numpy()})[0]
+    if runtime == "aoti":
+        from torchexp.export import export_path
+        from torchexp.formats import FORMATS
+        from torchexp.releases import find_release
+
+        path = export_path(experiment, find_release(experiment, None).epoch, "aoti")
+        return FORMATS["aoti"].load_predictor(path, None, torch.device("cpu"), threads).predict
     model = load_inference_runner(experiment, "release", "cpu").model
 
     def run(batch: torch.Tensor) -> torch.Tensor:

@@ -197,7 +197,7 @@ def test_a_search_over_an_experiment_trained_by_steps_has_its_rungs_in_steps(tmp
     assert all(min(trial.intermediate_values) == 10 for trial in trials)  # reported at steps 10, 20, 30
     complete = [trial for trial in trials if trial.state.name == "COMPLETE"]
     assert len(complete) == 1 and sorted(complete[0].intermediate_values) == [10, 20, 30]  # one of three promoted from the rung at step 10
-    assert "steps trained" in result.output and f"test --step " in result.output
+    assert "steps trained" in result.output and "test --step " in result.output
     trial = json.loads((tmp_path / "experiments" / "study" / f"trial-{complete[0].number:04d}" / "config.json").read_text())
     assert trial["config"]["trainer"]["max_steps"] == 30
 

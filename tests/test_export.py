@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from conftest import init_args, write_mnist
 from mnist_classifier.__main__ import cli
 from mnist_classifier.data import normalize, read_mnist
-from torchexp import export as export_module
 from torchexp.project import Project
 from torchexp.sidecar import read_sidecar
 from torchexp.errors import CheckpointError
 from torchexp.folder import Experiment
 from torchexp.export import CHECK_ATOL, CHECK_RTOL, export_path, load_check_batches, open_onnx_session
+from torchexp.formats import onnx as onnx_format
 from torchexp.inference import load_inference_runner
 
 # One model of each family the project has: fully connected, and convolutions with batch norm
@@ -182,8 +182,9 @@ class SkewedSession:
 
 def test_an_onnx_export_that_does_not_reproduce_the_model_is_not_written(released, tmp_path, monkeypatch):
     root = copy_experiment(released, "mlp", tmp_path)
-    make_session = export_module.make_session
-    monkeypatch.setattr(export_module, "make_session", lambda content, threads: SkewedSession(make_session(content, threads)))
+    make_session = onnx_format.make_session
+    skewed = lambda content, threads: SkewedSession(make_session(content, threads))  # noqa: E731
+    monkeypatch.setattr(onnx_format, "make_session", skewed)
     result = run(root, "mlp", "export", "--format", "onnx")
     assert result.exit_code == 1
     assert "does not reproduce the model: onnxruntime's outputs differ from torch's by up to 0.01" in result.output
@@ -210,4 +211,4 @@ def test_the_check_takes_test_samples_as_the_loader_gives_them_or_falls_back_to_
     not_a_folder = dataclasses.replace(project, data_path=str(released / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"))
     with caplog.at_level(logging.WARNING, logger="test_export"):
         assert load_check_batches(not_a_folder, experiment, 27, logger) == []
-    assert "the ONNX check runs on the example instance only: the test set cannot be loaded" in caplog.text
+    assert "the export's check runs on the example instance only: the test set cannot be loaded" in caplog.text

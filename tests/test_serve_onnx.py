@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from mnist_classifier.__main__ import cli
 from serve_fixtures import NAME, build_app, make_release, pixels_body
-from torchexp.serving.predictors import OnnxPredictor
+from torchexp.formats.onnx import OnnxPredictor
 
 PREDICT = f"/v1/models/{NAME}:predict"
 

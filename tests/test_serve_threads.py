@@ -37,6 +37,9 @@ def test_default_threads_leave_a_torch_worker_a_core_for_its_event_loop(cgroup_f
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert threads.choose_threads(None, "torch") == 7
     assert threads.choose_threads(None, "onnx") == 8
+    # A compiled package and the model filled from safetensors run on torch's threads too.
+    assert threads.choose_threads(None, "aoti") == 7
+    assert threads.choose_threads(None, "safetensors") == 7
     assert threads.choose_threads(None, "torch", workers=2) == 3  # 4 cores each, one for the loop
     assert threads.choose_threads(None, "onnx", workers=3) == 2
     assert threads.choose_threads(5, "torch", workers=2) == 5  # --threads is per worker, as given

@@ -5,12 +5,20 @@ import click
 from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import choose_point, with_device, with_point
 from torchexp.extras import require_extra
+from torchexp.formats import FORMATS
 from torchexp.serving.options import DEFAULTS, RUNTIMES, ServeOptions
 
 MAX_BODY_HELP = (
     "Largest request body in bytes; larger ones get 413 before being read. 16 MiB holds about "
     "5,000 28x28 instances as JSON, and bounds the memory one request can take: between "
     "TorchServe's 6.5 MB and Triton's 64 MiB."
+)
+RUNTIME_HELP = (
+    "; ".join(
+        ["torch runs the release's model"]
+        + [f"{fmt.name} {fmt.runtime_help} (write it with `export --format {fmt.name}`)" for fmt in FORMATS.values()]
+    )
+    + "."
 )
 
 
@@ -23,7 +31,7 @@ MAX_BODY_HELP = (
     type=click.Choice(RUNTIMES),
     default=DEFAULTS.runtime,
     show_default=True,
-    help="torch runs the release's model; onnx runs its ONNX export (write it with `export --format onnx`) in onnxruntime, on the CPU.",
+    help=RUNTIME_HELP,
 )
 @with_device
 @click.option(
@@ -83,9 +91,9 @@ def serve(
     machines) behind a load balancer or KServe.
     """
     require_extra("serve", "serve")
-    if runtime == "onnx":
-        require_extra("export", "serve --runtime onnx")
-    from torchexp.serving.server import serve_release
+    if runtime in FORMATS and FORMATS[runtime].extra is not None:
+        require_extra(FORMATS[runtime].extra, f"serve --runtime {runtime}")
+    from torchexp.serving.launcher import serve_release
 
     experiment = app.open_experiment()
     epoch = choose_point(experiment, epoch, step)

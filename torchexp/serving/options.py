@@ -2,7 +2,11 @@
 
 import dataclasses
 
-RUNTIMES = ("torch", "onnx")  # torch runs the release; onnx its ONNX export in onnxruntime
+from torchexp.errors import ConfigError
+from torchexp.formats import FORMATS
+
+# torch runs the release's model; each export format's name runs its export in the runtime it provides.
+RUNTIMES = ("torch", *FORMATS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -12,7 +16,7 @@ class ServeOptions:
     epoch: int | None = None  # None: the latest release
     host: str = "127.0.0.1"  # loopback: only this machine can connect unless asked otherwise
     port: int = 8000  # 0: a free port
-    runtime: str = "torch"  # or "onnx"
+    runtime: str = "torch"  # or the name of an export format (RUNTIMES)
     device: str = "auto"
     max_batch_size: int = 32  # instances per batch
     max_delay_ms: float = 5.0  # wait after a request's arrival for others to batch with it
@@ -24,3 +28,13 @@ class ServeOptions:
 
 
 DEFAULTS = ServeOptions()
+
+
+def check_runtime(runtime: str) -> None:
+    """Refuse a runtime that is not one of RUNTIMES.
+
+    Raises:
+        ConfigError: it is not; the message lists those there are.
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"serve runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")

@@ -29,7 +29,7 @@ class RequestError(Exception):
 
 
 class Predictor(Protocol):
-    """Runs the model on a stacked batch; `runtime` names it ("torch", "onnx")."""
+    """Runs the model on a stacked batch; `runtime` names it ("torch", or an export format's name)."""
 
     runtime: str
 

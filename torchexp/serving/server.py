@@ -1,9 +1,8 @@
-"""Starting and stopping the server: checks first, then the port, the model, and uvicorn.
+"""One serving process: the port, the model, and uvicorn until a stop.
 
-The order makes each failure one sentence at start: a missing or corrupt release is found
-before the port is taken, a port in use before anything is loaded. Ctrl-C or SIGTERM then
-stops gracefully: /readyz answers 503 at once, the listening socket closes, requests in
-flight and in the queue finish, and the process exits with 0.
+`launcher` binds the port and runs this in the process itself or in each worker. Ctrl-C or
+SIGTERM stops gracefully: /readyz answers 503 at once, the listening socket closes,
+requests in flight and in the queue finish, and the process exits with 0.
 """
 
 import dataclasses
@@ -26,36 +25,6 @@ from torchexp.logs import close_logger, make_logger
 
 GRACEFUL_TIMEOUT_S = 30  # longest wait for requests in flight after a stop is asked for
 BACKLOG = 2048  # connections the kernel holds before the server accepts them (uvicorn's default)
-
-
-def serve_release(experiment: Experiment, options: ServeOptions, announce: Callable[[str], None], verbosity: str = "normal") -> None:
-    """Serve the experiment's release until Ctrl-C or SIGTERM.
-
-    Args:
-        experiment: the experiment whose release is served.
-        options: the `serve` command's options.
-        announce: called once, before serving, with the line naming the model and its URL
-            (the command line prints it).
-        verbosity: "quiet", "normal" or "verbose", for uvicorn's logs and the access log.
-
-    Raises:
-        CheckpointError: the release (or its ONNX export) is missing or corrupt.
-        TorchexpError: the address cannot be listened on, the project's page cannot be
-            read, or the model failed to warm up.
-    """
-    release = find_release(experiment, options.epoch)
-    release.verify()
-    sock = bind_socket(options.host, options.port, shared=options.workers > 1)
-    try:
-        if options.workers > 1:
-            from torchexp.serving.workers import serve_with_workers
-
-            serve_with_workers(experiment, options, sock, announce, verbosity)
-        else:
-            threads = choose_threads(options.threads, options.runtime)
-            serve_on(sock, experiment, release, options, threads, lambda card: announce(describe_serving(card, threads, sock)), verbosity)
-    finally:
-        sock.close()
 
 
 def serve_on(
@@ -95,7 +64,8 @@ def make_app(experiment: Experiment, options: ServeOptions = ServeOptions(), log
     ask its release for predictions, and an application of your own may mount it.
 
     Raises:
-        CheckpointError: the release (or its ONNX export) is missing or corrupt.
+        ConfigError: the runtime is not one of RUNTIMES.
+        CheckpointError: the release (or the export its runtime runs) is missing or corrupt.
         ProjectError: the project's hooks failed to build the model.
     """
     release = find_release(experiment, options.epoch)
