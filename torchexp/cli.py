@@ -97,7 +97,8 @@ class TorchexpGroup(click.Group):
 def move_group_options(args: list[str], options: dict[str, click.Option]) -> list[str]:
     """Return a command line with the group's options (`options`, by name) and their values
     moved before everything else, the command first among the rest."""
-    group, rest = [], []
+    group: list[str] = []
+    rest: list[str] = []
     index = 0
     while index < len(args):
         if args[index] == "--":  # what follows is the command's, whatever it looks like

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 # cgroup v2 keeps "quota period" in one file; v1 keeps them in two. -1 or "max": no quota.
 CGROUP_V2_CPU_MAX = "/sys/fs/cgroup/cpu.max"

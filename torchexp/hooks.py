@@ -16,8 +16,8 @@ sentence naming the attribute and saying where it belongs.
 import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Iterator
 
 from torchexp.errors import ProjectError, TorchexpError, first_line
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -68,7 +68,7 @@ class Run:
     log_period: int
     observers: tuple[EpochObserver, ...]
     provenance: dict | None
-    signals: StopSignals | None = None
+    signals: StopSignals
     started: float = dataclasses.field(default_factory=time.perf_counter)  # when the current point began
     last_metrics: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
@@ -133,8 +133,9 @@ def train(
         keep_freed_memory_when_configured(runner.get_conf("trainer", "keep_freed_memory"), runner.logger, runner.get_conf("trainer", "strategy"))
         accumulator = Accumulator(runner.model, runner.get_conf("trainer", "grad_accumulation"), runner.world)
         saver = CheckpointSaver(runner, runner.get_conf("trainer", "async_checkpoint"))
-        run = Run(runner, device, precision, budget, feed, accumulator, MetricSums(partial, runner.world), clock, saver, log_period, observers, provenance)
-        with catching_stop_signals(runner.logger) as run.signals, saver.finishing(run.signals):
+        with catching_stop_signals(runner.logger) as signals, saver.finishing(signals):
+            sums = MetricSums(partial, runner.world)
+            run = Run(runner, device, precision, budget, feed, accumulator, sums, clock, saver, log_period, observers, provenance, signals)
             while not budget.reached(runner.counters):
                 epoch = runner.counters["epoch"] + 1
                 if runner.counters["iteration"] == 0:
@@ -310,7 +311,9 @@ def build(runner: Runner, device: torch.device) -> Precision:
         raise TypeError(f"init_optimizer must set self.optimizer, not {type(runner.optimizer).__name__}")
     runner.init_others(device)
     if runner.get_conf("trainer", "compile"):
-        runner.model = torch.compile(runner.model)
+        compiled = torch.compile(runner.model)
+        assert isinstance(compiled, torch.nn.Module), "torch.compile wraps a Module in an OptimizedModule, a Module"
+        runner.model = compiled
     return precision
 
 

@@ -25,7 +25,8 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from torchexp.files import hash_file, read_json_lines
 from torchexp.process import READ_HOOK, allows
@@ -225,6 +226,6 @@ def append_record(path: str, event: str, provenance: dict) -> None:
 def read_last(path: str) -> dict | None:
     """The last provenance provenance.jsonl records, or None."""
     last = None
-    for last in read_json_lines(path):
-        pass
+    for record in read_json_lines(path):
+        last = record
     return last

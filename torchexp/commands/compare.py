@@ -8,10 +8,10 @@ import click
 from torchexp.commands.context import App
 from torchexp.compare import build_table, plot_table, sort_table
 from torchexp.directions import parse_direction_overrides
-from torchexp.tables import format_csv, format_json, format_markdown, format_text
 from torchexp.errors import ConfigError
-from torchexp.extras import require_extra
 from torchexp.experiments import Experiments
+from torchexp.extras import require_extra
+from torchexp.tables import format_csv, format_json, format_markdown, format_text
 
 FORMATS = {"json": format_json, "csv": format_csv, "md": format_markdown}
 

@@ -8,7 +8,8 @@ field into a click option, and adds the options that look at a study (--status,
 import dataclasses
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -31,7 +32,8 @@ def make_option(field: dataclasses.Field) -> Callable:
     if spec.choices:
         details["type"] = click.Choice(spec.choices)
     elif kind in (int, float) and (spec.minimum is not None or spec.maximum is not None):
-        details["type"] = (click.IntRange if kind is int else click.FloatRange)(spec.minimum, spec.maximum)
+        # An int option declares int bounds; Option's one annotation says int | float for both kinds.
+        details["type"] = (click.IntRange if kind is int else click.FloatRange)(spec.minimum, spec.maximum)  # type: ignore[arg-type]
     elif kind is not tuple:
         details["type"] = kind
     if kind is tuple:

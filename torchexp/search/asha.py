@@ -17,7 +17,8 @@ trial is at) trains on to the last rung (`find_leader`), once per study.
 """
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from torchexp.metrics import find_best
 

@@ -14,8 +14,8 @@ import types
 import typing
 from typing import Any
 
-from torchexp.errors import ConfigError
 from torchexp.directions import DIRECTIONS
+from torchexp.errors import ConfigError
 from torchexp.metrics import is_number
 from torchexp.search.pruners import PRUNERS
 
@@ -121,6 +121,13 @@ class RunOptions:
         check_values(self)
 
 
+def resolved_option(name: str) -> Any:
+    """A required field with the option of `StudyOptions`' field `name`, for a setting resolved
+    from that option: its value is checked as the option's, and it may not be None."""
+    spec = next(field for field in declared_fields(StudyOptions) if field.name == name).metadata
+    return dataclasses.field(metadata=spec)
+
+
 def declared_fields(cls: type) -> list[dataclasses.Field]:
     """The fields of `cls` that declare an option, in declaration order."""
     return [field for field in dataclasses.fields(cls) if OPTION in field.metadata]
@@ -147,7 +154,9 @@ def flag(name: str) -> str:
 def value_type(field: dataclasses.Field) -> type:
     """The type of a field's value, without None: int, float, str, or tuple (a repeatable option)."""
     kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)] if allows_none(field) else [field.type]
-    return typing.get_origin(kinds[0]) or kinds[0]
+    kind = typing.get_origin(kinds[0]) or kinds[0]
+    assert isinstance(kind, type), f"{field.name} is annotated with a type, not {kind!r}"
+    return kind
 
 
 def allows_none(field: dataclasses.Field) -> bool:

@@ -11,7 +11,8 @@ Importing this module does not import optuna; its methods do.
 """
 
 import abc
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from torchexp.search.asha import count_reached, find_leader, find_promotions, make_rungs
 
@@ -164,7 +165,7 @@ class AshaPruner(TrialPruner):
             return None
         counts = count_reached(trials, self.rungs, self.settings.direction)
         unit = self.settings.unit
-        reached = [f"{unit} {epochs} by {count} trial{'s' * (count != 1)}" for epochs, count in zip(self.rungs, counts)]
+        reached = [f"{unit} {epochs} by {count} trial{'s' * (count != 1)}" for epochs, count in zip(self.rungs, counts, strict=True)]
         return f"rungs reached: {', '.join(reached)}"
 
 

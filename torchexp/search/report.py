@@ -56,7 +56,7 @@ def format_table(rows: list[tuple[str, ...]], unit: str = "epoch") -> str:
     """Rows under HEADER and the unit's column, in columns padded to their widest cell."""
     lines = [(*HEADER, f"{unit}s"), *rows]
     widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
 def describe_best(study: Any, folder: StudyFolder, settings: SearchSettings, program: str) -> str:

@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from torchexp.search.asha import is_paused
@@ -100,6 +100,7 @@ def place_in(distribution: BaseDistribution, u: float) -> Any:
     if isinstance(distribution, CategoricalDistribution):
         choices = distribution.choices
         return choices[min(int(u * len(choices)), len(choices) - 1)]
+    assert isinstance(distribution, (IntDistribution, FloatDistribution)), "a space draws choices, ints and floats"
     low, high = distribution.low, distribution.high
     if isinstance(distribution, IntDistribution) and not distribution.log:
         count = (high - low) // distribution.step + 1

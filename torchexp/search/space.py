@@ -83,6 +83,7 @@ class Parameter:
         if self.kind == "choice":
             return list(self.choices)
         if self.kind == "int" and not self.log:
+            assert isinstance(self.low, int) and isinstance(self.high, int), "parse_range makes an int range's ends ints"
             return list(range(self.low, self.high + 1, self.step or 1))
         raise ConfigError(
             f"the grid sampler needs choices or int ranges with a step, but parameter {self.key} is a "

@@ -26,7 +26,7 @@ from torchexp.files import read_json, write_json_atomic
 from torchexp.folder import Experiment, validate_name
 from torchexp.metrics import Stop
 from torchexp.project import Project
-from torchexp.search.options import RunOptions, StudyOptions, declared_fields, flag
+from torchexp.search.options import RunOptions, StudyOptions, declared_fields, flag, resolved_option
 from torchexp.search.pruners import TrialPruner
 from torchexp.search.samplers import make_sampler
 from torchexp.trackers.fanout import Trackers
@@ -54,6 +54,9 @@ class SearchSettings(StudyOptions):
     space: dict
     storage: dict
     unit: str = "epoch"
+    # Resolved, so never None: the options' own fields, required here, in their places.
+    direction: str = resolved_option("direction")
+    max_epochs: int = resolved_option("max_epochs")
 
     @classmethod
     def from_record(cls, record: dict[str, Any], where: str) -> "SearchSettings":
@@ -227,7 +230,7 @@ def load_study(storage: Any, settings: SearchSettings, space: Any, pruner: Trial
     study = optuna.create_study(
         storage=storage,
         study_name=settings.name,
-        direction=settings.direction,
+        direction=optuna.study.StudyDirection[settings.direction.upper()],
         sampler=make_sampler(settings, space, 0),
         pruner=pruner.optuna_pruner(),
         load_if_exists=True,

@@ -125,8 +125,18 @@ def train_trial(search: Search, work: Work) -> Outcome:
         return outcome
     run = search.run
     try:
-        target = {"max_epochs": work.target_epochs, "max_steps": None} if search.settings.unit == "epoch" else {"max_epochs": None, "max_steps": work.target_epochs}
-        train_experiment(search.project, experiment, run.device, run.num_workers, log_period=run.log_period, epoch_observers=(reporter,), **target)
+        by_epochs = search.settings.unit == "epoch"
+        max_epochs, max_steps = (work.target_epochs, None) if by_epochs else (None, work.target_epochs)
+        train_experiment(
+            search.project,
+            experiment,
+            run.device,
+            run.num_workers,
+            max_epochs=max_epochs,
+            max_steps=max_steps,
+            log_period=run.log_period,
+            epoch_observers=(reporter,),
+        )
     except ProjectError as error:  # the trial's own failure (a bug, a numerical error): the study goes on
         search.logger.debug(f"trial {work.number} failed", exc_info=True)
         return Outcome("failed", str(error))
@@ -185,9 +195,16 @@ def get_trial(study: Any, number: int) -> Any:
 
 def best_value(values: dict[int, float], direction: str) -> float:
     """The best of a trial's per-epoch values: a trial's value is its best epoch's metric."""
-    return find_best(values.items(), direction)[1]
+    return pick_best(values, direction)[1]
 
 
 def best_epoch(values: dict[int, float], direction: str) -> int:
     """The epoch of the best value (the earliest, on a tie)."""
-    return find_best(values.items(), direction)[0]
+    return pick_best(values, direction)[0]
+
+
+def pick_best(values: dict[int, float], direction: str) -> tuple[int, float]:
+    """The (epoch, value) of the best of a trial's per-epoch values, which it has."""
+    best = find_best(values.items(), direction)
+    assert best is not None, "a trial is judged once it reported a value"
+    return best
