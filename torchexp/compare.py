@@ -34,7 +34,8 @@ class Summary:
     max_steps: int | None = None
     disk_bytes: int | None = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # every key, dotted (and provenance.*, with --all)
-    best: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # split -> metric -> {"value", "epoch" (or "step")}
+    # split -> metric -> {"value", "epoch" (or "step")}
+    best: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
     train: dict[str, float] = dataclasses.field(default_factory=dict)  # the last epoch's
     test: dict | None = None  # {"epoch", "kind", "results"} of the latest test
     history: list[dict] = dataclasses.field(default_factory=list)  # for plots; not in the JSON
@@ -185,9 +186,14 @@ def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
 def flatten_provenance(provenance: dict) -> dict[str, Any]:
     """The provenance fields that tell runs apart, as `provenance.*` columns: the code's
     commit and dirtiness, the data's digest, the versions, the CPU and GPU, the settings."""
-    code, data, environment = provenance.get("code") or {}, provenance.get("data") or {}, provenance.get("environment") or {}
+    code, data, environment = (
+        provenance.get("code") or {},
+        provenance.get("data") or {},
+        provenance.get("environment") or {},
+    )
     flat = {
-        "provenance.code": (code.get("commit") or code.get("source_sha256") or "")[:12] + (" (dirty)" if code.get("dirty") else ""),
+        "provenance.code": (code.get("commit") or code.get("source_sha256") or "")[:12]
+        + (" (dirty)" if code.get("dirty") else ""),
         "provenance.data": (data.get("sha256") or "")[:12],
     }
     flat.update({f"provenance.{key}": environment.get(key) for key in ("python", "torch", "cuda", "cpu", "gpu")})
@@ -202,7 +208,9 @@ def list_config_keys(summaries: list[Summary], all_keys: bool) -> list[str]:
     if all_keys:
         return keys
     # JSON text compares 1 and 1.0 as different, as a config file would show them.
-    return [key for key in keys if len({json.dumps(config.get(key, MISSING), sort_keys=True) for config in configs}) > 1]
+    return [
+        key for key in keys if len({json.dumps(config.get(key, MISSING), sort_keys=True) for config in configs}) > 1
+    ]
 
 
 def make_columns(summaries: list[Summary], keys: list[str]) -> list[Column]:
@@ -221,7 +229,9 @@ def make_columns(summaries: list[Summary], keys: list[str]) -> list[Column]:
         if metric not in HIDDEN_TRAIN_METRICS:
             columns.append(Column(f"train {metric}", read_train(metric)))
     # Counts (ints, like the number of test samples) are not results worth a column.
-    test_metrics = collect_names({k: v for k, v in s.test["results"].items() if isinstance(v, float)} for s in summaries if s.test)
+    test_metrics = collect_names(
+        {k: v for k, v in s.test["results"].items() if isinstance(v, float)} for s in summaries if s.test
+    )
     for metric in test_metrics:
         columns.append(Column(f"test {metric}", *read_test(metric)))
     columns.append(Column("state", lambda s: s.state, numeric=False))
@@ -277,7 +287,9 @@ def sort_table(table: Table, column: str, descending: bool = False) -> None:
     present = [s for s in table.summaries if value(s) is not None]
     absent = [s for s in table.summaries if value(s) is None]
     # Numbers before text, so that mixed columns still sort.
-    present.sort(key=lambda s: (0, value(s), "") if is_number(value(s)) else (1, 0, format_value(value(s))), reverse=descending)
+    present.sort(
+        key=lambda s: (0, value(s), "") if is_number(value(s)) else (1, 0, format_value(value(s))), reverse=descending
+    )
     table.summaries = present + absent
 
 
@@ -326,7 +338,13 @@ def plot_table(table: Table, split: str, path: str) -> None:
     if not metrics:
         raise ExperimentError(f"nothing to plot: none of the compared experiments has {split} metrics yet")
     by_steps = {summary.steps is not None for summary in table.summaries if summary.history}
-    x_label = "step" if by_steps == {True} else "epoch (step, for experiments trained by steps)" if True in by_steps else "epoch"
+    x_label = (
+        "step"
+        if by_steps == {True}
+        else "epoch (step, for experiments trained by steps)"
+        if True in by_steps
+        else "epoch"
+    )
     plots.save_figure(plots.comparison_figure(curves, metrics, split, x_label), path)
 
 

@@ -67,7 +67,10 @@ def share_cores_with_workers(num_workers: int, logger: logging.Logger) -> None:
     threads = max(1, cores - num_workers)
     if threads < torch.get_num_threads():
         torch.set_num_threads(threads)
-        logger.info(f"{threads} torch thread{'s' if threads > 1 else ''}: {cores} usable cores less {num_workers} loader workers (OMP_NUM_THREADS overrides)")
+        logger.info(
+            f"{threads} torch thread{'s' if threads > 1 else ''}: "
+            f"{cores} usable cores less {num_workers} loader workers (OMP_NUM_THREADS overrides)"
+        )
 
 
 @contextlib.contextmanager

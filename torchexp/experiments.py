@@ -70,13 +70,17 @@ class ExperimentView:
         """
         definition = self.experiment.read_definition()
         if not isinstance(definition, dict) or not isinstance(definition.get("config"), dict):
-            raise ExperimentError(f"config of experiment {self.name!r} ({self.experiment.config_path}) has no \"config\" object")
+            raise ExperimentError(
+                f'config of experiment {self.name!r} ({self.experiment.config_path}) has no "config" object'
+            )
         return definition
 
     @property
     def record(self) -> dict:
         """Deprecated name of `definition`, until torchexp 0.3."""
-        warnings.warn("ExperimentView.record is deprecated: use ExperimentView.definition", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "ExperimentView.record is deprecated: use ExperimentView.definition", DeprecationWarning, stacklevel=2
+        )
         return self.definition
 
     @property
@@ -116,7 +120,11 @@ class ExperimentView:
     def max_steps(self) -> int | None:
         """The optimizer steps `train` trains to (trainer.max_steps); None when trained by
         epochs. Raises ExperimentError as `max_epochs` does."""
-        return read_limit(fill_trainer_defaults(self.config), "step", f"config of experiment {self.name!r}") if self.unit == "step" else None
+        return (
+            read_limit(fill_trainer_defaults(self.config), "step", f"config of experiment {self.name!r}")
+            if self.unit == "step"
+            else None
+        )
 
     @property
     def history(self) -> list[dict]:
@@ -190,7 +198,11 @@ class ExperimentView:
     @property
     def steps(self) -> int | None:
         """Optimizer steps done (the furthest standard checkpoint) when trained by steps; else None."""
-        return max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0])) if self.unit == "step" else None
+        return (
+            max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0]))
+            if self.unit == "step"
+            else None
+        )
 
     @property
     def running(self) -> bool:
@@ -223,7 +235,9 @@ class ExperimentView:
             if is_number(entry[split].get(metric)) and isinstance(point := point_of(entry), int)
         ]
 
-    def best(self, split: str = "validation", metric: str = "loss", direction: str | None = None, mode: str | None = None) -> tuple[int, float]:
+    def best(
+        self, split: str = "validation", metric: str = "loss", direction: str | None = None, mode: str | None = None
+    ) -> tuple[int, float]:
         """Return (epoch, value) of the best epoch by one metric ((step, value) for an
         experiment trained by steps).
 
@@ -238,7 +252,9 @@ class ExperimentView:
             ExperimentError: no such metric (the message lists those it has), or a broken directions.json.
         """
         if mode is not None:
-            warnings.warn("ExperimentView.best(mode=...) is deprecated: use direction=", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                "ExperimentView.best(mode=...) is deprecated: use direction=", DeprecationWarning, stacklevel=2
+            )
             direction = direction or mode
         direction = direction or direction_of(metric, read_directions(self.experiment))
         found = find_best(self.series(split, metric), direction)
@@ -246,10 +262,14 @@ class ExperimentView:
             names = sorted({name for entry in self.history for name in entry[split]})
             if not names:
                 raise ExperimentError(f"experiment {self.name!r} has no {split} metrics yet: train it first")
-            raise ExperimentError(f"experiment {self.name!r} has no {split} metric {metric!r} (its {split} metrics: {', '.join(names)})")
+            raise ExperimentError(
+                f"experiment {self.name!r} has no {split} metric {metric!r} (its {split} metrics: {', '.join(names)})"
+            )
         return found
 
-    def load_model(self, epoch: int | str | None = None, device: str = "cpu", runner_class: Any = None, data_class: Any = None) -> Any:
+    def load_model(
+        self, epoch: int | str | None = None, device: str = "cpu", runner_class: Any = None, data_class: Any = None
+    ) -> Any:
         """Return the project's model with the weights of a checkpoint, in eval mode.
 
         The model is built by the project's own `Runner.init_model`, from the classes
@@ -371,7 +391,11 @@ class Experiments:
             return every
         chosen: dict[str, None] = {}
         for pattern in patterns:
-            matched = [name for name in every if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + "/*")]
+            matched = [
+                name
+                for name in every
+                if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + "/*")
+            ]
             if not matched:
                 what = "no experiment matches" if any(char in pattern for char in "*?[") else "there is no experiment"
                 raise ExperimentError(f"{what} {pattern!r} in {self.path}")
@@ -388,7 +412,10 @@ def scan_folders(path: str) -> list[tuple[str, bool]]:
         if os.path.isfile(os.path.join(folder, "config.json")):
             found.append((name, True))
         elif os.path.isfile(os.path.join(folder, STUDY_FILE)):
-            found += [(f"{name}/{trial}", os.path.isfile(os.path.join(folder, trial, "config.json"))) for trial in list_folder_names(folder)]
+            found += [
+                (f"{name}/{trial}", os.path.isfile(os.path.join(folder, trial, "config.json")))
+                for trial in list_folder_names(folder)
+            ]
         else:
             found.append((name, False))
     return found

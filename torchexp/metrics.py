@@ -70,7 +70,9 @@ def parse_metric(metric: str) -> tuple[str, str]:
     """
     split, _, name = metric.partition(".")
     if split not in SPLITS or not name:
-        raise ConfigError(f"metric {metric!r} must look like split.name with split train or validation, e.g. validation.loss")
+        raise ConfigError(
+            f"metric {metric!r} must look like split.name with split train or validation, e.g. validation.loss"
+        )
     return split, name
 
 

@@ -32,14 +32,29 @@ FORMATS = {"json": format_json, "csv": format_csv, "md": format_markdown}
     "[default: as the project's Runner declares (metric_directions), else by the name: "
     "accuracy-like names max, the rest min]",
 )
-@click.option("--sort-by", metavar="COLUMN", help="Sort by a column as printed, e.g. 'best validation loss', or by a config key.  [default: by name]")
-@click.option("--sort-order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True, help="Order of --sort-by.")
+@click.option(
+    "--sort-by",
+    metavar="COLUMN",
+    help="Sort by a column as printed, e.g. 'best validation loss', or by a config key.  [default: by name]",
+)
+@click.option(
+    "--sort-order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True, help="Order of --sort-by."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per experiment.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV, numbers in full precision.")
 @click.option("--md", "as_md", is_flag=True, help="Print a Markdown (GitHub) table.")
-@click.option("--plot", "plot_path", metavar="FILE", help="Also draw the metrics per epoch, one line per experiment, to FILE (.png or .svg).  [default: no plot]")
 @click.option(
-    "--plot-metrics", type=click.Choice(["validation", "train"]), default="validation", show_default=True, help="Which metrics --plot draws."
+    "--plot",
+    "plot_path",
+    metavar="FILE",
+    help="Also draw the metrics per epoch, one line per experiment, to FILE (.png or .svg).  [default: no plot]",
+)
+@click.option(
+    "--plot-metrics",
+    type=click.Choice(["validation", "train"]),
+    default="validation",
+    show_default=True,
+    help="Which metrics --plot draws.",
 )
 @click.pass_context
 def compare(

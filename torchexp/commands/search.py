@@ -56,7 +56,9 @@ def with_search_options(command: Callable) -> Callable:
 @click.option("--status", is_flag=True, help="Print the study's trials and best trial, and train nothing.")
 @click.option("--dashboard", is_flag=True, help="Serve optuna-dashboard on the study until Ctrl-C.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="--dashboard: address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="--dashboard: port to listen on.")
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="--dashboard: port to listen on."
+)
 @pass_app
 def search(app: App, status: bool, dashboard: bool, host: str, port: int, **values: Any) -> None:
     """Search hyperparameters: every trial is an experiment, STUDY/trial-NNNN.

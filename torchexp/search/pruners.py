@@ -99,7 +99,9 @@ class MedianPruner(TrialPruner):
         import optuna
 
         # Steps are epochs from 1: a trial may be stopped from epoch min_epochs on.
-        return optuna.pruners.MedianPruner(n_startup_trials=self.settings.startup_trials, n_warmup_steps=self.settings.min_epochs)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=self.settings.startup_trials, n_warmup_steps=self.settings.min_epochs
+        )
 
     def first_target(self) -> int:
         return self.settings.max_epochs
@@ -165,7 +167,10 @@ class AshaPruner(TrialPruner):
             return None
         counts = count_reached(trials, self.rungs, self.settings.direction)
         unit = self.settings.unit
-        reached = [f"{unit} {epochs} by {count} trial{'s' * (count != 1)}" for epochs, count in zip(self.rungs, counts, strict=True)]
+        reached = [
+            f"{unit} {epochs} by {count} trial{'s' * (count != 1)}"
+            for epochs, count in zip(self.rungs, counts, strict=True)
+        ]
         return f"rungs reached: {', '.join(reached)}"
 
 

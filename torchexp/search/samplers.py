@@ -90,7 +90,9 @@ class SobolStart:
             from scipy.stats import qmc
 
             # random_base2 takes a power of two, the size at which Sobol points are balanced.
-            points = qmc.Sobol(d=len(self.names), scramble=True, seed=self.seed).random_base2(max(0, math.ceil(math.log2(self.index + 1))))
+            points = qmc.Sobol(d=len(self.names), scramble=True, seed=self.seed).random_base2(
+                max(0, math.ceil(math.log2(self.index + 1)))
+            )
             self.point = [float(value) for value in points[self.index]]
         return place_in(distribution, self.point[self.names.index(name)])
 

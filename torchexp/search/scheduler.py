@@ -169,7 +169,9 @@ def fail_unfinished_creations(study: Any, trials: list[Any]) -> None:
 
     for trial in trials:
         if trial.state == optuna.trial.TrialState.RUNNING and "status" not in trial.user_attrs:
-            optuna.trial.Trial(study, trial._trial_id).set_user_attr("error", "its search process stopped while creating it")
+            optuna.trial.Trial(study, trial._trial_id).set_user_attr(
+                "error", "its search process stopped while creating it"
+            )
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 

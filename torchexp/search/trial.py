@@ -84,9 +84,12 @@ def read_metric(metrics: dict[str, dict[str, Any]], metric: str, epoch: int) -> 
     split, name = parse_metric(metric)
     values = metrics.get(split) or {}
     if name not in values:
-        found = sorted(f"{split_name}.{key}" for split_name, split_values in metrics.items() for key in (split_values or {}))
+        found = sorted(
+            f"{split_name}.{key}" for split_name, split_values in metrics.items() for key in (split_values or {})
+        )
         raise ConfigError(
-            f"metric {metric} is not among the metrics of epoch {epoch} ({', '.join(found) or 'none'}): choose one of them "
+            f"metric {metric} is not among the metrics of epoch {epoch} ({', '.join(found) or 'none'}): "
+            "choose one of them "
             f"with {flag('metric')} and another --experiment-name (a study's metric cannot change)"
         )
     value = values[name]
@@ -100,7 +103,9 @@ def create_trial_experiment(search: Search, frozen: Any) -> Experiment:
     settings = search.settings
     experiment = search.folder.trial_experiment(frozen.number)
     if not experiment.exists():
-        conf = search.space.build_config(search.schema, {**frozen.params, f"trainer.max_{settings.unit}s": settings.max_epochs})
+        conf = search.space.build_config(
+            search.schema, {**frozen.params, f"trainer.max_{settings.unit}s": settings.max_epochs}
+        )
         extra = {"search": {"study": settings.name, "trial": frozen.number, "parameters": frozen.params}}
         init_experiment(search.project, experiment, conf, settings.seed, extra)
     return experiment
@@ -185,7 +190,10 @@ def record_outcome(search: Search, work: Work, outcome: Outcome) -> str:
         return f"failed: no epoch reported {settings.metric}"
     value = best_value(values, settings.direction)
     study.tell(work.number, value, state=state.COMPLETE)
-    return f"complete after {epochs} {settings.unit}s{' (stopped early)' if stopped_early else ''}: {settings.metric} {value:.4g}"
+    return (
+        f"complete after {epochs} {settings.unit}s{' (stopped early)' if stopped_early else ''}: "
+        f"{settings.metric} {value:.4g}"
+    )
 
 
 def get_trial(study: Any, number: int) -> Any:
