@@ -30,6 +30,7 @@ from torchexp.locks import FileLock
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 128
+STUDY_FILE = "study.json"  # what makes a folder a search study, whose trials are experiments
 
 
 def validate_name(name: str | None) -> str:
@@ -59,6 +60,24 @@ def list_folder_names(path: str) -> list[str]:
     except OSError:
         return []
     return sorted(entry.name for entry in entries if entry.is_dir() and NAME_PATTERN.fullmatch(entry.name))
+
+
+def scan_folders(path: str) -> list[tuple[str, bool]]:
+    """Return (name, is an experiment) of every folder an experiments folder lists,
+    sorted by name, with the trials of studies in place of the studies."""
+    found = []
+    for name in list_folder_names(path):
+        folder = os.path.join(path, name)
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            found.append((name, True))
+        elif os.path.isfile(os.path.join(folder, STUDY_FILE)):
+            found += [
+                (f"{name}/{trial}", os.path.isfile(os.path.join(folder, trial, "config.json")))
+                for trial in list_folder_names(folder)
+            ]
+        else:
+            found.append((name, False))
+    return found
 
 
 class Experiment:
