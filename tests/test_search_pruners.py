@@ -10,7 +10,7 @@ from torchexp.search.study import SearchSettings
 
 
 def make_settings(**changes) -> SearchSettings:
-    values = {"max_epochs": 9, "min_epochs": 1, "reduction_factor": 3, "startup_trials": 2, "pruner": "asha"}
+    values = {"direction": "minimize", "max_epochs": 9, "min_epochs": 1, "reduction_factor": 3, "startup_trials": 2, "pruner": "asha"}
     return SearchSettings(**{**values, **changes}, name="study", space={}, storage={"kind": "journal", "file": "journal.log"})
 
 

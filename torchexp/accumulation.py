@@ -69,7 +69,9 @@ class Accumulator:
             with self.ddp.no_sync():
                 yield
 
-    def loss_to_backward(self, loss: torch.Tensor, weight: torch.Tensor | None, index: int, total: int | None) -> torch.Tensor:
+    def loss_to_backward(
+        self, loss: torch.Tensor, weight: torch.Tensor | None, index: int, total: int | None
+    ) -> torch.Tensor:
         """What to run backward on for batch `index`'s loss (and weight, if it gave one).
 
         Raises:
@@ -79,7 +81,10 @@ class Accumulator:
         if self.weighted is None:
             self.weighted = weighted
         if weighted != self.weighted:
-            raise TypeError("train_step must return a 'weight' for every batch or for none: " + ("this one has none" if self.weighted else "this one has one"))
+            raise TypeError(
+                "train_step must return a 'weight' for every batch or for none: "
+                + ("this one has none" if self.weighted else "this one has one")
+            )
         self.count += 1
         if weight is not None:
             weight = weight.detach().to(loss.device, torch.float32)
@@ -88,7 +93,14 @@ class Accumulator:
         self.divisor = self.group_end(index, total) - (index - index % self.size)
         return loss / self.divisor if self.divisor > 1 else loss
 
-    def step(self, precision: Precision, optimizer: torch.optim.Optimizer, parameters: Any, clip_norm: float | None, synced: bool = True) -> None:
+    def step(
+        self,
+        precision: Precision,
+        optimizer: torch.optim.Optimizer,
+        parameters: Any,
+        clip_norm: float | None,
+        synced: bool = True,
+    ) -> None:
         """Close the group: scale the accumulated gradients to the group's mean, step the
         optimizer and clear the gradients.
 
@@ -112,7 +124,9 @@ class Accumulator:
         """What the accumulated gradients are multiplied by (None: nothing to do)."""
         if self.weighted:
             # DDP averaged the ranks' sums of weighted gradients: times the ranks, over the total weight.
-            return self.world.size / sum_across(torch.as_tensor(self.weight, dtype=torch.float32)).clamp(min=torch.finfo(torch.float32).tiny)
+            return self.world.size / sum_across(torch.as_tensor(self.weight, dtype=torch.float32)).clamp(
+                min=torch.finfo(torch.float32).tiny
+            )
         if self.count != self.divisor:  # a stream ended before the group it foresaw was full
             return self.divisor / self.count
         return None

@@ -21,13 +21,13 @@ STEP = "step"
 
 
 def unit_of(config: dict) -> str:
-    """"step" when a configuration sets trainer.max_steps, else "epoch"."""
+    """ "step" when a configuration sets trainer.max_steps, else "epoch"."""
     trainer = config.get("trainer") if isinstance(config, dict) else None
     return STEP if isinstance(trainer, dict) and trainer.get("max_steps") is not None else EPOCH
 
 
 def describe_count(count: int, unit: str) -> str:
-    """"1 epoch", "300 steps"."""
+    """ "1 epoch", "300 steps"."""
     return f"{count} {unit}{'' if count == 1 else 's'}"
 
 

@@ -344,11 +344,19 @@ def find_resume_checkpoint(
     skipped = []
     for checkpoint in reversed(candidates):
         if not mid_epoch and checkpoint.progress[1] > 0:
-            skipped.append((checkpoint, f"checkpoint {checkpoint.name}: it is in the middle of an epoch, where the train loader cannot resume"))
+            skipped.append(
+                (
+                    checkpoint,
+                    f"checkpoint {checkpoint.name}: it is in the middle of an epoch, "
+                    "where the train loader cannot resume",
+                )
+            )
             continue
         problem = checkpoint.check(part)
         if agree(problem is None):
             checkpoint.hashed = True
             return checkpoint, skipped
-        skipped.append((checkpoint, problem or f"checkpoint {checkpoint.name}: another rank found one of its files corrupt"))
+        skipped.append(
+            (checkpoint, problem or f"checkpoint {checkpoint.name}: another rank found one of its files corrupt")
+        )
     return None, skipped

@@ -97,7 +97,8 @@ class TorchexpGroup(click.Group):
 def move_group_options(args: list[str], options: dict[str, click.Option]) -> list[str]:
     """Return a command line with the group's options (`options`, by name) and their values
     moved before everything else, the command first among the rest."""
-    group, rest = [], []
+    group: list[str] = []
+    rest: list[str] = []
     index = 0
     while index < len(args):
         if args[index] == "--":  # what follows is the command's, whatever it looks like
@@ -136,20 +137,30 @@ def make_cli(
 
     @click.group(cls=TorchexpGroup, context_settings=settings)
     @click.option("--experiment-name", help="Name of the experiment (a folder under --experiments-path).")
-    @click.option("--experiments-path", default="experiments", show_default=True, help="Folder holding the experiments.")
+    @click.option(
+        "--experiments-path", default="experiments", show_default=True, help="Folder holding the experiments."
+    )
     @click.option("--data-path", default="data", show_default=True, help="Folder holding (or receiving) the data sets.")
-    @click.option("--verbose/--quiet", default=None, help="Show debug logs, or only warnings and errors.  [default: neither]")
-    @click.option("--debug", is_flag=True, help="On an error, show its traceback above its one sentence (verbose.log keeps it anyway).")
+    @click.option(
+        "--verbose/--quiet", default=None, help="Show debug logs, or only warnings and errors.  [default: neither]"
+    )
+    @click.option(
+        "--debug",
+        is_flag=True,
+        help="On an error, show its traceback above its one sentence (verbose.log keeps it anyway).",
+    )
     @click.option(
         "--mlflow-uri",
-        help="Mirror experiments to this MLflow tracking server (http://HOST:PORT).  [default: $MLFLOW_TRACKING_URI, or no mirror]",
+        help="Mirror experiments to this MLflow tracking server (http://HOST:PORT).  "
+        "[default: $MLFLOW_TRACKING_URI, or no mirror]",
     )
     @click.option(
         "--tracker",
         "trackers",
         multiple=True,
         metavar="NAME",
-        help="Also send runs to this tracker (wandb, or a plugin's name); repeatable.  [default: $TORCHEXP_TRACKERS, or none]",
+        help="Also send runs to this tracker (wandb, or a plugin's name); repeatable.  "
+        "[default: $TORCHEXP_TRACKERS, or none]",
     )
     @click.version_option(__version__, prog_name="torchexp")
     @click.pass_context
@@ -166,7 +177,16 @@ def make_cli(
         """Experiments with validated configs, exact-resume checkpoints, releases and TensorBoard."""
         verbosity = {None: "normal", True: "verbose", False: "quiet"}[verbose]
         target = resolve_target(mlflow_uri, project=project_name(runner_class))
-        ctx.obj = App(data_class, runner_class, experiment_name, experiments_path, data_path, verbosity, target, choose_other_trackers(trackers, target))
+        ctx.obj = App(
+            data_class,
+            runner_class,
+            experiment_name,
+            experiments_path,
+            data_path,
+            verbosity,
+            target,
+            choose_other_trackers(trackers, target),
+        )
         ctx.obj.debug = debug
 
     for command in PROJECT_COMMANDS:

@@ -6,15 +6,16 @@ Only JSON files are read: no torch import, and matplotlib only for a plot.
 
 import dataclasses
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torchexp.config import fill_trainer_defaults
 from torchexp.directions import direction_of, read_directions
 from torchexp.errors import ConfigError, ExperimentError
 from torchexp.experiments import Experiments
+from torchexp.files import replace_non_finite
 from torchexp.metrics import find_best, is_number, point_of
 from torchexp.states import CORRUPT, NOT_AN_EXPERIMENT
-from torchexp.files import replace_non_finite
 
 MISSING = "-"  # a cell without a value, in text and Markdown
 HIDDEN_TRAIN_METRICS = ("lr",)  # logged beside train metrics by torchexp; a setting, not a result
@@ -33,7 +34,8 @@ class Summary:
     max_steps: int | None = None
     disk_bytes: int | None = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # every key, dotted (and provenance.*, with --all)
-    best: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)  # split -> metric -> {"value", "epoch" (or "step")}
+    # split -> metric -> {"value", "epoch" (or "step")}
+    best: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
     train: dict[str, float] = dataclasses.field(default_factory=dict)  # the last epoch's
     test: dict | None = None  # {"epoch", "kind", "results"} of the latest test
     history: list[dict] = dataclasses.field(default_factory=list)  # for plots; not in the JSON
@@ -58,14 +60,17 @@ class Summary:
         )
 
 
+Cell = Callable[[Summary], Any]  # reads one cell of a row from the row's summary
+
+
 @dataclasses.dataclass(frozen=True)
 class Column:
     """A column of the table: its name as printed, its value and, for metrics, the epoch
     the value comes from (shown as `0.0312 @9`, a column of its own in CSV)."""
 
     name: str
-    value: Callable[[Summary], Any]
-    epoch: Callable[[Summary], Any] | None = None
+    value: Cell
+    epoch: Cell | None = None
     numeric: bool = True
     cuttable: bool = False  # may be cut with "…" to fit a terminal (names and config values)
 
@@ -181,9 +186,14 @@ def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
 def flatten_provenance(provenance: dict) -> dict[str, Any]:
     """The provenance fields that tell runs apart, as `provenance.*` columns: the code's
     commit and dirtiness, the data's digest, the versions, the CPU and GPU, the settings."""
-    code, data, environment = provenance.get("code") or {}, provenance.get("data") or {}, provenance.get("environment") or {}
+    code, data, environment = (
+        provenance.get("code") or {},
+        provenance.get("data") or {},
+        provenance.get("environment") or {},
+    )
     flat = {
-        "provenance.code": (code.get("commit") or code.get("source_sha256") or "")[:12] + (" (dirty)" if code.get("dirty") else ""),
+        "provenance.code": (code.get("commit") or code.get("source_sha256") or "")[:12]
+        + (" (dirty)" if code.get("dirty") else ""),
         "provenance.data": (data.get("sha256") or "")[:12],
     }
     flat.update({f"provenance.{key}": environment.get(key) for key in ("python", "torch", "cuda", "cpu", "gpu")})
@@ -198,7 +208,9 @@ def list_config_keys(summaries: list[Summary], all_keys: bool) -> list[str]:
     if all_keys:
         return keys
     # JSON text compares 1 and 1.0 as different, as a config file would show them.
-    return [key for key in keys if len({json.dumps(config.get(key, MISSING), sort_keys=True) for config in configs}) > 1]
+    return [
+        key for key in keys if len({json.dumps(config.get(key, MISSING), sort_keys=True) for config in configs}) > 1
+    ]
 
 
 def make_columns(summaries: list[Summary], keys: list[str]) -> list[Column]:
@@ -206,34 +218,52 @@ def make_columns(summaries: list[Summary], keys: list[str]) -> list[Column]:
     columns = [Column("name", lambda s: s.name, numeric=False, cuttable=True)]
     for key in keys:
         numeric = all(is_number(s.config[key]) for s in summaries if s.config.get(key) is not None)
-        columns.append(Column(key, lambda s, key=key: s.config.get(key), numeric=numeric, cuttable=not numeric))
+        columns.append(Column(key, read_config(key), numeric=numeric, cuttable=not numeric))
     columns.append(Column("epochs", lambda s: s.epochs))
     if any(s.steps is not None for s in summaries):
         columns.append(Column("steps", lambda s: s.steps))
     columns.append(Column("disk MB", lambda s: None if s.disk_bytes is None else round(s.disk_bytes / 1e6, 1)))
     for metric in collect_names(s.best.get("validation", {}) for s in summaries):
-        columns.append(
-            Column(
-                f"best validation {metric}",
-                lambda s, m=metric: s.best.get("validation", {}).get(m, {}).get("value"),
-                lambda s, m=metric: point_of(s.best.get("validation", {}).get(m, {})),
-            )
-        )
+        columns.append(Column(f"best validation {metric}", *read_best(metric)))
     for metric in collect_names(s.train for s in summaries):
         if metric not in HIDDEN_TRAIN_METRICS:
-            columns.append(Column(f"train {metric}", lambda s, m=metric: s.train.get(m)))
+            columns.append(Column(f"train {metric}", read_train(metric)))
     # Counts (ints, like the number of test samples) are not results worth a column.
-    test_metrics = collect_names({k: v for k, v in s.test["results"].items() if isinstance(v, float)} for s in summaries if s.test)
+    test_metrics = collect_names(
+        {k: v for k, v in s.test["results"].items() if isinstance(v, float)} for s in summaries if s.test
+    )
     for metric in test_metrics:
-        columns.append(
-            Column(
-                f"test {metric}",
-                lambda s, m=metric: s.test["results"].get(m) if s.test else None,
-                lambda s, m=metric: s.test["epoch"] if s.test and m in s.test["results"] else None,
-            )
-        )
+        columns.append(Column(f"test {metric}", *read_test(metric)))
     columns.append(Column("state", lambda s: s.state, numeric=False))
     return columns
+
+
+# The readers of a key's or a metric's cells, made by a call so that each keeps its own (a
+# lambda written in make_columns' loop would read the loop's last one).
+def read_config(key: str) -> Cell:
+    """The cells of config key `key`."""
+    return lambda s: s.config.get(key)
+
+
+def read_best(metric: str) -> tuple[Cell, Cell]:
+    """The cells of the best validation `metric`: its value, and its epoch (or step)."""
+    return (
+        lambda s: s.best.get("validation", {}).get(metric, {}).get("value"),
+        lambda s: point_of(s.best.get("validation", {}).get(metric, {})),
+    )
+
+
+def read_train(metric: str) -> Cell:
+    """The cells of train `metric`, the last epoch's."""
+    return lambda s: s.train.get(metric)
+
+
+def read_test(metric: str) -> tuple[Cell, Cell]:
+    """The cells of test `metric` in the latest test: its value, and the epoch tested."""
+    return (
+        lambda s: s.test["results"].get(metric) if s.test else None,
+        lambda s: s.test["epoch"] if s.test and metric in s.test["results"] else None,
+    )
 
 
 def collect_names(dicts: Any) -> list[str]:
@@ -249,7 +279,7 @@ def sort_table(table: Table, column: str, descending: bool = False) -> None:
         ConfigError: no such column; the message lists the columns.
     """
     by_name = {c.name: c.value for c in table.columns}
-    by_name.update({key: (lambda s, key=key: s.config.get(key)) for s in table.summaries for key in s.config if key not in by_name})
+    by_name.update({key: read_config(key) for s in table.summaries for key in s.config if key not in by_name})
     if column not in by_name:
         listed = ", ".join(repr(c.name) for c in table.columns)
         raise ConfigError(f"--sort-by {column!r} is not a column; the columns are {listed}")
@@ -257,7 +287,9 @@ def sort_table(table: Table, column: str, descending: bool = False) -> None:
     present = [s for s in table.summaries if value(s) is not None]
     absent = [s for s in table.summaries if value(s) is None]
     # Numbers before text, so that mixed columns still sort.
-    present.sort(key=lambda s: (0, value(s), "") if is_number(value(s)) else (1, 0, format_value(value(s))), reverse=descending)
+    present.sort(
+        key=lambda s: (0, value(s), "") if is_number(value(s)) else (1, 0, format_value(value(s))), reverse=descending
+    )
     table.summaries = present + absent
 
 
@@ -306,7 +338,13 @@ def plot_table(table: Table, split: str, path: str) -> None:
     if not metrics:
         raise ExperimentError(f"nothing to plot: none of the compared experiments has {split} metrics yet")
     by_steps = {summary.steps is not None for summary in table.summaries if summary.history}
-    x_label = "step" if by_steps == {True} else "epoch (step, for experiments trained by steps)" if True in by_steps else "epoch"
+    x_label = (
+        "step"
+        if by_steps == {True}
+        else "epoch (step, for experiments trained by steps)"
+        if True in by_steps
+        else "epoch"
+    )
     plots.save_figure(plots.comparison_figure(curves, metrics, split, x_label), path)
 
 

@@ -311,7 +311,11 @@ def validate_config(conf: dict, schema: dict) -> None:
 
 def find_trainer_conflicts(trainer: Any) -> list[str]:
     """Lines for trainer options that contradict each other, which the schema cannot say."""
-    if not isinstance(trainer, dict) or trainer.get("validate_every_steps") is None or trainer.get("max_steps") is not None:
+    if (
+        not isinstance(trainer, dict)
+        or trainer.get("validate_every_steps") is None
+        or trainer.get("max_steps") is not None
+    ):
         return []
     return [
         f"trainer.validate_every_steps: {trainer['validate_every_steps']} needs trainer.max_steps "

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 # cgroup v2 keeps "quota period" in one file; v1 keeps them in two. -1 or "max": no quota.
 CGROUP_V2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
@@ -67,7 +67,10 @@ def share_cores_with_workers(num_workers: int, logger: logging.Logger) -> None:
     threads = max(1, cores - num_workers)
     if threads < torch.get_num_threads():
         torch.set_num_threads(threads)
-        logger.info(f"{threads} torch thread{'s' if threads > 1 else ''}: {cores} usable cores less {num_workers} loader workers (OMP_NUM_THREADS overrides)")
+        logger.info(
+            f"{threads} torch thread{'s' if threads > 1 else ''}: "
+            f"{cores} usable cores less {num_workers} loader workers (OMP_NUM_THREADS overrides)"
+        )
 
 
 @contextlib.contextmanager

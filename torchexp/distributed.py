@@ -80,10 +80,17 @@ def join(world: World, device: torch.device) -> None:
         # torchrun keeps its store across the restarts of --max-restarts: without a prefix of
         # its own, a restarted group would read the dead group's addresses and fail to connect.
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group(backend, store=dist.PrefixStore(f"torchexp/attempt-{attempt}", store), rank=rank, world_size=size, timeout=timeout)
+        dist.init_process_group(
+            backend,
+            store=dist.PrefixStore(f"torchexp/attempt-{attempt}", store),
+            rank=rank,
+            world_size=size,
+            timeout=timeout,
+        )
     except RuntimeError as error:  # DistStoreError and Gloo's connection errors among them
         raise DistributedError(
-            f"rank {world.rank} could not join the other {world.size - 1} training processes within {timeout_s:g} s: {first_line(error)}"
+            f"rank {world.rank} could not join the other {world.size - 1} training processes "
+            f"within {timeout_s:g} s: {first_line(error)}"
         ) from error
 
 

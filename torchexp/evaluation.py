@@ -76,7 +76,9 @@ def run_test(runner: Any, device: torch.device, epoch: int, release: bool) -> di
     seed_everything(runner.seed)
     load_weights(runner, device, checkpoint.load(weights_only=True), checkpoint.name)
     prepare_loaders(runner.data.loaders, device, runner.world.rank, 1)
-    keep_freed_memory_when_configured(runner.get_conf("trainer", "keep_freed_memory"), runner.logger, runner.get_conf("trainer", "strategy"))
+    keep_freed_memory_when_configured(
+        runner.get_conf("trainer", "keep_freed_memory"), runner.logger, runner.get_conf("trainer", "strategy")
+    )
     with torch.no_grad():
         results = runner.test(epoch, device)
     report = {"epoch": epoch, "checkpoint": checkpoint.name, "results": results}
@@ -97,7 +99,10 @@ def is_square(matrix: Any) -> bool:
     return (
         isinstance(matrix, list)
         and len(matrix) > 0
-        and all(isinstance(row, list) and len(row) == len(matrix) and all(isinstance(count, int) for count in row) for row in matrix)
+        and all(
+            isinstance(row, list) and len(row) == len(matrix) and all(isinstance(count, int) for count in row)
+            for row in matrix
+        )
     )
 
 
@@ -107,7 +112,9 @@ def log_confusion_matrix(runner: Any, epoch: int, matrix: list[list[int]]) -> No
     classes = range(len(matrix))
     header = "| true \\ predicted | " + " | ".join(map(str, classes)) + " |"
     rows = [f"| {true} | " + " | ".join(map(str, row)) + " |" for true, row in enumerate(matrix)]
-    runner.tracker.writer.add_text("test/confusion_matrix", "\n".join([header, "|" + "---|" * (len(matrix) + 1), *rows]), epoch)
+    runner.tracker.writer.add_text(
+        "test/confusion_matrix", "\n".join([header, "|" + "---|" * (len(matrix) + 1), *rows]), epoch
+    )
     runner.logger.info("confusion matrix (rows: true class, columns: predicted):")
     for true, row in enumerate(matrix):
         runner.logger.info(f"  {true}: " + " ".join(f"{count:5d}" for count in row))
@@ -121,7 +128,9 @@ def log_confusion_matrix(runner: Any, epoch: int, matrix: list[list[int]]) -> No
     runner.tracker.writer.add_figure("test/confusion_matrix_image", figure, epoch)
 
 
-def evaluate_experiment(project: Project, experiment: Experiment, epoch: int | None, release: bool, device: str, num_workers: int) -> dict:
+def evaluate_experiment(
+    project: Project, experiment: Experiment, epoch: int | None, release: bool, device: str, num_workers: int
+) -> dict:
     """Test the weights of `epoch` (default: the latest) on the test set; return the results."""
     from torchexp.devices import resolve_device
 

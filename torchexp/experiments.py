@@ -34,14 +34,12 @@ from torchexp.config import fill_trainer_defaults
 from torchexp.directions import direction_of, read_directions
 from torchexp.errors import ExperimentError
 from torchexp.files import read_json_lines
-from torchexp.folder import Experiment, list_folder_names
+from torchexp.folder import STUDY_FILE, Experiment, scan_folders
 from torchexp.locks import is_locked
 from torchexp.metrics import Stop, find_best, is_number, point_of, read_last_stop, read_metric_lines
 from torchexp.provenance import read_last
 from torchexp.results import read_reports
 from torchexp.states import CORRUPT, read_state, scan_checkpoint_names
-
-STUDY_FILE = "study.json"
 
 
 class ExperimentView:
@@ -70,13 +68,16 @@ class ExperimentView:
         """
         definition = self.experiment.read_definition()
         if not isinstance(definition, dict) or not isinstance(definition.get("config"), dict):
-            raise ExperimentError(f"config of experiment {self.name!r} ({self.experiment.config_path}) has no \"config\" object")
+            raise ExperimentError(
+                f'config of experiment {self.name!r} ({self.experiment.config_path}) has no "config" object'
+            )
         return definition
 
     @property
     def record(self) -> dict:
         """Deprecated name of `definition`, until torchexp 0.3."""
-        warnings.warn("ExperimentView.record is deprecated: use ExperimentView.definition", DeprecationWarning, stacklevel=2)
+        message = "ExperimentView.record is deprecated: use ExperimentView.definition"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
         return self.definition
 
     @property
@@ -116,7 +117,9 @@ class ExperimentView:
     def max_steps(self) -> int | None:
         """The optimizer steps `train` trains to (trainer.max_steps); None when trained by
         epochs. Raises ExperimentError as `max_epochs` does."""
-        return read_limit(fill_trainer_defaults(self.config), "step", f"config of experiment {self.name!r}") if self.unit == "step" else None
+        if self.unit != "step":
+            return None
+        return read_limit(fill_trainer_defaults(self.config), "step", f"config of experiment {self.name!r}")
 
     @property
     def history(self) -> list[dict]:
@@ -190,7 +193,9 @@ class ExperimentView:
     @property
     def steps(self) -> int | None:
         """Optimizer steps done (the furthest standard checkpoint) when trained by steps; else None."""
-        return max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0])) if self.unit == "step" else None
+        if self.unit != "step":
+            return None
+        return max(scan_checkpoint_names(self.experiment.checkpoints_path).get("standard", [0]))
 
     @property
     def running(self) -> bool:
@@ -223,7 +228,9 @@ class ExperimentView:
             if is_number(entry[split].get(metric)) and isinstance(point := point_of(entry), int)
         ]
 
-    def best(self, split: str = "validation", metric: str = "loss", direction: str | None = None, mode: str | None = None) -> tuple[int, float]:
+    def best(
+        self, split: str = "validation", metric: str = "loss", direction: str | None = None, mode: str | None = None
+    ) -> tuple[int, float]:
         """Return (epoch, value) of the best epoch by one metric ((step, value) for an
         experiment trained by steps).
 
@@ -238,7 +245,8 @@ class ExperimentView:
             ExperimentError: no such metric (the message lists those it has), or a broken directions.json.
         """
         if mode is not None:
-            warnings.warn("ExperimentView.best(mode=...) is deprecated: use direction=", DeprecationWarning, stacklevel=2)
+            message = "ExperimentView.best(mode=...) is deprecated: use direction="
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
             direction = direction or mode
         direction = direction or direction_of(metric, read_directions(self.experiment))
         found = find_best(self.series(split, metric), direction)
@@ -246,10 +254,14 @@ class ExperimentView:
             names = sorted({name for entry in self.history for name in entry[split]})
             if not names:
                 raise ExperimentError(f"experiment {self.name!r} has no {split} metrics yet: train it first")
-            raise ExperimentError(f"experiment {self.name!r} has no {split} metric {metric!r} (its {split} metrics: {', '.join(names)})")
+            raise ExperimentError(
+                f"experiment {self.name!r} has no {split} metric {metric!r} (its {split} metrics: {', '.join(names)})"
+            )
         return found
 
-    def load_model(self, epoch: int | str | None = None, device: str = "cpu", runner_class: Any = None, data_class: Any = None) -> Any:
+    def load_model(
+        self, epoch: int | str | None = None, device: str = "cpu", runner_class: Any = None, data_class: Any = None
+    ) -> Any:
         """Return the project's model with the weights of a checkpoint, in eval mode.
 
         The model is built by the project's own `Runner.init_model`, from the classes
@@ -371,27 +383,12 @@ class Experiments:
             return every
         chosen: dict[str, None] = {}
         for pattern in patterns:
-            matched = [name for name in every if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + "/*")]
+            matched = [name for name in every if any(fnmatch.fnmatchcase(name, p) for p in (pattern, pattern + "/*"))]
             if not matched:
                 what = "no experiment matches" if any(char in pattern for char in "*?[") else "there is no experiment"
                 raise ExperimentError(f"{what} {pattern!r} in {self.path}")
             chosen.update(dict.fromkeys(matched))
         return list(chosen)
-
-
-def scan_folders(path: str) -> list[tuple[str, bool]]:
-    """Return (name, is an experiment) of every folder an experiments folder lists,
-    sorted by name, with the trials of studies in place of the studies."""
-    found = []
-    for name in list_folder_names(path):
-        folder = os.path.join(path, name)
-        if os.path.isfile(os.path.join(folder, "config.json")):
-            found.append((name, True))
-        elif os.path.isfile(os.path.join(folder, STUDY_FILE)):
-            found += [(f"{name}/{trial}", os.path.isfile(os.path.join(folder, trial, "config.json"))) for trial in list_folder_names(folder)]
-        else:
-            found.append((name, False))
-    return found
 
 
 def check_split(split: str) -> None:

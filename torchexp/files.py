@@ -93,7 +93,9 @@ def publish(renames: list[tuple[str, str]]) -> None:
         try:
             fsync_folder(folder)
         except OSError as error:
-            raise StorageError(f"could not write {renames[-1][1]}: {error.strerror or error} (while syncing its folder)") from error
+            raise StorageError(
+                f"could not write {renames[-1][1]}: {error.strerror or error} (while syncing its folder)"
+            ) from error
 
 
 class WriteGuard:
@@ -145,9 +147,7 @@ def replace_non_finite(obj: Any) -> Any:
     return obj
 
 
-def read_json(
-    path: str, what: str, error: type[TorchexpError] = StorageError, max_bytes: int = MAX_JSON_BYTES
-) -> Any:
+def read_json(path: str, what: str, error: type[TorchexpError] = StorageError, max_bytes: int = MAX_JSON_BYTES) -> Any:
     """Read a JSON file, naming `what` it is in every error.
 
     Args:

@@ -30,6 +30,7 @@ from torchexp.locks import FileLock
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 128
+STUDY_FILE = "study.json"  # what makes a folder a search study, whose trials are experiments
 
 
 def validate_name(name: str | None) -> str:
@@ -41,10 +42,13 @@ def validate_name(name: str | None) -> str:
     if name is None or name == "":
         raise ExperimentError("no experiment name given: pass --experiment-name NAME")
     if len(name) > MAX_NAME_LENGTH:
-        raise ExperimentError(f"experiment name is {len(name)} characters long, more than the {MAX_NAME_LENGTH} allowed")
+        raise ExperimentError(
+            f"experiment name is {len(name)} characters long, more than the {MAX_NAME_LENGTH} allowed"
+        )
     if not NAME_PATTERN.fullmatch(name):
         raise ExperimentError(
-            f"experiment name {name!r} is not allowed: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+            f"experiment name {name!r} is not allowed: "
+            "use letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
     return name
 
@@ -56,6 +60,24 @@ def list_folder_names(path: str) -> list[str]:
     except OSError:
         return []
     return sorted(entry.name for entry in entries if entry.is_dir() and NAME_PATTERN.fullmatch(entry.name))
+
+
+def scan_folders(path: str) -> list[tuple[str, bool]]:
+    """Return (name, is an experiment) of every folder an experiments folder lists,
+    sorted by name, with the trials of studies in place of the studies."""
+    found = []
+    for name in list_folder_names(path):
+        folder = os.path.join(path, name)
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            found.append((name, True))
+        elif os.path.isfile(os.path.join(folder, STUDY_FILE)):
+            found += [
+                (f"{name}/{trial}", os.path.isfile(os.path.join(folder, trial, "config.json")))
+                for trial in list_folder_names(folder)
+            ]
+        else:
+            found.append((name, False))
+    return found
 
 
 class Experiment:
@@ -96,7 +118,9 @@ class Experiment:
     def check_free(self) -> None:
         """Raise ExperimentError when the name is already taken."""
         if os.path.lexists(self.path):
-            raise ExperimentError(f"experiment {self.name!r} already exists in {self.experiments_path}; choose another name")
+            raise ExperimentError(
+                f"experiment {self.name!r} already exists in {self.experiments_path}; choose another name"
+            )
 
     def create(self, definition: dict, data_state: dict) -> None:
         """Create the experiment folder with its config and data state, all or nothing.
@@ -115,7 +139,9 @@ class Experiment:
             os.makedirs(self.experiments_path, exist_ok=True)
             staging = tempfile.mkdtemp(dir=self.experiments_path, prefix=f".{self.name}.creating-")
         except OSError as error:
-            raise ExperimentError(f"experiments path {self.experiments_path} is not usable: {error.strerror or error}") from error
+            raise ExperimentError(
+                f"experiments path {self.experiments_path} is not usable: {error.strerror or error}"
+            ) from error
         try:
             os.chmod(staging, 0o777 & ~current_umask())
             for folder in ("checkpoints", "tensorboard", "results"):
@@ -129,7 +155,9 @@ class Experiment:
         except OSError as error:
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 raise ExperimentError(f"experiment {self.name!r} already exists in {self.experiments_path}") from error
-            raise ExperimentError(f"experiment {self.name!r} could not be created in {self.experiments_path}: {error.strerror or error}") from error
+            raise ExperimentError(
+                f"experiment {self.name!r} could not be created in {self.experiments_path}: {error.strerror or error}"
+            ) from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

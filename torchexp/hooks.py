@@ -16,8 +16,8 @@ sentence naming the attribute and saying where it belongs.
 import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Iterator
 
 from torchexp.errors import ProjectError, TorchexpError, first_line
 
@@ -37,7 +37,9 @@ def find_hook(traceback: TracebackType | None) -> tuple[str, object] | None:
         frame = traceback.tb_frame
         owner = frame.f_locals.get("self")
         name = frame.f_code.co_name
-        if (is_a(owner, "torchexp.data", "Data") and name in DATA_HOOKS) or (is_a(owner, "torchexp.runner", "Runner") and name in RUNNER_HOOKS):
+        if (is_a(owner, "torchexp.data", "Data") and name in DATA_HOOKS) or (
+            is_a(owner, "torchexp.runner", "Runner") and name in RUNNER_HOOKS
+        ):
             return f"{type(owner).__name__}.{name}", owner
         traceback = traceback.tb_next
     return None
@@ -98,7 +100,9 @@ def project_errors(logger: logging.Logger | None = None, inference: bool = False
 
 def log_traceback(logger: logging.Logger, sentence: str, error: BaseException) -> None:
     """Write `sentence` and the traceback of `error` to the logger's files alone."""
-    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, sentence, (), (type(error), error, error.__traceback__))
+    record = logger.makeRecord(
+        logger.name, logging.ERROR, __file__, 0, sentence, (), (type(error), error, error.__traceback__)
+    )
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -80,7 +80,9 @@ def list_metric_tags(names: dict[str, list[str]]) -> list[str]:
     return [f"{kind}/{name}" for kind in METRIC_KINDS for name in names.get(kind) or known]
 
 
-def make_hparams_summaries(hparams: dict[str, HParamValue], metric_tags: list[str], session: str, start_time: float) -> list[Any]:
+def make_hparams_summaries(
+    hparams: dict[str, HParamValue], metric_tags: list[str], session: str, start_time: float
+) -> list[Any]:
     """Return the HParams plugin's experiment, session start and session end summaries.
 
     Args:
@@ -144,7 +146,10 @@ def write_hparams(runner: Any, start_time: float | None = None, test_metrics: tu
     """
     if not runner.tracker.enabled:
         return
-    names = {kind: list(dict.fromkeys(name for entry in runner.history[kind] for name in entry)) for kind in ("train", "validation")}
+    names = {
+        kind: list(dict.fromkeys(name for entry in runner.history[kind] for name in entry))
+        for kind in ("train", "validation")
+    }
     names["test"] = list(test_metrics)
     summaries = make_hparams_summaries(
         flatten_hparams(runner.config.data, runner.seed),

@@ -19,7 +19,9 @@ from torchexp.releases import Epoch, find_weights
 from torchexp.trackers.fanout import RunTrackers
 
 
-def resolve_classes(experiment: Experiment, definition: dict, runner_class: Any, data_class: Any) -> tuple[type, type | None]:
+def resolve_classes(
+    experiment: Experiment, definition: dict, runner_class: Any, data_class: Any
+) -> tuple[type, type | None]:
     """Return the project's Runner and Data classes: those given, else those `init` recorded.
 
     Raises:
@@ -34,7 +36,9 @@ def resolve_classes(experiment: Experiment, definition: dict, runner_class: Any,
             f"experiment {experiment.name!r} was created before torchexp recorded its project's classes: "
             "pass load_model(runner_class=YourRunner, data_class=YourData)"
         )
-    return import_class(experiment, definition, runner_class), import_class(experiment, definition, data_class) if data_class is not None else None
+    return import_class(experiment, definition, runner_class), import_class(
+        experiment, definition, data_class
+    ) if data_class is not None else None
 
 
 def import_class(experiment: Experiment, definition: dict, spec: Any) -> type:
@@ -47,10 +51,14 @@ def import_class(experiment: Experiment, definition: dict, spec: Any) -> type:
         return load_class(spec)
     except (ImportError, AttributeError) as error:
         reason = describe_import_failure(class_spec(spec), definition.get("project_root"), error)
-        raise ExperimentError(f"the project classes of experiment {experiment.name!r} cannot be imported: {reason}") from error
+        raise ExperimentError(
+            f"the project classes of experiment {experiment.name!r} cannot be imported: {reason}"
+        ) from error
 
 
-def make_inference_runner(experiment: Experiment, definition: dict, runner_class: Any = None, data_class: Any = None) -> Any:
+def make_inference_runner(
+    experiment: Experiment, definition: dict, runner_class: Any = None, data_class: Any = None
+) -> Any:
     """Build the project's Runner for inference: no data set loaded, nothing written.
 
     Its Data holds the state `init` saved (data.json) and nothing else: the inference
@@ -98,7 +106,9 @@ def load_inference_runner(
     return runner
 
 
-def load_runner(experiment: Experiment, info: checkpoints.Checkpoint, device: Any, runner_class: Any = None, data_class: Any = None) -> tuple[Any, dict]:
+def load_runner(
+    experiment: Experiment, info: checkpoints.Checkpoint, device: Any, runner_class: Any = None, data_class: Any = None
+) -> tuple[Any, dict]:
     """Build the project's Runner for checkpoint `info` and load its weights on the torch
     `device`, model in eval mode; return it with the checkpoint's state.
 

@@ -110,7 +110,9 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         device = self.tensors[0].device
-        order = order_indexes(len(self.tensors[0]), self.shuffle, self.seed, self.epoch, self.rank, self.world, self.even)
+        order = order_indexes(
+            len(self.tensors[0]), self.shuffle, self.seed, self.epoch, self.rank, self.world, self.even
+        )
         order = order.to(device)
         for batch in range(self.start, len(self)):
             indexes = order[batch * self.batch_size : (batch + 1) * self.batch_size]

@@ -50,7 +50,9 @@ def progress_bar(iterable: Iterable, total: int | None, description: str, quiet:
     """Return a tqdm bar, silent when output is not a terminal or when quiet; `total` is None
     for a loader of unknown length (a stream)."""
     disable = quiet or not sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=description, disable=disable, mininterval=PROGRESS_MIN_INTERVAL, leave=False)
+    return tqdm(
+        iterable, total=total, desc=description, disable=disable, mininterval=PROGRESS_MIN_INTERVAL, leave=False
+    )
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -58,4 +60,6 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
     Counts (ints) are shown whole; `.4g` would write 10000 as 1e+04.
     """
-    return ", ".join(f"{key} {value}" if isinstance(value, int) else f"{key} {value:.4g}" for key, value in metrics.items())
+    return ", ".join(
+        f"{key} {value}" if isinstance(value, int) else f"{key} {value:.4g}" for key, value in metrics.items()
+    )

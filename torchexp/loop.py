@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -68,7 +68,7 @@ class Run:
     log_period: int
     observers: tuple[EpochObserver, ...]
     provenance: dict | None
-    signals: StopSignals | None = None
+    signals: StopSignals
     started: float = dataclasses.field(default_factory=time.perf_counter)  # when the current point began
     last_metrics: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
@@ -113,28 +113,56 @@ def train(
     """
     if isinstance(budget, int):  # the limit alone, in the experiment's unit
         budget = read_budget(runner.config, budget, None)[0]
-    with deterministic_algorithms(runner.get_conf("trainer", "deterministic")), recording_hparams(runner), reporting_lost_ranks(runner.world):
+    with (
+        deterministic_algorithms(runner.get_conf("trainer", "deterministic")),
+        recording_hparams(runner),
+        reporting_lost_ranks(runner.world),
+    ):
         precision = build(runner, device)
         prepare_loaders(runner.data.loaders, device, runner.world.rank, runner.world.size)
         feed = adapt_train_loader(runner.data.loaders["train"], runner.seed, runner.world.rank, runner.world.size)
         if budget.unit == STEP and not feed.resumes_mid_epoch:
-            raise ConfigError(f"training by steps (trainer.max_steps) checkpoints in the middle of epochs, and {feed.refusal}")
+            raise ConfigError(
+                f"training by steps (trainer.max_steps) checkpoints in the middle of epochs, and {feed.refusal}"
+            )
         partial = restore_training(runner, precision, epoch, feed)
         if budget.reached(runner.counters):
             done = describe_count(budget.done(runner.counters), budget.unit)
-            runner.logger.info(f"{done} {'is' if done.startswith('1 ') else 'are'} done already; raise --max-{budget.unit}s (or trainer.max_{budget.unit}s) to train more")
+            runner.logger.info(
+                f"{done} {'is' if done.startswith('1 ') else 'are'} done already; "
+                f"raise --max-{budget.unit}s (or trainer.max_{budget.unit}s) to train more"
+            )
             return stop_for(budget, runner, LIMIT_REASONS[budget.unit])
         if partial is None and runner.history["validation"] and runner.train_early_stopping():
             runner.logger.info(f"training stopped early after {budget.unit} {budget.done(runner.counters)} already")
             return stop_for(budget, runner, EARLY_STOPPING)
-        clock = CheckpointClock(runner.get_conf("trainer", "checkpoint_every_minutes"), runner.get_conf("trainer", "checkpoint_every_steps"))
+        clock = CheckpointClock(
+            runner.get_conf("trainer", "checkpoint_every_minutes"), runner.get_conf("trainer", "checkpoint_every_steps")
+        )
         if not feed.resumes_mid_epoch and (clock.seconds is not None or clock.steps is not None):
             runner.logger.warning(f"{feed.refusal}; checkpoints are saved at epoch ends only")
-        keep_freed_memory_when_configured(runner.get_conf("trainer", "keep_freed_memory"), runner.logger, runner.get_conf("trainer", "strategy"))
+        keep_freed_memory_when_configured(
+            runner.get_conf("trainer", "keep_freed_memory"), runner.logger, runner.get_conf("trainer", "strategy")
+        )
         accumulator = Accumulator(runner.model, runner.get_conf("trainer", "grad_accumulation"), runner.world)
         saver = CheckpointSaver(runner, runner.get_conf("trainer", "async_checkpoint"))
-        run = Run(runner, device, precision, budget, feed, accumulator, MetricSums(partial, runner.world), clock, saver, log_period, observers, provenance)
-        with catching_stop_signals(runner.logger) as run.signals, saver.finishing(run.signals):
+        with catching_stop_signals(runner.logger) as signals, saver.finishing(signals):
+            sums = MetricSums(partial, runner.world)
+            run = Run(
+                runner,
+                device,
+                precision,
+                budget,
+                feed,
+                accumulator,
+                sums,
+                clock,
+                saver,
+                log_period,
+                observers,
+                provenance,
+                signals,
+            )
             while not budget.reached(runner.counters):
                 epoch = runner.counters["epoch"] + 1
                 if runner.counters["iteration"] == 0:
@@ -207,12 +235,16 @@ def step_optimizer(run: Run, synced: bool = True) -> None:
     """Close the accumulated group: optimizer step, per-step scheduler, step counter, log."""
     runner = run.runner
     run.saver.settle()  # a checkpoint's state may still be being copied in the background
-    run.accumulator.step(run.precision, runner.optimizer, runner.model.parameters(), runner.get_conf("trainer", "grad_clip_norm"), synced)
+    run.accumulator.step(
+        run.precision, runner.optimizer, runner.model.parameters(), runner.get_conf("trainer", "grad_clip_norm"), synced
+    )
     if runner.scheduler is not None and runner.scheduler_interval in ("iteration", "step"):
         runner.scheduler.step()
     runner.counters["step"] += 1
     if runner.counters["step"] % run.log_period == 0:
-        runner.train_iteration_log({name: value.item() for name, value in mean_across(run.last_metrics, runner.world).items()})
+        runner.train_iteration_log(
+            {name: value.item() for name, value in mean_across(run.last_metrics, runner.world).items()}
+        )
 
 
 def after_step(run: Run, epoch: int, stop_at: tuple[int, int] | None) -> Stop | None:
@@ -236,10 +268,13 @@ def after_step(run: Run, epoch: int, stop_at: tuple[int, int] | None) -> Stop | 
         run.clock.restart()
     if stopping and run.feed.resumes_mid_epoch:
         name = checkpoints.make_filename(number, "interrupt", run.saver.sharded)
-        raise TrainingInterrupted(f"training stopped by {signals.name} at {where}; saved {name}: run train again to resume")
+        raise TrainingInterrupted(
+            f"training stopped by {signals.name} at {where}; saved {name}: run train again to resume"
+        )
     if stopping:
         raise TrainingInterrupted(
-            f"training stopped by {signals.name} at {where} without a checkpoint, as the train loader cannot resume mid-epoch: "
+            f"training stopped by {signals.name} at {where} without a checkpoint, "
+            "as the train loader cannot resume mid-epoch: "
             f"run train again to resume from {run.budget.unit} {counters[run.budget.unit]}"
         )
     if at_stop:
@@ -304,13 +339,22 @@ def build(runner: Runner, device: torch.device) -> Precision:
     if runner.get_conf("trainer", "channels_last"):
         runner.model = runner.model.to(memory_format=torch.channels_last)
     param_dtype = Precision.DTYPES.get(precision.choice.used)
-    runner.model = wrap_model(runner.model, runner.get_conf("trainer", "strategy"), runner.get_conf("trainer", "fsdp_modules"), runner.world, device, param_dtype)
+    runner.model = wrap_model(
+        runner.model,
+        runner.get_conf("trainer", "strategy"),
+        runner.get_conf("trainer", "fsdp_modules"),
+        runner.world,
+        device,
+        param_dtype,
+    )
     runner.init_optimizer(device)
     if not isinstance(runner.optimizer, torch.optim.Optimizer):
         raise TypeError(f"init_optimizer must set self.optimizer, not {type(runner.optimizer).__name__}")
     runner.init_others(device)
     if runner.get_conf("trainer", "compile"):
-        runner.model = torch.compile(runner.model)
+        compiled = torch.compile(runner.model)
+        assert isinstance(compiled, torch.nn.Module), "torch.compile wraps a Module in an OptimizedModule, a Module"
+        runner.model = compiled
     return precision
 
 

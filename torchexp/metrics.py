@@ -10,11 +10,11 @@ test, and end of a `train` ("stop": why it stopped, a `Stop`), each with "kind" 
 """
 
 import dataclasses
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeGuard
 
 # DIRECTIONS, MAXIMIZE and guess_direction stay importable from here, where torchexp 0.2 gave them.
-from torchexp.directions import DIRECTIONS, MAXIMIZE, guess_direction  # noqa: F401
-from torchexp.directions import MINIMIZE, direction_of, normalize_direction
+from torchexp.directions import DIRECTIONS, MAXIMIZE, MINIMIZE, direction_of, guess_direction, normalize_direction  # noqa: F401
 from torchexp.errors import ConfigError
 from torchexp.files import read_json_lines
 
@@ -23,7 +23,7 @@ SPLITS = ("train", "validation")
 Series = list[tuple[int, float]]
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     """Whether `value` is a number (not a bool, not null: a non-finite value became null)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -57,7 +57,9 @@ def has_stalled(history: dict[str, list[dict]], monitor: str, declared: Mapping[
     series = [(index, entry[metric]) for index, entry in enumerate(history[split]) if is_number(entry.get(metric))]
     if len(series) <= patience:
         return False
-    return find_best(series, direction_of(metric, declared))[0] < series[-patience][0]
+    best = find_best(series, direction_of(metric, declared))
+    assert best is not None, "the series has more than patience values"
+    return best[0] < series[-patience][0]
 
 
 def parse_metric(metric: str) -> tuple[str, str]:
@@ -68,7 +70,9 @@ def parse_metric(metric: str) -> tuple[str, str]:
     """
     split, _, name = metric.partition(".")
     if split not in SPLITS or not name:
-        raise ConfigError(f"metric {metric!r} must look like split.name with split train or validation, e.g. validation.loss")
+        raise ConfigError(
+            f"metric {metric!r} must look like split.name with split train or validation, e.g. validation.loss"
+        )
     return split, name
 
 

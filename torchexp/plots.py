@@ -30,7 +30,9 @@ def check_plot_path(path: str) -> str:
     return PLOT_FORMATS[extension.lower()]
 
 
-def comparison_figure(curves: list[tuple[str, dict[str, list[tuple[int, float]]]]], metrics: list[str], split: str, x_label: str = "epoch") -> Any:
+def comparison_figure(
+    curves: list[tuple[str, dict[str, list[tuple[int, float]]]]], metrics: list[str], split: str, x_label: str = "epoch"
+) -> Any:
     """Overlay experiments' metrics per epoch: one panel per metric, one line per experiment.
 
     Args:
@@ -43,12 +45,16 @@ def comparison_figure(curves: list[tuple[str, dict[str, list[tuple[int, float]]]
     from matplotlib.ticker import MaxNLocator
 
     width, height = PANEL_INCHES
-    figure = Figure(figsize=(width * len(metrics), height + LEGEND_LINE_INCHES * len(curves)), dpi=DPI, layout="constrained")
+    figure = Figure(
+        figsize=(width * len(metrics), height + LEGEND_LINE_INCHES * len(curves)), dpi=DPI, layout="constrained"
+    )
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     for axis, metric in zip(axes, metrics, strict=True):
         for label, series in curves:
             points = series.get(metric, [])
-            axis.plot([epoch for epoch, _ in points], [value for _, value in points], marker="o", markersize=3, label=label)
+            axis.plot(
+                [epoch for epoch, _ in points], [value for _, value in points], marker="o", markersize=3, label=label
+            )
         axis.set_title(f"{split} {metric}")
         axis.set_xlabel(x_label)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))

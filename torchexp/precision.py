@@ -67,7 +67,9 @@ class Precision:
         """Backward from `loss`, scaled for fp16."""
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter], clip_norm: float | None) -> None:
+    def step(
+        self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter], clip_norm: float | None
+    ) -> None:
         """Clip the gradients' global norm to `clip_norm` (None: no clipping), then step."""
         if clip_norm is not None:
             if self.scaler:
@@ -150,9 +152,14 @@ def choose_precision(configured: str, device: torch.device, flags: set[str] | No
         found = f"computes bf16 natively ({flag})"
     if configured == "auto":
         used = "bf16" if native else "fp32"
-        return PrecisionChoice(configured, used, f"trainer.precision auto: {where} {found if native else missing}, so {used}")
+        return PrecisionChoice(
+            configured, used, f"trainer.precision auto: {where} {found if native else missing}, so {used}"
+        )
     if configured == "bf16" and not native:
-        reason = f"trainer.precision bf16: {where} {missing}; bf16 is emulated and will be much slower than fp32 (use auto or fp32)"
+        reason = (
+            f"trainer.precision bf16: {where} {missing}; "
+            "bf16 is emulated and will be much slower than fp32 (use auto or fp32)"
+        )
         return PrecisionChoice(configured, "bf16", reason, slow=True)
     return PrecisionChoice(configured, "bf16", "trainer.precision bf16")
 

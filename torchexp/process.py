@@ -15,7 +15,7 @@ environment variable: 0 turns it off; 1 turns the last two on in a library calle
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 GC_FREEZE = "TORCHEXP_GC_FREEZE"
 MALLOPT = "TORCHEXP_MALLOPT"

@@ -89,7 +89,9 @@ class Project:
                 tracker = RunTrackers(experiment.tensorboard_path, experiment.metrics_path, enabled=world.is_main)
                 config = Config(fill_trainer_defaults(definition["config"]))
                 runner_class = import_project_class(self.runner_class)
-                return runner_class(experiment, config, definition["seed"], data, logger, tracker, verbosity == "quiet", world=world)
+                return runner_class(
+                    experiment, config, definition["seed"], data, logger, tracker, verbosity == "quiet", world=world
+                )
         except BaseException:
             # The caller only closes the logger of a runner it got.
             close_logger(logger)
@@ -114,7 +116,9 @@ def import_project_class(spec: ClassSpec) -> type:
     try:
         return load_class(spec)
     except Exception as error:  # a module's top-level code may raise anything
-        raise ProjectError(f"the project's class {class_spec(spec)} cannot be imported: {type(error).__name__}: {first_line(error)}") from error
+        raise ProjectError(
+            f"the project's class {class_spec(spec)} cannot be imported: {type(error).__name__}: {first_line(error)}"
+        ) from error
 
 
 def class_spec(spec: ClassSpec) -> str:
@@ -166,7 +170,10 @@ def describe_import_failure(spec: str, project_root: str | None, error: Exceptio
         shadow = list(found.submodule_search_locations)[0]
         reason += f": Python took the folder {shadow} for the package {top!r}"
     if project_root:
-        return f"{reason}; the project is in {project_root}: install it with pip install -e {project_root}, or run from that folder"
+        return (
+            f"{reason}; the project is in {project_root}: "
+            f"install it with pip install -e {project_root}, or run from that folder"
+        )
     return f"{reason}: install the project's package, or run from the folder that holds it"
 
 

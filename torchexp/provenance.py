@@ -25,7 +25,8 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from torchexp.files import hash_file, read_json_lines
 from torchexp.process import READ_HOOK, allows
@@ -50,7 +51,11 @@ def record_read(event: str, arguments: tuple) -> None:
     path, mode, flags = (*arguments, None, None)[:3]
     if not isinstance(path, (str, bytes, os.PathLike)):
         return  # a file descriptor
-    writing = any(letter in mode for letter in "wax+") if isinstance(mode, str) else bool((flags or 0) & (os.O_WRONLY | os.O_RDWR))
+    writing = (
+        any(letter in mode for letter in "wax+")
+        if isinstance(mode, str)
+        else bool((flags or 0) & (os.O_WRONLY | os.O_RDWR))
+    )
     if not writing:
         reads.append(os.path.abspath(os.fsdecode(path)))
 
@@ -97,8 +102,14 @@ def digest_data(paths: list[str], data_path: str, known: dict | None = None) -> 
         stat = os.stat(path)
         entry = previous.get(name) or {}
         same = entry.get("bytes") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
-        files[name] = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": entry["sha256"] if same else hash_file(path)}
-    combined = hashlib.sha256(json.dumps({name: entry["sha256"] for name, entry in files.items()}, sort_keys=True).encode())
+        files[name] = {
+            "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "sha256": entry["sha256"] if same else hash_file(path),
+        }
+    combined = hashlib.sha256(
+        json.dumps({name: entry["sha256"] for name, entry in files.items()}, sort_keys=True).encode()
+    )
     return {"files": files, "sha256": combined.hexdigest()}
 
 
@@ -129,7 +140,9 @@ def describe_code(project_root: str | None, package_folder: str | None) -> dict[
 def run_git(folder: str, *arguments: str) -> str | None:
     """git's output in `folder`, or None when git is missing or the folder is no work tree."""
     try:
-        done = subprocess.run(["git", "-C", folder, *arguments], capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False)
+        done = subprocess.run(
+            ["git", "-C", folder, *arguments], capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
@@ -169,7 +182,9 @@ def describe_environment(device: Any = None) -> dict[str, Any]:
     return environment
 
 
-def collect(definition: dict, data_files: list[str], data_path: str, device: Any = None, known: dict | None = None) -> dict[str, Any]:
+def collect(
+    definition: dict, data_files: list[str], data_path: str, device: Any = None, known: dict | None = None
+) -> dict[str, Any]:
     """The provenance of a run of an experiment.
 
     Args:
@@ -186,7 +201,10 @@ def collect(definition: dict, data_files: list[str], data_path: str, device: Any
         "code": describe_code(definition.get("project_root"), find_package_folder(runner_spec)),
         "data": digest_data(data_files, data_path, (known or {}).get("data")),
         "environment": describe_environment(device),
-        "settings": {"precision": trainer.get("precision", "fp32"), "deterministic": bool(trainer.get("deterministic", False))},
+        "settings": {
+            "precision": trainer.get("precision", "fp32"),
+            "deterministic": bool(trainer.get("deterministic", False)),
+        },
     }
 
 
@@ -197,11 +215,19 @@ def describe_changes(old: dict | None, new: dict) -> list[str]:
         return []
     changes = describe_code_change(old.get("code") or {}, new.get("code") or {})
     old_files, new_files = (old.get("data") or {}).get("files") or {}, (new.get("data") or {}).get("files") or {}
-    changes += [f"data digest of {name} changed" for name in sorted(old_files.keys() & new_files.keys()) if old_files[name]["sha256"] != new_files[name]["sha256"]]
+    changes += [
+        f"data digest of {name} changed"
+        for name in sorted(old_files.keys() & new_files.keys())
+        if old_files[name]["sha256"] != new_files[name]["sha256"]
+    ]
     for group in ("environment", "settings"):
         before, after = old.get(group) or {}, new.get(group) or {}
         prefix = "trainer." if group == "settings" else ""
-        changes += [f"{prefix}{key} {before.get(key)} -> {after.get(key)}" for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+        changes += [
+            f"{prefix}{key} {before.get(key)} -> {after.get(key)}"
+            for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key)
+        ]
     return changes
 
 
@@ -225,6 +251,6 @@ def append_record(path: str, event: str, provenance: dict) -> None:
 def read_last(path: str) -> dict | None:
     """The last provenance provenance.jsonl records, or None."""
     last = None
-    for last in read_json_lines(path):
-        pass
+    for record in read_json_lines(path):
+        last = record
     return last

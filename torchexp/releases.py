@@ -32,7 +32,13 @@ def create_release(experiment: Experiment, epoch: int, definition: dict) -> str:
     state = info.load(weights_only=True)
     assert info.sidecar is not None, "load() verified the checkpoint against its sidecar"
     summary = {"metrics": info.metrics, "provenance": info.sidecar.get("provenance"), "unit": info.unit}
-    release = {"format": checkpoints.CHECKPOINT_FORMAT, "model": state["model"], "epoch": epoch, **summary, **definition}
+    release = {
+        "format": checkpoints.CHECKPOINT_FORMAT,
+        "model": state["model"],
+        "epoch": epoch,
+        **summary,
+        **definition,
+    }
     return checkpoints.save_checkpoint(experiment.checkpoints_path, epoch, "release", release, summary)
 
 

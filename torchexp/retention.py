@@ -27,7 +27,9 @@ def retain_checkpoints(runner: Any) -> None:
     for checkpoint in removed:
         checkpoint.remove()
     if removed:
-        runner.logger.debug(f"trainer.keep_checkpoints {keep}: removed the checkpoints of epochs {checkpoints.describe_epochs(removed)}")
+        runner.logger.debug(
+            f"trainer.keep_checkpoints {keep}: removed the checkpoints of epochs {checkpoints.describe_epochs(removed)}"
+        )
 
 
 def choose_removals(

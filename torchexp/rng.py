@@ -128,7 +128,9 @@ def restore_rng_states(states: dict[str, Any]) -> list[str]:
     if not torch.cuda.is_available():
         return ["CUDA generator states were saved but this machine has no CUDA device"] if cuda_states else []
     if len(cuda_states) != torch.cuda.device_count():
-        return [f"{len(cuda_states)} CUDA generator states were saved for {torch.cuda.device_count()} devices; not restored"]
+        return [
+            f"{len(cuda_states)} CUDA generator states were saved for {torch.cuda.device_count()} devices; not restored"
+        ]
     torch.cuda.set_rng_state_all(cuda_states)
     return []
 

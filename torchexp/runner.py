@@ -166,7 +166,9 @@ class Runner(abc.ABC):
         self.tracker.log_scalars("iteration", self.counters["step"], metrics, epoch=self.counters["epoch"] + 1)
         self.logger.debug(f"iteration {self.counters['step']}: {format_metrics(metrics)}")
 
-    def train_epoch_log(self, epoch: int, train: dict[str, float], validation: dict[str, float], seconds: float) -> None:
+    def train_epoch_log(
+        self, epoch: int, train: dict[str, float], validation: dict[str, float], seconds: float
+    ) -> None:
         """Log an epoch's train and validation metrics (a step's, for an experiment trained
         by steps: `epoch` is then the step)."""
         learning_rate, unit = self.optimizer.param_groups[0]["lr"], unit_of(self.config.data)
@@ -212,7 +214,8 @@ class Runner(abc.ABC):
         except ValueError:  # rows of unequal lengths
             raise ValueError("an instance must be an array of numbers, in rows of equal length") from None
         if array.dtype.kind not in "biuf":
-            raise ValueError(f"an instance must be an array of numbers, not of {VALUE_KINDS.get(array.dtype.kind, array.dtype.name)}")
+            kind = VALUE_KINDS.get(array.dtype.kind, array.dtype.name)
+            raise ValueError(f"an instance must be an array of numbers, not of {kind}")
         return torch.from_numpy(array.astype(np.float32))
 
     def serve_forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -244,12 +247,14 @@ class Runner(abc.ABC):
         """Deprecated: use `torchexp.loop.train(runner, ...)`, until torchexp 0.3."""
         from torchexp.loop import train
 
-        warnings.warn("Runner.train is deprecated: use torchexp.loop.train(runner, ...)", DeprecationWarning, stacklevel=2)
+        message = "Runner.train is deprecated: use torchexp.loop.train(runner, ...)"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
         train(self, device, max_epochs, log_period, epoch)
 
     def run_test(self, device: torch.device, epoch: int, release: bool) -> dict[str, Any]:
         """Deprecated: use `torchexp.evaluation.run_test(runner, ...)`, until torchexp 0.3."""
         from torchexp.evaluation import run_test
 
-        warnings.warn("Runner.run_test is deprecated: use torchexp.evaluation.run_test(runner, ...)", DeprecationWarning, stacklevel=2)
+        message = "Runner.run_test is deprecated: use torchexp.evaluation.run_test(runner, ...)"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
         return run_test(self, device, epoch, release)

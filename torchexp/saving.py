@@ -62,7 +62,16 @@ class CheckpointSaver:
         self.stager: Any = None  # DCP's, kept from one save to the next
         self.point: tuple[int, int] | None = None  # (step, epoch) of the save in flight, for the trackers
 
-    def save(self, precision: Precision, signals: StopSignals, kind: str, number: int, partial: dict | None = None, provenance: dict | None = None, feed: TrainLoader | None = None) -> None:
+    def save(
+        self,
+        precision: Precision,
+        signals: StopSignals,
+        kind: str,
+        number: int,
+        partial: dict | None = None,
+        provenance: dict | None = None,
+        feed: TrainLoader | None = None,
+    ) -> None:
         """Save the standard or interrupt checkpoint `number` (an epoch, or a step for an
         experiment trained by steps); return once it is written, or in the background at
         once (`settle` before the model or optimizer changes).
@@ -95,12 +104,16 @@ class CheckpointSaver:
         state = collect_state(runner, precision, partial, feed, with_tensors=not self.sharded)
         signals.saving = True
         try:
-            write = self.prepare_sharded(path, state, fields) if self.sharded else self.prepare_file(path, state, fields)
+            write = (
+                self.prepare_sharded(path, state, fields) if self.sharded else self.prepare_file(path, state, fields)
+            )
         finally:
             signals.saving = False
         runner.logger.debug(f"{self.name}: training waited {time.perf_counter() - started:.3f} s for its state")
         if self.background:
-            self.thread = threading.Thread(target=self.run, args=(write, kind), name=f"torchexp-save-{self.name}", daemon=False)
+            self.thread = threading.Thread(
+                target=self.run, args=(write, kind), name=f"torchexp-save-{self.name}", daemon=False
+            )
             self.thread.start()
         else:
             signals.saving = True
@@ -139,7 +152,9 @@ class CheckpointSaver:
         folder, problem = None, None
         if runner.world.is_main:
             try:
-                folder = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+                folder = tempfile.mkdtemp(
+                    dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+                )
                 os.chmod(folder, 0o777 & ~current_umask())  # mkdtemp's 0700, as a folder made by mkdir would be
                 write_atomic(os.path.join(folder, sharded.PLAIN_STATE), lambda file: torch.save(state, file))
             except (OSError, StorageError) as error:
@@ -171,7 +186,9 @@ class CheckpointSaver:
             hashes = sidecar.hash_files(folder, sharded.shard_files(folder, runner.world.rank))
             every = gather_objects(hashes, self.group)
             if runner.world.is_main:
-                sidecar.write_folder_sidecar(path, folder, {name: entry for rank in every for name, entry in rank.items()}, fields)
+                sidecar.write_folder_sidecar(
+                    path, folder, {name: entry for rank in every for name, entry in rank.items()}, fields
+                )
 
         return write
 

@@ -44,15 +44,21 @@ def check_project_name(name: str) -> None:
     test...), which the project's package would shadow or be shadowed by.
     """
     if not name.isidentifier():
-        raise ConfigError(f"project name {name!r} is not a Python identifier: use letters, digits and '_', not starting with a digit")
+        raise ConfigError(
+            f"project name {name!r} is not a Python identifier: use letters, digits and '_', not starting with a digit"
+        )
     if not name.isascii():
-        raise ConfigError(f"project name {name!r} has letters outside ASCII, which a package name should not: choose another name")
+        raise ConfigError(
+            f"project name {name!r} has letters outside ASCII, which a package name should not: choose another name"
+        )
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         raise ConfigError(f"project name {name!r} is a Python keyword: choose another name")
     if name == "tests":
         raise ConfigError("project name 'tests' is the name of the project's own tests folder: choose another name")
     if name in sys.stdlib_module_names or name in sys.builtin_module_names:
-        raise ConfigError(f"project name {name!r} is the name of a module of Python's standard library: choose another name")
+        raise ConfigError(
+            f"project name {name!r} is the name of a module of Python's standard library: choose another name"
+        )
     where: str | None
     try:
         found = importlib.util.find_spec(name)

@@ -91,14 +91,20 @@ def make_stager(device: torch.device) -> Any:
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
     gpu = device.type == "cuda"
-    return DefaultStager(StagingOptions(use_pinned_memory=gpu, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=gpu))
+    return DefaultStager(
+        StagingOptions(
+            use_pinned_memory=gpu, use_shared_memory=False, use_async_staging=True, use_non_blocking_copy=gpu
+        )
+    )
 
 
 def start_saving_shards(folder: str, tensors: dict[str, Any], group: Any, stager: Any) -> Any:
     """Start copying this rank's shards to CPU memory and writing them, both in the
     background (DCP's `async_save` through `stager`, its collectives on `group`); return
     DCP's response: `staging_completion` once copied, `upload_completion` once written."""
-    return dcp.async_save(tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group, async_stager=stager)
+    return dcp.async_save(
+        tensors, storage_writer=dcp.FileSystemWriter(folder, sync_files=True), process_group=group, async_stager=stager
+    )
 
 
 def load_shards(folder: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:
@@ -113,7 +119,15 @@ def load_shards(folder: str, model: torch.nn.Module, optimizer: torch.optim.Opti
         with alone_quietly():
             dcp.load(tensors, storage_reader=SafeReader(folder), planner=SafeLoadPlanner())
         set_state_dict(model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"])
-    except (CheckpointException, RuntimeError, ValueError, KeyError, TypeError, AssertionError, pickle.UnpicklingError) as error:
+    except (
+        CheckpointException,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AssertionError,
+        pickle.UnpicklingError,
+    ) as error:
         raise CheckpointError(f"checkpoint {name} does not fit this runner: {describe_failure(error)}") from error
 
 
@@ -176,7 +190,10 @@ METADATA_CLASSES = {
     "torch.distributed.checkpoint.metadata": None,  # any class it defines, not what it imports
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.distributed.checkpoint.planner": {"LoadItemType", "WriteItemType"},
-    "torch": {"Size", *(str(dtype).removeprefix("torch.") for dtype in vars(torch).values() if isinstance(dtype, torch.dtype))},
+    "torch": {
+        "Size",
+        *(str(dtype).removeprefix("torch.") for dtype in vars(torch).values() if isinstance(dtype, torch.dtype)),
+    },
     "torch.serialization": {"_get_layout"},
     "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
     "collections": {"OrderedDict"},

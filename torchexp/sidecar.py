@@ -97,7 +97,10 @@ def write_folder_sidecar(path: str, temporary: str, files: dict[str, dict], fiel
 
 def hash_files(folder: str, names: list[str]) -> dict[str, dict]:
     """{name: {"sha256", "bytes"}} of the files `names` in `folder`."""
-    return {name: {"sha256": hash_file(os.path.join(folder, name)), "bytes": os.path.getsize(os.path.join(folder, name))} for name in names}
+    return {
+        name: {"sha256": hash_file(os.path.join(folder, name)), "bytes": os.path.getsize(os.path.join(folder, name))}
+        for name in names
+    }
 
 
 def verify_folder(what: str, path: str, sidecar: dict | None, names: Callable[[str], bool] = lambda name: True) -> None:
@@ -138,7 +141,9 @@ def verify(what: str, path: str, sidecar: dict | None, content: bytes | None = N
     else:
         size = len(content)
     if size != sidecar.get("bytes"):
-        raise CheckpointError(f"{what} is {size} bytes, but {sidecar.get('bytes')} were written (truncated or replaced)")
+        raise CheckpointError(
+            f"{what} is {size} bytes, but {sidecar.get('bytes')} were written (truncated or replaced)"
+        )
     digest = hash_file(path) if content is None else hashlib.sha256(content).hexdigest()
     if digest != sidecar["sha256"]:
         raise CheckpointError(f"{what} does not match its SHA-256 (corrupted)")

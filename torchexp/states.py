@@ -14,7 +14,8 @@ from torchexp.locks import is_locked
 
 FINISHED = "finished"  # the planned trainer.max_epochs (or max_steps) are done
 STOPPED_EARLY = "stopped early"  # early stopping, or an epoch observer (a search's pruner) ended it
-STOPPED_AT_MAX_EPOCHS = "stopped at --max-epochs"  # a `train --max-epochs` below trainer.max_epochs (or a search's rung) ended it
+# a `train --max-epochs` below trainer.max_epochs (or a search's rung) ended it
+STOPPED_AT_MAX_EPOCHS = "stopped at --max-epochs"
 STOPPED_AT_MAX_STEPS = "stopped at --max-steps"  # likewise, for an experiment trained by steps
 PRUNED = "pruned"  # a search pruned it (a trial its pruner stopped, or that ASHA never promoted)
 INTERRUPTED = "interrupted"  # a signal stopped it, or it was killed (nobody trains it, and it did not say why it ended)

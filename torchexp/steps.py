@@ -15,7 +15,9 @@ def prepare_batch(batch: Any, channels_last: bool) -> Any:
     if not channels_last or not isinstance(batch, (tuple, list)):
         return batch
     return type(batch)(
-        item.contiguous(memory_format=torch.channels_last) if isinstance(item, torch.Tensor) and item.dim() == 4 else item
+        item.contiguous(memory_format=torch.channels_last)
+        if isinstance(item, torch.Tensor) and item.dim() == 4
+        else item
         for item in batch
     )
 
@@ -131,5 +133,8 @@ class MetricSums:
         if not world.distributed:
             return {"sums": self.sums, "count": self.count}
         sums, count = sum_metrics(self.sums, self.count, device)
-        own = {"sums": {name: torch.as_tensor(value).cpu() for name, value in self.sums.items()}, "count": torch.as_tensor(self.count).cpu()}
+        own = {
+            "sums": {name: torch.as_tensor(value).cpu() for name, value in self.sums.items()},
+            "count": torch.as_tensor(self.count).cpu(),
+        }
         return {"sums": sums, "count": count, "by_rank": gather_objects(own)}

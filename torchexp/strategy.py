@@ -23,7 +23,14 @@ DDP = "ddp"
 FSDP = "fsdp"
 
 
-def wrap_model(model: torch.nn.Module, strategy: str, units: list[str] | None, world: World, device: torch.device, param_dtype: torch.dtype | None) -> torch.nn.Module:
+def wrap_model(
+    model: torch.nn.Module,
+    strategy: str,
+    units: list[str] | None,
+    world: World,
+    device: torch.device,
+    param_dtype: torch.dtype | None,
+) -> torch.nn.Module:
     """Return `model` spread over the ranks by `strategy` (itself for one process).
 
     Args:
@@ -38,7 +45,9 @@ def wrap_model(model: torch.nn.Module, strategy: str, units: list[str] | None, w
     if strategy == DDP:
         if not world.distributed:
             return model
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     chosen = choose_units(model, units)  # checked in one process too, before torchrun shows it wrong
     if not world.distributed:
         return model
@@ -46,12 +55,17 @@ def wrap_model(model: torch.nn.Module, strategy: str, units: list[str] | None, w
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world.size,))
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype is not None else None)
+    policy = MixedPrecisionPolicy(
+        param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype is not None else None
+    )
     for unit in chosen:
         try:
             fully_shard(unit, mesh=mesh, mp_policy=policy)
         except ValueError as error:  # e.g. a container without forward
-            raise ConfigError(f"FSDP cannot shard {type(unit).__name__} as a unit: {first_line(error)}; name the classes to shard in trainer.fsdp_modules") from error
+            raise ConfigError(
+                f"FSDP cannot shard {type(unit).__name__} as a unit: {first_line(error)}; "
+                "name the classes to shard in trainer.fsdp_modules"
+            ) from error
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
@@ -69,12 +83,20 @@ def choose_units(model: torch.nn.Module, units: list[str] | None) -> list[torch.
         # A parameter two children share (a tied embedding and head) must be sharded once:
         # those children stay with the root.
         owners = collections.Counter(id(parameter) for child in children for parameter in child.parameters())
-        return [child for child in children if any(True for _ in child.parameters()) and all(owners[id(parameter)] == 1 for parameter in child.parameters())]
+        return [
+            child
+            for child in children
+            if any(True for _ in child.parameters())
+            and all(owners[id(parameter)] == 1 for parameter in child.parameters())
+        ]
     found = [module for module in model.modules() if module is not model and type(module).__name__ in units]
     missing = sorted(set(units) - {type(module).__name__ for module in found})
     if missing:
         classes = sorted({type(module).__name__ for module in model.modules()})
-        raise ConfigError(f"trainer.fsdp_modules names {', '.join(missing)}, which the model does not contain (its classes: {', '.join(classes)})")
+        raise ConfigError(
+            f"trainer.fsdp_modules names {', '.join(missing)}, which the model does not contain "
+            f"(its classes: {', '.join(classes)})"
+        )
     return found
 
 

@@ -33,8 +33,16 @@ from torchexp.rng import mix_seed, seeded_globals
 
 # The keyword arguments of DataLoader that a rebuilt loader takes over from the project's.
 KEPT_OPTIONS = (
-    "num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn", "multiprocessing_context",
-    "prefetch_factor", "persistent_workers", "pin_memory_device", "in_order",
+    "num_workers",
+    "collate_fn",
+    "pin_memory",
+    "timeout",
+    "worker_init_fn",
+    "multiprocessing_context",
+    "prefetch_factor",
+    "persistent_workers",
+    "pin_memory_device",
+    "in_order",
 )
 STATEFUL_LOADER = "StatefulDataLoader"  # torchdata's, recognised by name: torchdata is an extra
 
@@ -100,7 +108,9 @@ class MapStyleLoader(TrainLoader):
         super().__init__(loader)
         self.seed, self.rank, self.world = seed, rank, world
         self.keys = EpochKeys()
-        options = {name: getattr(loader, name) for name in KEPT_OPTIONS if name in inspect.signature(DataLoader).parameters}
+        options = {
+            name: getattr(loader, name) for name in KEPT_OPTIONS if name in inspect.signature(DataLoader).parameters
+        }
         if loader.num_workers == 0:
             options.pop("prefetch_factor", None)
         dataset = SeededSamples(loader.dataset, seed)
@@ -112,7 +122,9 @@ class MapStyleLoader(TrainLoader):
 
     def begin(self, epoch: int, start: int) -> tuple[Iterable, int | None]:
         batches = draw_batches(self.source, self.seed, epoch, self.rank, self.world)
-        self.keys.batches = [[(epoch, index) for index in batch] if isinstance(batch, list) else (epoch, batch) for batch in batches]
+        self.keys.batches = [
+            [(epoch, index) for index in batch] if isinstance(batch, list) else (epoch, batch) for batch in batches
+        ]
         self.keys.start = start
         self.loader.generator = make_generator(self.seed, epoch)
         return self.loader, len(batches)
@@ -191,7 +203,10 @@ def adapt_train_loader(loader: Any, seed: int, rank: int = 0, world: int = 1) ->
         return StatefulLoader(loader, seed)
     if is_dataloader and isinstance(loader.dataset, IterableDataset):
         what = f"a DataLoader over {type(loader.dataset).__name__}, an IterableDataset,"
-        instead = f"use torchdata's StatefulDataLoader, and give {type(loader.dataset).__name__} state_dict() and load_state_dict()"
+        instead = (
+            "use torchdata's StatefulDataLoader, "
+            f"and give {type(loader.dataset).__name__} state_dict() and load_state_dict()"
+        )
     elif is_dataloader:
         what = f"a {type(loader).__name__}, a DataLoader subclass torchexp does not rebuild,"
         instead = "return a torch.utils.data.DataLoader, or give it set_epoch(epoch) and set_start(batch)"

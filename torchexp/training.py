@@ -75,8 +75,14 @@ def train_experiment(
     torch_device = resolve_device(map_device(device, world))
     join(world, torch_device)
     try:
-        limit = (max_epochs, "--max-epochs") if max_epochs is not None else (max_steps, "--max-steps" if max_steps is not None else None)
-        stop = train_held(project, experiment, world, torch_device, num_workers, limit, log_period, epoch, overwrite, epoch_observers)
+        limit = (
+            (max_epochs, "--max-epochs")
+            if max_epochs is not None
+            else (max_steps, "--max-steps" if max_steps is not None else None)
+        )
+        stop = train_held(
+            project, experiment, world, torch_device, num_workers, limit, log_period, epoch, overwrite, epoch_observers
+        )
     except BaseException:
         leave(free_objects=False)
         raise
@@ -85,8 +91,16 @@ def train_experiment(
 
 
 def train_held(
-    project: Project, experiment: Experiment, world: Any, device: Any, num_workers: int, limit: tuple[int | None, str | None], log_period: int,
-    epoch: int | None, overwrite: bool, epoch_observers: tuple[Callable, ...] = (),
+    project: Project,
+    experiment: Experiment,
+    world: Any,
+    device: Any,
+    num_workers: int,
+    limit: tuple[int | None, str | None],
+    log_period: int,
+    epoch: int | None,
+    overwrite: bool,
+    epoch_observers: tuple[Callable, ...] = (),
 ) -> Stop:
     """The body of `train_experiment` between joining and leaving the process group;
     `limit` is (--max-epochs or --max-steps, which of the two), or (None, None).
@@ -104,9 +118,13 @@ def train_held(
             if world.is_main:  # for what reads the experiment without the project's classes: compare, create_release
                 record_directions(experiment, declared_directions(type(runner)))
             budget, source = read_budget(runner.config, *limit)
-            runner.logger.info(f"training {experiment.name!r} on {device}{processes} up to {budget.unit} {budget.limit} ({source})")
+            runner.logger.info(
+                f"training {experiment.name!r} on {device}{processes} up to {budget.unit} {budget.limit} ({source})"
+            )
             provenance = record_provenance(runner, project.data_path, device)
-            runner.tracker.open(project.trackers, RunInfo(experiment, experiment.read_definition(), "train"), runner.logger)
+            runner.tracker.open(
+                project.trackers, RunInfo(experiment, experiment.read_definition(), "train"), runner.logger
+            )
             stop = train_recording_stop(runner, device, budget, log_period, epoch, epoch_observers, provenance)
         finally:
             runner.tracker.close()
@@ -131,7 +149,13 @@ def record_provenance(runner: Any, data_path: str, device: Any) -> dict | None:
 
 
 def train_recording_stop(
-    runner: Any, device: Any, budget: Budget, log_period: int, epoch: int | None, observers: tuple[Callable, ...], provenance: dict | None
+    runner: Any,
+    device: Any,
+    budget: Budget,
+    log_period: int,
+    epoch: int | None,
+    observers: tuple[Callable, ...],
+    provenance: dict | None,
 ) -> Stop:
     """Run the loop and record in metrics.jsonl why it ended: its own `Stop`, an interrupt,
     or the error that ended it (which is raised on)."""
@@ -145,8 +169,13 @@ def train_recording_stop(
         raise
     except Exception as error:
         # It may fail before the checkpoint is restored: the epochs (or steps) done are on disk.
-        done = max((found.epoch for found in checkpoints.list_checkpoints(runner.experiment.checkpoints_path, ("standard",))), default=0)
-        runner.tracker.log_stop(Stop(FAILED, done, budget.limit, f"{type(error).__name__}: {first_line(error)}", budget.unit))
+        done = max(
+            (found.epoch for found in checkpoints.list_checkpoints(runner.experiment.checkpoints_path, ("standard",))),
+            default=0,
+        )
+        runner.tracker.log_stop(
+            Stop(FAILED, done, budget.limit, f"{type(error).__name__}: {first_line(error)}", budget.unit)
+        )
         raise
     runner.tracker.log_stop(stop)
     return stop
@@ -171,7 +200,9 @@ def hold_experiment(experiment: Experiment, world: Any, device: Any) -> Iterator
 
 def check_no_later_checkpoints(experiment: Experiment, epoch: int) -> None:
     """Refuse to train from `epoch` over later standard checkpoints."""
-    later = [info for info in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",)) if info.epoch > epoch]
+    later = [
+        info for info in checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard",)) if info.epoch > epoch
+    ]
     if later:
         raise CheckpointError(
             f"epochs {checkpoints.describe_epochs(later)} have checkpoints that training from epoch {epoch} "

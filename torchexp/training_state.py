@@ -27,7 +27,13 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | None, feed: TrainLoader | None = None, with_tensors: bool = True) -> dict[str, Any]:
+def collect_state(
+    runner: Any,
+    precision: Precision,
+    partial: dict[str, Any] | None,
+    feed: TrainLoader | None = None,
+    with_tensors: bool = True,
+) -> dict[str, Any]:
     """Return everything needed to resume, as tensors and plain data.
 
     Args:
@@ -42,8 +48,16 @@ def collect_state(runner: Any, precision: Precision, partial: dict[str, Any] | N
     loader_state = feed.state_dict() if feed is not None and feed.keeps_state and mid_epoch else None
     others = runner.save_states_others()
     check_plain_data(others, "others", f"{type(runner).__name__}.save_states_others returned")
-    check_plain_data(loader_state, "state", f"the train loader's state_dict() ({type(feed.loader).__name__ if feed else ''}) returned")
-    tensors = {"model": unwrap_model(runner.model).state_dict(), "optimizer": runner.optimizer.state_dict()} if with_tensors else {}
+    check_plain_data(
+        loader_state,
+        "state",
+        f"the train loader's state_dict() ({type(feed.loader).__name__ if feed else ''}) returned",
+    )
+    tensors = (
+        {"model": unwrap_model(runner.model).state_dict(), "optimizer": runner.optimizer.state_dict()}
+        if with_tensors
+        else {}
+    )
     return {
         "format": checkpoints.CHECKPOINT_FORMAT,
         "counters": dict(runner.counters),
@@ -80,12 +94,15 @@ def check_plain_data(value: Any, path: str, source: str) -> None:
             check_plain_data(item, f"{path}[{index}]", source)
     elif not isinstance(value, PLAIN_TYPES):
         raise ProjectError(
-            f"{source} a {type(value).__name__} at {path}: a checkpoint holds tensors, numbers, strings, lists and dicts only, "
+            f"{source} a {type(value).__name__} at {path}: "
+            "a checkpoint holds tensors, numbers, strings, lists and dicts only, "
             "which torch.load(weights_only=True) reads back"
         )
 
 
-def restore_training(runner: Any, precision: Precision, epoch: int | None, feed: TrainLoader | None = None) -> dict[str, Any] | None:
+def restore_training(
+    runner: Any, precision: Precision, epoch: int | None, feed: TrainLoader | None = None
+) -> dict[str, Any] | None:
     """Load the furthest checkpoint that verifies (and that the train loader can resume
     from), or the standard one of `epoch`; return the metric sums since the last point it
     holds (None at a point).
@@ -100,7 +117,9 @@ def restore_training(runner: Any, precision: Precision, epoch: int | None, feed:
     if epoch is None:
         mid_epoch = feed is None or feed.resumes_mid_epoch
         part = (runner.world.rank, runner.world.size)
-        checkpoint, skipped = checkpoints.find_resume_checkpoint(folder, mid_epoch, part, lambda ok: all_across(ok, runner.device))
+        checkpoint, skipped = checkpoints.find_resume_checkpoint(
+            folder, mid_epoch, part, lambda ok: all_across(ok, runner.device)
+        )
         for _, reason in skipped:
             runner.logger.warning(f"skipping {reason}")
     else:
@@ -114,11 +133,17 @@ def restore_training(runner: Any, precision: Precision, epoch: int | None, feed:
         if feed is not None and runner.counters["iteration"] > 0:
             restore_loader(runner.world, feed, state.get("loader_by_rank"), checkpoint.name)
         counters = runner.counters
-        inside = f"; in epoch {counters['epoch'] + 1} after batch {counters['iteration']}" if counters["iteration"] else ""
-        runner.logger.info(f"resumed from {checkpoint.name}: {describe_count(counters[checkpoint.unit], checkpoint.unit)} done{inside}")
+        inside = (
+            f"; in epoch {counters['epoch'] + 1} after batch {counters['iteration']}" if counters["iteration"] else ""
+        )
+        runner.logger.info(
+            f"resumed from {checkpoint.name}: {describe_count(counters[checkpoint.unit], checkpoint.unit)} done{inside}"
+        )
     dropped = runner.tracker.discard_after(runner.counters["step"], runner.counters["epoch"])
     if dropped:
-        runner.logger.info(f"removed {dropped} lines from metrics.jsonl, logged after this point by a run that did not finish")
+        runner.logger.info(
+            f"removed {dropped} lines from metrics.jsonl, logged after this point by a run that did not finish"
+        )
     return partial
 
 
@@ -132,13 +157,18 @@ def load_training_state(runner: Any, checkpoint: checkpoints.Checkpoint) -> dict
     strategy = runner.get_conf("trainer", "strategy")
     if checkpoint.sharded != (strategy == FSDP):
         saved = "fsdp, a folder of shards" if checkpoint.sharded else "ddp, one file"
-        raise CheckpointError(f"checkpoint {checkpoint.name} was saved under trainer.strategy {saved}, and this run trains under {strategy}: train with the strategy it was saved under")
+        raise CheckpointError(
+            f"checkpoint {checkpoint.name} was saved under trainer.strategy {saved}, "
+            f"and this run trains under {strategy}: train with the strategy it was saved under"
+        )
     if not checkpoint.sharded:
         return checkpoint.load()
     if not checkpoint.hashed:  # each rank checks its share of the files
         problem = checkpoint.check((runner.world.rank, runner.world.size))
         if not all_across(problem is None, runner.device):
-            raise CheckpointError(problem or f"checkpoint {checkpoint.name}: another rank found one of its files corrupt")
+            raise CheckpointError(
+                problem or f"checkpoint {checkpoint.name}: another rank found one of its files corrupt"
+            )
     state = sharded.load_plain(checkpoint.path, checkpoint.name)
     sharded.load_shards(checkpoint.path, unwrap_model(runner.model), runner.optimizer, checkpoint.name)
     return state
@@ -182,7 +212,10 @@ def restore_loader(world: Any, feed: TrainLoader, states: list[Any] | None, name
     if not feed.keeps_state:
         return
     if states is None:
-        raise CheckpointError(f"checkpoint {name} holds no state of the train loader, which needs one to resume mid-epoch: resume from an epoch's end with --epoch")
+        raise CheckpointError(
+            f"checkpoint {name} holds no state of the train loader, which needs one to resume mid-epoch: "
+            "resume from an epoch's end with --epoch"
+        )
     if len(states) != world.size:
         raise CheckpointError(
             f"checkpoint {name} holds the train loader's state of {len(states)} processes, and {world.size} resume it: "
@@ -204,7 +237,8 @@ def restore_rng_by_rank(world: Any, states: list[dict[str, Any]]) -> list[str]:
         return restore_rng_states(states[world.rank])
     warning = (
         f"checkpoint saved by {plural(len(states))}, resumed by {plural(world.size)}: training goes on, but the data "
-        "order changes and the run is no longer bit-identical to a straight one, which holds only for the same number of processes"
+        "order changes and the run is no longer bit-identical to a straight one, "
+        "which holds only for the same number of processes"
     )
     return [warning, *restore_rng_states(states[world.rank % len(states)])]
 
@@ -234,4 +268,3 @@ def build_model(runner: Any, device: torch.device) -> None:
     runner.init_model(device)
     if not isinstance(runner.model, torch.nn.Module):
         raise TypeError(f"init_model must set self.model to a torch.nn.Module, not {type(runner.model).__name__}")
-

@@ -50,7 +50,9 @@ class Verification:
 
     def describe(self) -> str:
         """`epoch 3: bit-identical (14 tensors)`, or `epoch 3: differs: first at ...`."""
-        where = f"{self.unit} {self.epoch}" + (f", iteration {self.iteration}" if self.iteration and self.unit == "epoch" else "")
+        where = f"{self.unit} {self.epoch}" + (
+            f", iteration {self.iteration}" if self.iteration and self.unit == "epoch" else ""
+        )
         verdict = f"bit-identical ({self.tensors:,} tensors)" if self.identical else f"differs: {self.difference}"
         lines = [f"{where}: {verdict}"]
         lines += [f"  provenance: {change}" for change in self.provenance_changes]
@@ -60,14 +62,19 @@ class Verification:
         return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **dataclasses.asdict(self)}
 
 
-def choose_targets(experiment: Experiment, epoch: int | None, last: int | None, every: bool) -> list[checkpoints.Checkpoint]:
+def choose_targets(
+    experiment: Experiment, epoch: int | None, last: int | None, every: bool
+) -> list[checkpoints.Checkpoint]:
     """The checkpoints to verify: the one of `epoch`, the last `last`, every one, or by
     default the latest; epoch ends and mid-epoch checkpoints alike, in training order.
 
     Raises:
         CheckpointError: `epoch` has no training checkpoint (only a release, or none).
     """
-    found = sorted(checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard", "interrupt")), key=lambda item: item.progress)
+    found = sorted(
+        checkpoints.list_checkpoints(experiment.checkpoints_path, ("standard", "interrupt")),
+        key=lambda item: item.progress,
+    )
     if epoch is not None:
         for kind in ("standard", "interrupt"):
             matching = [item for item in found if item.epoch == epoch and item.kind == kind]
@@ -79,7 +86,9 @@ def choose_targets(experiment: Experiment, epoch: int | None, last: int | None, 
     return found if every else found[-(last or 1) :]
 
 
-def find_start(experiment: Experiment, target: checkpoints.Checkpoint, points_before: int) -> checkpoints.Checkpoint | None:
+def find_start(
+    experiment: Experiment, target: checkpoints.Checkpoint, points_before: int
+) -> checkpoints.Checkpoint | None:
     """The checkpoint training to `target` starts from: the last standard checkpoint before
     it (epoch N - 1's, for an experiment trained by epochs), or None when `target` comes
     before the first point and training starts from the seed.
@@ -103,7 +112,9 @@ def find_start(experiment: Experiment, target: checkpoints.Checkpoint, points_be
     if points_before == 0:
         return None
     kept = checkpoints.describe_epochs(standards)
-    where = f"the checkpoint of epoch {target.epoch - 1}" if target.unit == "epoch" else "the standard checkpoint before it"
+    where = (
+        f"the checkpoint of epoch {target.epoch - 1}" if target.unit == "epoch" else "the standard checkpoint before it"
+    )
     raise CheckpointError(
         f"{target.unit} {target.epoch} cannot be verified: training to it starts from {where}, "
         f"which is not there (standard checkpoints: {kept})"
@@ -111,7 +122,12 @@ def find_start(experiment: Experiment, target: checkpoints.Checkpoint, points_be
 
 
 def verify_checkpoint(
-    project: Project, experiment: Experiment, target: checkpoints.Checkpoint, device: torch.device, quiet: bool, world: World = World()
+    project: Project,
+    experiment: Experiment,
+    target: checkpoints.Checkpoint,
+    device: torch.device,
+    quiet: bool,
+    world: World = World(),
 ) -> Verification:
     """Re-run the training that produced `target` in a scratch folder and compare. Under
     torchrun, every rank re-runs its part, as many ranks as trained it.
@@ -144,13 +160,24 @@ def verify_checkpoint(
         copy = Experiment(scratch, experiment.name)
         # The re-run's own logs stay in the scratch folder; its progress bar shows.
         workers = int(target.sidecar.get("num_workers", 0))
-        runner = dataclasses.replace(project, verbosity="quiet").make_runner(copy, definition, num_workers=workers, world=world)
+        runner = dataclasses.replace(project, verbosity="quiet").make_runner(
+            copy, definition, num_workers=workers, world=world
+        )
         runner.quiet = quiet
         try:
             stop_at = (counters["epoch"] + 1, counters["iteration"]) if target.kind == "interrupt" else None
             with project_errors(runner.logger):
-                train(runner, device, budget, log_period=2**62, epoch=None if start is None else start.epoch, stop_at=stop_at)
-            provenance = collect(definition, runner.data.read_files, project.data_path, device, target.sidecar.get("provenance"))
+                train(
+                    runner,
+                    device,
+                    budget,
+                    log_period=2**62,
+                    epoch=None if start is None else start.epoch,
+                    stop_at=stop_at,
+                )
+            provenance = collect(
+                definition, runner.data.read_files, project.data_path, device, target.sidecar.get("provenance")
+            )
         finally:
             runner.tracker.close()
             close_logger(runner.logger)
@@ -178,7 +205,10 @@ def check_world_size(target: checkpoints.Checkpoint, trained_by: int, world: Wor
     if trained_by == world.size:
         return
     how = f"under torchrun --nproc-per-node {trained_by}" if trained_by > 1 else "in one process, without torchrun"
-    raise CheckpointError(f"checkpoint {target.name} was trained by {trained_by} process{'es' if trained_by > 1 else ''}, and {world.size} verify it: verify it {how}")
+    raise CheckpointError(
+        f"checkpoint {target.name} was trained by {trained_by} process{'es' if trained_by > 1 else ''}, "
+        f"and {world.size} verify it: verify it {how}"
+    )
 
 
 @contextlib.contextmanager
@@ -221,7 +251,9 @@ def compare_states(actual: Any, expected: Any) -> tuple[int, str]:
             tensors += 1
             difference = describe_tensor_difference(path, first, second)
         else:
-            same = first == second or (isinstance(first, float) and isinstance(second, float) and math.isnan(first) and math.isnan(second))
+            same = first == second or (
+                isinstance(first, float) and isinstance(second, float) and math.isnan(first) and math.isnan(second)
+            )
             difference = "" if same else f"first at {path}: {short(first)} where the checkpoint has {short(second)}"
         if difference:
             return tensors, difference
@@ -242,12 +274,19 @@ def walk_pairs(first: Any, second: Any, path: str) -> Iterator[tuple[str, Any, A
 
 
 def describe_tensor_difference(path: str, actual: Any, expected: torch.Tensor) -> str:
-    """"" when two tensors are equal bit for bit (NaN equal to NaN), else how they differ."""
+    """ "" when two tensors are equal bit for bit (NaN equal to NaN), else how they differ."""
     if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape or actual.dtype != expected.dtype:
-        return f"first at {path}: {short(actual)} where the checkpoint has a tensor of shape {list(expected.shape)}, {expected.dtype}"
+        return (
+            f"first at {path}: {short(actual)} "
+            f"where the checkpoint has a tensor of shape {list(expected.shape)}, {expected.dtype}"
+        )
     if torch.equal(actual, expected):
         return ""
-    if actual.is_floating_point() and torch.equal(actual.isnan(), expected.isnan()) and torch.equal(actual[~actual.isnan()], expected[~expected.isnan()]):
+    if (
+        actual.is_floating_point()
+        and torch.equal(actual.isnan(), expected.isnan())
+        and torch.equal(actual[~actual.isnan()], expected[~expected.isnan()])
+    ):
         return ""  # NaN where the checkpoint has NaN: a diverged run reproduced
     differing = actual != expected
     if actual.is_floating_point() or actual.is_complex():
@@ -260,7 +299,11 @@ def describe_tensor_difference(path: str, actual: Any, expected: torch.Tensor) -
 
 def short(value: Any) -> str:
     """A value for a message, cut to a readable length."""
-    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else type(value).__name__
+    text = (
+        json.dumps(value)
+        if isinstance(value, (dict, list, str, int, float, bool, type(None)))
+        else type(value).__name__
+    )
     return text if len(text) <= 60 else text[:57] + "..."
 
 

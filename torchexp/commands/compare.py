@@ -8,10 +8,10 @@ import click
 from torchexp.commands.context import App
 from torchexp.compare import build_table, plot_table, sort_table
 from torchexp.directions import parse_direction_overrides
-from torchexp.tables import format_csv, format_json, format_markdown, format_text
 from torchexp.errors import ConfigError
-from torchexp.extras import require_extra
 from torchexp.experiments import Experiments
+from torchexp.extras import require_extra
+from torchexp.tables import format_csv, format_json, format_markdown, format_text
 
 FORMATS = {"json": format_json, "csv": format_csv, "md": format_markdown}
 
@@ -32,14 +32,29 @@ FORMATS = {"json": format_json, "csv": format_csv, "md": format_markdown}
     "[default: as the project's Runner declares (metric_directions), else by the name: "
     "accuracy-like names max, the rest min]",
 )
-@click.option("--sort-by", metavar="COLUMN", help="Sort by a column as printed, e.g. 'best validation loss', or by a config key.  [default: by name]")
-@click.option("--sort-order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True, help="Order of --sort-by.")
+@click.option(
+    "--sort-by",
+    metavar="COLUMN",
+    help="Sort by a column as printed, e.g. 'best validation loss', or by a config key.  [default: by name]",
+)
+@click.option(
+    "--sort-order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True, help="Order of --sort-by."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per experiment.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV, numbers in full precision.")
 @click.option("--md", "as_md", is_flag=True, help="Print a Markdown (GitHub) table.")
-@click.option("--plot", "plot_path", metavar="FILE", help="Also draw the metrics per epoch, one line per experiment, to FILE (.png or .svg).  [default: no plot]")
 @click.option(
-    "--plot-metrics", type=click.Choice(["validation", "train"]), default="validation", show_default=True, help="Which metrics --plot draws."
+    "--plot",
+    "plot_path",
+    metavar="FILE",
+    help="Also draw the metrics per epoch, one line per experiment, to FILE (.png or .svg).  [default: no plot]",
+)
+@click.option(
+    "--plot-metrics",
+    type=click.Choice(["validation", "train"]),
+    default="validation",
+    show_default=True,
+    help="Which metrics --plot draws.",
 )
 @click.pass_context
 def compare(

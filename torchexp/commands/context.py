@@ -36,7 +36,11 @@ class App:
         tracking: MlflowTarget | None = None,
         trackers: tuple[TrackerSpec, ...] = (),
     ):
-        mlflow = (TrackerSpec("mlflow", (("uri", tracking.uri), ("experiment_name", tracking.experiment_name or ""))),) if tracking else ()
+        mlflow = (
+            (TrackerSpec("mlflow", (("uri", tracking.uri), ("experiment_name", tracking.experiment_name or ""))),)
+            if tracking
+            else ()
+        )
         self.project = Project(data_class, runner_class, data_path, verbosity, mlflow + trackers)
         self.tracking = tracking
         self.experiment_name = experiment_name

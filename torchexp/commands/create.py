@@ -9,7 +9,9 @@ from torchexp.scaffold import TASKS, create_project
 
 @click.command()
 @click.option("--name", required=True, help="The project's name, also its package's: a Python identifier, e.g. digits.")
-@click.option("--path", "folder", default=".", show_default=True, help="Existing folder to create the project folder NAME in.")
+@click.option(
+    "--path", "folder", default=".", show_default=True, help="Existing folder to create the project folder NAME in."
+)
 @click.option(
     "--task",
     type=click.Choice(list(TASKS)),
@@ -27,7 +29,9 @@ def create(name: str, folder: str, task: str) -> None:
     relative = os.path.relpath(target)
     click.echo("next:")
     click.echo(f"  cd {os.path.abspath(target) if relative.startswith('..') else relative}")
-    click.echo("  make install    # pip install -e '.[test]': the project and its tests' needs, importable from anywhere")
+    click.echo(
+        "  make install    # pip install -e '.[test]': the project and its tests' needs, importable from anywhere"
+    )
     click.echo(f"  python -m {name} --experiment-name first init")
     click.echo(f"  python -m {name} --experiment-name first train")
     click.echo(f"  python -m {name} --experiment-name first test")

@@ -37,7 +37,9 @@ def info(app: App) -> None:
         click.echo(f"  {unit} {epoch} {kind}: {format_metrics(numbers) or 'no numbers'}")
     click.echo(f"verifications: {len(view.verifications) or 'none'}")
     for entry in view.verifications:
-        where = f"{unit} {entry.get('epoch')}" + (f", iteration {entry['iteration']}" if entry.get("iteration") and unit == "epoch" else "")
+        where = f"{unit} {entry.get('epoch')}" + (
+            f", iteration {entry['iteration']}" if entry.get("iteration") and unit == "epoch" else ""
+        )
         verdict = "bit-identical" if entry.get("identical") else f"differs: {entry.get('difference')}"
         click.echo(f"  {entry.get('time')} {where} on {entry.get('device')}: {verdict}")
 
@@ -56,8 +58,10 @@ def describe_provenance(provenance: dict) -> list[str]:
     return [
         f"recorded: {provenance.get('event')} at {provenance.get('time')}",
         f"code: {code_text}",
-        f"data: {data.get('sha256', '')[:12]} over {len(files)} file{'s' if len(files) != 1 else ''}" + (f" ({', '.join(sorted(files))})" if 0 < len(files) <= 4 else ""),
-        "environment: " + ", ".join(f"{key} {environment[key]}" for key in shown if environment.get(key) not in (None, "")),
+        f"data: {data.get('sha256', '')[:12]} over {len(files)} file{'s' if len(files) != 1 else ''}"
+        + (f" ({', '.join(sorted(files))})" if 0 < len(files) <= 4 else ""),
+        "environment: "
+        + ", ".join(f"{key} {environment[key]}" for key in shown if environment.get(key) not in (None, "")),
         "settings: " + ", ".join(f"trainer.{key} {value}" for key, value in (provenance.get("settings") or {}).items()),
     ]
 
@@ -66,7 +70,10 @@ def describe_checkpoint(checkpoint: checkpoints.Checkpoint) -> str:
     """One line of `info`: epoch (or step), kind, size and key metrics."""
     if checkpoint.sidecar is None:
         return f"epoch {checkpoint.epoch} {checkpoint.kind}: no sidecar (unverifiable)"
-    parts = [f"{checkpoint.unit} {checkpoint.epoch} {checkpoint.kind}", f"{checkpoint.sidecar.get('bytes', 0) / 1e6:.1f} MB"]
+    parts = [
+        f"{checkpoint.unit} {checkpoint.epoch} {checkpoint.kind}",
+        f"{checkpoint.sidecar.get('bytes', 0) / 1e6:.1f} MB",
+    ]
     counters = checkpoint.sidecar.get("counters") or {}
     if checkpoint.unit == "step" and checkpoint.kind != "release":
         parts.append(f"epoch {counters.get('epoch', 0) + 1}, iteration {counters.get('iteration')}")

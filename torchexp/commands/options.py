@@ -32,7 +32,11 @@ def with_point(help_text: str, default: str) -> Callable:
     """Add --epoch and --step: a checkpoint's number, in the experiment's unit (`choose_point`)."""
 
     def add(command: Callable) -> Callable:
-        command = click.option("--step", type=click.IntRange(min=1), help="--epoch's counterpart for an experiment trained by steps (trainer.max_steps).  [default: as --epoch]")(command)
+        command = click.option(
+            "--step",
+            type=click.IntRange(min=1),
+            help="--epoch's counterpart for an experiment trained by steps (trainer.max_steps).  [default: as --epoch]",
+        )(command)
         return click.option("--epoch", type=click.IntRange(min=1), help=f"{help_text}  [default: {default}]")(command)
 
     return add

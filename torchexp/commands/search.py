@@ -8,7 +8,8 @@ field into a click option, and adds the options that look at a study (--status,
 import dataclasses
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -31,7 +32,8 @@ def make_option(field: dataclasses.Field) -> Callable:
     if spec.choices:
         details["type"] = click.Choice(spec.choices)
     elif kind in (int, float) and (spec.minimum is not None or spec.maximum is not None):
-        details["type"] = (click.IntRange if kind is int else click.FloatRange)(spec.minimum, spec.maximum)
+        # An int option declares int bounds; Option's one annotation says int | float for both kinds.
+        details["type"] = (click.IntRange if kind is int else click.FloatRange)(spec.minimum, spec.maximum)  # type: ignore[arg-type]
     elif kind is not tuple:
         details["type"] = kind
     if kind is tuple:
@@ -54,7 +56,9 @@ def with_search_options(command: Callable) -> Callable:
 @click.option("--status", is_flag=True, help="Print the study's trials and best trial, and train nothing.")
 @click.option("--dashboard", is_flag=True, help="Serve optuna-dashboard on the study until Ctrl-C.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="--dashboard: address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="--dashboard: port to listen on.")
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="--dashboard: port to listen on."
+)
 @pass_app
 def search(app: App, status: bool, dashboard: bool, host: str, port: int, **values: Any) -> None:
     """Search hyperparameters: every trial is an experiment, STUDY/trial-NNNN.

@@ -7,7 +7,10 @@ from torchexp.logs import close_logger, make_logger
 
 
 @click.command()
-@click.option("--storage", help="Database URL of a study kept in a database, as given to search --storage.  [default: the study's journal]")
+@click.option(
+    "--storage",
+    help="Database URL of a study kept in a database, as given to search --storage.  [default: the study's journal]",
+)
 @pass_app
 def sync(app: App, storage: str | None) -> None:
     """Send MLflow what it lacks: runs trained while no server was reachable, epochs logged

@@ -54,7 +54,11 @@ def compare_logdir_spec(experiments_path: str) -> str:
 
     names = []
     if os.path.isdir(experiments_path):
-        names = [name for name in Experiments(experiments_path).names() if os.path.isdir(os.path.join(experiments_path, name, "tensorboard"))]
+        names = [
+            name
+            for name in Experiments(experiments_path).names()
+            if os.path.isdir(os.path.join(experiments_path, name, "tensorboard"))
+        ]
     if not names:
         raise ExperimentError(f"no experiments to compare in {experiments_path}")
     return ",".join(f"{name}:{os.path.join(experiments_path, name, 'tensorboard')}" for name in names)

@@ -31,15 +31,34 @@ from torchexp.training import train_experiment
 @click.option(
     "--max-steps",
     type=click.IntRange(min=1),
-    help="Train until this many optimizer steps are done, for an experiment trained by steps.  [default: the config's trainer.max_steps]",
+    help="Train until this many optimizer steps are done, for an experiment trained by steps.  "
+    "[default: the config's trainer.max_steps]",
 )
-@click.option("--log-period", default=100, show_default=True, type=click.IntRange(min=1), help="Optimizer steps between iteration logs.")
-@click.option("--overwrite", is_flag=True, help="Allow --epoch (--step) to train over later checkpoints, deleting them (releases stay).")
+@click.option(
+    "--log-period",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Optimizer steps between iteration logs.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Allow --epoch (--step) to train over later checkpoints, deleting them (releases stay).",
+)
 @with_device
 @with_workers
 @pass_app
 def train(
-    app: App, epoch: int | None, step: int | None, max_epochs: int | None, max_steps: int | None, log_period: int, overwrite: bool, device: str, num_workers: int
+    app: App,
+    epoch: int | None,
+    step: int | None,
+    max_epochs: int | None,
+    max_steps: int | None,
+    log_period: int,
+    overwrite: bool,
+    device: str,
+    num_workers: int,
 ) -> None:
     """Train, resuming from the furthest checkpoint (or --epoch, or --step).
 
@@ -49,7 +68,9 @@ def train(
         raise ConfigError("--max-epochs and --max-steps cannot be combined: an experiment trains by one or the other")
     experiment = app.open_experiment()
     point = choose_point(experiment, epoch, step)
-    train_experiment(app.project, experiment, device, num_workers, max_epochs, log_period, point, overwrite, max_steps=max_steps)
+    train_experiment(
+        app.project, experiment, device, num_workers, max_epochs, log_period, point, overwrite, max_steps=max_steps
+    )
 
 
 @click.command()
@@ -70,7 +91,8 @@ def test(app: App, epoch: int | None, step: int | None, release: bool, device: s
 @with_point("Epoch to release.", "the best by trainer.monitor (the lowest validation loss by default), else the latest")
 @click.option(
     "--registered-model",
-    help="With MLflow tracking on, register the release as a version of this model.  [default: PROJECT-EXPERIMENT, e.g. mnist_classifier-fast]",
+    help="With MLflow tracking on, register the release as a version of this model.  "
+    "[default: PROJECT-EXPERIMENT, e.g. mnist_classifier-fast]",
 )
 @pass_app
 def create_release(app: App, epoch: int | None, step: int | None, registered_model: str | None) -> None:

@@ -26,7 +26,16 @@ def verify(app: App, epoch: int | None, step: int | None, last: int | None, ever
     from torchexp.distributed import join, leave, map_device, read_world
     from torchexp.verification import append_verification, choose_targets, verify_checkpoint
 
-    chosen = [flag for flag, given in (("--epoch", epoch is not None), ("--step", step is not None), ("--last", last is not None), ("--all", every)) if given]
+    chosen = [
+        flag
+        for flag, given in (
+            ("--epoch", epoch is not None),
+            ("--step", step is not None),
+            ("--last", last is not None),
+            ("--all", every),
+        )
+        if given
+    ]
     if len(chosen) > 1:
         raise ConfigError(f"{' and '.join(chosen)} cannot be combined: choose one")
     experiment = app.open_experiment()
@@ -35,13 +44,19 @@ def verify(app: App, epoch: int | None, step: int | None, last: int | None, ever
     torch_device = resolve_device(map_device(device, world))
     if torch_device.type == "cuda" and world.is_main:
         deterministic = experiment.read_definition()["config"].get("trainer", {}).get("deterministic", False)
-        exactness = "on: results are expected bit-identical" if deterministic else "off: cuDNN and cuBLAS may pick other kernels, so results may differ without a fault"
+        exactness = (
+            "on: results are expected bit-identical"
+            if deterministic
+            else "off: cuDNN and cuBLAS may pick other kernels, so results may differ without a fault"
+        )
         click.echo(f"on {torch_device}, trainer.deterministic is {exactness}")
     differing = 0
     join(world, torch_device)
     try:
         for target in targets:
-            verification = verify_checkpoint(app.project, experiment, target, torch_device, quiet=app.verbosity == "quiet", world=world)
+            verification = verify_checkpoint(
+                app.project, experiment, target, torch_device, quiet=app.verbosity == "quiet", world=world
+            )
             if world.is_main:
                 append_verification(experiment, verification)
                 click.echo(verification.describe())

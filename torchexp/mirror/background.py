@@ -75,7 +75,9 @@ class BackgroundMirror:
             self.mirror.sync(training=training, **self.sync_options)
         except (TorchexpError, OSError) as error:
             if not self.warned:
-                self.logger.warning(f"{error}; training goes on, the experiment folder keeps everything, and sync sends it later")
+                self.logger.warning(
+                    f"{error}; training goes on, the experiment folder keeps everything, and sync sends it later"
+                )
             self.failing = self.warned = True
             return
         if self.failing:

@@ -3,13 +3,14 @@
 Every other event reaches the mirror through its tracker (`torchexp.mirror.tracker`).
 """
 
-
 from torchexp.errors import ConfigError
 from torchexp.folder import Experiment
 from torchexp.mirror.target import MlflowTarget
 
 
-def check_registered_model(target: MlflowTarget | None, experiment: Experiment, epoch: int, asked: str | None) -> str | None:
+def check_registered_model(
+    target: MlflowTarget | None, experiment: Experiment, epoch: int, asked: str | None
+) -> str | None:
     """Before a release is written: the registered model it goes to, which MLflow has
     accepted (and created when new); None when tracking is off.
 

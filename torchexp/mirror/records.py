@@ -34,7 +34,15 @@ from torchexp.trackers.base import FAILED as FAILED_STATUS
 from torchexp.trackers.base import FINISHED, KILLED, RUNNING
 
 SCHEDULED = "SCHEDULED"  # MLflow's status of a run not yet trained; the others are every tracker's
-STOP_STATUS = {MAX_EPOCHS: FINISHED, MAX_STEPS: FINISHED, EARLY_STOPPING: FINISHED, OBSERVER: FINISHED, ITERATION: FINISHED, INTERRUPTED: KILLED, FAILED: FAILED_STATUS}
+STOP_STATUS = {
+    MAX_EPOCHS: FINISHED,
+    MAX_STEPS: FINISHED,
+    EARLY_STOPPING: FINISHED,
+    OBSERVER: FINISHED,
+    ITERATION: FINISHED,
+    INTERRUPTED: KILLED,
+    FAILED: FAILED_STATUS,
+}
 EPOCH_KINDS = ("train", "validation", "test")
 MAX_PARAM_LENGTH = 6000  # MLflow refuses longer parameter values
 MAX_TAG_LENGTH = 8000
@@ -165,5 +173,3 @@ def read_last_start(experiment: Experiment) -> float | None:
 def is_trial(definition: dict) -> bool:
     """Whether the experiment is a search's trial, whose run nests in its study's."""
     return isinstance(definition.get("search"), dict)
-
-

@@ -50,7 +50,11 @@ def default_model_name(experiment: Experiment, definition: dict) -> str:
 def choose_model_name(experiment: Experiment, epoch: int, asked: str | None) -> str:
     """The registered model of a release: `asked`, the name asked when the release was made
     (kept in mlflow.json), or the default."""
-    return asked or read_state(experiment.path)["registered_models"].get(str(epoch)) or default_model_name(experiment, experiment.read_definition())
+    return (
+        asked
+        or read_state(experiment.path)["registered_models"].get(str(epoch))
+        or default_model_name(experiment, experiment.read_definition())
+    )
 
 
 def ensure_registered_model(client: Any, target: MlflowTarget, name: str) -> None:
@@ -66,18 +70,28 @@ def ensure_registered_model(client: Any, target: MlflowTarget, name: str) -> Non
         return
     except MlflowException as error:
         if error.error_code == "INVALID_PARAMETER_VALUE":
-            raise TrackingError(f"MLflow refuses the registered model name {name!r}: {describe_refusal(error)}") from error
+            raise TrackingError(
+                f"MLflow refuses the registered model name {name!r}: {describe_refusal(error)}"
+            ) from error
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise TrackingError(f"MLflow at {target.uri} failed to find the registered model {name!r}: {first_line(error)}") from error
+            raise TrackingError(
+                f"MLflow at {target.uri} failed to find the registered model {name!r}: {first_line(error)}"
+            ) from error
     except Exception as error:
-        raise TrackingError(f"MLflow at {target.uri} failed to find the registered model {name!r}: {first_line(error)}") from error
+        raise TrackingError(
+            f"MLflow at {target.uri} failed to find the registered model {name!r}: {first_line(error)}"
+        ) from error
     try:
         client.create_registered_model(name)
     except MlflowException as error:
         if error.error_code == "INVALID_PARAMETER_VALUE":
-            raise TrackingError(f"MLflow refuses the registered model name {name!r}: {describe_refusal(error)}") from error
+            raise TrackingError(
+                f"MLflow refuses the registered model name {name!r}: {describe_refusal(error)}"
+            ) from error
         if error.error_code != "RESOURCE_ALREADY_EXISTS":  # another process created it meanwhile
-            raise TrackingError(f"MLflow at {target.uri} failed to create the registered model {name!r}: {first_line(error)}") from error
+            raise TrackingError(
+                f"MLflow at {target.uri} failed to create the registered model {name!r}: {first_line(error)}"
+            ) from error
 
 
 def describe_refusal(error: Any) -> str:
@@ -99,7 +113,9 @@ def find_version(client: Any, name: str, run_id: str, epoch: int) -> Any:
     return None
 
 
-def register_release(client: Any, mirror: RunMirror, project: Project, release: checkpoints.Checkpoint, name: str, logger: logging.Logger) -> tuple[Any, bool]:
+def register_release(
+    client: Any, mirror: RunMirror, project: Project, release: checkpoints.Checkpoint, name: str, logger: logging.Logger
+) -> tuple[Any, bool]:
     """Register a release as a version of `name`, unless it is already; return the version
     and whether it is new.
 
@@ -130,7 +146,11 @@ def register_release(client: Any, mirror: RunMirror, project: Project, release: 
         assert release.sidecar is not None, "the copy loaded, verified against the release's sidecar"
         with calling_mlflow(target, f"register the release of epoch {release.epoch} as {name!r}"):
             client.log_artifacts(run_id, os.path.join(scratch, "model"), artifact_path)
-            tags = {"epoch": str(release.epoch), "checkpoint_sha256": release.sidecar["sha256"], "experiment": experiment.name}
+            tags = {
+                "epoch": str(release.epoch),
+                "checkpoint_sha256": release.sidecar["sha256"],
+                "experiment": experiment.name,
+            }
             version = client.create_model_version(name, f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags=tags)
     return version, True
 

@@ -60,7 +60,9 @@ def calling_mlflow(target: MlflowTarget, what: str) -> Iterator[None]:
     except Exception as error:
         unreachable = describe_unreachable(str(error))
         if unreachable is not None:
-            raise TrackingError(f"MLflow at {target.uri} cannot be reached ({unreachable}) to {what}: is the server running there?") from error
+            raise TrackingError(
+                f"MLflow at {target.uri} cannot be reached ({unreachable}) to {what}: is the server running there?"
+            ) from error
         raise TrackingError(f"MLflow at {target.uri} failed to {what}: {first_line(error)}") from error
 
 
@@ -94,12 +96,15 @@ def find_experiment_id(client: Any, target: MlflowTarget, name: str) -> str:
                     raise
     if found.lifecycle_stage == "deleted":
         raise TrackingError(
-            f"MLflow experiment {name!r} at {target.uri} is deleted: restore it, or set MLFLOW_EXPERIMENT_NAME to another name"
+            f"MLflow experiment {name!r} at {target.uri} is deleted: "
+            "restore it, or set MLFLOW_EXPERIMENT_NAME to another name"
         )
     return found.experiment_id
 
 
-def open_folder_run(client: Any, target: MlflowTarget, folder: str, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+def open_folder_run(
+    client: Any, target: MlflowTarget, folder: str, experiment_id: str, name: str, tags: dict[str, str]
+) -> str:
     """The run id of the run mirroring `folder` (an experiment or a study), created with
     `name` and `tags` when the folder has none on this server, or when its run was deleted."""
     with calling_mlflow(target, f"open the run of {name!r}"), updating_state(folder) as state:
@@ -148,7 +153,16 @@ class Sent:
         return not (self.params or self.tags or self.metrics or self.artifacts or self.status)
 
     def describe(self) -> str:
-        parts = [f"{count} {name}" for name, count in (("metric values", self.metrics), ("parameters", self.params), ("tags", self.tags), ("artifacts", self.artifacts)) if count]
+        parts = [
+            f"{count} {name}"
+            for name, count in (
+                ("metric values", self.metrics),
+                ("parameters", self.params),
+                ("tags", self.tags),
+                ("artifacts", self.artifacts),
+            )
+            if count
+        ]
         if self.status:
             parts.append(f"status {self.status}")
         return ", ".join(parts) or "nothing new"
@@ -164,7 +178,9 @@ class RunMirror:
         parent_run_id: for a search's trial, returns its study's run id (the run nests there).
     """
 
-    def __init__(self, client: Any, target: MlflowTarget, experiment: Experiment, parent_run_id: Callable[[], str] | None = None):
+    def __init__(
+        self, client: Any, target: MlflowTarget, experiment: Experiment, parent_run_id: Callable[[], str] | None = None
+    ):
         self.client = client
         self.target = target
         self.experiment = experiment
@@ -180,10 +196,18 @@ class RunMirror:
                 experiments_path = os.path.dirname(experiments_path)  # a trial's experiments folder is its study
             experiment_id = find_experiment_id(self.client, self.target, self.target.experiment_for(experiments_path))
             tags = {PARENT_TAG: self.parent_run_id()} if self.parent_run_id is not None else {}
-            self.run_id = open_folder_run(self.client, self.target, self.experiment.path, experiment_id, self.experiment.name, tags)
+            self.run_id = open_folder_run(
+                self.client, self.target, self.experiment.path, experiment_id, self.experiment.name, tags
+            )
         return self.run_id
 
-    def sync(self, training: bool | None = None, status: str | None = None, tags: dict[str, str] | None = None, removed_tags: tuple[str, ...] = ()) -> Sent:
+    def sync(
+        self,
+        training: bool | None = None,
+        status: str | None = None,
+        tags: dict[str, str] | None = None,
+        removed_tags: tuple[str, ...] = (),
+    ) -> Sent:
         """Send what the run lacks: parameters, tags, metric values, artifacts and status.
 
         Args:
@@ -203,22 +227,36 @@ class RunMirror:
             self.known = None  # read the server's truth again next time
             raise
 
-    def send_missing(self, training: bool | None, status: str | None, tags: dict[str, str], removed_tags: tuple[str, ...]) -> Sent:
+    def send_missing(
+        self, training: bool | None, status: str | None, tags: dict[str, str], removed_tags: tuple[str, ...]
+    ) -> Sent:
         from mlflow.entities import Metric, Param, RunTag
 
         run_id = self.open_run()
         known = self.known = self.known or self.read_known(run_id)
         definition = self.experiment.read_definition()
         sent = Sent()
-        params = {key: value for key, value in records.describe_params(self.experiment, definition).items() if key not in known.params}
-        wanted_tags = {**records.describe_tags(self.experiment, definition, read_last(self.experiment.provenance_path)), **tags}
+        params = {
+            key: value
+            for key, value in records.describe_params(self.experiment, definition).items()
+            if key not in known.params
+        }
+        wanted_tags = {
+            **records.describe_tags(self.experiment, definition, read_last(self.experiment.provenance_path)),
+            **tags,
+        }
         new_tags = {key: value for key, value in wanted_tags.items() if known.tags.get(key) != value}
         points = [
             point
             for point in records.read_points(self.experiment)
             if point.step not in self.read_steps(run_id, known, point.key)
         ]
-        self.log_batches(run_id, [Metric(p.key, p.value, p.timestamp_ms, p.step) for p in points], [Param(k, v) for k, v in params.items()], [RunTag(k, v) for k, v in new_tags.items()])
+        self.log_batches(
+            run_id,
+            [Metric(p.key, p.value, p.timestamp_ms, p.step) for p in points],
+            [Param(k, v) for k, v in params.items()],
+            [RunTag(k, v) for k, v in new_tags.items()],
+        )
         known.params.update(params)
         known.tags.update(new_tags)
         for point in points:
@@ -251,9 +289,17 @@ class RunMirror:
     def log_batches(self, run_id: str, metrics: list, params: list, tags: list) -> None:
         """log_batch within MLflow's limits per request."""
         while metrics or params or tags:
-            batch = {"metrics": metrics[: BATCH_LIMITS["metrics"]], "params": params[: BATCH_LIMITS["params"]], "tags": tags[: BATCH_LIMITS["tags"]]}
+            batch = {
+                "metrics": metrics[: BATCH_LIMITS["metrics"]],
+                "params": params[: BATCH_LIMITS["params"]],
+                "tags": tags[: BATCH_LIMITS["tags"]],
+            }
             self.client.log_batch(run_id, **batch)
-            metrics, params, tags = metrics[len(batch["metrics"]) :], params[len(batch["params"]) :], tags[len(batch["tags"]) :]
+            metrics, params, tags = (
+                metrics[len(batch["metrics"]) :],
+                params[len(batch["params"]) :],
+                tags[len(batch["tags"]) :],
+            )
 
     def send_artifacts(self, run_id: str, known: Known) -> int:
         """Upload config.json and the confusion matrices the run lacks; return how many."""
@@ -265,7 +311,9 @@ class RunMirror:
             folder, name = os.path.split(path)
             with tempfile.TemporaryDirectory(prefix="torchexp-mlflow-") as scratch:
                 # config.json is sent as it is; a confusion matrix is drawn under its name.
-                local = source if isinstance(source, str) else draw_confusion_matrix(source, os.path.join(scratch, name))
+                local = (
+                    source if isinstance(source, str) else draw_confusion_matrix(source, os.path.join(scratch, name))
+                )
                 if local is not None:
                     self.client.log_artifact(run_id, local, folder or None)
             known.artifacts.add(path)

@@ -47,8 +47,12 @@ class StudyMirror:
     def open_run(self) -> str:
         """The study's run id, the run created on first use."""
         if self.run_id is None:
-            experiment_id = find_experiment_id(self.client, self.target, self.target.experiment_for(os.path.dirname(self.path)))
-            self.run_id = open_folder_run(self.client, self.target, self.path, experiment_id, self.name, {"torchexp.study": self.name})
+            experiment_id = find_experiment_id(
+                self.client, self.target, self.target.experiment_for(os.path.dirname(self.path))
+            )
+            self.run_id = open_folder_run(
+                self.client, self.target, self.path, experiment_id, self.name, {"torchexp.study": self.name}
+            )
         return self.run_id
 
     def sync(self, study: Any, settings: dict, status: str | None, trials: tuple[int, ...] | None = None) -> int:
@@ -80,9 +84,21 @@ class StudyMirror:
                 changed += not mirror.sync(status=trial_status, tags=tags, removed_tags=removed).is_nothing()
         with calling_mlflow(self.target, f"mirror study {self.name!r}"):
             run = self.client.get_run(run_id)
-            params = {key: value for key, value in records.flatten(settings).items() if key not in run.data.params and key != "created_at"}
-            tags = {key: value for key, value in describe_best(frozen, settings.get("direction")).items() if run.data.tags.get(key) != value}
-            self.client.log_batch(run_id, params=[Param(key, value) for key, value in params.items()], tags=[RunTag(key, value) for key, value in tags.items()])
+            params = {
+                key: value
+                for key, value in records.flatten(settings).items()
+                if key not in run.data.params and key != "created_at"
+            }
+            tags = {
+                key: value
+                for key, value in describe_best(frozen, settings.get("direction")).items()
+                if run.data.tags.get(key) != value
+            }
+            self.client.log_batch(
+                run_id,
+                params=[Param(key, value) for key, value in params.items()],
+                tags=[RunTag(key, value) for key, value in tags.items()],
+            )
             wanted = status or study_status(frozen)
             if wanted != run.info.status:
                 if wanted == RUNNING:

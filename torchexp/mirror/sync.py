@@ -25,7 +25,12 @@ STUDY_FILE = "study.json"  # what makes a folder a study (torchexp.search.study)
 
 
 def sync_folders(
-    target: MlflowTarget | None, project: Project, experiments_path: str, name: str | None, storage_url: str | None, logger: logging.Logger
+    target: MlflowTarget | None,
+    project: Project,
+    experiments_path: str,
+    name: str | None,
+    storage_url: str | None,
+    logger: logging.Logger,
 ) -> Iterator[str]:
     """Sync the experiment or study `name`, or every one under `experiments_path` when None;
     yield one line per folder saying what was sent.
@@ -41,25 +46,33 @@ def sync_folders(
     names = [name] if name is not None else list_folders(experiments_path)
     for found in names:
         if kind_of(experiments_path, found) is None:
-            raise ExperimentError(f"{found!r} in {os.path.abspath(experiments_path)} is neither an experiment nor a study: there is nothing to sync")
+            raise ExperimentError(
+                f"{found!r} in {os.path.abspath(experiments_path)} is neither an experiment nor a study: "
+                "there is nothing to sync"
+            )
     if not names:
         raise ExperimentError(f"{os.path.abspath(experiments_path)} holds no experiment or study to sync")
     for found in names:
         if kind_of(experiments_path, found) == "study":
             yield f"study {found}: {sync_study(client, target, experiments_path, found, storage_url)}"
         else:
-            yield f"experiment {found}: {sync_experiment(client, target, project, Experiment(experiments_path, found), logger)}"
+            summary = sync_experiment(client, target, project, Experiment(experiments_path, found), logger)
+            yield f"experiment {found}: {summary}"
 
 
 def list_folders(experiments_path: str) -> list[str]:
     """The experiments and studies directly under `experiments_path`, by name."""
     if not os.path.isdir(experiments_path):
         return []
-    return sorted(name for name in os.listdir(experiments_path) if not name.startswith(".") and kind_of(experiments_path, name) is not None)
+    return sorted(
+        name
+        for name in os.listdir(experiments_path)
+        if not name.startswith(".") and kind_of(experiments_path, name) is not None
+    )
 
 
 def kind_of(experiments_path: str, name: str) -> str | None:
-    """"experiment", "study", or None for a folder that is neither."""
+    """ "experiment", "study", or None for a folder that is neither."""
     folder = os.path.join(experiments_path, name)
     if os.path.isfile(os.path.join(folder, "config.json")):
         return "experiment"
@@ -68,7 +81,9 @@ def kind_of(experiments_path: str, name: str) -> str | None:
     return None
 
 
-def sync_experiment(client: object, target: MlflowTarget, project: Project, experiment: Experiment, logger: logging.Logger) -> str:
+def sync_experiment(
+    client: object, target: MlflowTarget, project: Project, experiment: Experiment, logger: logging.Logger
+) -> str:
     """Sync one experiment's run and register its releases; say what was sent."""
     mirror = make_run_mirror(client, target, experiment, experiment.read_definition())
     said = [mirror.sync().describe()]
@@ -86,7 +101,11 @@ def sync_study(client: object, target: MlflowTarget, experiments_path: str, name
 
     folder, settings, _, study = open_study(experiments_path, name, storage_url)
     # A search process holds the claim of each trial it trains: then the study is running.
-    claims = [os.path.join(folder.claims_path, claim) for claim in os.listdir(folder.claims_path)] if os.path.isdir(folder.claims_path) else []
+    claims = (
+        [os.path.join(folder.claims_path, claim) for claim in os.listdir(folder.claims_path)]
+        if os.path.isdir(folder.claims_path)
+        else []
+    )
     status = RUNNING if any(is_locked(claim) for claim in claims) else None
     changed = StudyMirror(client, target, folder.path).sync(study, settings.as_record(), status)
     return f"{changed} trial runs updated" if changed else "nothing new in its trials"

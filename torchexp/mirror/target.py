@@ -35,7 +35,9 @@ class MlflowTarget:
         return self.experiment_name or os.path.basename(os.path.abspath(experiments_path))
 
 
-def resolve_target(uri: str | None, environ: Mapping[str, str] = os.environ, project: str | None = None) -> MlflowTarget | None:
+def resolve_target(
+    uri: str | None, environ: Mapping[str, str] = os.environ, project: str | None = None
+) -> MlflowTarget | None:
     """The mirror's target from `--mlflow-uri` or MLFLOW_TRACKING_URI; None when neither is set.
     Its experiment is MLFLOW_EXPERIMENT_NAME, else `project` (the project's name), else None.
 
@@ -63,7 +65,9 @@ def check_uri(uri: str) -> None:
     try:
         port = parsed.port
     except ValueError:
-        raise ConfigError(f"MLflow tracking URI {uri!r} has a port that is not a number from 0 to 65535: {advice}") from None
+        raise ConfigError(
+            f"MLflow tracking URI {uri!r} has a port that is not a number from 0 to 65535: {advice}"
+        ) from None
     if scheme in ("http", "https") and not parsed.hostname:
         raise ConfigError(f"MLflow tracking URI {uri!r} names no host: {advice}")
     if port == 0:

@@ -17,7 +17,8 @@ trial is at) trains on to the last rung (`find_leader`), once per study.
 """
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from torchexp.metrics import find_best
 
@@ -38,7 +39,9 @@ def rung_value(trial: Any, epochs: int, direction: str) -> float | None:
     values = trial.intermediate_values
     if not values or max(values) < epochs:
         return None
-    best = find_best(((step, value) for step, value in values.items() if step <= epochs and math.isfinite(value)), direction)
+    best = find_best(
+        ((step, value) for step, value in values.items() if step <= epochs and math.isfinite(value)), direction
+    )
     return None if best is None else best[1]
 
 
@@ -47,7 +50,11 @@ def is_paused(trial: Any, rung: int | None = None) -> bool:
     from optuna.trial import TrialState
 
     attrs = trial.user_attrs
-    return trial.state == TrialState.RUNNING and attrs.get("status") == "paused" and (rung is None or attrs.get("rung") == rung)
+    return (
+        trial.state == TrialState.RUNNING
+        and attrs.get("status") == "paused"
+        and (rung is None or attrs.get("rung") == rung)
+    )
 
 
 def find_promotions(trials: list[Any], rungs: list[int], eta: int, direction: str) -> Iterator[tuple[Any, int]]:
@@ -59,7 +66,11 @@ def find_promotions(trials: list[Any], rungs: list[int], eta: int, direction: st
     """
     sign = 1 if direction == "minimize" else -1
     for rung in range(len(rungs) - 2, -1, -1):
-        reached = [(sign * value, trial.number, trial) for trial in trials if (value := rung_value(trial, rungs[rung], direction)) is not None]
+        reached = [
+            (sign * value, trial.number, trial)
+            for trial in trials
+            if (value := rung_value(trial, rungs[rung], direction)) is not None
+        ]
         reached.sort(key=lambda entry: entry[:2])
         for _, _, trial in reached[: len(reached) // eta]:
             if is_paused(trial, rung):

@@ -1,7 +1,8 @@
 """optuna-dashboard on a study's storage, in this process, until Ctrl-C."""
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from torchexp.errors import TorchexpError

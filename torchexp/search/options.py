@@ -14,8 +14,8 @@ import types
 import typing
 from typing import Any
 
-from torchexp.errors import ConfigError
 from torchexp.directions import DIRECTIONS
+from torchexp.errors import ConfigError
 from torchexp.metrics import is_number
 from torchexp.search.pruners import PRUNERS
 
@@ -64,10 +64,15 @@ class StudyOptions:
 
     metric: str = option("validation.loss", "--metric", "What a trial is judged by: split.name of the epoch metrics.")
     direction: str | None = option(
-        None, "--direction", "Whether a lower or a higher metric is better.", choices=tuple(DIRECTIONS),
+        None,
+        "--direction",
+        "Whether a lower or a higher metric is better.",
+        choices=tuple(DIRECTIONS),
         default_text="as the Runner's metric_directions declares the metric, else by its name (minimize for a loss)",
-    )  # fmt: skip
-    sampler: str = option("tpe", "--sampler", "How parameters are drawn; grid takes choices and int ranges.", choices=SAMPLERS)
+    )
+    sampler: str = option(
+        "tpe", "--sampler", "How parameters are drawn; grid takes choices and int ranges.", choices=SAMPLERS
+    )
     pruner: str = option(
         "asha",
         "--pruner",
@@ -75,16 +80,35 @@ class StudyOptions:
         "none trains every trial to --max-epochs.",
         choices=tuple(PRUNERS),
     )
-    seed: int = option(0, "--seed", "Seed of every trial (one validation split for all) and of the sampler.", minimum=0, maximum=2**63 - 1)
-    max_epochs: int | None = option(
-        None, "--max-epochs", "Epochs a trial trains at most (steps, when the space trains by steps: trainer.max_steps).", minimum=1,
-        default_text="the space's trainer.max_epochs (trainer.max_steps)",
-    )  # fmt: skip
-    min_epochs: int = option(
-        1, "--min-epochs", "asha: epochs (or steps) of the first rung; median: epochs (or steps) before a trial may be stopped.", minimum=1
+    seed: int = option(
+        0,
+        "--seed",
+        "Seed of every trial (one validation split for all) and of the sampler.",
+        minimum=0,
+        maximum=2**63 - 1,
     )
-    reduction_factor: int = option(3, "--reduction-factor", "asha: rungs lie at min-epochs x factor^k, and each promotes its best 1/factor.", minimum=2)
-    startup_trials: int = option(5, "--startup-trials", "median: trials that complete before the pruner stops any.", minimum=0)
+    max_epochs: int | None = option(
+        None,
+        "--max-epochs",
+        "Epochs a trial trains at most (steps, when the space trains by steps: trainer.max_steps).",
+        minimum=1,
+        default_text="the space's trainer.max_epochs (trainer.max_steps)",
+    )
+    min_epochs: int = option(
+        1,
+        "--min-epochs",
+        "asha: epochs (or steps) of the first rung; median: epochs (or steps) before a trial may be stopped.",
+        minimum=1,
+    )
+    reduction_factor: int = option(
+        3,
+        "--reduction-factor",
+        "asha: rungs lie at min-epochs x factor^k, and each promotes its best 1/factor.",
+        minimum=2,
+    )
+    startup_trials: int = option(
+        5, "--startup-trials", "median: trials that complete before the pruner stops any.", minimum=0
+    )
 
     def __post_init__(self) -> None:
         check_values(self)
@@ -99,26 +123,52 @@ class RunOptions:
         ConfigError: a value outside its option's choices or range; the message names both.
     """
 
-    space: str | None = option(None, "--space", "Search space file (JSON): the config keys to search and their distributions.", default_text=REQUIRED)
-    trials: int | None = option(
-        None, "--trials", "Trials the study is to have in all, counting earlier runs' (capped by a grid's size).", minimum=1, default_text=REQUIRED
+    space: str | None = option(
+        None,
+        "--space",
+        "Search space file (JSON): the config keys to search and their distributions.",
+        default_text=REQUIRED,
     )
-    timeout: float | None = option(None, "--timeout", "Seconds after which no new work starts; the trial in progress finishes.", minimum=0, default_text="none")
+    trials: int | None = option(
+        None,
+        "--trials",
+        "Trials the study is to have in all, counting earlier runs' (capped by a grid's size).",
+        minimum=1,
+        default_text=REQUIRED,
+    )
+    timeout: float | None = option(
+        None,
+        "--timeout",
+        "Seconds after which no new work starts; the trial in progress finishes.",
+        minimum=0,
+        default_text="none",
+    )
     storage: str | None = option(
         None,
         "--storage",
         "An Optuna database URL (postgresql://, mysql://, sqlite:///) shared by search processes on several machines.",
         default_text="a journal file in the study folder",
     )
-    config_path: str = option("config.default.json", "--config-path", "Base configuration when the space file names none.")
+    config_path: str = option(
+        "config.default.json", "--config-path", "Base configuration when the space file names none."
+    )
     schema_path: str = option("config.schema.json", "--schema-path", "JSON schema of the configuration.")
-    overrides: tuple[str, ...] = option((), "--set", "Fix a config value in every trial, e.g. model.name=mlp (repeatable).", metavar="KEY=VALUE")
+    overrides: tuple[str, ...] = option(
+        (), "--set", "Fix a config value in every trial, e.g. model.name=mlp (repeatable).", metavar="KEY=VALUE"
+    )
     log_period: int = option(100, "--log-period", "Iterations between iteration logs.", minimum=1)
     device: str = option("auto", "--device", None)
     num_workers: int = option(0, "--num-workers", None, minimum=0)
 
     def __post_init__(self) -> None:
         check_values(self)
+
+
+def resolved_option(name: str) -> Any:
+    """A required field with the option of `StudyOptions`' field `name`, for a setting resolved
+    from that option: its value is checked as the option's, and it may not be None."""
+    spec = next(field for field in declared_fields(StudyOptions) if field.name == name).metadata
+    return dataclasses.field(metadata=spec)
 
 
 def declared_fields(cls: type) -> list[dataclasses.Field]:
@@ -146,8 +196,12 @@ def flag(name: str) -> str:
 
 def value_type(field: dataclasses.Field) -> type:
     """The type of a field's value, without None: int, float, str, or tuple (a repeatable option)."""
-    kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)] if allows_none(field) else [field.type]
-    return typing.get_origin(kinds[0]) or kinds[0]
+    kinds = (
+        [kind for kind in typing.get_args(field.type) if kind is not type(None)] if allows_none(field) else [field.type]
+    )
+    kind = typing.get_origin(kinds[0]) or kinds[0]
+    assert isinstance(kind, type), f"{field.name} is annotated with a type, not {kind!r}"
+    return kind
 
 
 def allows_none(field: dataclasses.Field) -> bool:
@@ -159,7 +213,9 @@ def split_options(values: dict[str, Any]) -> tuple[StudyOptions, RunOptions]:
     """The study's and the run's options from one mapping of field names to values (the
     click command's keyword arguments); other keys are ignored."""
     return (
-        StudyOptions(**{field.name: values[field.name] for field in declared_fields(StudyOptions) if field.name in values}),
+        StudyOptions(
+            **{field.name: values[field.name] for field in declared_fields(StudyOptions) if field.name in values}
+        ),
         RunOptions(**{field.name: values[field.name] for field in declared_fields(RunOptions) if field.name in values}),
     )
 

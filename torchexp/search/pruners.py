@@ -11,7 +11,8 @@ Importing this module does not import optuna; its methods do.
 """
 
 import abc
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from torchexp.search.asha import count_reached, find_leader, find_promotions, make_rungs
 
@@ -98,7 +99,9 @@ class MedianPruner(TrialPruner):
         import optuna
 
         # Steps are epochs from 1: a trial may be stopped from epoch min_epochs on.
-        return optuna.pruners.MedianPruner(n_startup_trials=self.settings.startup_trials, n_warmup_steps=self.settings.min_epochs)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=self.settings.startup_trials, n_warmup_steps=self.settings.min_epochs
+        )
 
     def first_target(self) -> int:
         return self.settings.max_epochs
@@ -164,7 +167,10 @@ class AshaPruner(TrialPruner):
             return None
         counts = count_reached(trials, self.rungs, self.settings.direction)
         unit = self.settings.unit
-        reached = [f"{unit} {epochs} by {count} trial{'s' * (count != 1)}" for epochs, count in zip(self.rungs, counts)]
+        reached = [
+            f"{unit} {epochs} by {count} trial{'s' * (count != 1)}"
+            for epochs, count in zip(self.rungs, counts, strict=True)
+        ]
         return f"rungs reached: {', '.join(reached)}"
 
 

@@ -31,7 +31,10 @@ def describe_state(trial: Any, folder: StudyFolder) -> str:
 
 def format_parameters(params: dict[str, Any]) -> str:
     """`training.lr=0.003162, model.name="cnn"`: floats to 4 significant digits, the rest as JSON."""
-    return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={json.dumps(value)}" for key, value in params.items())
+    return ", ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={json.dumps(value)}"
+        for key, value in params.items()
+    )
 
 
 def format_value(value: float | None) -> str:
@@ -56,7 +59,9 @@ def format_table(rows: list[tuple[str, ...]], unit: str = "epoch") -> str:
     """Rows under HEADER and the unit's column, in columns padded to their widest cell."""
     lines = [(*HEADER, f"{unit}s"), *rows]
     widths = [max(len(line[column]) for line in lines) for column in range(len(lines[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
 
 
 def describe_best(study: Any, folder: StudyFolder, settings: SearchSettings, program: str) -> str:
@@ -71,7 +76,8 @@ def describe_best(study: Any, folder: StudyFolder, settings: SearchSettings, pro
     address = f"{program} {folder.trial_address(best.number)}"
     return "\n".join(
         [
-            f"best: trial {best.number}, {settings.metric} {best.value:.4g} at {unit} {epoch} ({format_parameters(best.params)})",
+            f"best: trial {best.number}, {settings.metric} {best.value:.4g} at {unit} {epoch} "
+            f"({format_parameters(best.params)})",
             f"  {address} info",
             f"  {address} test --{unit} {epoch}",
             f"  {address} create_release --{unit} {epoch}",
@@ -89,7 +95,11 @@ def summarize(study: Any, folder: StudyFolder, settings: SearchSettings, program
         counts[word] = counts.get(word, 0) + 1
     epochs = sum(int(row[4]) for row in rows)
     rungs = make_trial_pruner(settings).describe_rungs(trials)
-    title = f"study {settings.name}: {len(trials)} trials ({', '.join(f'{n} {word}' for word, n in counts.items()) or 'none'}), {epochs} {settings.unit}s trained; {settings.direction} {settings.metric}"
+    states = ", ".join(f"{n} {word}" for word, n in counts.items()) or "none"
+    title = (
+        f"study {settings.name}: {len(trials)} trials ({states}), {epochs} {settings.unit}s trained; "
+        f"{settings.direction} {settings.metric}"
+    )
     lines = [title, format_table(rows, settings.unit), rungs, describe_best(study, folder, settings, program)]
     return "\n".join(line for line in lines if line is not None)
 

@@ -38,7 +38,9 @@ from torchexp.trackers.fanout import Trackers
 POLL_SECONDS = 2.0  # how often a process with nothing to do looks again while others train
 
 
-def run_search(project: Project, experiments_path: str, study_name: str | None, options: StudyOptions, run: RunOptions) -> Search:
+def run_search(
+    project: Project, experiments_path: str, study_name: str | None, options: StudyOptions, run: RunOptions
+) -> Search:
     """Validate the options, create or continue the study, and work on it until done.
 
     Everything is checked before anything is written: the space against the schema, the
@@ -65,7 +67,10 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
     import optuna
 
     if run.space is None or run.trials is None:
-        raise ConfigError(f"pass {flag('space')} FILE and {flag('trials')} N to run a search (or --status, --dashboard to look at one)")
+        raise ConfigError(
+            f"pass {flag('space')} FILE and {flag('trials')} N "
+            "to run a search (or --status, --dashboard to look at one)"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = StudyFolder(experiments_path, study_name)
     folder.check_usable()
@@ -85,10 +90,24 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
     try:
         pruner = make_trial_pruner(settings)
         study = load_study(database or open_journal(folder.path), settings, space, pruner)
-        search = Search(project, folder, settings, pruner, space, schema, study, run, logger, Trackers.open(project.trackers, None, logger))
+        search = Search(
+            project,
+            folder,
+            settings,
+            pruner,
+            space,
+            schema,
+            study,
+            run,
+            logger,
+            Trackers.open(project.trackers, None, logger),
+        )
         if total < run.trials:
             logger.info(f"the grid has {total} points: {flag('trials')} {run.trials} is capped at {total}")
-        logger.info(f"search {folder.name!r} (pid {os.getpid()}): {total} trials, {settings.sampler} sampler, {settings.pruner} pruner, {settings.direction} {settings.metric}")
+        logger.info(
+            f"search {folder.name!r} (pid {os.getpid()}): {total} trials, {settings.sampler} sampler, "
+            f"{settings.pruner} pruner, {settings.direction} {settings.metric}"
+        )
         search.sync_study(RUNNING, trials=())
         try:
             done = work_until_done(search, total)
@@ -98,7 +117,9 @@ def run_search(project: Project, experiments_path: str, study_name: str | None, 
         search.sync_study(FINISHED if done else KILLED)
         return search
     except KeyboardInterrupt:
-        raise TrainingInterrupted("search stopped by SIGINT between trials; nothing was lost: run the same command to continue") from None
+        raise TrainingInterrupted(
+            "search stopped by SIGINT between trials; nothing was lost: run the same command to continue"
+        ) from None
     finally:
         if search is not None:
             search.trackers.close()
@@ -129,7 +150,13 @@ def make_settings(
     given = options.direction
     direction = normalize_direction(given) if given is not None else direction_of(metric, declared or {})
     resolved = dataclasses.replace(options, max_epochs=max_epochs, direction=direction)
-    return SearchSettings(**dataclasses.asdict(resolved), name=name, space=space.as_record(), storage=describe_storage(storage_url), unit=unit)
+    return SearchSettings(
+        **dataclasses.asdict(resolved),
+        name=name,
+        space=space.as_record(),
+        storage=describe_storage(storage_url),
+        unit=unit,
+    )
 
 
 def count_trials(settings: SearchSettings, space: SearchSpace, trials: int) -> int:
@@ -151,7 +178,9 @@ def work_until_done(search: Search, total: int) -> bool:
     waiting = False
     while True:
         if timeout is not None and time.monotonic() - started >= timeout:
-            search.logger.info(f"{flag('timeout')} {timeout:g} s reached: starting nothing more (the same command continues the study)")
+            search.logger.info(
+                f"{flag('timeout')} {timeout:g} s reached: starting nothing more (the same command continues the study)"
+            )
             return False
         with hold_scheduler_lock(search.folder):
             work = pick_work(search, total)
@@ -170,12 +199,17 @@ def work_until_done(search: Search, total: int) -> bool:
 def do_work(search: Search, work: Work) -> None:
     """Train one claimed trial and record how it ended, then give its claim up."""
     params = search.study.get_trials(deepcopy=False)[work.number].params
-    search.logger.info(f"trial {work.number} ({work.kind}): {format_parameters(params)}; training to {search.settings.unit} {work.target_epochs}")
+    search.logger.info(
+        f"trial {work.number} ({work.kind}): {format_parameters(params)}; "
+        f"training to {search.settings.unit} {work.target_epochs}"
+    )
     try:
         try:
             outcome = train_trial(search, work)
         except TrainingInterrupted as error:
-            raise TrainingInterrupted(f"search stopped in trial {work.number}: {error}; the same search command continues it") from error
+            raise TrainingInterrupted(
+                f"search stopped in trial {work.number}: {error}; the same search command continues it"
+            ) from error
         except TorchexpError as error:
             search.logger.info(f"trial {work.number} stopped the search: {error}")
             raise
@@ -188,7 +222,9 @@ def do_work(search: Search, work: Work) -> None:
         work.claim.release()
 
 
-def open_study(experiments_path: str, study_name: str | None, storage_url: str | None) -> tuple[StudyFolder, SearchSettings, Any, Any]:
+def open_study(
+    experiments_path: str, study_name: str | None, storage_url: str | None
+) -> tuple[StudyFolder, SearchSettings, Any, Any]:
     """Open an existing study for --status or --dashboard: its folder, settings, Optuna
     storage and Optuna study.
 
@@ -204,9 +240,15 @@ def open_study(experiments_path: str, study_name: str | None, storage_url: str |
     folder.check_exists()
     settings = folder.read_settings()
     if settings.storage["kind"] == "database" and storage_url is None:
-        raise ConfigError(f"study {folder.name!r} lives in the database {settings.storage['url']}: pass {flag('storage')} with its URL")
+        raise ConfigError(
+            f"study {folder.name!r} lives in the database {settings.storage['url']}: "
+            f"pass {flag('storage')} with its URL"
+        )
     storage = connect_database(storage_url) if storage_url else open_journal(folder.path)
     try:
         return folder, settings, storage, optuna.load_study(study_name=settings.name, storage=storage)
     except KeyError:
-        raise ExperimentError(f"the storage of study {folder.name!r} holds no study of that name: is {flag('storage')} the one it was created with?") from None
+        raise ExperimentError(
+            f"the storage of study {folder.name!r} holds no study of that name: "
+            f"is {flag('storage')} the one it was created with?"
+        ) from None

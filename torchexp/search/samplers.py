@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from torchexp.search.asha import is_paused
@@ -90,7 +90,9 @@ class SobolStart:
             from scipy.stats import qmc
 
             # random_base2 takes a power of two, the size at which Sobol points are balanced.
-            points = qmc.Sobol(d=len(self.names), scramble=True, seed=self.seed).random_base2(max(0, math.ceil(math.log2(self.index + 1))))
+            points = qmc.Sobol(d=len(self.names), scramble=True, seed=self.seed).random_base2(
+                max(0, math.ceil(math.log2(self.index + 1)))
+            )
             self.point = [float(value) for value in points[self.index]]
         return place_in(distribution, self.point[self.names.index(name)])
 
@@ -100,6 +102,7 @@ def place_in(distribution: BaseDistribution, u: float) -> Any:
     if isinstance(distribution, CategoricalDistribution):
         choices = distribution.choices
         return choices[min(int(u * len(choices)), len(choices) - 1)]
+    assert isinstance(distribution, (IntDistribution, FloatDistribution)), "a space draws choices, ints and floats"
     low, high = distribution.low, distribution.high
     if isinstance(distribution, IntDistribution) and not distribution.log:
         count = (high - low) // distribution.step + 1

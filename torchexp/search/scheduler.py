@@ -18,7 +18,7 @@ release the lock, then train holding the claim. Under the lock a process picks, 
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Literal
 
 from torchexp.locks import FileLock, is_locked
 from torchexp.metrics import PRUNED
@@ -88,7 +88,7 @@ class Work:
     claim: Claim
 
 
-def pick_work(search: Search, total_trials: int) -> Work | str:
+def pick_work(search: Search, total_trials: int) -> Work | Literal["wait", "done"]:
     """Apply the scheduling rules once; call it holding the scheduler lock.
 
     Args:
@@ -143,8 +143,8 @@ def start_trial(search: Search, count: int) -> Work:
     study = search.study
     study.sampler = make_sampler(search.settings, search.space, count)
     trial = study.ask()
-    # Nobody else can hold the claim of a trial created under the scheduler lock.
     claim = try_claim(search.folder, trial.number)
+    assert claim is not None, "nobody else can hold the claim of a trial created under the scheduler lock"
     search.space.sample(trial)
     target = search.pruner.first_target()
     trial.set_user_attr("experiment", search.folder.trial_name(trial.number))
@@ -169,7 +169,9 @@ def fail_unfinished_creations(study: Any, trials: list[Any]) -> None:
 
     for trial in trials:
         if trial.state == optuna.trial.TrialState.RUNNING and "status" not in trial.user_attrs:
-            optuna.trial.Trial(study, trial._trial_id).set_user_attr("error", "its search process stopped while creating it")
+            optuna.trial.Trial(study, trial._trial_id).set_user_attr(
+                "error", "its search process stopped while creating it"
+            )
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 

@@ -83,6 +83,9 @@ class Parameter:
         if self.kind == "choice":
             return list(self.choices)
         if self.kind == "int" and not self.log:
+            assert isinstance(self.low, int) and isinstance(self.high, int), (
+                "parse_range makes an int range's ends ints"
+            )
             return list(range(self.low, self.high + 1, self.step or 1))
         raise ConfigError(
             f"the grid sampler needs choices or int ranges with a step, but parameter {self.key} is a "
@@ -147,7 +150,9 @@ class SearchSpace:
         return {parameter.key: parameter.suggest(trial) for parameter in self.parameters}
 
 
-def load_space(path: str, default_config_path: str, schema: dict, overrides: dict[str, Any] | None = None) -> SearchSpace:
+def load_space(
+    path: str, default_config_path: str, schema: dict, overrides: dict[str, Any] | None = None
+) -> SearchSpace:
     """Read and validate a search space file; nothing is written.
 
     Args:
@@ -208,12 +213,16 @@ def parse_parameter(where: str, key: str, entry: Any) -> Parameter:
     """Turn one `parameters` entry into a Parameter, checking its distribution."""
     kinds = [kind for kind in OPTIONS if isinstance(entry, dict) and kind in entry]
     if len(kinds) != 1:
-        raise ConfigError(f'{where}: parameter {key} must name one distribution, float, int or choice, e.g. {{"float": [0.001, 0.1]}}')
+        raise ConfigError(
+            f'{where}: parameter {key} must name one distribution, float, int or choice, e.g. {{"float": [0.001, 0.1]}}'
+        )
     kind = kinds[0]
     unknown = sorted(set(entry) - {kind, *OPTIONS[kind]})
     if unknown:
         allowed = ", ".join(OPTIONS[kind]) or "none"
-        raise ConfigError(f"{where}: parameter {key} has unknown option {unknown[0]!r} for a {kind} (allowed: {allowed})")
+        raise ConfigError(
+            f"{where}: parameter {key} has unknown option {unknown[0]!r} for a {kind} (allowed: {allowed})"
+        )
     if kind == "choice":
         return Parameter(key, kind, choices=parse_choices(where, key, entry["choice"]))
     low, high = parse_range(where, key, kind, entry[kind])
@@ -233,8 +242,12 @@ def parse_choices(where: str, key: str, choices: Any) -> tuple:
     if not choices:
         raise ConfigError(f"{where}: parameter {key}: choice is empty; list at least one value")
     for value in choices:
-        if not (value is None or isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value))):
-            raise ConfigError(f"{where}: parameter {key}: choice value {value!r} is not a number, string, boolean or null")
+        if not (
+            value is None or isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value))
+        ):
+            raise ConfigError(
+                f"{where}: parameter {key}: choice value {value!r} is not a number, string, boolean or null"
+            )
         if sum(1 for other in choices if other == value and type(other) is type(value)) > 1:
             raise ConfigError(f"{where}: parameter {key}: choice lists {value!r} twice")
     return tuple(choices)
@@ -242,9 +255,15 @@ def parse_choices(where: str, key: str, choices: Any) -> tuple:
 
 def parse_range(where: str, key: str, kind: str, bounds: Any) -> tuple[Any, Any]:
     """Check a float or int range: [low, high], finite, low <= high, whole for ints."""
-    numbers = isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+    numbers = (
+        isinstance(bounds, list)
+        and len(bounds) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+    )
     if not numbers:
-        raise ConfigError(f"{where}: parameter {key}: {kind} must be [low, high], two numbers, not {json.dumps(bounds)}")
+        raise ConfigError(
+            f"{where}: parameter {key}: {kind} must be [low, high], two numbers, not {json.dumps(bounds)}"
+        )
     low, high = bounds
     if not all(math.isfinite(bound) for bound in bounds):
         raise ConfigError(f"{where}: parameter {key}: the range [{low}, {high}] must be finite")
@@ -265,9 +284,13 @@ def parse_step(where: str, key: str, entry: dict, low: int, high: int, log: bool
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ConfigError(f"{where}: parameter {key}: step must be a whole number of at least 1, not {step!r}")
     if log:
-        raise ConfigError(f"{where}: parameter {key}: log and step cannot be combined (Optuna samples one or the other)")
+        raise ConfigError(
+            f"{where}: parameter {key}: log and step cannot be combined (Optuna samples one or the other)"
+        )
     if (high - low) % step:
-        raise ConfigError(f"{where}: parameter {key}: the range [{low}, {high}] is not a whole number of steps of {step}")
+        raise ConfigError(
+            f"{where}: parameter {key}: the range [{low}, {high}] is not a whole number of steps of {step}"
+        )
     return step
 
 
@@ -277,14 +300,18 @@ def check_fits_schema(space: SearchSpace, schema: dict) -> None:
     try:
         space.build_config(schema, {})
     except ConfigError as error:
-        raise ConfigError(f"search space {space.path}: the base configuration {space.config_path} with the fixed values does not fit the schema: {error_lines(error)}") from None
+        raise ConfigError(
+            f"search space {space.path}: the base configuration {space.config_path} with the fixed values "
+            f"does not fit the schema: {error_lines(error)}"
+        ) from None
     for parameter in space.parameters:
         for value in parameter.edges():
             try:
                 space.build_config(schema, {parameter.key: value})
             except ConfigError as error:
                 raise ConfigError(
-                    f"search space {space.path}: {parameter.key} = {json.dumps(value)} does not fit the config schema: {error_lines(error)}"
+                    f"search space {space.path}: {parameter.key} = {json.dumps(value)} "
+                    f"does not fit the config schema: {error_lines(error)}"
                 ) from None
 
 
@@ -292,4 +319,3 @@ def error_lines(error: ConfigError) -> str:
     """The errors of validate_config's message on one line."""
     lines = str(error).splitlines()
     return "; ".join(line.strip() for line in lines[1:]) or lines[0]
-

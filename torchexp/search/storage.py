@@ -41,7 +41,9 @@ class FlockJournalBackend(JournalFileBackend):
 
     def __init__(self, path: str):
         self.flock = FileLock(path + ".lock")
-        super().__init__(path, lock_obj=self.flock)
+        # FileLock has the acquire and release Optuna calls; the base class its annotation
+        # names, BaseJournalFileLock, is private to Optuna.
+        super().__init__(path, lock_obj=self.flock)  # type: ignore[arg-type]
         self.path = path
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:

@@ -26,7 +26,7 @@ from torchexp.files import read_json, write_json_atomic
 from torchexp.folder import Experiment, validate_name
 from torchexp.metrics import Stop
 from torchexp.project import Project
-from torchexp.search.options import RunOptions, StudyOptions, declared_fields, flag
+from torchexp.search.options import RunOptions, StudyOptions, declared_fields, flag, resolved_option
 from torchexp.search.pruners import TrialPruner
 from torchexp.search.samplers import make_sampler
 from torchexp.trackers.fanout import Trackers
@@ -54,6 +54,9 @@ class SearchSettings(StudyOptions):
     space: dict
     storage: dict
     unit: str = "epoch"
+    # Resolved, so never None: the options' own fields, required here, in their places.
+    direction: str = resolved_option("direction")
+    max_epochs: int = resolved_option("max_epochs")
 
     @classmethod
     def from_record(cls, record: dict[str, Any], where: str) -> "SearchSettings":
@@ -108,7 +111,8 @@ class StudyFolder:
         """Raise ExperimentError when no search has created this study yet."""
         if not self.exists():
             raise ExperimentError(
-                f"study {self.name!r} does not exist in {self.experiments_path}: start it with search {flag('space')} FILE {flag('trials')} N"
+                f"study {self.name!r} does not exist in {self.experiments_path}: "
+                f"start it with search {flag('space')} FILE {flag('trials')} N"
             )
 
     def check_usable(self) -> None:
@@ -116,7 +120,10 @@ class StudyFolder:
         if self.exists() or not os.path.lexists(self.path):
             return
         if os.path.isfile(os.path.join(self.path, "config.json")):
-            raise ExperimentError(f"{self.name!r} in {self.experiments_path} is an experiment, not a study; choose another --experiment-name")
+            raise ExperimentError(
+                f"{self.name!r} in {self.experiments_path} is an experiment, not a study; "
+                "choose another --experiment-name"
+            )
         # The scheduler lock alone is a study being created: its creator writes study.json
         # holding that lock, and a process starting beside it waits for the lock, then joins.
         if not os.path.isdir(self.path) or set(os.listdir(self.path)) - {os.path.basename(self.scheduler_lock_path)}:
@@ -132,7 +139,10 @@ class StudyFolder:
 
     def trial_address(self, number: int) -> str:
         """The global options that address trial `number`, as the user typed the experiments path."""
-        return f"--experiments-path {os.path.join(self.experiments_path, self.name)} --experiment-name {self.trial_name(number)}"
+        return (
+            f"--experiments-path {os.path.join(self.experiments_path, self.name)} "
+            f"--experiment-name {self.trial_name(number)}"
+        )
 
     def read_settings(self) -> SearchSettings:
         """The settings study.json records.
@@ -141,7 +151,9 @@ class StudyFolder:
             ExperimentError: study.json is unreadable or lacks a setting.
         """
         where = f"settings of study {self.name!r}"
-        return SearchSettings.from_record(read_json(self.settings_path, where, ExperimentError), f"{where} ({self.settings_path})")
+        return SearchSettings.from_record(
+            read_json(self.settings_path, where, ExperimentError), f"{where} ({self.settings_path})"
+        )
 
     def write_or_check_settings(self, settings: SearchSettings) -> None:
         """Record `settings` in a new study, or check that they are the existing study's.
@@ -227,14 +239,17 @@ def load_study(storage: Any, settings: SearchSettings, space: Any, pruner: Trial
     study = optuna.create_study(
         storage=storage,
         study_name=settings.name,
-        direction=settings.direction,
+        direction=optuna.study.StudyDirection[settings.direction.upper()],
         sampler=make_sampler(settings, space, 0),
         pruner=pruner.optuna_pruner(),
         load_if_exists=True,
     )
     stored = study.direction.name.lower()
     if stored != settings.direction:
-        raise ConfigError(f"the storage already holds a study {settings.name!r} that is to {stored}, not {settings.direction}: choose another --experiment-name")
+        raise ConfigError(
+            f"the storage already holds a study {settings.name!r} that is to {stored}, not {settings.direction}: "
+            "choose another --experiment-name"
+        )
     return study
 
 

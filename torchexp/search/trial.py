@@ -84,9 +84,12 @@ def read_metric(metrics: dict[str, dict[str, Any]], metric: str, epoch: int) -> 
     split, name = parse_metric(metric)
     values = metrics.get(split) or {}
     if name not in values:
-        found = sorted(f"{split_name}.{key}" for split_name, split_values in metrics.items() for key in (split_values or {}))
+        found = sorted(
+            f"{split_name}.{key}" for split_name, split_values in metrics.items() for key in (split_values or {})
+        )
         raise ConfigError(
-            f"metric {metric} is not among the metrics of epoch {epoch} ({', '.join(found) or 'none'}): choose one of them "
+            f"metric {metric} is not among the metrics of epoch {epoch} ({', '.join(found) or 'none'}): "
+            "choose one of them "
             f"with {flag('metric')} and another --experiment-name (a study's metric cannot change)"
         )
     value = values[name]
@@ -100,7 +103,9 @@ def create_trial_experiment(search: Search, frozen: Any) -> Experiment:
     settings = search.settings
     experiment = search.folder.trial_experiment(frozen.number)
     if not experiment.exists():
-        conf = search.space.build_config(search.schema, {**frozen.params, f"trainer.max_{settings.unit}s": settings.max_epochs})
+        conf = search.space.build_config(
+            search.schema, {**frozen.params, f"trainer.max_{settings.unit}s": settings.max_epochs}
+        )
         extra = {"search": {"study": settings.name, "trial": frozen.number, "parameters": frozen.params}}
         init_experiment(search.project, experiment, conf, settings.seed, extra)
     return experiment
@@ -125,8 +130,18 @@ def train_trial(search: Search, work: Work) -> Outcome:
         return outcome
     run = search.run
     try:
-        target = {"max_epochs": work.target_epochs, "max_steps": None} if search.settings.unit == "epoch" else {"max_epochs": None, "max_steps": work.target_epochs}
-        train_experiment(search.project, experiment, run.device, run.num_workers, log_period=run.log_period, epoch_observers=(reporter,), **target)
+        by_epochs = search.settings.unit == "epoch"
+        max_epochs, max_steps = (work.target_epochs, None) if by_epochs else (None, work.target_epochs)
+        train_experiment(
+            search.project,
+            experiment,
+            run.device,
+            run.num_workers,
+            max_epochs=max_epochs,
+            max_steps=max_steps,
+            log_period=run.log_period,
+            epoch_observers=(reporter,),
+        )
     except ProjectError as error:  # the trial's own failure (a bug, a numerical error): the study goes on
         search.logger.debug(f"trial {work.number} failed", exc_info=True)
         return Outcome("failed", str(error))
@@ -175,7 +190,10 @@ def record_outcome(search: Search, work: Work, outcome: Outcome) -> str:
         return f"failed: no epoch reported {settings.metric}"
     value = best_value(values, settings.direction)
     study.tell(work.number, value, state=state.COMPLETE)
-    return f"complete after {epochs} {settings.unit}s{' (stopped early)' if stopped_early else ''}: {settings.metric} {value:.4g}"
+    return (
+        f"complete after {epochs} {settings.unit}s{' (stopped early)' if stopped_early else ''}: "
+        f"{settings.metric} {value:.4g}"
+    )
 
 
 def get_trial(study: Any, number: int) -> Any:
@@ -185,9 +203,16 @@ def get_trial(study: Any, number: int) -> Any:
 
 def best_value(values: dict[int, float], direction: str) -> float:
     """The best of a trial's per-epoch values: a trial's value is its best epoch's metric."""
-    return find_best(values.items(), direction)[1]
+    return pick_best(values, direction)[1]
 
 
 def best_epoch(values: dict[int, float], direction: str) -> int:
     """The epoch of the best value (the earliest, on a tie)."""
-    return find_best(values.items(), direction)[0]
+    return pick_best(values, direction)[0]
+
+
+def pick_best(values: dict[int, float], direction: str) -> tuple[int, float]:
+    """The (epoch, value) of the best of a trial's per-epoch values, which it has."""
+    best = find_best(values.items(), direction)
+    assert best is not None, "a trial is judged once it reported a value"
+    return best

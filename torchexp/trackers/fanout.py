@@ -44,7 +44,9 @@ class Trackers:
         if run is not None:
             trackers.send("start", run)
             if run.command == "train":
-                trackers.send("log_hyperparameters", {**flatten(run.definition["config"]), "seed": run.definition["seed"]})
+                trackers.send(
+                    "log_hyperparameters", {**flatten(run.definition["config"]), "seed": run.definition["seed"]}
+                )
         return trackers
 
     def __bool__(self) -> bool:

@@ -64,7 +64,10 @@ def choose_trackers(names: Iterable[str], environ: Mapping[str, str] = os.enviro
     known = list_trackers()
     for name in names:
         if name not in known:
-            raise ConfigError(f"tracker {name!r} is not installed: choose among {', '.join(sorted(known))}, or install the package that provides it")
+            raise ConfigError(
+                f"tracker {name!r} is not installed: choose among {', '.join(sorted(known))}, "
+                "or install the package that provides it"
+            )
     return tuple(TrackerSpec(name) for name in dict.fromkeys(names))
 
 
@@ -85,7 +88,9 @@ def build_tracker(spec: TrackerSpec, location: str, logger: Any) -> Tracker:
     try:
         tracker_class = getattr(importlib.import_module(module), name)
     except Exception as error:  # a plugin's module may raise anything on import
-        raise ProjectError(f"tracker {spec.name!r} ({location}) cannot be imported: {type(error).__name__}: {first_line(error)}") from error
+        raise ProjectError(
+            f"tracker {spec.name!r} ({location}) cannot be imported: {type(error).__name__}: {first_line(error)}"
+        ) from error
     if not (isinstance(tracker_class, type) and issubclass(tracker_class, Tracker)):
         raise ProjectError(f"tracker {spec.name!r} ({location}) is not a subclass of torchexp.trackers.Tracker")
     return tracker_class(logger, **dict(spec.options))

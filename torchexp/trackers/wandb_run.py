@@ -96,7 +96,10 @@ class WandbTracker(Tracker):
         pending, self.pending = self.pending, []
         for entry in pending:
             (covered if is_covered(entry[0], entry[1], entry[3], step, epoch) else self.pending).append(entry)
-        rows = [{axis_of(kind, where): at, **{f"{kind}/{name}": value for name, value in metrics.items()}} for kind, at, metrics, where in covered]
+        rows = [
+            {axis_of(kind, where): at, **{f"{kind}/{name}": value for name, value in metrics.items()}}
+            for kind, at, metrics, where in covered
+        ]
         self.log_rows(rows)
 
     def resume(self, step: int, epoch: int) -> None:
