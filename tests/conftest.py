@@ -31,7 +31,7 @@ set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "torchexp-tests-hypo
 
 FIRST_PORT = 20000  # the ports free_port hands out: 1000 per xdist worker
 PORTS_PER_WORKER = 1000
-PORT_COUNTER = itertools.count()
+PORT_COUNTER = itertools.count(os.getpid() * 7919 % PORTS_PER_WORKER)  # another test session here starts elsewhere
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "config.default.json")
 SCHEMA = os.path.join(REPO, "config.schema.json")
@@ -135,7 +135,8 @@ def free_port() -> int:
     """A TCP port free on the loopback address now, from a range of its own per xdist worker,
     below the kernel's ephemeral ports (32768 on), and never handed out twice by a process:
     a port the kernel picks for us could be picked again by another worker's test before our
-    server binds it."""
+    server binds it. Each process starts at its own place in the range, so that two test
+    sessions on one machine seldom meet."""
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     for _ in range(PORTS_PER_WORKER):
         port = FIRST_PORT + worker * PORTS_PER_WORKER + next(PORT_COUNTER) % PORTS_PER_WORKER

@@ -158,8 +158,8 @@ def test_every_file_the_framework_writes_is_fsynced_then_renamed_into_place(tmp_
         if os.path.basename(folder) == "tensorboard":
             continue  # TensorBoard's own event files
         found += [os.path.join(folder, name) for name in names if name not in logs]
-    # config, data, 2 checkpoints and a release with their 3 records, 1 test report
-    assert len(found) == 9, found
+    # config, data, 2 checkpoints and a release with their 3 records, 1 test report, the declared directions
+    assert len(found) == 10, found
     for path in found:
         assert path in written, f"{os.path.relpath(path, lab.path())} was not written atomically"
 

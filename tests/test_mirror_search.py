@@ -16,7 +16,8 @@ import_or_skip("mlflow", "TORCHEXP_REQUIRE_MLFLOW")
 from mlflow import MlflowClient  # noqa: E402
 
 
-def test_a_study_is_a_parent_run_and_its_trials_nested_runs_with_their_state(mlflow_server, tmp_path, data_path):
+def test_a_study_is_a_parent_run_and_its_trials_nested_runs_with_their_state(mlflow_server, tmp_path, data_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "searches")  # this test's own, apart from other tests' runs of search_project
     space = write_space(str(tmp_path), {"training.momentum": {"choice": [0.1, 0.3, 0.5, FAIL_RAISE]}})
     options = ("--trials", "4", "--max-epochs", "3", "--sampler", "grid", "--pruner", "asha", "--reduction-factor", "3")
     server = mlflow_server
