@@ -14,21 +14,21 @@ CHECK_RTOL * |torch output|; safetensors must load back bit for bit.
 
 import os
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from torchexp import checkpoints, sidecar
 from torchexp.errors import DataError, ProjectError
 from torchexp.folder import Experiment
 from torchexp.formats import find_format
-from torchexp.formats.base import ExportSource
+
+# Imported from here by MLflow's registry (torchexp.mirror), the tests and the benchmarks.
+from torchexp.formats.base import CHECK_ATOL, CHECK_RTOL, ExportSource, example_input  # noqa: F401
+from torchexp.formats.onnx import open_onnx_session  # noqa: F401
 from torchexp.hooks import project_errors
 from torchexp.inference import load_runner
 from torchexp.project import Project
 from torchexp.releases import find_release
-
-# Imported from here by MLflow's registry (torchexp.mirror), the tests and the benchmarks.
-from torchexp.formats.base import CHECK_ATOL, CHECK_RTOL, example_input  # noqa: F401
-from torchexp.formats.onnx import open_onnx_session  # noqa: F401
 
 DEFAULT_CHECK_SAMPLES = 1000
 
@@ -133,6 +133,7 @@ def export_release(
     content, fields = export_format.export(source)
     check = export_format.check(source, content, list(check_batches))
     path = export_path(experiment, release.epoch, fmt)
+    assert release.sidecar is not None, "a release is found with its sidecar, verified"
     record = {
         "format": fmt,
         "epoch": release.epoch,

@@ -4,8 +4,8 @@ import click
 
 from torchexp.commands.context import App, pass_app
 from torchexp.commands.options import choose_point, with_point
-from torchexp.extras import require_extra
 from torchexp.export import DEFAULT_CHECK_SAMPLES
+from torchexp.extras import require_extra
 from torchexp.formats import FORMATS
 from torchexp.logs import close_logger, make_logger
 
@@ -30,8 +30,9 @@ def export(app: App, fmt: str, epoch: int | None, step: int | None, check_sample
     torch on the project's example and on test samples, and is not written unless their
     outputs agree; a safetensors export must load back equal to the release.
     """
-    if FORMATS[fmt].extra is not None:
-        require_extra(FORMATS[fmt].extra, "export")
+    extra = FORMATS[fmt].extra
+    if extra is not None:
+        require_extra(extra, "export")
     from torchexp.export import export_experiment
 
     experiment = app.open_experiment()

@@ -24,8 +24,19 @@ RUNTIME_HELP = (
 
 @click.command()
 @with_point("Serve the release of this epoch.", "the latest release")
-@click.option("--host", default=DEFAULTS.host, show_default=True, help="Address to listen on; 0.0.0.0 opens the server to the network.")
-@click.option("--port", default=DEFAULTS.port, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on; 0 picks a free one.")
+@click.option(
+    "--host",
+    default=DEFAULTS.host,
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 opens the server to the network.",
+)
+@click.option(
+    "--port",
+    default=DEFAULTS.port,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on; 0 picks a free one.",
+)
 @click.option(
     "--runtime",
     type=click.Choice(RUNTIMES),
@@ -35,7 +46,11 @@ RUNTIME_HELP = (
 )
 @with_device
 @click.option(
-    "--max-batch-size", default=DEFAULTS.max_batch_size, show_default=True, type=click.IntRange(min=1), help="Most instances run through the model at once."
+    "--max-batch-size",
+    default=DEFAULTS.max_batch_size,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most instances run through the model at once.",
 )
 @click.option(
     "--max-delay-ms",
@@ -51,18 +66,30 @@ RUNTIME_HELP = (
     type=click.IntRange(min=1),
     help="Most requests waiting for the model; more get 503 at once instead of a growing delay.",
 )
-@click.option("--max-body-bytes", default=DEFAULTS.max_body_bytes, show_default=True, type=click.IntRange(min=1), help=MAX_BODY_HELP)
+@click.option(
+    "--max-body-bytes",
+    default=DEFAULTS.max_body_bytes,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help=MAX_BODY_HELP,
+)
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="Threads for inference, per worker.  [default: the cores this process may use (its CPU affinity, capped by a container's CPU quota), divided among the workers, less one per torch worker for its event loop]",
+    help=(
+        "Threads for inference, per worker.  [default: the cores this process may use (its CPU affinity, capped by "
+        "a container's CPU quota), divided among the workers, less one per torch worker for its event loop]"
+    ),
 )
 @click.option(
     "--workers",
     default=DEFAULTS.workers,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Processes answering on the one port, each with its own copy of the model and its own batcher; SIGTERM or Ctrl-C stops them all.",
+    help=(
+        "Processes answering on the one port, each with its own copy of the model and its own batcher; "
+        "SIGTERM or Ctrl-C stops them all."
+    ),
 )
 @pass_app
 def serve(
@@ -91,11 +118,14 @@ def serve(
     machines) behind a load balancer or KServe.
     """
     require_extra("serve", "serve")
-    if runtime in FORMATS and FORMATS[runtime].extra is not None:
-        require_extra(FORMATS[runtime].extra, f"serve --runtime {runtime}")
+    extra = FORMATS[runtime].extra if runtime in FORMATS else None
+    if extra is not None:
+        require_extra(extra, f"serve --runtime {runtime}")
     from torchexp.serving.launcher import serve_release
 
     experiment = app.open_experiment()
     epoch = choose_point(experiment, epoch, step)
-    options = ServeOptions(epoch, host, port, runtime, device, max_batch_size, max_delay_ms, max_queue, max_body_bytes, threads, workers)
+    options = ServeOptions(
+        epoch, host, port, runtime, device, max_batch_size, max_delay_ms, max_queue, max_body_bytes, threads, workers
+    )
     serve_release(experiment, options, click.echo, app.verbosity)

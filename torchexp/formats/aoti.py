@@ -19,7 +19,8 @@ import os
 import platform
 import subprocess
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from torchexp.errors import CheckpointError, TorchexpError, first_line
 from torchexp.formats.base import (

@@ -10,7 +10,8 @@ runtime at import time: `--help` lists the formats without loading them.
 import abc
 import dataclasses
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torchexp import checkpoints, sidecar
 from torchexp.errors import CheckpointError, TorchexpError, first_line
@@ -139,6 +140,7 @@ class ExportFormat(abc.ABC):
             sidecar.verify(what, path, record, content)
         except CheckpointError as error:
             raise CheckpointError(f"{error}: {rewrite} again") from None
+        assert record is not None, "verify refuses an export without its sidecar"
         check_release_unchanged(what, path, record, rewrite)
         return content, record
 

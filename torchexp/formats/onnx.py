@@ -57,13 +57,14 @@ class OnnxFormat(ExportFormat):
                 dynamo=True,
                 verbose=False,
             )
+            assert program is not None, "the dynamo exporter returns its program"
             proto = program.model_proto
             properties = {
                 "torchexp_experiment": source.name,
                 "torchexp_epoch": str(source.release.epoch),
                 "torchexp": __version__,
             }
-            provenance = json.dumps(source.release.sidecar.get("provenance"))
+            provenance = json.dumps((source.release.sidecar or {}).get("provenance"))
             onnx.helper.set_model_props(proto, {**properties, "torchexp_provenance": provenance})
             onnx.checker.check_model(proto)
         except Exception as error:  # the exporter raises many types of its own and of torch.export's

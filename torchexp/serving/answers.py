@@ -9,7 +9,8 @@ that both answer alike. Nothing here knows about HTTP or threads.
 
 import dataclasses
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

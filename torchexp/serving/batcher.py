@@ -15,7 +15,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torchexp.errors import first_line
 from torchexp.hooks import describe_failure
@@ -111,7 +112,9 @@ class Batcher:
         try:
             self.queue.put_nowait(job)
         except queue.Full:
-            raise RequestError(503, f"the server is busy: {self.max_queue} requests are already waiting (--max-queue); retry later") from None
+            raise RequestError(
+                503, f"the server is busy: {self.max_queue} requests are already waiting (--max-queue); retry later"
+            ) from None
         return await job.future
 
     def work(self) -> None:
@@ -169,7 +172,7 @@ class Batcher:
         results = answer_requests(self.pipeline, requests, self.max_batch_size, self.record_batch)
         answers: list[Answer] = []
         errors: dict[int, RequestError] = {}  # a failure of the model, shared by the batch's jobs, is logged once
-        for job, result in zip(jobs, results):
+        for job, result in zip(jobs, results, strict=True):
             if isinstance(result, Failure):
                 if id(result) not in errors:
                     errors[id(result)] = self.as_request_error(result.error, result.step)

@@ -6,7 +6,7 @@ served by this process (`server`) or, with --workers, by worker processes (`work
 which both use `server` and never each other.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 from torchexp.folder import Experiment
 from torchexp.releases import find_release

@@ -22,24 +22,45 @@ class ServerMetrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "torchexp_requests", "HTTP requests answered, by endpoint and status code.", ("endpoint", "code"), registry=self.registry
+            "torchexp_requests",
+            "HTTP requests answered, by endpoint and status code.",
+            ("endpoint", "code"),
+            registry=self.registry,
         )
-        self.errors = Counter("torchexp_errors", "HTTP requests answered with a 4xx or 5xx status, by code.", ("code",), registry=self.registry)
+        self.errors = Counter(
+            "torchexp_errors",
+            "HTTP requests answered with a 4xx or 5xx status, by code.",
+            ("code",),
+            registry=self.registry,
+        )
         self.latency_seconds = Histogram(
-            "torchexp_request_seconds", "Seconds from a request's arrival to its answer, by endpoint.", ("endpoint",),
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "torchexp_request_seconds",
+            "Seconds from a request's arrival to its answer, by endpoint.",
+            ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.queue_seconds = Histogram(
-            "torchexp_queue_seconds", "Seconds a prediction request waited before its batch started.",
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "torchexp_queue_seconds",
+            "Seconds a prediction request waited before its batch started.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.inference_seconds = Histogram(
-            "torchexp_inference_seconds", "Seconds the model took per batch.", buckets=LATENCY_BUCKETS, registry=self.registry
+            "torchexp_inference_seconds",
+            "Seconds the model took per batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.batch_size = Histogram(
-            "torchexp_batch_size", "Instances per batch run through the model.", buckets=BATCH_BUCKETS, registry=self.registry
+            "torchexp_batch_size",
+            "Instances per batch run through the model.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
         )
-        self.queue_depth = Gauge("torchexp_queue_depth", "Prediction requests waiting for the model.", registry=self.registry)
+        self.queue_depth = Gauge(
+            "torchexp_queue_depth", "Prediction requests waiting for the model.", registry=self.registry
+        )
 
     def record_request(self, endpoint: str, code: int, seconds: float) -> None:
         """Count one answered request."""

@@ -21,14 +21,14 @@ These routes are FastAPI's; the V1 predict route, answered in front of FastAPI
 
 import asyncio
 import functools
-from typing import Annotated, Any, Callable, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
-from torchexp.version import __version__
 from torchexp.serving.batcher import Batcher
 from torchexp.serving.pipeline import RequestError
 from torchexp.serving.predict_route import PARSE_ON_LOOP_BYTES, ClientGone, parse_with_stdlib, read_body
@@ -42,6 +42,7 @@ from torchexp.serving.tensors import (
     read_instances,
     tensor_bytes,
 )
+from torchexp.version import __version__
 
 HEADER_LENGTH = "inference-header-content-length"  # Triton's binary extension: the JSON's length in the body
 
@@ -129,7 +130,7 @@ class InferenceErrorBody(BaseModel):
 
 
 REQUEST = TypeAdapter(InferenceRequest)
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": InferenceErrorBody, "description": description}
     for status, description in (
         (400, "Not an inference request, or tensors that do not fit the model (the sentence names the fault)"),

@@ -13,9 +13,10 @@ name, and the files it loads, served under /static/. Its Content-Security-Policy
 from loading anything from another site.
 """
 
+import dataclasses
 import html
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 from torchexp.errors import TorchexpError, first_line
 
@@ -24,7 +25,8 @@ PAGE_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base
 INDEX = "index.html"
 
 
-class Page(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Page:
     """A project's page, read once when the app is built."""
 
     folder: str  # served under /static/
@@ -48,7 +50,9 @@ def load_page(runner: Any, model_name: str) -> Page | None:
     hook = f"{type(runner).__name__}.serve_page"
     index = os.path.join(folder, INDEX)
     if not os.path.isfile(index):
-        raise TorchexpError(f"{hook} returned {folder!r}, a folder without {INDEX}: return the folder of the page's {INDEX}, or None")
+        raise TorchexpError(
+            f"{hook} returned {folder!r}, a folder without {INDEX}: return the folder of the page's {INDEX}, or None"
+        )
     try:
         with open(index, encoding="utf-8") as file:
             text = file.read()
@@ -107,14 +111,16 @@ def describe_api(model_name: str, routes: list[tuple[str, str, str]]) -> str:
     name = html.escape(model_name)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{name}: torchexp serve</title>
-<style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}td{{padding:.2rem .6rem;border-bottom:1px solid #ddd}}
-pre{{background:#f4f4f4;padding:.6rem;overflow-x:auto}}</style></head>
-<body><h1>{name}</h1>
+<style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
+td{{padding:.2rem .6rem;border-bottom:1px solid #ddd}} pre{{background:#f4f4f4;padding:.6rem;overflow-x:auto}}</style>
+</head><body><h1>{name}</h1>
 <p>A release served by torchexp. Predict with KServe V1:</p>
-<pre>curl -X POST http://HOST:PORT/v1/models/{name}:predict -H 'Content-Type: application/json' -d '{{"instances": [...]}}'</pre>
+<pre>curl -X POST http://HOST:PORT/v1/models/{name}:predict -H 'Content-Type: application/json' \\
+  -d '{{"instances": [...]}}'</pre>
 <p>or with the Open Inference Protocol (V2) at <code>/v2/models/{name}/infer</code>, e.g. from Triton's
 <code>tritonclient.http</code>. The whole API, with the shape of every request and answer:
-<a href="openapi.json">openapi.json</a> (and <a href="docs">/docs</a>, whose page loads its scripts from the internet).</p>
+<a href="openapi.json">openapi.json</a> (and <a href="docs">/docs</a>, whose page loads its scripts from the
+internet).</p>
 <table><thead><tr><th>method</th><th>path</th><th>what it does</th></tr></thead><tbody>{rows}</tbody></table>
 </body></html>
 """

@@ -77,7 +77,9 @@ class Pipeline:
                 raise RequestError(400, f"instances[{index}]: {first_line(error)}") from error
             if self.input_shape is not None and tuple(tensor.shape) != self.input_shape:
                 raise RequestError(
-                    400, f"instances[{index}]: its shape {list(tensor.shape)} is not the model's input shape {list(self.input_shape)}"
+                    400,
+                    f"instances[{index}]: its shape {list(tensor.shape)} is not the model's input shape "
+                    f"{list(self.input_shape)}",
                 )
             tensors.append(tensor)
         return tensors
@@ -92,7 +94,13 @@ class Pipeline:
         Raises:
             RequestError: 500 when a prediction is not JSON data (NaN, infinity, a tensor).
         """
-        return encode_json({"predictions": [self.runner.serve_postprocess(*row) for row in zip(outputs, tensors, instances)]})
+        return encode_json(
+            {
+                "predictions": [
+                    self.runner.serve_postprocess(*row) for row in zip(outputs, tensors, instances, strict=True)
+                ]
+            }
+        )
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """Run the project's `serve_example` through every step at each batch size, so

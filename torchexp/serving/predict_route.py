@@ -13,10 +13,10 @@ whose predict route documents this one in the OpenAPI schema.
 
 import asyncio
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
-
 from fastapi import FastAPI
 
 from torchexp.errors import first_line
@@ -46,7 +46,7 @@ class ServingApp(FastAPI):
 
     predict_route: "PredictRoute | None" = None
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if self.predict_route is not None and self.predict_route.matches(scope):
             await self.predict_route.answer(scope, receive, send)
         else:
@@ -69,33 +69,43 @@ class PredictRoute:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
 
-    def matches(self, scope: dict) -> bool:
+    def matches(self, scope: MutableMapping[str, Any]) -> bool:
         """Whether the request is a prediction of the served model."""
         return scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) == self.path
 
-    async def answer(self, scope: dict, receive: Any, send: Any) -> None:
+    async def answer(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         """Read, parse and queue the request, and send its answer or its error."""
         started = asyncio.get_running_loop().time()
         try:
             body = await read_body(scope, receive, self.max_body_bytes)
-            instances = await asyncio.to_thread(parse_instances, body) if len(body) > PARSE_ON_LOOP_BYTES else parse_instances(body)
+            instances = (
+                await asyncio.to_thread(parse_instances, body)
+                if len(body) > PARSE_ON_LOOP_BYTES
+                else parse_instances(body)
+            )
             status, answer = 200, await self.batcher.submit(instances)
         except ClientGone:
             return
         except RequestError as error:
             status, answer = error.status, json.dumps({"error": str(error)}).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, (b"content-length", b"%d" % len(answer))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*JSON_HEADERS, (b"content-length", b"%d" % len(answer))],
+            }
+        )
         await send({"type": "http.response.body", "body": answer})
         self.metrics.record_request(PREDICT_ENDPOINT, status, asyncio.get_running_loop().time() - started)
 
 
-def route_path(scope: dict) -> str:
+def route_path(scope: MutableMapping[str, Any]) -> str:
     """The request's path below the app's mount point, as Starlette's router matches it."""
     path, root = scope["path"], scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
+async def read_body(scope: MutableMapping[str, Any], receive: Any, limit: int) -> bytes:
     """Return the request's body, refusing (413) one over `limit` bytes before reading it whole.
 
     Raises:
@@ -104,7 +114,9 @@ async def read_body(scope: dict, receive: Any, limit: int) -> bytes:
     """
     declared = next((value for key, value in scope["headers"] if key == b"content-length"), b"")
     if declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the request body is {int(declared)} bytes, over this server's limit of {limit} (--max-body-bytes)")
+        raise RequestError(
+            413, f"the request body is {int(declared)} bytes, over this server's limit of {limit} (--max-body-bytes)"
+        )
     chunks, size = [], 0
     while True:
         message = await receive()

@@ -26,7 +26,8 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from typing import Any, AsyncIterator, Literal
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -35,7 +36,6 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from torchexp.version import __version__
 from torchexp.serving.batcher import Batcher
 from torchexp.serving.metrics import ServerMetrics
 from torchexp.serving.open_inference import add_open_inference_routes
@@ -43,6 +43,7 @@ from torchexp.serving.page import PAGE_POLICY, describe_api, load_page, prefers_
 from torchexp.serving.pipeline import RequestError
 from torchexp.serving.predict_route import PredictRoute, ServingApp
 from torchexp.serving.schemas import add_openapi_definitions
+from torchexp.version import __version__
 
 DESCRIPTION = (
     "A torchexp release served with the KServe V1 / TF Serving REST protocol, and with the Open Inference "
@@ -89,7 +90,7 @@ class ModelBody(BaseModel):
     max_batch_size: int
 
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
         (400, "Not JSON, no `instances` list, or a bad instance (the sentence names it)"),
@@ -158,7 +159,13 @@ def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher) -> None:
     }
     # Documented as the one name served (FastAPI does not check it: check_name answers 404).
     name_parameter = [
-        {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": [card.name]}, "description": "The model's name."}
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": [card.name]},
+            "description": "The model's name.",
+        }
     ]
     request_body = {
         "required": True,
@@ -170,7 +177,12 @@ def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher) -> None:
         },
     }
 
-    @app.get("/v1/models/{name}", response_model=ModelBody, responses={404: ERRORS[404]}, openapi_extra={"parameters": name_parameter})
+    @app.get(
+        "/v1/models/{name}",
+        response_model=ModelBody,
+        responses={404: ERRORS[404]},
+        openapi_extra={"parameters": name_parameter},
+    )
     async def model_metadata(name: str) -> dict[str, Any]:
         """The model's name, readiness, release epoch and runtime."""
         check_name(name, card)
@@ -199,7 +211,9 @@ def add_health_routes(app: FastAPI, batcher: Batcher, metrics: ServerMetrics) ->
         """200 while the process answers."""
         return {"live": True}
 
-    @app.get("/readyz", responses={503: {"model": ErrorBody, "description": "Warming up, stopping, or failed to warm up"}})
+    @app.get(
+        "/readyz", responses={503: {"model": ErrorBody, "description": "Warming up, stopping, or failed to warm up"}}
+    )
     async def readyz() -> Any:
         """200 once the model is warmed up, 503 before that and while stopping."""
         if is_ready(app, batcher):

@@ -20,7 +20,8 @@ index in front. The schema documents the predict route's instances in /openapi.j
 
 import json
 import re
-from typing import Any, Callable, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from torchexp.errors import ProjectError, first_line
 from torchexp.hooks import describe_failure
@@ -107,7 +108,8 @@ class PydanticSchema:
             self.adapter.validate_python(instances)
         except ValidationError as error:
             faults = error.errors(include_url=False)
-            index, *path = faults[0]["loc"]
+            index, *path = faults[0]["loc"]  # a list's errors start at the instance's index
+            assert isinstance(index, int), "pydantic places a list's errors under the index"
             others = sum(1 for fault in faults[1:] if fault["loc"][0] == index)
             more = f" (and {others} more problem{'s' * (others > 1)})" if others else ""
             raise InvalidInstance(index, describe_pydantic_fault(tuple(path), faults[0]) + more) from None
@@ -183,7 +185,7 @@ def load_schema(runner: Any) -> InstanceSchema | None:
         ) from error
 
 
-def describe_pydantic_fault(path: tuple, fault: dict, whole: str = "the instance") -> str:
+def describe_pydantic_fault(path: tuple, fault: Mapping[str, Any], whole: str = "the instance") -> str:
     """One sentence for one of pydantic's errors at `path` (field names and list indexes);
     `whole` names what an empty path is."""
     where = name_location(path, whole)

@@ -10,18 +10,19 @@ import errno
 import logging
 import signal
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 
 from torchexp import checkpoints
 from torchexp.errors import TorchexpError, first_line
 from torchexp.folder import Experiment
+from torchexp.logs import close_logger, make_logger
 from torchexp.releases import find_release
 from torchexp.serving.collector import tune_garbage_collector
 from torchexp.serving.options import ServeOptions
 from torchexp.serving.threads import apply_threads, choose_threads
-from torchexp.logs import close_logger, make_logger
 
 GRACEFUL_TIMEOUT_S = 30  # longest wait for requests in flight after a stop is asked for
 BACKLOG = 2048  # connections the kernel holds before the server accepts them (uvicorn's default)
@@ -58,7 +59,9 @@ def serve_on(
         raise TorchexpError(f"serve stopped: {server.failure}")
 
 
-def make_app(experiment: Experiment, options: ServeOptions = ServeOptions(), logger: logging.Logger | None = None) -> Any:
+def make_app(
+    experiment: Experiment, options: ServeOptions = ServeOptions(), logger: logging.Logger | None = None
+) -> Any:
     """Return the FastAPI app `serve` runs on the experiment's release (`options.epoch`'s, or
     the latest), not started: FastAPI's TestClient starts it, which is how a project's tests
     ask its release for predictions, and an application of your own may mount it.
@@ -73,7 +76,9 @@ def make_app(experiment: Experiment, options: ServeOptions = ServeOptions(), log
     return load_app(experiment, release, options, choose_threads(options.threads, options.runtime), logger)
 
 
-def load_app(experiment: Experiment, release: checkpoints.Checkpoint, options: ServeOptions, threads: int, logger: logging.Logger) -> Any:
+def load_app(
+    experiment: Experiment, release: checkpoints.Checkpoint, options: ServeOptions, threads: int, logger: logging.Logger
+) -> Any:
     """Load the release and return the FastAPI app serving it; its batcher is `app.state.batcher`.
 
     Raises:
@@ -88,7 +93,12 @@ def load_app(experiment: Experiment, release: checkpoints.Checkpoint, options: S
     runner, predictor = load_predictor(experiment, release, options.runtime, options.device, threads)
     metrics = ServerMetrics()
     batcher = Batcher(
-        Pipeline(runner, predictor), metrics, options.max_batch_size, options.max_delay_ms / 1000, options.max_queue, logger
+        Pipeline(runner, predictor),
+        metrics,
+        options.max_batch_size,
+        options.max_delay_ms / 1000,
+        options.max_queue,
+        logger,
     )
     device = str(getattr(predictor, "device", "cpu"))
     card = ModelCard(experiment.name, release.epoch, predictor.runtime, device, threads, release.unit)
@@ -110,7 +120,9 @@ def bind_socket(host: str, port: int, shared: bool = False) -> socket.socket:
         TorchexpError: the host is unknown or the port is in use or not allowed.
     """
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as error:
         raise TorchexpError(f"host {host!r} cannot be listened on: {error.strerror}") from error
     except UnicodeError as error:  # a name Python cannot encode for the resolver, e.g. "a..b"
@@ -155,7 +167,9 @@ def open_socket(family: int, kind: int, proto: int, address: tuple, listen: bool
     except OSError as error:
         sock.close()
         if error.errno == errno.EADDRINUSE:
-            raise TorchexpError(f"port {port} on {host} is in use: stop what listens there or pass another --port") from error
+            raise TorchexpError(
+                f"port {port} on {host} is in use: stop what listens there or pass another --port"
+            ) from error
         raise TorchexpError(f"cannot listen on {host} port {port}: {error.strerror}") from error
     return sock
 
@@ -167,7 +181,8 @@ def describe_serving(card: dict, threads: int, sock: socket.socket, workers: int
     if workers > 1:
         processes = f"{workers} workers x {processes}"
     return (
-        f"serving {card['name']} (release of {card['unit']} {card['epoch']}, {card['runtime']} on {card['device']}, {processes}) "
+        f"serving {card['name']} (release of {card['unit']} {card['epoch']}, {card['runtime']} on {card['device']}, "
+        f"{processes}) "
         f"at http://{format_host(host)}:{port}/ (Ctrl-C to stop)"
     )
 

@@ -106,7 +106,7 @@ def read_json(name: str, datatype: str, data: Any) -> np.ndarray:
         wanted = {"b": "true or false", "u": "integers", "i": "integers", "f": "numbers"}[target.kind]
         raise RequestError(400, f'input "{name}" is {datatype}: its data must be {wanted}')
     if target.kind in "iu" and array.size:
-        limits = np.iinfo(target)
+        limits = np.iinfo(target)  # type: ignore[type-var]  # numpy's stubs cannot narrow a dtype by its kind
         low, high = array.min(), array.max()
         if low < limits.min or high > limits.max:
             raise RequestError(

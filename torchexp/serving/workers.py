@@ -22,7 +22,8 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torchexp.errors import TorchexpError, first_line
 from torchexp.folder import Experiment
@@ -85,10 +86,14 @@ class Worker:
             return WorkerError(*self.failure)
         code = self.process.exitcode
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        return TorchexpError(f"serve worker {self.index} (process {self.process.pid}) stopped unexpectedly ({how}); its log is above")
+        return TorchexpError(
+            f"serve worker {self.index} (process {self.process.pid}) stopped unexpectedly ({how}); its log is above"
+        )
 
 
-def serve_with_workers(experiment: Experiment, options: ServeOptions, sock: socket.socket, announce: Callable[[str], None], verbosity: str) -> None:
+def serve_with_workers(
+    experiment: Experiment, options: ServeOptions, sock: socket.socket, announce: Callable[[str], None], verbosity: str
+) -> None:
     """Serve the release with `options.workers` processes on the port `sock` holds (from
     `bind_socket(..., shared=True)`) until a signal stops them, or one of them fails.
 
@@ -123,8 +128,9 @@ def serve_with_workers(experiment: Experiment, options: ServeOptions, sock: sock
         cards = [worker.wait_until_loaded() for worker in workers]
         if stopping:  # a stop asked for while the workers loaded
             return
-        failed = next((worker for worker, card in zip(workers, cards) if card is None), None)
+        failed = next((worker for worker, card in zip(workers, cards, strict=True) if card is None), None)
         if failed is None:
+            assert cards[0] is not None, "every worker loaded"
             announce(describe_serving(cards[0], threads, sock, options.workers))
             failed = watch(workers, lambda: stopping)
     finally:
