@@ -12,6 +12,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow_server import start_mlflow_server  # noqa: E402
 
 
+@pytest.mark.slow  # 28 s, two server starts; the default suite's outage test is the server down at the start, below
 def test_a_server_killed_mid_training_then_restarted_gets_every_epoch_once_from_sync(cli_in, tmp_path, data_path):
     cli_in(*init_args("--set", "model.name=mlp", "--set", "trainer.max_epochs=3"))
     folder = str(tmp_path / "mlflow")

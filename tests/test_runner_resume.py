@@ -478,6 +478,7 @@ def test_sigkill_after_a_clock_checkpoint_resumes_from_it_and_ends_as_the_uninte
     assert_same_as_reference(world, name)
 
 
+@pytest.mark.slow  # 30 s; the default suite's SIGKILL tests are the 3 kills and the clock checkpoint above
 def test_sigkill_across_saves_removals_and_verify_loses_nothing_and_every_checkpoint_verifies(world):
     """trainer.keep_checkpoints=2 removes a checkpoint after every epoch from the third, and
     the clock saves mid-epoch ones: kills land in writes and removals (seeded moments), and
