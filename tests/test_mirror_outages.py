@@ -3,6 +3,8 @@ restarted; training goes on with one warning, and `sync` then sends every epoch 
 
 import os
 
+import pytest
+
 
 from conftest import free_port, import_or_skip, init_args
 
