@@ -5,7 +5,6 @@ import os
 
 import pytest
 
-
 from conftest import free_port, import_or_skip, init_args
 
 import_or_skip("mlflow", "TORCHEXP_REQUIRE_MLFLOW")
