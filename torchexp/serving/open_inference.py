@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 
 from torchexp.serving.batcher import Batcher
-from torchexp.serving.pipeline import RequestError
+from torchexp.serving.pipeline import RequestError, describe_errors
 from torchexp.serving.predict_route import PARSE_ON_LOOP_BYTES, ClientGone, parse_with_stdlib, read_body
 from torchexp.serving.schemas import COMPONENTS, add_openapi_definitions, describe_pydantic_fault, split_definitions
 from torchexp.serving.tensors import (
@@ -130,16 +130,9 @@ class InferenceErrorBody(BaseModel):
 
 
 REQUEST = TypeAdapter(InferenceRequest)
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": InferenceErrorBody, "description": description}
-    for status, description in (
-        (400, "Not an inference request, or tensors that do not fit the model (the sentence names the fault)"),
-        (404, "No model of that name on this server"),
-        (413, "The body is over the server's --max-body-bytes"),
-        (500, "The model or the project's hooks failed"),
-        (503, "The queue is full, or the model is not available"),
-    )
-}
+ERRORS = describe_errors(
+    InferenceErrorBody, "Not an inference request, or tensors that do not fit the model (the sentence names the fault)"
+)
 
 
 def add_open_inference_routes(

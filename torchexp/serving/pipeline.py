@@ -16,6 +16,21 @@ from torchexp.errors import first_line
 from torchexp.serving.schemas import InvalidInstance, load_schema
 
 
+def describe_errors(body: Any, bad_request: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI's responses of a predict route: each status it answers, with `body` (a pydantic
+    model of the error) and what it means; `bad_request` says what a 400 is for this protocol."""
+    return {
+        status: {"model": body, "description": description}
+        for status, description in (
+            (400, bad_request),
+            (404, "No model of that name on this server"),
+            (413, "The body is over the server's --max-body-bytes"),
+            (500, "The model or the project's hooks failed"),
+            (503, "The queue is full, or the model is not available"),
+        )
+    }
+
+
 class RequestError(Exception):
     """A request the server answers with an HTTP error status and one sentence.
 

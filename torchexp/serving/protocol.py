@@ -40,7 +40,7 @@ from torchexp.serving.batcher import Batcher
 from torchexp.serving.metrics import ServerMetrics
 from torchexp.serving.open_inference import add_open_inference_routes
 from torchexp.serving.page import PAGE_POLICY, describe_api, load_page, prefers_html
-from torchexp.serving.pipeline import RequestError
+from torchexp.serving.pipeline import RequestError, describe_errors
 from torchexp.serving.predict_route import PredictRoute, ServingApp
 from torchexp.serving.schemas import add_openapi_definitions
 from torchexp.version import __version__
@@ -90,16 +90,7 @@ class ModelBody(BaseModel):
     max_batch_size: int
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in (
-        (400, "Not JSON, no `instances` list, or a bad instance (the sentence names it)"),
-        (404, "No model of that name on this server"),
-        (413, "The body is over the server's --max-body-bytes"),
-        (500, "The model or the project's hooks failed"),
-        (503, "The queue is full, or the model is not available"),
-    )
-}
+ERRORS = describe_errors(ErrorBody, "Not JSON, no `instances` list, or a bad instance (the sentence names it)")
 
 
 def create_app(card: ModelCard, batcher: Batcher, metrics: ServerMetrics, max_body_bytes: int) -> ServingApp:
