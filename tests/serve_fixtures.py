@@ -2,24 +2,26 @@
 the project `torchexp create` writes, the app serving either, and predictors that record or
 hold the batches they are given."""
 
+import contextlib
 import importlib
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from click.testing import CliRunner
+from conftest import CONFIG, SCHEMA, write_mnist
 
 from mnist_classifier.__main__ import cli
 from mnist_classifier.data import MNISTClassifierData
 from mnist_classifier.runner import MNISTClassifierRunner
 from torchexp.commands.context import App
-from conftest import CONFIG, SCHEMA, write_mnist
 from torchexp.folder import Experiment
+from torchexp.logs import make_logger
+from torchexp.releases import find_release
 from torchexp.scaffold import create_project
 from torchexp.serving.options import ServeOptions
-from torchexp.releases import find_release
-from torchexp.serving.server import load_app
-from torchexp.logs import make_logger
+from torchexp.serving.server import GracefulServer, bind_socket, load_app, make_uvicorn_config
 from torchexp.training import train_experiment
 
 NAME = "served"
@@ -131,3 +133,20 @@ def record_predictions(app: Any) -> RecordingPredictor:
     pipeline = app.state.batcher.pipeline
     pipeline.predictor = RecordingPredictor(pipeline.predictor)
     return pipeline.predictor
+
+
+@contextlib.contextmanager
+def serving_in_a_thread(app: Any) -> Iterator[str]:
+    """Serve `app` with the real server on a free loopback port, in a thread, until the block
+    ends; yield its host:port once the model is warmed up."""
+    sock = bind_socket("127.0.0.1", 0)
+    server = GracefulServer(make_uvicorn_config(app, "quiet"), app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    assert app.state.batcher.ready.wait(60)
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -4,17 +4,14 @@ predictions must be the V1 route's for the same images; then the protocol's erro
 `{"error": "<one sentence>"}`, through FastAPI's TestClient."""
 
 import json
-import threading
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from fastapi.testclient import TestClient
+from serve_fixtures import NAME, build_app, serving_in_a_thread, shared_release
 from tritonclient.utils import InferenceServerException
-
-from serve_fixtures import NAME, build_app, shared_release
-from torchexp.serving.server import GracefulServer, bind_socket, make_uvicorn_config
 
 INFER = f"/v2/models/{NAME}/infer"
 
@@ -27,18 +24,8 @@ def experiments(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def address(experiments):
     """host:port of the real server, serving the release on a free loopback port."""
-    app = build_app(experiments)
-    sock = bind_socket("127.0.0.1", 0)
-    server = GracefulServer(make_uvicorn_config(app, "quiet"), app)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    assert app.state.batcher.ready.wait(60)
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serving_in_a_thread(build_app(experiments)) as host_port:
+        yield host_port
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,15 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 
 import httpx
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
-
 from conftest import REPO, read_package_data
+from PIL import Image, ImageDraw
+from serve_fixtures import NAME, build_app, make_release, serving_in_a_thread
+
 from mnist_classifier.data import MNISTClassifierData, read_mnist
-from serve_fixtures import NAME, build_app, make_release
-from torchexp.serving.server import GracefulServer, bind_socket, make_uvicorn_config
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -65,17 +63,8 @@ def server_url(tmp_path_factory):
     require(os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), f"{CHROMIUM} or {CHROMEDRIVER} is missing: apt-get install chromium chromium-driver")
     require(os.path.isdir(os.path.join(MNIST_PATH, "MNIST", "raw")), f"real MNIST is not in {MNIST_PATH}/MNIST/raw")
     app = build_app(make_release(str(tmp_path_factory.mktemp("page")), data_path=MNIST_PATH, data_class=FirstImagesData))
-    sock = bind_socket("127.0.0.1", 0)
-    server = GracefulServer(make_uvicorn_config(app, "quiet"), app)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    assert app.state.batcher.ready.wait(60)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serving_in_a_thread(app) as host_port:
+        yield f"http://{host_port}/"
 
 
 @pytest.fixture

@@ -32,7 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, Vali
 from torchexp.serving.batcher import Batcher
 from torchexp.serving.pipeline import RequestError, describe_errors
 from torchexp.serving.predict_route import PARSE_ON_LOOP_BYTES, ClientGone, parse_with_stdlib, read_body
-from torchexp.serving.schemas import COMPONENTS, add_openapi_definitions, describe_pydantic_fault, split_definitions
+from torchexp.serving.schemas import (
+    COMPONENTS,
+    add_openapi_definitions,
+    describe_name_parameter,
+    describe_pydantic_fault,
+    split_definitions,
+)
 from torchexp.serving.tensors import (
     DATATYPES,
     datatype_of,
@@ -155,15 +161,7 @@ def add_open_inference_routes(
     """
     request_schema, definitions = split_definitions(REQUEST.json_schema(ref_template=COMPONENTS + "{model}"))
     add_openapi_definitions(app, definitions)
-    name_parameter = [
-        {
-            "name": "name",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string", "enum": [card.name]},
-            "description": "The model's name.",
-        }
-    ]
+    name_parameter = describe_name_parameter(card.name)
     model_input = describe_input(batcher.pipeline)
 
     def readiness(name: str | None = None) -> JSONResponse:

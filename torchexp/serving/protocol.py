@@ -42,7 +42,7 @@ from torchexp.serving.open_inference import add_open_inference_routes
 from torchexp.serving.page import PAGE_POLICY, describe_api, load_page, prefers_html
 from torchexp.serving.pipeline import RequestError, describe_errors
 from torchexp.serving.predict_route import PredictRoute, ServingApp
-from torchexp.serving.schemas import add_openapi_definitions
+from torchexp.serving.schemas import add_openapi_definitions, describe_name_parameter
 from torchexp.version import __version__
 
 DESCRIPTION = (
@@ -148,16 +148,7 @@ def add_model_routes(app: FastAPI, card: ModelCard, batcher: Batcher) -> None:
         "items": items,
         "description": "Instances as the project's serve_preprocess hook reads them.",
     }
-    # Documented as the one name served (FastAPI does not check it: check_name answers 404).
-    name_parameter = [
-        {
-            "name": "name",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string", "enum": [card.name]},
-            "description": "The model's name.",
-        }
-    ]
+    name_parameter = describe_name_parameter(card.name)
     request_body = {
         "required": True,
         "content": {

@@ -301,3 +301,17 @@ def add_openapi_definitions(app: Any, definitions: dict[str, dict]) -> None:
         return document
 
     app.openapi = openapi
+
+
+def describe_name_parameter(name: str) -> list[dict[str, Any]]:
+    """OpenAPI's `{name}` path parameter of the model routes: documented as the one name served
+    (FastAPI does not check it: the routes answer 404 for another)."""
+    return [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": [name]},
+            "description": "The model's name.",
+        }
+    ]
