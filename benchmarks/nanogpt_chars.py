@@ -4,7 +4,10 @@
 nanoGPT's public source (karpathy/nanoGPT: `train.py`, `model.py`, `configurator.py`) is
 passed with `--nanogpt PATH` and copied into a scratch folder under /tmp, with the corpus
 of an experiment's `init` (the standard library's modules by default) encoded to its
-`data/<dataset>/train.bin`, `val.bin` and `meta.pkl`; nothing of it enters the repository.
+`data/<dataset>/train.bin`, `val.bin` and `meta.json`; nothing of it enters the repository.
+The copy of `train.py` reads its vocabulary's size from that JSON file instead of nanoGPT's
+`meta.pkl` (`read_meta_as_json`): nothing here writes a pickle, and the two lines changed run
+before training, outside the timed span.
 Both run as whole processes, alternating over `--rounds` rounds: nanoGPT with
 `device=cpu compile=False dtype=float32`, dropout 0, no bias, one-batch evaluations at an
 interval out of the way; torchexp's `train --log-period 1 --num-workers 0` on a fresh
@@ -23,7 +26,6 @@ with the ratio of the medians and the median of each round's ratio.
 import argparse
 import json
 import os
-import pickle
 import re
 import shutil
 import subprocess
@@ -91,7 +93,7 @@ def init_example(experiments: str, name: str, args: argparse.Namespace) -> None:
 
 def write_nanogpt_data(folder: str, experiments: str, name: str, data_path: str | None) -> int:
     """Encode the experiment's corpus, split as its data.json says, to nanoGPT's
-    data/<dataset>/train.bin and val.bin (uint16 ids) and meta.pkl; return the vocabulary's size.
+    data/<dataset>/train.bin and val.bin (uint16 ids) and meta.json; return the vocabulary's size.
 
     The example's package is not imported here: this script's own name would shadow it.
     """
@@ -108,9 +110,8 @@ def write_nanogpt_data(folder: str, experiments: str, name: str, data_path: str 
     for part, files in (("train", state["files"][:split]), ("val", state["files"][split:])):
         text = "".join(read_file(os.path.join(root, entry["path"])) for entry in files)
         np.array([ids[character] for character in text], dtype=np.uint16).tofile(os.path.join(target, f"{part}.bin"))
-    # nanoGPT reads its vocabulary's size from a pickle: its format, in a scratch folder.
-    with open(os.path.join(target, "meta.pkl"), "wb") as file:
-        pickle.dump({"vocab_size": len(vocabulary), "itos": dict(enumerate(vocabulary)), "stoi": ids}, file)
+    with open(os.path.join(target, "meta.json"), "w", encoding="utf-8") as file:
+        json.dump({"vocab_size": len(vocabulary), "itos": dict(enumerate(vocabulary)), "stoi": ids}, file)
     return len(vocabulary)
 
 
@@ -126,6 +127,27 @@ def copy_nanogpt(source: str, folder: str) -> None:
         if not os.path.isfile(path):
             raise SystemExit(f"--nanogpt {source} has no {name}: pass a checkout of karpathy/nanoGPT")
         shutil.copy(path, folder)
+    read_meta_as_json(os.path.join(folder, "train.py"))
+
+
+# nanoGPT's train.py reads data/<dataset>/meta.pkl with pickle; its copy reads meta.json.
+META_READ = ("meta_path = os.path.join(data_dir, 'meta.pkl')", "meta = pickle.load(f)")
+META_READ_AS_JSON = ("meta_path = os.path.join(data_dir, 'meta.json')", "meta = __import__('json').load(f)")
+
+
+def read_meta_as_json(path: str) -> None:
+    """Make the copy of nanoGPT's train.py read its vocabulary from meta.json, not a pickle.
+
+    Raises:
+        SystemExit: the file does not read its meta.pkl as nanoGPT's train.py does.
+    """
+    text = read_file(path)
+    for old, new in zip(META_READ, META_READ_AS_JSON, strict=True):
+        if text.count(old) != 1:
+            raise SystemExit(f"{path} has no line {old!r} to read meta.json instead: pass a checkout of karpathy/nanoGPT")
+        text = text.replace(old, new)
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 def nanogpt_arguments(args: argparse.Namespace) -> list[str]:

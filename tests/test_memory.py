@@ -30,14 +30,20 @@ def test_another_c_library_is_left_alone(monkeypatch):
     assert memory.keep_freed_memory() is False
 
 
-@glibc_only
-def test_mallopt_turns_mmap_off_and_raises_the_trim_threshold(monkeypatch):
+@pytest.fixture
+def mallopt_calls(monkeypatch) -> list[tuple[int, int]]:
+    """The (parameter, value) calls of glibc's mallopt, recorded instead, without the user's settings."""
     calls = []
     for name in memory.USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(memory, "find_mallopt", lambda: lambda parameter, value: calls.append((parameter, value)) or 1)
+    return calls
+
+
+@glibc_only
+def test_mallopt_turns_mmap_off_and_raises_the_trim_threshold(mallopt_calls):
     assert memory.keep_freed_memory() is True
-    assert calls == [(memory.M_MMAP_MAX, 0), (memory.M_TRIM_THRESHOLD, 2**30)]
+    assert mallopt_calls == [(memory.M_MMAP_MAX, 0), (memory.M_TRIM_THRESHOLD, 2**30)]
 
 
 @pytest.fixture
@@ -76,10 +82,6 @@ def test_torchexp_mallopt_0_turns_it_off_even_in_the_command_line(recorded_setti
 
 
 @glibc_only
-def test_returning_freed_memory_fixes_the_mmap_threshold(monkeypatch):
-    calls = []
-    for name in memory.USER_SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(memory, "find_mallopt", lambda: lambda parameter, value: calls.append((parameter, value)) or 1)
+def test_returning_freed_memory_fixes_the_mmap_threshold(mallopt_calls):
     assert memory.return_freed_memory() is True
-    assert calls == [(memory.M_MMAP_THRESHOLD, 128 * 1024)]
+    assert mallopt_calls == [(memory.M_MMAP_THRESHOLD, 128 * 1024)]
